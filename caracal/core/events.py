@@ -1,0 +1,218 @@
+"""The ledger's event model and its line format.
+
+One event is one line of ``ledger.jsonl``: compact JSON, UTF-8, ``\\n``-terminated, keys in this order::
+
+    {"event_id":1,"agent_id":"a","timestamp":"2026-01-01T00:00:00.000000Z","resource_type":"r",
+     "quantity":"1000","cost":"0.030","currency":"USD","metadata":{...},"prev_hash":"<hex>"}
+
+- ``quantity`` and ``cost`` are Decimal strings, kept exactly ("0.030" stays "0.030").
+- ``metadata`` is omitted when there is none.
+- ``prev_hash`` chains each line to the one before it: the hex RFC 9162 leaf hash of the previous line's
+  exact bytes (of the empty string for event 1). A modified line is named exactly by the next line's chain;
+  the signed Merkle checkpoints cover the rest. Lines written before the chain existed may lack it.
+- Readers ignore fields they do not know, so later versions may add fields.
+
+Parsing is strict: a complete line that is not a valid event is corruption, never skipped, because a
+skipped line would make money vanish from a sum.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, BinaryIO
+
+import orjson
+
+from caracal.core.validation import (
+    check_currency,
+    check_identifier,
+    check_metadata,
+    dumps,
+    parse_amount,
+    parse_timestamp,
+)
+from caracal.exceptions import InvalidLedgerEventError, LedgerCorruptError
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class LedgerEvent:
+    """One charge in the ledger.
+
+    Not a frozen dataclass only because freezing triples the cost of building one on the append and read
+    paths; changing an event object changes nothing on disk (the file is the record).
+    """
+
+    event_id: int
+    agent_id: str
+    timestamp: str
+    resource_type: str
+    quantity: Decimal
+    cost: Decimal
+    currency: str = "USD"
+    metadata: dict[str, Any] | None = None
+    prev_hash: str | None = None
+
+    @property
+    def time(self) -> datetime:
+        """The timestamp as an aware UTC datetime."""
+        return parse_timestamp(self.timestamp, "timestamp", InvalidLedgerEventError)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in line order; amounts as exact strings; ``metadata`` omitted when None."""
+        data: dict[str, Any] = {
+            "event_id": self.event_id,
+            "agent_id": self.agent_id,
+            "timestamp": self.timestamp,
+            "resource_type": self.resource_type,
+            "quantity": str(self.quantity),
+            "cost": str(self.cost),
+            "currency": self.currency,
+        }
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        if self.prev_hash is not None:
+            data["prev_hash"] = self.prev_hash
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LedgerEvent:
+        """Build an event from a parsed line, validating every field; unknown fields are ignored.
+
+        Raises :class:`InvalidLedgerEventError` naming the bad field.
+        """
+        return cls(*validate_event_dict(data))
+
+    def to_json_line(self) -> str:
+        """The event as one compact JSON line, without the trailing newline."""
+        return self.to_bytes().decode()
+
+    def to_bytes(self) -> bytes:
+        return dumps(self.to_dict())
+
+
+def validate_event_dict(data: Any) -> tuple[Any, ...]:
+    """Check a parsed line and return its fields in :class:`LedgerEvent` order (amounts as Decimals).
+
+    Kept separate from :meth:`LedgerEvent.from_dict` so ``verify`` can check millions of lines without
+    building objects it would throw away.
+    """
+    error = InvalidLedgerEventError
+    if type(data) is not dict:
+        raise error(f"an event must be a JSON object, got {type(data).__name__}")
+    try:
+        event_id = data["event_id"]
+        timestamp = data["timestamp"]
+        fields = (
+            check_identifier(data["agent_id"], "agent_id", error),
+            check_identifier(data["resource_type"], "resource_type", error),
+            parse_amount(data["quantity"], "quantity", error),
+            parse_amount(data["cost"], "cost", error),
+            check_currency(data["currency"], error),
+        )
+    except KeyError as exc:
+        raise error(f"event is missing the field {exc.args[0]!r}") from None
+    if type(event_id) is not int or event_id < 1:
+        raise error(f"event_id must be a positive integer, got {event_id!r}")
+    if type(timestamp) is not str:
+        raise error(f"timestamp must be an ISO 8601 string, got {timestamp!r}")
+    parse_timestamp(timestamp, "timestamp", error)
+    metadata = data.get("metadata")
+    if metadata is not None:
+        check_metadata(metadata, error)
+    prev_hash = data.get("prev_hash")
+    if prev_hash is not None and (type(prev_hash) is not str or len(prev_hash) != 64):
+        raise error(f"prev_hash must be 64 hex digits, got {prev_hash!r}")
+    agent_id, resource_type, quantity, cost, currency = fields
+    return event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash
+
+
+def parse_line(line: bytes, line_number: int) -> LedgerEvent:
+    """Parse one complete line (without its newline); raise :class:`LedgerCorruptError` naming it."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise LedgerCorruptError(
+            f"ledger line {line_number} is not valid JSON ({exc}); the ledger is corrupt, run "
+            f"'caracal ledger verify' and restore the line from a backup",
+            line_number=line_number,
+        ) from None
+    try:
+        return LedgerEvent.from_dict(data)
+    except InvalidLedgerEventError as exc:
+        event_id = data.get("event_id") if isinstance(data, dict) else None
+        raise LedgerCorruptError(
+            f"ledger line {line_number} is not a valid event: {exc}",
+            line_number=line_number,
+            event_id=event_id if isinstance(event_id, int) else None,
+        ) from None
+
+
+def iter_lines(handle: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(offset, line)`` for each complete line in ``[start, end)``, without the newline.
+
+    Reads in large chunks. Bytes after the last newline (a write in progress, or a torn tail left by a
+    crash) are not yielded: they were never acknowledged.
+    """
+    if end is None:
+        end = os.fstat(handle.fileno()).st_size
+    handle.seek(start)
+    position = start
+    pending = b""
+    while position < end:
+        chunk = handle.read(min(READ_CHUNK, end - position))
+        if not chunk:
+            break
+        position += len(chunk)
+        data = pending + chunk if pending else chunk
+        lines = data.split(b"\n")
+        pending = lines.pop()
+        offset = position - len(data)
+        for line in lines:
+            yield offset, line
+            offset += len(line) + 1
+
+
+def complete_end(handle: BinaryIO, size: int) -> int:
+    """Offset just past the last newline at or before ``size`` (0 if none): where complete lines end."""
+    position = size
+    while position > 0:
+        step = min(65536, position)
+        handle.seek(position - step)
+        block = handle.read(step)
+        index = block.rfind(b"\n")
+        if index >= 0:
+            return position - step + index + 1
+        position -= step
+    return 0
+
+
+def read_last_lines(handle: BinaryIO, end: int, count: int) -> list[tuple[int, bytes]]:
+    """The last ``count`` complete lines before ``end`` (a line boundary), as ``(offset, line)``.
+
+    Reads backwards in blocks, so the cost depends on ``count``, not on the size of the file.
+    """
+    if count <= 0 or end <= 0:
+        return []
+    position = end
+    buffer = b""
+    while position > 0 and buffer.count(b"\n") <= count:
+        step = min(65536, position)
+        position -= step
+        handle.seek(position)
+        buffer = handle.read(step) + buffer
+    pieces = buffer[:-1].split(b"\n")
+    offset = position
+    if position > 0:  # the first piece may be the end of a longer line
+        offset += len(pieces[0]) + 1
+        pieces = pieces[1:]
+    result = []
+    for piece in pieces:
+        result.append((offset, piece))
+        offset += len(piece) + 1
+    return result[-count:]

@@ -1,0 +1,57 @@
+"""Durable file primitives shared by the ledger and its sidecars.
+
+- :func:`write_atomically`: readers see the old content or the new, never a mix; after it returns, the
+  new content and its directory entry are on disk (temp file, fsync, rename, fsync of the directory).
+- :func:`append_durably`: one ``write`` of complete bytes to an ``O_APPEND`` file, then fsync.
+- :func:`fsync_directory`: makes a create, rename or unlink in a directory durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
+    """Replace (or, with ``exclusive``, create; FileExistsError if present) ``path`` with ``data``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(data):x}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(tmp, path)  # fails with FileExistsError instead of replacing
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_directory(path.parent)
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` with one write and fsync it; the file is created when missing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)

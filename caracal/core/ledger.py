@@ -1,0 +1,924 @@
+"""The ledger: an append-only JSON Lines file of charge events that many processes can share.
+
+Guarantees (see DESIGN.md, "Promises"):
+
+- **Nothing acknowledged is lost.** :meth:`LedgerWriter.append_event` and :meth:`LedgerWriter.append_events`
+  return only after their bytes are ``fdatasync``-ed. A failed write, short write or failed sync is rolled
+  back (the file is truncated to where it was) and raised as :class:`LedgerWriteError`; it is never retried
+  behind the caller's back. If even the rollback fails, the writer refuses further appends.
+- **Contiguous ids across processes.** Every append happens under an exclusive ``flock`` on
+  ``<ledger>.lock`` (plus a thread lock, since ``flock`` does not separate threads sharing one file
+  description). Under the lock the writer compares the file's size with what it last saw; if another writer
+  appended, it reads just those new lines (never the whole file) to learn the last id, the hash chain and the
+  Merkle tree. Ids are therefore exactly 1..N with no gap or duplicate.
+- **Crash repair without losing data.** Under the lock, bytes after the last newline can only be a write
+  that a crashed writer never acknowledged: they are moved to ``<ledger>.torn`` and the file is cut back to
+  its last complete line. A complete line that does not parse is corruption: it is never truncated, and the
+  writer refuses to append (fail closed) until a person repairs it.
+- **Tamper evidence.** Each line carries ``prev_hash`` (see :mod:`caracal.core.events`), the writer keeps the
+  RFC 9162 Merkle tree's frontier in memory (an append adds O(1) hashes, amortized), and signed checkpoints
+  ``(size, root)`` are written every ``checkpoint_every`` events, after ``checkpoint_interval`` seconds, on
+  :meth:`LedgerWriter.checkpoint` and on :meth:`LedgerWriter.close`.
+- **Fast open.** Opening reads only the tail: the frontier is saved in ``<ledger>.merkle`` at each
+  checkpoint and the writer catches up from there. Without that file (an old ledger) the first open hashes
+  the file once and writes it.
+- **Backups.** On a writer's first append to an existing ledger, ``<ledger>.bak.1..N`` are rotated and a
+  fresh copy written (temp file, fsync, rename), unless the newest backup already holds the same content or
+  is younger than ``backup_min_interval`` seconds: short-lived writers do not copy a large ledger each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
+from caracal.core.events import LedgerEvent, complete_end, iter_lines, parse_line, read_last_lines
+from caracal.core.fileio import append_durably, fsync_directory, write_atomically
+from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
+from caracal.core.validation import (
+    check_currency,
+    check_identifier,
+    check_metadata,
+    dumps,
+    format_timestamp,
+    parse_amount,
+    parse_timestamp,
+)
+from caracal.exceptions import (
+    CaracalError,
+    ConfigurationError,
+    InvalidLedgerEventError,
+    LedgerCorruptError,
+    LedgerError,
+    LedgerLockTimeoutError,
+    LedgerReadError,
+    LedgerWriteError,
+    ProofError,
+)
+
+__all__ = [
+    "LedgerEvent",
+    "LedgerQuery",
+    "LedgerReader",
+    "LedgerTail",
+    "LedgerWriter",
+    "SpendTotals",
+    "sidecar_path",
+]
+
+logger = logging.getLogger("caracal.ledger")
+
+Clock = Callable[[], datetime]
+
+# The OS calls an append depends on, as module attributes so fault-injection tests can replace them with
+# failing versions (ENOSPC, EIO, short writes, failed syncs) without touching Caracal's own logic.
+_os_write = os.write
+_os_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+_os_ftruncate = os.ftruncate
+
+_APPEND_FIELDS = frozenset(
+    {"agent_id", "resource_type", "quantity", "cost", "currency", "metadata", "timestamp"}
+)
+_EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "before" the first line
+_TAIL_PROBE = 1 << 16
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sidecar_path(ledger_path: Path, suffix: str) -> Path:
+    """``<ledger>.<suffix>``: lock, torn, merkle, checkpoints, bak.N."""
+    return ledger_path.with_name(f"{ledger_path.name}.{suffix}")
+
+
+_Draft = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
+"""A validated event without its id and chain hash (known only under the lock): agent_id, timestamp,
+resource_type, quantity, cost, currency, metadata."""
+
+
+class LedgerWriter:
+    """Appends events to a ledger file; safe to share between threads, processes and restarts.
+
+    ``signing_key_path`` is the Ed25519 key that signs checkpoints (created when missing; default
+    ``$CARACAL_HOME/keys/checkpoint.key``). It must not live in the ledger's folder. ``clock`` returns the
+    current aware datetime (injected in tests); ``lock_timeout`` bounds the wait for the exclusive lock.
+    """
+
+    def __init__(
+        self,
+        ledger_path: str | os.PathLike[str],
+        backup_count: int = 3,
+        *,
+        signing_key_path: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 60.0,
+        backup_min_interval: float = 600.0,
+        lock_timeout: float = 10.0,
+        clock: Clock = _utc_now,
+    ):
+        if not isinstance(backup_count, int) or isinstance(backup_count, bool) or backup_count < 0:
+            raise ConfigurationError(f"backup_count must be a non-negative integer, got {backup_count!r}")
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ConfigurationError(
+                f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}"
+            )
+        for name, value in (
+            ("checkpoint_interval", checkpoint_interval),
+            ("backup_min_interval", backup_min_interval),
+            ("lock_timeout", lock_timeout),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        self.ledger_path = Path(ledger_path)
+        self.backup_count = backup_count
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = float(checkpoint_interval)
+        self.backup_min_interval = float(backup_min_interval)
+        self.lock_timeout = float(lock_timeout)
+        self._clock = clock
+        self._signer = _load_signer(self.ledger_path, signing_key_path)
+        self.checkpoints = CheckpointStore(sidecar_path(self.ledger_path, "checkpoints"))
+
+        self._thread_lock = threading.RLock()
+        self._fd = -1
+        self._lock_fd = -1
+        self._end = 0  # offset just past the last complete line we know
+        self._last_id = 0
+        self._last_leaf = EMPTY_ROOT
+        self._tree = MerkleFrontier()
+        self._refused: str | None = None  # why this writer refuses to append (fail closed)
+        self._backup_pending = True
+        self._last_checkpoint_size = 0
+        self._last_checkpoint_at = time.monotonic()
+
+        try:
+            self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.ledger_path.exists()
+            self._fd = os.open(self.ledger_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._lock_fd = os.open(sidecar_path(self.ledger_path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            if created:
+                fsync_directory(self.ledger_path.parent)
+        except OSError as exc:
+            self.close()
+            raise LedgerWriteError(
+                f"cannot open the ledger {self.ledger_path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            with self._locked():
+                latest = self.checkpoints.latest()
+                if latest is not None:
+                    self._last_checkpoint_size = latest.size
+                self._load_state()
+                self._sync()
+                if latest is not None and latest.size > self._last_id:
+                    self._refuse(
+                        f"the ledger holds {self._last_id} events but a signed checkpoint covers "
+                        f"{latest.size}: its tail was truncated. Run 'caracal ledger verify' and restore "
+                        f"from a backup"
+                    )
+        except BaseException:
+            self.close()
+            raise
+        logger.debug("opened ledger %s at event %d", self.ledger_path, self._last_id)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def last_event_id(self) -> int:
+        """The id of the last event this writer has seen (appended by it or by another writer)."""
+        return self._last_id
+
+    def append_event(
+        self,
+        agent_id: str,
+        resource_type: str,
+        quantity: Decimal | int | str,
+        cost: Decimal | int | str,
+        currency: str = "USD",
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: datetime | str | None = None,
+    ) -> LedgerEvent:
+        """Validate, append and fsync one event; return it with its id.
+
+        Raises :class:`InvalidLedgerEventError` (nothing written) for bad input and
+        :class:`LedgerWriteError` when the event could not be made durable (nothing acknowledged, no partial
+        line left behind).
+        """
+        draft = self._prepare(agent_id, resource_type, quantity, cost, currency, metadata, timestamp)
+        return self._commit([draft])[0]
+
+    def append_events(self, items: Iterable[Mapping[str, Any]]) -> list[LedgerEvent]:
+        """Append many events with one lock, one write and one fsync (group commit).
+
+        Each item is a mapping of :meth:`append_event`'s keyword arguments. Validation is all-or-nothing:
+        if any item is invalid, nothing is written and the error names the item's index.
+        """
+        drafts = []
+        now = None  # one clock reading per batch: the events of a group commit share their moment
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise InvalidLedgerEventError(f"item {index} must be a mapping, got {type(item).__name__}")
+            if not item.keys() <= _APPEND_FIELDS:
+                unknown = sorted(set(item) - _APPEND_FIELDS)
+                raise InvalidLedgerEventError(f"item {index} has unknown fields: {unknown}")
+            timestamp = item.get("timestamp")
+            if timestamp is None:
+                timestamp = now = now or self._clock()
+            try:
+                drafts.append(
+                    self._prepare(
+                        item.get("agent_id"),
+                        item.get("resource_type"),
+                        item.get("quantity"),
+                        item.get("cost"),
+                        item.get("currency", "USD"),
+                        item.get("metadata"),
+                        timestamp,
+                    )
+                )
+            except InvalidLedgerEventError as exc:
+                raise InvalidLedgerEventError(f"item {index}: {exc}") from None
+        if not drafts:
+            return []
+        return self._commit(drafts)
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign and store a checkpoint of the ledger as it is now (after catching up with other writers)."""
+        with self._locked():
+            self._ensure_usable()
+            self._sync()
+            return self._write_checkpoint()
+
+    def root(self) -> tuple[int, bytes]:
+        """``(size, root)`` of the Merkle tree over every complete line, as of now."""
+        with self._locked():
+            self._sync()
+            return self._tree.size, self._tree.root()
+
+    def close(self) -> None:
+        """Checkpoint what is not yet covered, save the tree state and release the files. Idempotent."""
+        with self._thread_lock:
+            if self._fd >= 0 and self._lock_fd >= 0 and self._refused is None:
+                try:
+                    with self._locked():
+                        self._sync()
+                        if self._tree.size > self._last_checkpoint_size:
+                            self._write_checkpoint()
+                except CaracalError as exc:
+                    logger.warning("could not checkpoint %s on close: %s", self.ledger_path, exc)
+            for fd in (self._fd, self._lock_fd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd = self._lock_fd = -1
+
+    def __enter__(self) -> LedgerWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ validation
+
+    def _prepare(
+        self,
+        agent_id: object,
+        resource_type: object,
+        quantity: object,
+        cost: object,
+        currency: object,
+        metadata: object,
+        timestamp: object,
+    ) -> _Draft:
+        error = InvalidLedgerEventError
+        if timestamp is None:
+            timestamp = self._clock()
+        moment = timestamp if type(timestamp) is datetime else parse_timestamp(timestamp, "timestamp", error)
+        return (
+            check_identifier(agent_id, "agent_id", error),
+            format_timestamp(moment),
+            check_identifier(resource_type, "resource_type", error),
+            parse_amount(quantity, "quantity", error),
+            parse_amount(cost, "cost", error),
+            check_currency(currency, error),
+            None if metadata is None else check_metadata(metadata, error),
+        )
+
+    # ------------------------------------------------------------------ the append path
+
+    def _commit(self, drafts: list[_Draft]) -> list[LedgerEvent]:
+        with self._locked():
+            self._ensure_usable()
+            self._sync()
+            if self._backup_pending:
+                self._backup_pending = False
+                self._maybe_backup()
+            events = []
+            leaves = []
+            chunks = []
+            prev = self._last_leaf
+            next_id = self._last_id + 1
+            for draft in drafts:
+                event = LedgerEvent(next_id, *draft, prev.hex())
+                line = dumps(event.to_dict())
+                prev = leaf_hash(line)
+                events.append(event)
+                leaves.append(prev)
+                chunks.append(line)
+                next_id += 1
+            chunks.append(b"")
+            payload = b"\n".join(chunks)
+            self._write_durably(payload)
+            self._end += len(payload)
+            self._last_id = next_id - 1
+            self._last_leaf = prev
+            self._tree.extend(leaves)
+            self._maybe_checkpoint()
+        if logger.isEnabledFor(logging.INFO):
+            for event in events:
+                logger.info(
+                    "ledger append event_id=%d agent_id=%s resource_type=%s quantity=%s cost=%s %s",
+                    event.event_id,
+                    event.agent_id,
+                    event.resource_type,
+                    event.quantity,
+                    event.cost,
+                    event.currency,
+                )
+        return events
+
+    def _write_durably(self, payload: bytes) -> None:
+        """One write and one fdatasync; on any failure roll the file back to ``self._end`` and raise."""
+        try:
+            written = _os_write(self._fd, payload)
+            if written != len(payload):
+                raise OSError(errno.EIO, f"short write: {written} of {len(payload)} bytes reached the file")
+            _os_fdatasync(self._fd)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            try:
+                _os_ftruncate(self._fd, self._end)
+                _os_fdatasync(self._fd)
+            except OSError as rollback_exc:
+                self._refuse(
+                    f"an append failed ({reason}) and rolling it back failed too "
+                    f"({rollback_exc.strerror or rollback_exc}); reopen the ledger to repair it"
+                )
+            raise LedgerWriteError(
+                f"could not append to the ledger {self.ledger_path}: {reason}. Nothing was recorded; "
+                f"fix the cause (disk space, permissions, hardware) and try again"
+            ) from exc
+
+    # ------------------------------------------------------------------ locking
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the thread lock and the exclusive file lock, waiting at most ``lock_timeout`` seconds."""
+        if not self._thread_lock.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else -1):
+            raise LedgerLockTimeoutError(
+                f"timed out after {self.lock_timeout}s waiting for another thread to finish appending "
+                f"to {self.ledger_path}"
+            )
+        try:
+            if self._fd < 0 or self._lock_fd < 0:
+                raise LedgerWriteError(f"the writer for {self.ledger_path} is closed")
+            self._acquire_file_lock()
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _acquire_file_lock(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.0001
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LedgerLockTimeoutError(
+                        f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
+                        f"another process is appending or is stuck holding it"
+                    ) from None
+                delay = min(delay * 2, 0.005)
+
+    # ------------------------------------------------------------------ catching up with the file
+
+    def _ensure_usable(self) -> None:
+        if self._refused is not None:
+            raise LedgerWriteError(f"the ledger {self.ledger_path} refuses writes: {self._refused}")
+
+    def _refuse(self, reason: str) -> None:
+        """Fail closed: remember why, log it, and refuse every later append of this writer."""
+        self._refused = reason
+        logger.error("ledger %s refuses writes: %s", self.ledger_path, reason)
+
+    def _sync(self) -> None:
+        """Bring the in-memory view up to the file: read lines other writers added, repair a torn tail.
+
+        Runs under the lock. Costs nothing when the file has not changed (one ``fstat``).
+        """
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise LedgerWriteError(f"cannot stat the ledger {self.ledger_path}: {exc.strerror}") from exc
+        if size == self._end:
+            return
+        if size < self._end:
+            self._refuse(
+                f"the ledger shrank from {self._end} to {size} bytes while open: acknowledged events were "
+                f"removed. Run 'caracal ledger verify' and restore from a backup"
+            )
+            self._ensure_usable()
+        with open(self.ledger_path, "rb") as handle:
+            try:
+                self._read_new_lines(handle, size)
+            except LedgerCorruptError as exc:
+                self._refuse(str(exc))
+                raise
+            if self._end < size:
+                self._repair_torn_tail(handle, size)
+
+    def _read_new_lines(self, handle: Any, size: int) -> None:
+        last_id = self._last_id
+        prev = self._last_leaf
+        line_number = last_id
+        leaves = []
+        end = self._end
+        for offset, line in iter_lines(handle, self._end, size):
+            line_number += 1
+            try:
+                data = orjson.loads(line)
+                event_id = data["event_id"]
+                chain = data.get("prev_hash")
+            except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+                parse_line(line, line_number)  # raises LedgerCorruptError with the precise reason
+                raise AssertionError("unreachable") from None  # pragma: no cover
+            if event_id != last_id + 1:
+                raise LedgerCorruptError(
+                    f"ledger line {line_number} holds event {event_id!r} but event {last_id + 1} was "
+                    f"expected; the ledger is corrupt. Run 'caracal ledger verify'",
+                    line_number=line_number,
+                    event_id=event_id if isinstance(event_id, int) else None,
+                )
+            if chain is not None and chain != prev.hex():
+                raise LedgerCorruptError(
+                    f"event {event_id} does not chain to event {last_id}: one of them was modified. "
+                    f"Run 'caracal ledger verify'",
+                    line_number=line_number,
+                    event_id=last_id or event_id,
+                )
+            prev = leaf_hash(line)
+            leaves.append(prev)
+            last_id = event_id
+            end = offset + len(line) + 1
+        self._tree.extend(leaves)
+        self._last_id = last_id
+        self._last_leaf = prev
+        self._end = end
+
+    def _repair_torn_tail(self, handle: Any, size: int) -> None:
+        """Move the bytes after the last newline to ``<ledger>.torn`` and cut the file back.
+
+        Under the exclusive lock no writer is mid-append, so these bytes are a write that a crashed
+        process never acknowledged; keeping them aside (not deleting them) leaves a trace for operators.
+        """
+        handle.seek(self._end)
+        torn = handle.read(size - self._end)
+        try:
+            append_durably(sidecar_path(self.ledger_path, "torn"), torn + b"\n")
+            _os_ftruncate(self._fd, self._end)
+            _os_fdatasync(self._fd)
+        except OSError as exc:
+            self._refuse(f"cannot repair a torn last line: {exc.strerror or exc}")
+            self._ensure_usable()
+        logger.warning(
+            "repaired %s: moved a torn last line of %d bytes (an unacknowledged write) to %s",
+            self.ledger_path,
+            len(torn),
+            sidecar_path(self.ledger_path, "torn"),
+        )
+
+    def _load_state(self) -> None:
+        """Start from the saved Merkle frontier if it still matches the file; else from the beginning.
+
+        The state file is a cache: it is trusted only after checking that the line it ends at is the event
+        it claims and hashes to the leaf it records. A wrong cache can only make checkpoints disagree with
+        the file, which ``verify`` reports; it cannot hide tampering.
+        """
+        path = sidecar_path(self.ledger_path, "merkle")
+        try:
+            state = orjson.loads(path.read_bytes())
+            tree = MerkleFrontier.from_dict(state["tree"])
+            offset = state["offset"]
+            last_leaf = bytes.fromhex(state["last_leaf"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:
+            logger.warning("ignoring unusable Merkle state %s (%s); rebuilding it", path, exc)
+            return
+        if not isinstance(offset, int) or offset < 0 or offset > os.fstat(self._fd).st_size:
+            return
+        if tree.size == 0:
+            return
+        with open(self.ledger_path, "rb") as handle:
+            if offset == 0 or complete_end(handle, offset) != offset:
+                return
+            last = read_last_lines(handle, offset, 1)
+        if not last:
+            return
+        line = last[0][1]
+        try:
+            event_id = orjson.loads(line).get("event_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if event_id != tree.size or leaf_hash(line) != last_leaf:
+            logger.warning("Merkle state %s does not match the ledger; rebuilding it", path)
+            return
+        self._tree = tree
+        self._end = offset
+        self._last_id = tree.size
+        self._last_leaf = last_leaf
+
+    def _save_state(self) -> None:
+        state = {"offset": self._end, "last_leaf": self._last_leaf.hex(), "tree": self._tree.to_dict()}
+        try:
+            write_atomically(sidecar_path(self.ledger_path, "merkle"), orjson.dumps(state))
+        except OSError as exc:  # a cache: losing it costs a rebuild on the next open, never data
+            logger.warning("could not save the Merkle state of %s: %s", self.ledger_path, exc)
+
+    # ------------------------------------------------------------------ checkpoints and backups
+
+    def _maybe_checkpoint(self) -> None:
+        size = self._tree.size
+        if size <= self._last_checkpoint_size:
+            return
+        due = self.checkpoint_every and size // self.checkpoint_every > self._last_checkpoint_size // (
+            self.checkpoint_every
+        )
+        if not due and self.checkpoint_interval:
+            due = time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
+        if due:
+            try:
+                self._write_checkpoint()
+            except CaracalError as exc:  # the events are durable already; a missing checkpoint is not fatal
+                logger.warning("could not write a checkpoint of %s: %s", self.ledger_path, exc)
+
+    def _write_checkpoint(self) -> Checkpoint:
+        checkpoint = self._signer.sign(
+            self._tree.size, self._tree.root(), format_timestamp(self._clock().astimezone(timezone.utc))
+        )
+        try:
+            self.checkpoints.append(checkpoint)
+        except OSError as exc:
+            raise LedgerWriteError(
+                f"cannot write the checkpoint file {self.checkpoints.path}: {exc}"
+            ) from exc
+        self._last_checkpoint_size = checkpoint.size
+        self._last_checkpoint_at = time.monotonic()
+        self._save_state()
+        logger.info("ledger checkpoint size=%d root=%s", checkpoint.size, checkpoint.root.hex())
+        return checkpoint
+
+    def _maybe_backup(self) -> None:
+        if self.backup_count == 0 or self._end == 0:
+            return
+        newest = sidecar_path(self.ledger_path, "bak.1")
+        try:
+            if newest.exists():
+                stat = newest.stat()
+                now = self._clock().timestamp()
+                if now - stat.st_mtime < self.backup_min_interval:
+                    return
+                if stat.st_size == self._end and _same_edges(newest, self.ledger_path, self._end):
+                    return
+            self._write_backup(newest)
+        except OSError as exc:  # backups are a convenience; the ledger itself stays the source of truth
+            logger.warning("could not back up %s: %s", self.ledger_path, exc)
+
+    def _write_backup(self, newest: Path) -> None:
+        tmp = sidecar_path(self.ledger_path, f"bak.tmp-{os.getpid()}")
+        with open(self.ledger_path, "rb") as source, open(tmp, "wb") as target:
+            remaining = self._end
+            while remaining:
+                block = source.read(min(remaining, 1 << 20))
+                if not block:
+                    break
+                target.write(block)
+                remaining -= len(block)
+            target.flush()
+            os.fsync(target.fileno())
+        for index in range(self.backup_count - 1, 0, -1):
+            older = sidecar_path(self.ledger_path, f"bak.{index}")
+            if older.exists():
+                os.replace(older, sidecar_path(self.ledger_path, f"bak.{index + 1}"))
+        os.replace(tmp, newest)
+        fsync_directory(self.ledger_path.parent)
+        logger.info("backed up %s to %s (%d bytes)", self.ledger_path, newest, self._end)
+
+
+def _same_edges(a: Path, b: Path, size: int) -> bool:
+    """Whether two files of ``size`` bytes start and end alike; for append-only files, that is equality."""
+    probe = min(size, 4096)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if fa.read(probe) != fb.read(probe):
+            return False
+        fa.seek(size - probe)
+        fb.seek(size - probe)
+        return fa.read(probe) == fb.read(probe)
+
+
+def _load_signer(ledger_path: Path, key_path: str | os.PathLike[str] | None) -> CheckpointSigner:
+    if key_path is None:
+        from caracal.config import default_signing_key_path
+
+        key_path = default_signing_key_path()
+    key = Path(key_path).expanduser().resolve()
+    folder = ledger_path.parent.expanduser().resolve()
+    if key.is_relative_to(folder):
+        raise ConfigurationError(
+            f"the checkpoint signing key {key} is inside the ledger's folder {folder}; keep it with the "
+            f"configuration instead, so that whoever can rewrite the ledger cannot re-sign it"
+        )
+    try:
+        return CheckpointSigner.load_or_create(key)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create the checkpoint signing key {key}: {exc}") from exc
+
+
+# ====================================================================== reading
+
+
+@dataclass
+class SpendTotals:
+    """Running totals for one group of events (an agent, a resource, a day) in one currency."""
+
+    events: int = 0
+    quantity: Decimal = field(default_factory=Decimal)
+    cost: Decimal = field(default_factory=Decimal)
+
+    def add(self, event: LedgerEvent) -> None:
+        self.events += 1
+        self.quantity += event.quantity
+        self.cost += event.cost
+
+
+def _as_utc(value: datetime | date | str | None, name: str, *, end: bool = False) -> datetime | None:
+    """A query bound as an aware UTC datetime; a bare date is the start (for ``end``, the end) of that day."""
+    if value is None:
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, datetime.max.time() if end else datetime.min.time())
+    elif isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            day = date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+        else:
+            return _as_utc(day, name, end=end)
+    return parse_timestamp(value, name, LedgerReadError)
+
+
+class LedgerReader:
+    """Streams the events of a ledger file, in order, with strict parsing.
+
+    Reading never takes the writers' lock: the file is append-only, so any prefix of complete lines is a
+    consistent view. Bytes after the last newline (a write in progress) are not read.
+    """
+
+    def __init__(self, ledger_path: str | os.PathLike[str]):
+        self.ledger_path = Path(ledger_path)
+
+    def iter_events(self) -> Iterator[LedgerEvent]:
+        """Every event, in order. Raises :class:`LedgerCorruptError` on the first line that does not parse."""
+        for _offset, _number, event in self._scan(0, 0):
+            yield event
+
+    def __iter__(self) -> Iterator[LedgerEvent]:
+        return self.iter_events()
+
+    def last_events(self, count: int) -> list[LedgerEvent]:
+        """The last ``count`` events, reading only the end of the file."""
+        if not isinstance(count, int) or count < 0:
+            raise LedgerReadError(f"count must be a non-negative integer, got {count!r}")
+        handle = self._open()
+        if handle is None:
+            return []
+        with handle:
+            end = complete_end(handle, os.fstat(handle.fileno()).st_size)
+            lines = read_last_lines(handle, end, count)
+        return [parse_line(line, 0) for _offset, line in lines]
+
+    def _open(self) -> Any:
+        try:
+            return open(self.ledger_path, "rb")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+
+    def _scan(self, start: int, line_number: int) -> Iterator[tuple[int, int, LedgerEvent]]:
+        """Yield ``(end_offset, line_number, event)`` for each complete line from ``start``."""
+        handle = self._open()
+        if handle is None:
+            return
+        try:
+            with handle:
+                for offset, line in iter_lines(handle, start):
+                    line_number += 1
+                    yield offset + len(line) + 1, line_number, parse_line(line, line_number)
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+
+
+class LedgerQuery(LedgerReader):
+    """Filters and sums over the ledger (the original Caracal API, plus summaries).
+
+    Time bounds are inclusive; naive datetimes are UTC; a bare date as ``end_time`` means the end of that
+    day. Sums are exact Decimals. Summing across currencies is refused rather than silently mixed.
+    """
+
+    def get_events(
+        self,
+        agent_id: str | None = None,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        resource_type: str | None = None,
+    ) -> list[LedgerEvent]:
+        return list(self.iter_matching(agent_id, start_time, end_time, resource_type))
+
+    def iter_matching(
+        self,
+        agent_id: str | None = None,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        resource_type: str | None = None,
+    ) -> Iterator[LedgerEvent]:
+        """Stream the events that match every given filter."""
+        start = _as_utc(start_time, "start_time")
+        end = _as_utc(end_time, "end_time", end=True)
+        if start is not None and end is not None and start > end:
+            raise LedgerReadError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}")
+        for event in self.iter_events():
+            if agent_id is not None and event.agent_id != agent_id:
+                continue
+            if resource_type is not None and event.resource_type != resource_type:
+                continue
+            if start is not None or end is not None:
+                moment = event.time
+                if (start is not None and moment < start) or (end is not None and moment > end):
+                    continue
+            yield event
+
+    def sum_spending(
+        self,
+        agent_id: str,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        currency: str | None = None,
+    ) -> Decimal:
+        """Total cost of ``agent_id``'s events in the window (inclusive)."""
+        totals = self.summarize("agent", agent_id=agent_id, start_time=start_time, end_time=end_time)
+        return _single_currency(totals, currency).get(agent_id, SpendTotals()).cost
+
+    def aggregate_by_agent(
+        self,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        currency: str | None = None,
+    ) -> dict[str, Decimal]:
+        """Total cost per agent in the window (inclusive)."""
+        totals = self.summarize("agent", start_time=start_time, end_time=end_time)
+        return {key: value.cost for key, value in _single_currency(totals, currency).items()}
+
+    def summary_by_resource(self, **filters: Any) -> dict[tuple[str, str], SpendTotals]:
+        """Totals per ``(resource_type, currency)``; accepts :meth:`get_events`'s filters."""
+        return self.summarize("resource", **filters)
+
+    def summary_by_day(self, **filters: Any) -> dict[tuple[str, str], SpendTotals]:
+        """Totals per ``(UTC day as YYYY-MM-DD, currency)``; accepts :meth:`get_events`'s filters."""
+        return self.summarize("day", **filters)
+
+    def summarize(
+        self,
+        group_by: str,
+        agent_id: str | None = None,
+        start_time: datetime | date | str | None = None,
+        end_time: datetime | date | str | None = None,
+        resource_type: str | None = None,
+    ) -> dict[tuple[str, str], SpendTotals]:
+        """Totals per ``(key, currency)`` where key is the agent, resource or UTC day."""
+        keys: dict[str, Callable[[LedgerEvent], str]] = {
+            "agent": lambda e: e.agent_id,
+            "resource": lambda e: e.resource_type,
+            "day": lambda e: e.timestamp[:10] if e.timestamp.endswith("Z") else e.time.date().isoformat(),
+        }
+        if group_by not in keys:
+            raise LedgerReadError(f"group_by must be one of {sorted(keys)}, got {group_by!r}")
+        key_of = keys[group_by]
+        totals: dict[tuple[str, str], SpendTotals] = {}
+        for event in self.iter_matching(agent_id, start_time, end_time, resource_type):
+            group = (key_of(event), event.currency)
+            if group not in totals:
+                totals[group] = SpendTotals()
+            totals[group].add(event)
+        return totals
+
+
+def _single_currency(
+    totals: dict[tuple[str, str], SpendTotals], currency: str | None
+) -> dict[str, SpendTotals]:
+    """Collapse ``(key, currency)`` totals to one currency, refusing to add different currencies."""
+    currencies = {cur for _key, cur in totals}
+    if currency is None:
+        if len(currencies) > 1:
+            raise LedgerError(
+                f"the matching events are in several currencies ({', '.join(sorted(currencies))}); "
+                f"pass currency= to choose one"
+            )
+    else:
+        check_currency(currency, LedgerReadError)
+    return {key: value for (key, cur), value in totals.items() if currency is None or cur == currency}
+
+
+class LedgerTail(LedgerReader):
+    """Follows a ledger as it grows: each :meth:`poll` returns only the events appended since the last one.
+
+    Later parts keep live aggregates with it without ever re-reading the file. It checks that ids continue
+    without a gap and that the file never shrinks; either would mean the ledger was rewritten, which is an
+    error rather than something to paper over.
+    """
+
+    def __init__(self, ledger_path: str | os.PathLike[str], *, from_end: bool = False):
+        super().__init__(ledger_path)
+        self.offset = 0
+        self.last_event_id = 0
+        if from_end:
+            handle = self._open()
+            if handle is not None:
+                with handle:
+                    self.offset = complete_end(handle, os.fstat(handle.fileno()).st_size)
+                    last = read_last_lines(handle, self.offset, 1)
+                if last:
+                    self.last_event_id = parse_line(last[0][1], 0).event_id
+
+    def poll(self) -> list[LedgerEvent]:
+        """Events appended since the previous call (complete lines only), in order."""
+        try:
+            size = self.ledger_path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+        if size < self.offset:
+            raise LedgerCorruptError(
+                f"the ledger {self.ledger_path} shrank from {self.offset} to {size} bytes: it was truncated "
+                f"or replaced"
+            )
+        events = []
+        for end, number, event in self._scan(self.offset, self.last_event_id):
+            if event.event_id != self.last_event_id + 1:
+                raise LedgerCorruptError(
+                    f"ledger line {number} holds event {event.event_id}, expected {self.last_event_id + 1}",
+                    line_number=number,
+                    event_id=event.event_id,
+                )
+            events.append(event)
+            self.offset = end
+            self.last_event_id = event.event_id
+        return events
+
+    def follow(self, interval: float = 0.5, stop: Callable[[], bool] | None = None) -> Iterator[LedgerEvent]:
+        """Yield events as they are appended, polling every ``interval`` seconds until ``stop()`` is true."""
+        while stop is None or not stop():
+            batch = self.poll()
+            yield from batch
+            if not batch:
+                time.sleep(interval)

@@ -1,0 +1,515 @@
+"""Full verification of a ledger file, and Merkle proofs over it.
+
+:func:`verify_ledger` reads the whole file once and checks, in file order:
+
+1. every complete line is a valid event (corruption anywhere is found, not only at the tail);
+2. event ids run 1, 2, 3, ... (a deleted line leaves a gap, an inserted or reordered one breaks the order);
+3. each line's ``prev_hash`` equals the leaf hash of the line before it (a modified line is named exactly by
+   the next line's chain);
+4. the RFC 9162 root over the first ``size`` lines equals every signed checkpoint's root, and each
+   checkpoint's Ed25519 signature is valid (a rewrite that also recomputed the chain is still caught);
+5. the ledger is at least as long as its last checkpoint (a truncated tail is caught).
+
+Problems are collected in file order, so ``first_bad_event_id`` names the first bad event. A torn last line
+(an unacknowledged write cut by a crash, repaired by the next writer) is reported but is not a problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from caracal.core.checkpoint import Checkpoint, CheckpointStore, load_public_key
+from caracal.core.events import complete_end, iter_lines, parse_line, validate_event_dict
+from caracal.core.merkle import (
+    EMPTY_ROOT,
+    MerkleFrontier,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
+from caracal.exceptions import (
+    CheckpointError,
+    InvalidLedgerEventError,
+    LedgerCorruptError,
+    LedgerReadError,
+    LedgerVerificationError,
+    ProofError,
+)
+
+Progress = Callable[[int, int], None]
+"""Called with ``(bytes_done, bytes_total)`` now and then during long work."""
+
+_PROGRESS_STEP = 8 << 20
+_PARALLEL_MIN_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a ledger. ``kind`` is a stable word scripts can match on."""
+
+    kind: str
+    message: str
+    event_id: int | None = None
+    line_number: int | None = None
+
+
+@dataclass
+class VerificationReport:
+    ledger_path: Path
+    events: int = 0
+    bytes_checked: int = 0
+    root: bytes = EMPTY_ROOT
+    checkpoints_total: int = 0
+    checkpoints_matched: int = 0
+    signatures_checked: bool = False
+    key_id: str | None = None
+    torn_tail_bytes: int = 0
+    unchained_events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    problems_omitted: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad_event_id(self) -> int | None:
+        for problem in self.problems:
+            if problem.event_id is not None:
+                return problem.event_id
+        return None
+
+    def raise_if_failed(self) -> None:
+        if self.problems:
+            first = self.problems[0]
+            more = len(self.problems) + self.problems_omitted - 1
+            raise LedgerVerificationError(
+                first.message + (f" (and {more} more problems)" if more else ""),
+                first_bad_event_id=self.first_bad_event_id,
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "ledger": str(self.ledger_path),
+            "events": self.events,
+            "bytes": self.bytes_checked,
+            "root": self.root.hex(),
+            "checkpoints": self.checkpoints_total,
+            "checkpoints_matched": self.checkpoints_matched,
+            "signatures_checked": self.signatures_checked,
+            "key_id": self.key_id,
+            "torn_tail_bytes": self.torn_tail_bytes,
+            "unchained_events": self.unchained_events,
+            "first_bad_event_id": self.first_bad_event_id,
+            "problems": [problem.__dict__ for problem in self.problems],
+            "problems_omitted": self.problems_omitted,
+        }
+
+
+def default_public_key() -> Ed25519PublicKey | None:
+    """The public half of the configured signing key, or None when there is no key yet."""
+    from caracal.config import default_signing_key_path
+
+    path = default_signing_key_path()
+    return load_public_key(path) if path.exists() else None
+
+
+def verify_ledger(
+    ledger_path: str | os.PathLike[str],
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    progress: Progress | None = None,
+    max_problems: int = 50,
+    parallel: bool | None = None,
+) -> VerificationReport:
+    """Check the whole ledger (see the module docstring) and return a report; never raises for findings.
+
+    Without ``public_key`` the checkpoints' roots are still compared, but their signatures are not checked
+    (the report says so). ``parallel`` (default: for files over 32 MiB on a machine with several cores)
+    checks the second half of the file in another process. Raises :class:`LedgerReadError` only when the
+    file cannot be read at all.
+    """
+    path = Path(ledger_path)
+    report = VerificationReport(ledger_path=path)
+    store = CheckpointStore(path.with_name(path.name + ".checkpoints"))
+
+    def found(problem: Problem) -> None:
+        if len(report.problems) < max_problems:
+            report.problems.append(problem)
+        else:
+            report.problems_omitted += 1
+
+    checkpoints: list[Checkpoint] = []
+    try:
+        checkpoints = list(store)
+    except CheckpointError as exc:
+        found(Problem("checkpoint-file", f"the checkpoint file is unreadable: {exc}"))
+    report.checkpoints_total = len(checkpoints)
+    if public_key is not None:
+        report.signatures_checked = True
+        report.key_id = _key_id(public_key)
+        for checkpoint in checkpoints:
+            try:
+                checkpoint.verify(public_key)
+            except CheckpointError as exc:
+                found(Problem("checkpoint-signature", str(exc)))
+    pending = sorted(checkpoints, key=lambda c: c.size)
+    next_cp = 0
+    while next_cp < len(pending) and pending[next_cp].size == 0:
+        _compare_root(pending[next_cp], EMPTY_ROOT, report, found, 0)
+        next_cp += 1
+
+    try:
+        total = path.stat().st_size
+    except FileNotFoundError:
+        total = 0
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
+
+    segments = _scan(path, total, progress, parallel)
+    leaves: list[bytes] = []
+    expected, last_leaf = 1, EMPTY_ROOT
+    for segment in segments:
+        if segment.count:
+            _check_boundary(segment, expected, last_leaf, report.events, found)
+        for problem in segment.problems:
+            found(replace(problem, line_number=(problem.line_number or 0) + report.events))
+        report.events += segment.count
+        report.unchained_events += segment.unchained
+        if segment.count:
+            expected, last_leaf = segment.next_expected, segment.leaves[-1]
+        leaves.extend(segment.leaves)
+        report.bytes_checked = segment.stop
+    report.torn_tail_bytes = total - report.bytes_checked
+
+    tree = MerkleFrontier()
+    last_matched = 0
+    for checkpoint in pending[next_cp:]:
+        if checkpoint.size > len(leaves):
+            found(
+                Problem(
+                    "truncated",
+                    f"the ledger holds {report.events} events but a signed checkpoint covers "
+                    f"{checkpoint.size}: events {report.events + 1}..{checkpoint.size} were removed from "
+                    f"its tail",
+                    report.events + 1,
+                    report.events + 1,
+                )
+            )
+            break
+        tree.extend(leaves[tree.size : checkpoint.size])
+        if _compare_root(checkpoint, tree.root(), report, found, last_matched):
+            last_matched = checkpoint.size
+    tree.extend(leaves[tree.size :])
+    report.root = tree.root()
+    # Problems were found per stage; present them in file order so the first names the first bad event.
+    report.problems.sort(key=lambda p: (p.event_id is None, p.event_id or 0))
+    return report
+
+
+@dataclass
+class _Segment:
+    """What scanning the complete lines in ``[start, stop)`` found; line numbers are segment-local."""
+
+    start: int
+    stop: int = 0
+    count: int = 0
+    first_id: object = None
+    first_chain: object = None
+    next_expected: int = 1
+    unchained: int = 0
+    leaves: list[bytes] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _scan(path: Path, total: int, progress: Progress | None, parallel: bool | None) -> list[_Segment]:
+    """Scan the file in one process, or (large files, several cores) in two processes at once."""
+    if total == 0:
+        return []
+    if parallel is None:
+        parallel = total >= _PARALLEL_MIN_BYTES and (os.cpu_count() or 1) > 1
+    if not parallel:
+        return [_scan_segment(path, 0, total, progress, total)]
+    with open(path, "rb") as handle:
+        middle = complete_end(handle, total // 2)
+    if middle == 0:
+        return [_scan_segment(path, 0, total, progress, total)]
+    # A child interpreter (not multiprocessing, which would re-import the caller's main module) checks the
+    # second half while this process checks the first.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "caracal.core.verify", os.fspath(path), str(middle), str(total)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        first = _scan_segment(path, 0, middle, progress, total)
+    finally:
+        output, errors = child.communicate()
+    if child.returncode != 0:
+        raise LedgerReadError(
+            f"verifying the second half of {path} failed: {errors.decode(errors='replace')}"
+        )
+    rest = pickle.loads(output)
+    if progress is not None:
+        progress(total, total)
+    return [first, rest]
+
+
+def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, total: int) -> _Segment:
+    """Check every complete line in ``[start, stop)``: valid event, ids in order, chain intact.
+
+    The hot loop of ``verify``: it runs once per line, so it binds everything it calls to locals. The
+    first line's id and chain are taken as given and checked against the previous segment by the caller.
+    """
+    segment = _Segment(start=start, stop=start)
+    leaves = segment.leaves
+    problems = segment.problems
+    loads = orjson.loads
+    validate = validate_event_dict
+    sha256 = hashlib.sha256
+    expected: int | None = 1 if start == 0 else None
+    prev_hex: str | None = EMPTY_ROOT.hex() if start == 0 else None
+    number = 0
+    unchained = 0
+    next_progress = start + _PROGRESS_STEP
+    try:
+        with open(path, "rb") as handle:
+            for offset, line in iter_lines(handle, start, stop):
+                number += 1
+                leaf = sha256(b"\x00" + line).digest()
+                leaves.append(leaf)
+                try:
+                    data = loads(line)
+                    event_id = data["event_id"]
+                    chain = data.get("prev_hash")
+                except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+                    data, event_id, chain = None, None, None
+                if expected is None:  # first line of a later segment
+                    segment.first_id, segment.first_chain = event_id, chain
+                    expected = event_id if type(event_id) is int else 1
+                    prev_hex = chain if type(chain) is str else None
+                if event_id != expected or type(event_id) is not int:
+                    problems.append(_order_problem(line, number, expected, event_id))
+                    expected = event_id + 1 if type(event_id) is int else expected + 1
+                else:
+                    try:
+                        validate(data)
+                    except InvalidLedgerEventError as exc:
+                        problems.append(
+                            Problem(
+                                "corrupt-line",
+                                f"ledger line {number} is not a valid event: {exc}",
+                                event_id,
+                                number,
+                            )
+                        )
+                    expected += 1
+                if chain is None:
+                    unchained += 1
+                elif chain != prev_hex and prev_hex is not None:
+                    bad = expected - 2
+                    problems.append(
+                        Problem(
+                            "chain",
+                            f"event {bad} does not match the hash recorded by the line after it: event {bad} "
+                            f"was modified, or the line after it was",
+                            bad,
+                            number - 1,
+                        )
+                    )
+                prev_hex = leaf.hex()
+                if progress is not None and offset >= next_progress:
+                    progress(offset, total)
+                    next_progress = offset + _PROGRESS_STEP
+                segment.stop = offset + len(line) + 1
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
+    segment.count = number
+    segment.unchained = unchained
+    segment.next_expected = expected or 1
+    if start == 0 and number:
+        segment.first_id = 1
+    return segment
+
+
+def _check_boundary(
+    segment: _Segment, expected: int, last_leaf: bytes, lines_before: int, found: Callable[[Problem], None]
+) -> None:
+    """Check the first line of a later segment against the end of the one before it."""
+    if segment.start == 0:
+        return
+    number = lines_before + 1
+    if type(segment.first_id) is int and segment.first_id != expected:
+        found(_order_problem(b"", number, expected, segment.first_id))
+    if isinstance(segment.first_chain, str) and segment.first_chain != last_leaf.hex():
+        found(
+            Problem(
+                "chain",
+                f"event {expected - 1} does not match the hash recorded by the line after it: event "
+                f"{expected - 1} was modified, or the line after it was",
+                expected - 1,
+                number - 1,
+            )
+        )
+
+
+def _order_problem(line: bytes, number: int, expected: int, event_id: object) -> Problem:
+    if type(event_id) is not int:
+        try:
+            parse_line(line, number)
+            message = f"ledger line {number} has no valid event_id"
+        except LedgerCorruptError as exc:
+            message = str(exc)
+        return Problem("corrupt-line", message, expected, number)
+    if event_id > expected:
+        what = (
+            f"events {expected}..{event_id - 1} are missing"
+            if event_id > expected + 1
+            else (f"event {expected} is missing")
+        )
+        return Problem(
+            "gap", f"line {number} holds event {event_id}: {what} (deleted lines)", expected, number
+        )
+    return Problem(
+        "order",
+        f"line {number} holds event {event_id} but event {expected} was expected: a line was inserted, "
+        f"duplicated or moved",
+        expected,
+        number,
+    )
+
+
+def _compare_root(
+    checkpoint: Checkpoint,
+    root: bytes,
+    report: VerificationReport,
+    found: Callable[[Problem], None],
+    last_matched: int,
+) -> bool:
+    if checkpoint.root == root:
+        report.checkpoints_matched += 1
+        return True
+    first = last_matched + 1
+    found(
+        Problem(
+            "checkpoint",
+            f"the first {checkpoint.size} events do not hash to the root signed at {checkpoint.timestamp}: "
+            f"some event from {first} to {checkpoint.size} was rewritten",
+            first,
+            first,
+        )
+    )
+    return False
+
+
+def _key_id(public_key: Ed25519PublicKey) -> str:
+    from caracal.core.checkpoint import key_id
+
+    return key_id(public_key)
+
+
+# ====================================================================== proofs
+
+
+def read_leaf_hashes(ledger_path: str | os.PathLike[str], limit: int | None = None) -> list[bytes]:
+    """RFC 9162 leaf hashes of the first ``limit`` complete lines (all when None)."""
+    path = Path(ledger_path)
+    leaves: list[bytes] = []
+    try:
+        with open(path, "rb") as handle:
+            for _offset, line in iter_lines(handle):
+                if limit is not None and len(leaves) >= limit:
+                    break
+                leaves.append(leaf_hash(line))
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
+    return leaves
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """Proof that event ``event_id`` (leaf ``event_id - 1``) is in the ``size``-leaf tree with ``root``."""
+
+    event_id: int
+    size: int
+    leaf_hash: bytes
+    root: bytes
+    proof: list[bytes]
+
+    def verify(self) -> None:
+        verify_inclusion(self.leaf_hash, self.event_id - 1, self.size, self.proof, self.root)
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """Proof that the tree of ``size1`` leaves is a prefix of the tree of ``size2`` leaves."""
+
+    size1: int
+    size2: int
+    root1: bytes
+    root2: bytes
+    proof: list[bytes]
+
+    def verify(self) -> None:
+        verify_consistency(self.size1, self.size2, self.root1, self.root2, self.proof)
+
+
+def prove_inclusion(
+    ledger_path: str | os.PathLike[str], event_id: int, size: int | None = None
+) -> InclusionProof:
+    """An inclusion proof for ``event_id`` in the tree of the first ``size`` events (default: all)."""
+    if type(event_id) is not int or event_id < 1:
+        raise ProofError(f"event_id must be a positive integer, got {event_id!r}")
+    leaves = read_leaf_hashes(ledger_path, size)
+    size = len(leaves) if size is None else size
+    if size > len(leaves):
+        raise ProofError(f"the ledger holds {len(leaves)} events, fewer than the requested size {size}")
+    if event_id > size:
+        raise ProofError(f"event {event_id} is not within the first {size} events")
+    proof = inclusion_proof(leaves, event_id - 1, size)
+    return InclusionProof(event_id, size, leaves[event_id - 1], root_from_leaf_hashes(leaves[:size]), proof)
+
+
+def prove_consistency(
+    ledger_path: str | os.PathLike[str], size1: int, size2: int | None = None
+) -> ConsistencyProof:
+    """A consistency proof between the trees of the first ``size1`` and ``size2`` events (default: all)."""
+    leaves = read_leaf_hashes(ledger_path, size2)
+    size2 = len(leaves) if size2 is None else size2
+    if size2 > len(leaves):
+        raise ProofError(f"the ledger holds {len(leaves)} events, fewer than the requested size {size2}")
+    if type(size1) is not int or not 0 < size1 <= size2:
+        raise ProofError(f"size1 must be between 1 and {size2}, got {size1!r}")
+    proof = consistency_proof(leaves, size1, size2)
+    return ConsistencyProof(
+        size1, size2, root_from_leaf_hashes(leaves[:size1]), root_from_leaf_hashes(leaves[:size2]), proof
+    )
+
+
+def _worker_main(argv: list[str]) -> None:
+    """Entry point of the child that checks a later segment: prints the pickled :class:`_Segment`."""
+    from caracal.core import verify  # this file runs as __main__; pickle must name the importable module
+
+    path, start, stop = Path(argv[0]), int(argv[1]), int(argv[2])
+    segment = verify._scan_segment(path, start, stop, None, stop)
+    sys.stdout.buffer.write(pickle.dumps(segment, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
