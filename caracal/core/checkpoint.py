@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from caracal.core.events import complete_end, read_last_lines
 from caracal.core.fileio import append_durably, write_atomically
 from caracal.exceptions import CheckpointError, ConfigurationError
 
@@ -191,7 +192,18 @@ class CheckpointStore:
             yield Checkpoint.from_dict(record)
 
     def latest(self) -> Checkpoint | None:
-        last = None
-        for last in self:  # noqa: B007 - the file is small (one line per checkpoint)
-            pass
-        return last
+        """The last complete checkpoint, reading only the end of the file (opening a writer needs it)."""
+        try:
+            with open(self.path, "rb") as handle:
+                end = complete_end(handle, os.fstat(handle.fileno()).st_size)
+                last = read_last_lines(handle, end, 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoints {self.path}: {exc}") from exc
+        if not last:
+            return None
+        try:
+            return Checkpoint.from_dict(orjson.loads(last[0][1]))
+        except orjson.JSONDecodeError as exc:
+            raise CheckpointError(f"the last line of {self.path} is not valid JSON: {exc}") from exc

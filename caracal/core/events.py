@@ -65,17 +65,16 @@ class LedgerEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in line order; amounts as exact strings; ``metadata`` omitted when None."""
-        data: dict[str, Any] = {
-            "event_id": self.event_id,
-            "agent_id": self.agent_id,
-            "timestamp": self.timestamp,
-            "resource_type": self.resource_type,
-            "quantity": str(self.quantity),
-            "cost": str(self.cost),
-            "currency": self.currency,
-        }
-        if self.metadata is not None:
-            data["metadata"] = self.metadata
+        data = line_dict(
+            self.event_id,
+            self.agent_id,
+            self.timestamp,
+            self.resource_type,
+            self.quantity,
+            self.cost,
+            self.currency,
+            self.metadata,
+        )
         if self.prev_hash is not None:
             data["prev_hash"] = self.prev_hash
         return data
@@ -94,6 +93,31 @@ class LedgerEvent:
 
     def to_bytes(self) -> bytes:
         return dumps(self.to_dict())
+
+
+def line_dict(
+    event_id: int,
+    agent_id: str,
+    timestamp: str,
+    resource_type: str,
+    quantity: Decimal,
+    cost: Decimal,
+    currency: str,
+    metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """An event's fields as a dict in line order (without ``prev_hash``), amounts as exact strings."""
+    data: dict[str, Any] = {
+        "event_id": event_id,
+        "agent_id": agent_id,
+        "timestamp": timestamp,
+        "resource_type": resource_type,
+        "quantity": str(quantity),
+        "cost": str(cost),
+        "currency": currency,
+    }
+    if metadata is not None:
+        data["metadata"] = metadata
+    return data
 
 
 def validate_event_dict(data: Any) -> tuple[Any, ...]:

@@ -47,7 +47,14 @@ from typing import Any
 import orjson
 
 from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
-from caracal.core.events import LedgerEvent, complete_end, iter_lines, parse_line, read_last_lines
+from caracal.core.events import (
+    LedgerEvent,
+    complete_end,
+    iter_lines,
+    line_dict,
+    parse_line,
+    read_last_lines,
+)
 from caracal.core.fileio import append_durably, fsync_directory, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
 from caracal.core.validation import (
@@ -107,9 +114,10 @@ def sidecar_path(ledger_path: Path, suffix: str) -> Path:
     return ledger_path.with_name(f"{ledger_path.name}.{suffix}")
 
 
-_Draft = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
-"""A validated event without its id and chain hash (known only under the lock): agent_id, timestamp,
-resource_type, quantity, cost, currency, metadata."""
+_Draft = tuple[tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"], bytes]
+"""A validated event without its id and chain hash (known only under the lock): its fields (agent_id,
+timestamp, resource_type, quantity, cost, currency, metadata) and those fields already serialized as the
+middle of its JSON line, so that the work done under the lock is only splicing in the id and the hash."""
 
 
 class LedgerWriter:
@@ -312,7 +320,7 @@ class LedgerWriter:
         if timestamp is None:
             timestamp = self._clock()
         moment = timestamp if type(timestamp) is datetime else parse_timestamp(timestamp, "timestamp", error)
-        return (
+        fields = (
             check_identifier(agent_id, "agent_id", error),
             format_timestamp(moment),
             check_identifier(resource_type, "resource_type", error),
@@ -321,11 +329,15 @@ class LedgerWriter:
             check_currency(currency, error),
             None if metadata is None else check_metadata(metadata, error),
         )
+        # The event's line is '{"event_id":N,' + body + ',"prev_hash":"H"}', in LedgerEvent.to_dict order.
+        body = dumps(line_dict(0, *fields))
+        return fields, body[body.index(b",") + 1 : -1]
 
     # ------------------------------------------------------------------ the append path
 
     def _commit(self, drafts: list[_Draft]) -> list[LedgerEvent]:
-        with self._locked():
+        self._lock()
+        try:
             self._ensure_usable()
             self._sync()
             if self._backup_pending:
@@ -336,11 +348,11 @@ class LedgerWriter:
             chunks = []
             prev = self._last_leaf
             next_id = self._last_id + 1
-            for draft in drafts:
-                event = LedgerEvent(next_id, *draft, prev.hex())
-                line = dumps(event.to_dict())
+            for fields, body in drafts:
+                prev_hex = prev.hex()
+                line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
                 prev = leaf_hash(line)
-                events.append(event)
+                events.append(LedgerEvent(next_id, *fields, prev_hex))
                 leaves.append(prev)
                 chunks.append(line)
                 next_id += 1
@@ -352,6 +364,8 @@ class LedgerWriter:
             self._last_leaf = prev
             self._tree.extend(leaves)
             self._maybe_checkpoint()
+        finally:
+            self._unlock()
         if logger.isEnabledFor(logging.INFO):
             for event in events:
                 logger.info(
@@ -392,7 +406,18 @@ class LedgerWriter:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the thread lock and the exclusive file lock, waiting at most ``lock_timeout`` seconds."""
-        if not self._thread_lock.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else -1):
+        self._lock()
+        try:
+            yield
+        finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        """Take the thread lock, then the file lock (the append path calls this directly: no generator)."""
+        lock = self._thread_lock
+        if not lock.acquire(blocking=False) and not lock.acquire(
+            timeout=self.lock_timeout if self.lock_timeout > 0 else -1
+        ):
             raise LedgerLockTimeoutError(
                 f"timed out after {self.lock_timeout}s waiting for another thread to finish appending "
                 f"to {self.ledger_path}"
@@ -401,10 +426,13 @@ class LedgerWriter:
             if self._fd < 0 or self._lock_fd < 0:
                 raise LedgerWriteError(f"the writer for {self.ledger_path} is closed")
             self._acquire_file_lock()
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _unlock(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 

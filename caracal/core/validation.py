@@ -254,7 +254,7 @@ def parse_amount(value: object, name: str, error: type[Exception]) -> Decimal:
     elif (
         kind is Decimal or kind is int or (isinstance(value, (Decimal, int)) and not isinstance(value, bool))
     ):
-        amount = Decimal(value)  # type: ignore[arg-type]
+        amount = value if kind is Decimal else Decimal(value)  # type: ignore[assignment,arg-type]
         if len(str(amount)) > MAX_AMOUNT_CHARS:
             _fail(error, f"{name} has more than {MAX_AMOUNT_CHARS} characters of digits")
     elif isinstance(value, float):

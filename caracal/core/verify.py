@@ -64,6 +64,9 @@ class Problem:
     message: str
     event_id: int | None = None
     line_number: int | None = None
+    exact: bool = True
+    """False when ``event_id`` is only the start of a range known to hold a bad event (a checkpoint
+    mismatch says *some* event from there on was rewritten, not which)."""
 
 
 @dataclass
@@ -87,10 +90,12 @@ class VerificationReport:
 
     @property
     def first_bad_event_id(self) -> int | None:
-        for problem in self.problems:
-            if problem.event_id is not None:
-                return problem.event_id
-        return None
+        """The first bad event named exactly; else the start of the first range known to hold one."""
+        exact = [p.event_id for p in self.problems if p.event_id is not None and p.exact]
+        if exact:
+            return min(exact)
+        ranges = [p.event_id for p in self.problems if p.event_id is not None]
+        return min(ranges) if ranges else None
 
     def raise_if_failed(self) -> None:
         if self.problems:
@@ -198,7 +203,12 @@ def verify_ledger(
 
     tree = MerkleFrontier()
     last_matched = 0
+    compared: set[tuple[int, bytes]] = set()
     for checkpoint in pending[next_cp:]:
+        if (checkpoint.size, checkpoint.root) in compared:
+            report.checkpoints_matched += checkpoint.root == tree.root()
+            continue
+        compared.add((checkpoint.size, checkpoint.root))
         if checkpoint.size > len(leaves):
             found(
                 Problem(
@@ -217,7 +227,7 @@ def verify_ledger(
     tree.extend(leaves[tree.size :])
     report.root = tree.root()
     # Problems were found per stage; present them in file order so the first names the first bad event.
-    report.problems.sort(key=lambda p: (p.event_id is None, p.event_id or 0))
+    report.problems.sort(key=lambda p: (not p.exact, p.event_id is None, p.event_id or 0))
     return report
 
 
@@ -246,7 +256,14 @@ def _scan(path: Path, total: int, progress: Progress | None, parallel: bool | No
         return [_scan_segment(path, 0, total, progress, total)]
     with open(path, "rb") as handle:
         middle = complete_end(handle, total // 2)
-    if middle == 0:
+        first_line = next(iter_lines(handle, middle, total), (0, b""))[1]
+    try:
+        starts_with_id = type(orjson.loads(first_line)["event_id"]) is int
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        starts_with_id = False
+    if middle == 0 or not starts_with_id:
+        # The second half must start with a line whose id anchors its numbering; a corrupt line there
+        # would make the child number everything after it wrongly. Rare (corrupt files): scan in one go.
         return [_scan_segment(path, 0, total, progress, total)]
     # A child interpreter (not multiprocessing, which would re-import the caller's main module) checks the
     # second half while this process checks the first.
@@ -302,6 +319,9 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                     segment.first_id, segment.first_chain = event_id, chain
                     expected = event_id if type(event_id) is int else 1
                     prev_hex = chain if type(chain) is str else None
+                # A line out of place (deleted, inserted or moved neighbours) breaks the chain as a matter of
+                # course; its order problem names it, and a chain problem would name an innocent neighbour.
+                misplaced = type(event_id) is int and event_id != expected
                 if event_id != expected or type(event_id) is not int:
                     problems.append(_order_problem(line, number, expected, event_id))
                     expected = event_id + 1 if type(event_id) is int else expected + 1
@@ -320,7 +340,7 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                     expected += 1
                 if chain is None:
                     unchained += 1
-                elif chain != prev_hex and prev_hex is not None:
+                elif chain != prev_hex and prev_hex is not None and not misplaced:
                     bad = expected - 2
                     problems.append(
                         Problem(
@@ -353,9 +373,10 @@ def _check_boundary(
     if segment.start == 0:
         return
     number = lines_before + 1
-    if type(segment.first_id) is int and segment.first_id != expected:
+    misplaced = type(segment.first_id) is int and segment.first_id != expected
+    if misplaced:
         found(_order_problem(b"", number, expected, segment.first_id))
-    if isinstance(segment.first_chain, str) and segment.first_chain != last_leaf.hex():
+    if not misplaced and isinstance(segment.first_chain, str) and segment.first_chain != last_leaf.hex():
         found(
             Problem(
                 "chain",
@@ -388,7 +409,7 @@ def _order_problem(line: bytes, number: int, expected: int, event_id: object) ->
         "order",
         f"line {number} holds event {event_id} but event {expected} was expected: a line was inserted, "
         f"duplicated or moved",
-        expected,
+        event_id if event_id >= 1 else expected,  # the duplicated or moved event, not its innocent successor
         number,
     )
 
@@ -411,6 +432,7 @@ def _compare_root(
             f"some event from {first} to {checkpoint.size} was rewritten",
             first,
             first,
+            exact=False,
         )
     )
     return False

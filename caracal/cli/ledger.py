@@ -1,0 +1,369 @@
+"""``caracal ledger ...``: append, query, summarize, verify, checkpoint, prove and tail the ledger.
+
+Each command parses its options, makes one library call, renders the result (a table, or JSON with
+``--json``) and exits with a meaningful code (see :mod:`caracal.cli.render`).
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, table
+from caracal.config import default_ledger_path, default_signing_key_path
+from caracal.core.checkpoint import CheckpointStore, load_public_key
+from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
+from caracal.core.verify import VerificationReport, prove_consistency, prove_inclusion, verify_ledger
+from caracal.exceptions import InvalidLedgerEventError, ProofError
+
+_PROGRESS_MIN_BYTES = 16 << 20
+
+
+def ledger_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--ledger",
+        "ledger",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="CARACAL_LEDGER",
+        default=None,
+        help="Ledger file (default: $CARACAL_LEDGER, else $CARACAL_HOME/data/ledger.jsonl).",
+    )(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
+
+
+def resolve(ledger: Path | None) -> Path:
+    return ledger if ledger is not None else default_ledger_path()
+
+
+def open_writer(ledger: Path | None) -> LedgerWriter:
+    return LedgerWriter(resolve(ledger), signing_key_path=default_signing_key_path())
+
+
+def event_rows(events: list[LedgerEvent]) -> list[list[object]]:
+    return [
+        [e.event_id, e.timestamp, e.agent_id, e.resource_type, e.quantity, e.cost, e.currency] for e in events
+    ]
+
+
+def show_events(events: list[LedgerEvent], as_json: bool) -> None:
+    if as_json:
+        emit_json([e.to_dict() for e in events])
+        return
+    if not events:
+        click.echo("no events")
+        return
+    table(
+        ["ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR"],
+        event_rows(events),
+        right=(0, 4, 5),
+    )
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """The append-only, tamper-evident ledger of charges."""
+
+
+@ledger_group.command("append")
+@ledger_option
+@json_option
+@click.option("--agent-id", required=True, help="Agent charged.")
+@click.option("--resource-type", required=True, help="What was consumed, e.g. openai.gpt-4o.input_tokens.")
+@click.option("--quantity", required=True, help="How much (exact decimal).")
+@click.option("--cost", required=True, help="Cost (exact decimal).")
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--metadata", default=None, help="A JSON object stored with the event.")
+@click.option("--timestamp", default=None, help="ISO 8601 time (default: now; naive means UTC).")
+@handle_errors
+def append_command(
+    ledger: Path | None,
+    as_json: bool,
+    agent_id: str,
+    resource_type: str,
+    quantity: str,
+    cost: str,
+    currency: str,
+    metadata: str | None,
+    timestamp: str | None,
+) -> None:
+    """Append one charge; prints it with its event id once it is on disk."""
+    meta = None
+    if metadata is not None:
+        try:
+            meta = orjson.loads(metadata)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidLedgerEventError(f"--metadata is not valid JSON: {exc}") from None
+    with open_writer(ledger) as writer:
+        event = writer.append_event(agent_id, resource_type, quantity, cost, currency, meta, timestamp)
+    show_events([event], as_json)
+
+
+@ledger_group.command("query")
+@ledger_option
+@json_option
+@click.option("--agent-id", default=None, help="Only this agent.")
+@click.option("--resource-type", default=None, help="Only this resource.")
+@click.option("--start", default=None, help="From this time or date (inclusive; naive means UTC).")
+@click.option("--end", default=None, help="Up to this time or date (inclusive; a date covers the whole day).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Show at most this many (the last).")
+@handle_errors
+def query_command(
+    ledger: Path | None,
+    as_json: bool,
+    agent_id: str | None,
+    resource_type: str | None,
+    start: str | None,
+    end: str | None,
+    limit: int | None,
+) -> None:
+    """List charges, filtered by agent, resource and time."""
+    events = LedgerQuery(resolve(ledger)).get_events(agent_id, start, end, resource_type)
+    if limit is not None:
+        events = events[-limit:] if limit else []
+    show_events(events, as_json)
+
+
+@ledger_group.command("summary")
+@ledger_option
+@json_option
+@click.option("--agent-id", default=None, help="Only this agent.")
+@click.option("--resource-type", default=None, help="Only this resource.")
+@click.option("--start", default=None, help="From this time or date (inclusive).")
+@click.option("--end", default=None, help="Up to this time or date (inclusive).")
+@click.option(
+    "--by",
+    "group_by",
+    type=click.Choice(["resource", "day", "agent"]),
+    default="resource",
+    show_default=True,
+    help="How to group the totals.",
+)
+@handle_errors
+def summary_command(
+    ledger: Path | None,
+    as_json: bool,
+    agent_id: str | None,
+    resource_type: str | None,
+    start: str | None,
+    end: str | None,
+    group_by: str,
+) -> None:
+    """Total spend grouped by resource, day or agent (exact decimals, one row per currency)."""
+    totals = LedgerQuery(resolve(ledger)).summarize(
+        group_by, agent_id=agent_id, start_time=start, end_time=end, resource_type=resource_type
+    )
+    rows = sorted(totals.items())
+    if as_json:
+        emit_json(
+            [
+                {
+                    group_by: key,
+                    "currency": currency,
+                    "events": t.events,
+                    "quantity": t.quantity,
+                    "cost": t.cost,
+                }
+                for (key, currency), t in rows
+            ]
+        )
+        return
+    if not rows:
+        click.echo("no events")
+        return
+    body: list[list[object]] = [[key, t.events, t.quantity, t.cost, cur] for (key, cur), t in rows]
+    by_currency: dict[str, list[Any]] = {}
+    for (_key, cur), t in rows:
+        count, cost = by_currency.get(cur, [0, 0])
+        by_currency[cur] = [count + t.events, cost + t.cost]
+    for cur, (count, cost) in sorted(by_currency.items()):
+        body.append(["TOTAL", count, "", cost, cur])
+    table([group_by.upper(), "EVENTS", "QUANTITY", "COST", "CUR"], body, right=(1, 2, 3))
+
+
+@ledger_group.command("verify")
+@ledger_option
+@json_option
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Key to check checkpoint signatures with (default: the configured signing key).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, quiet: bool) -> None:
+    """Check every line, id, hash chain, checkpoint and signature; exit 3 if anything is wrong."""
+    path = resolve(ledger)
+    if not path.exists():
+        fail(f"no ledger at {path}")
+    key_path = public_key or default_signing_key_path()
+    key = load_public_key(key_path) if key_path.exists() else None
+    size = path.stat().st_size
+    if quiet or as_json or size < _PROGRESS_MIN_BYTES:
+        report = verify_ledger(path, public_key=key)
+    else:
+        with click.progressbar(length=size, label="verifying", file=sys.stderr) as bar:
+            done = [0]
+
+            def progress(position: int, total: int) -> None:
+                bar.update(position - done[0])
+                done[0] = position
+
+            report = verify_ledger(path, public_key=key, progress=progress)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        print_report(report)
+    if not report.ok:
+        sys.exit(EXIT_VERIFY_FAILED)
+
+
+def print_report(report: VerificationReport) -> None:
+    click.echo(f"ledger:      {report.ledger_path}")
+    click.echo(f"events:      {report.events} ({report.bytes_checked} bytes)")
+    click.echo(f"merkle root: {report.root.hex()}")
+    signed = (
+        f"signatures checked with key {report.key_id}"
+        if report.signatures_checked
+        else ("signatures NOT checked (no key)")
+    )
+    click.echo(f"checkpoints: {report.checkpoints_matched}/{report.checkpoints_total} match; {signed}")
+    if report.unchained_events:
+        click.echo(
+            f"note:        {report.unchained_events} events carry no prev_hash (written before chaining)"
+        )
+    if report.torn_tail_bytes:
+        click.echo(
+            f"note:        {report.torn_tail_bytes} bytes after the last complete line (a write in progress, "
+            f"or a torn write the next append repairs)"
+        )
+    if report.ok:
+        click.echo("OK: the ledger is intact")
+        return
+    click.echo(f"FAILED: {len(report.problems) + report.problems_omitted} problem(s)", err=True)
+    if report.first_bad_event_id is not None:
+        click.echo(f"first bad event: {report.first_bad_event_id}", err=True)
+    for problem in report.problems:
+        click.echo(f"  [{problem.kind}] {problem.message}", err=True)
+    if report.problems_omitted:
+        click.echo(f"  ... and {report.problems_omitted} more", err=True)
+
+
+@ledger_group.command("checkpoint")
+@ledger_option
+@json_option
+@handle_errors
+def checkpoint_command(ledger: Path | None, as_json: bool) -> None:
+    """Sign and store a checkpoint (size, Merkle root) of the ledger now."""
+    with open_writer(ledger) as writer:
+        checkpoint = writer.checkpoint()
+    if as_json:
+        emit_json(checkpoint.to_dict())
+        return
+    click.echo(f"checkpoint: size {checkpoint.size}, root {checkpoint.root.hex()}")
+    click.echo(f"signed by key {checkpoint.key_id} at {checkpoint.timestamp}")
+
+
+def _b64(values: list[bytes]) -> list[str]:
+    return [base64.b64encode(v).decode() for v in values]
+
+
+@ledger_group.command("proof")
+@ledger_option
+@json_option
+@click.option("--event-id", type=int, default=None, help="Prove this event is in the ledger.")
+@click.option(
+    "--size", type=int, default=None, help="Tree size to prove against (default: the whole ledger)."
+)
+@click.option("--from-size", type=int, default=None, help="Prove the ledger of this size is a prefix of ...")
+@click.option("--to-size", type=int, default=None, help="... the ledger of this size (default: all of it).")
+@handle_errors
+def proof_command(
+    ledger: Path | None,
+    as_json: bool,
+    event_id: int | None,
+    size: int | None,
+    from_size: int | None,
+    to_size: int | None,
+) -> None:
+    """RFC 9162 inclusion proof (--event-id) or consistency proof (--from-size), self-checked."""
+    path = resolve(ledger)
+    if (event_id is None) == (from_size is None):
+        raise ProofError("give either --event-id (inclusion proof) or --from-size (consistency proof)")
+    signed = {c.size: c.root for c in CheckpointStore(path.with_name(path.name + ".checkpoints"))}
+    if event_id is not None:
+        inclusion = prove_inclusion(path, event_id, size)
+        inclusion.verify()
+        result: dict[str, Any] = {
+            "type": "inclusion",
+            "event_id": inclusion.event_id,
+            "leafIdx": inclusion.event_id - 1,
+            "treeSize": inclusion.size,
+            "leafHash": base64.b64encode(inclusion.leaf_hash).decode(),
+            "root": base64.b64encode(inclusion.root).decode(),
+            "proof": _b64(inclusion.proof),
+            "matches_signed_checkpoint": signed.get(inclusion.size) == inclusion.root
+            if inclusion.size in signed
+            else None,
+        }
+    else:
+        assert from_size is not None
+        consistency = prove_consistency(path, from_size, to_size)
+        consistency.verify()
+        result = {
+            "type": "consistency",
+            "size1": consistency.size1,
+            "size2": consistency.size2,
+            "root1": base64.b64encode(consistency.root1).decode(),
+            "root2": base64.b64encode(consistency.root2).decode(),
+            "proof": _b64(consistency.proof),
+        }
+    if as_json:
+        emit_json(result)
+        return
+    for key, value in result.items():
+        if key == "proof":
+            click.echo(f"proof ({len(value)} hashes, base64):")
+            for item in value:
+                click.echo(f"  {item}")
+        else:
+            click.echo(f"{key}: {value}")
+    click.echo("verified: yes (RFC 9162)")
+
+
+@ledger_group.command("tail")
+@ledger_option
+@json_option
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they are appended.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True)
+@handle_errors
+def tail_command(ledger: Path | None, as_json: bool, count: int, follow: bool, interval: float) -> None:
+    """Show the last events, reading only the end of the file; --follow keeps watching."""
+    path = resolve(ledger)
+    last = LedgerReader(path).last_events(count)
+    if as_json:
+        for event in last:
+            click.echo(event.to_json_line())
+    else:
+        show_events(last, False)
+    if not follow:
+        return
+    tail = LedgerTail(path, from_end=True)
+    try:
+        for event in tail.follow(interval):
+            if as_json:
+                click.echo(event.to_json_line())
+            else:
+                click.echo("  ".join(str(cell) for cell in event_rows([event])[0]))
+    except KeyboardInterrupt:
+        pass
