@@ -173,6 +173,20 @@ class CheckpointStore:
         self.path = Path(path)
 
     def append(self, checkpoint: Checkpoint) -> None:
+        """Append one record, fsynced. Callers hold the ledger's lock.
+
+        A torn last line (a crash mid-append, never acknowledged) is cut off first: a record appended after
+        it would share its line, and that line would make the whole file unreadable.
+        """
+        try:
+            with open(self.path, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                end = complete_end(handle, size)
+                if end != size:
+                    handle.truncate(end)
+                    os.fsync(handle.fileno())
+        except FileNotFoundError:
+            pass
         append_durably(self.path, orjson.dumps(checkpoint.to_dict()) + b"\n")
 
     def __iter__(self) -> Iterator[Checkpoint]:

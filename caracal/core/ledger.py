@@ -319,7 +319,10 @@ class LedgerWriter:
         error = InvalidLedgerEventError
         if timestamp is None:
             timestamp = self._clock()
-        moment = timestamp if type(timestamp) is datetime else parse_timestamp(timestamp, "timestamp", error)
+        if type(timestamp) is datetime and (timestamp.tzinfo is None or timestamp.tzinfo is timezone.utc):
+            moment = timestamp  # fast path; other zones go through parse_timestamp, which reports overflow
+        else:
+            moment = parse_timestamp(timestamp, "timestamp", error)
         fields = (
             check_identifier(agent_id, "agent_id", error),
             format_timestamp(moment),

@@ -298,7 +298,7 @@ def check_identifier(value: object, name: str, error: type[Exception]) -> str:
 
 def check_currency(value: object, error: type[Exception]) -> str:
     """Return ``value`` if it is an ISO 4217 currency code such as ``USD``, else raise ``error``."""
-    if value in ISO_4217_CODES and type(value) is str:
+    if type(value) is str and value in ISO_4217_CODES:  # type first: lists and dicts are unhashable
         return value
     if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
         _fail(error, f"currency must be a three-letter upper-case ISO 4217 code such as 'USD', got {value!r}")

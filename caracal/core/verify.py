@@ -29,7 +29,13 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from caracal.core.checkpoint import Checkpoint, CheckpointStore, load_public_key
-from caracal.core.events import complete_end, iter_lines, parse_line, validate_event_dict
+from caracal.core.events import (
+    canonical_line_fields,
+    complete_end,
+    iter_lines,
+    parse_line,
+    validate_event_dict,
+)
 from caracal.core.merkle import (
     EMPTY_ROOT,
     MerkleFrontier,
@@ -297,6 +303,7 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
     problems = segment.problems
     loads = orjson.loads
     validate = validate_event_dict
+    canonical = canonical_line_fields
     sha256 = hashlib.sha256
     expected: int | None = 1 if start == 0 else None
     prev_hex: str | None = EMPTY_ROOT.hex() if start == 0 else None
@@ -309,6 +316,13 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                 number += 1
                 leaf = sha256(b"\x00" + line).digest()
                 leaves.append(leaf)
+                fast = canonical(line)
+                if fast is not None and fast[0] == expected:  # the common case: a valid plain line, in order
+                    expected += 1
+                    if fast[1] != prev_hex and prev_hex is not None:
+                        problems.append(_chain_problem(expected - 2, number - 1))
+                    prev_hex = leaf.hex()
+                    continue
                 try:
                     data = loads(line)
                     event_id = data["event_id"]
@@ -341,20 +355,12 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                 if chain is None:
                     unchained += 1
                 elif chain != prev_hex and prev_hex is not None and not misplaced:
-                    bad = expected - 2
-                    problems.append(
-                        Problem(
-                            "chain",
-                            f"event {bad} does not match the hash recorded by the line after it: event {bad} "
-                            f"was modified, or the line after it was",
-                            bad,
-                            number - 1,
-                        )
-                    )
+                    problems.append(_chain_problem(expected - 2, number - 1))
                 prev_hex = leaf.hex()
                 if progress is not None and offset >= next_progress:
                     progress(offset, total)
                     next_progress = offset + _PROGRESS_STEP
+            if number:
                 segment.stop = offset + len(line) + 1
     except OSError as exc:
         raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
@@ -364,6 +370,16 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
     if start == 0 and number:
         segment.first_id = 1
     return segment
+
+
+def _chain_problem(bad: int, line_number: int) -> Problem:
+    return Problem(
+        "chain",
+        f"event {bad} does not match the hash recorded by the line after it: event {bad} was modified, "
+        f"or the line after it was",
+        bad,
+        line_number,
+    )
 
 
 def _check_boundary(
@@ -377,15 +393,7 @@ def _check_boundary(
     if misplaced:
         found(_order_problem(b"", number, expected, segment.first_id))
     if not misplaced and isinstance(segment.first_chain, str) and segment.first_chain != last_leaf.hex():
-        found(
-            Problem(
-                "chain",
-                f"event {expected - 1} does not match the hash recorded by the line after it: event "
-                f"{expected - 1} was modified, or the line after it was",
-                expected - 1,
-                number - 1,
-            )
-        )
+        found(_chain_problem(expected - 1, number - 1))
 
 
 def _order_problem(line: bytes, number: int, expected: int, event_id: object) -> Problem:

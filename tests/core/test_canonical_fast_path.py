@@ -1,0 +1,92 @@
+"""verify's fast path (a pattern for plain writer lines) must never accept what full validation refuses."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from caracal.core.events import canonical_line_fields, line_dict, validate_event_dict
+from caracal.core.ledger import LedgerWriter
+from caracal.core.validation import dumps
+from caracal.exceptions import InvalidLedgerEventError
+
+HASH = "ab" * 32
+
+identifiers = st.one_of(
+    st.text(min_size=1, max_size=40), st.from_regex(r"[a-z][a-z0-9. _-]{0,20}", fullmatch=True)
+)
+amounts = st.decimals(min_value=0, max_value=10**12, allow_nan=False, allow_infinity=False, places=6)
+currencies = st.sampled_from(["USD", "EUR", "JPY", "ABC", "usd", "US"])
+timestamps = st.sampled_from(
+    [
+        "2026-11-25T19:24:52.123456Z",
+        "2026-02-30T00:00:00.000000Z",
+        "2026-01-01T00:00:00Z",
+        "1999-12-31T23:59:59.999999Z",
+    ]
+)
+
+
+def full_path(line: bytes) -> tuple[int, str | None] | None:
+    try:
+        fields = validate_event_dict(orjson.loads(line))
+    except (InvalidLedgerEventError, orjson.JSONDecodeError):
+        return None
+    return fields[0], fields[-1]
+
+
+@settings(max_examples=400)
+@given(
+    event_id=st.integers(min_value=0, max_value=2**63 - 1),
+    agent=identifiers,
+    resource=identifiers,
+    quantity=amounts,
+    cost=amounts,
+    currency=currencies,
+    timestamp=timestamps,
+)
+def test_fast_path_agrees_with_full_validation(
+    event_id, agent, resource, quantity, cost, currency, timestamp
+):
+    data = line_dict(event_id, agent, timestamp, resource, quantity, cost, currency, None)
+    data["prev_hash"] = HASH
+    line = dumps(data)
+    fast = canonical_line_fields(line)
+    if fast is not None:
+        assert full_path(line) == fast
+
+
+@settings(max_examples=400)
+@given(position=st.integers(min_value=0, max_value=300), byte=st.integers(min_value=0, max_value=255))
+def test_a_corrupted_byte_never_slips_through_the_fast_path(position, byte):
+    data = line_dict(
+        7,
+        "agent-1",
+        "2026-11-25T19:24:52.123456Z",
+        "openai.gpt-4o.input_tokens",
+        Decimal("1000"),
+        Decimal("0.030"),
+        "USD",
+        None,
+    )
+    data["prev_hash"] = HASH
+    line = bytearray(dumps(data))
+    line[position % len(line)] = byte
+    fast = canonical_line_fields(bytes(line))
+    if fast is not None:
+        assert full_path(bytes(line)) == fast
+
+
+def test_plain_lines_from_the_writer_take_the_fast_path(ledger_path: Path) -> None:
+    with LedgerWriter(ledger_path) as writer:
+        writer.append_event("agent-1", "openai.gpt-4o.input_tokens", Decimal("1000"), Decimal("0.030"))
+        writer.append_event("agent 2", "tool.search.calls", 3, "0.005", currency="EUR")
+        writer.append_event("agent-3", "x", Decimal("0"), Decimal("0"), metadata={"k": "v"})
+    lines = ledger_path.read_bytes().splitlines()
+    assert canonical_line_fields(lines[0]) == (1, full_path(lines[0])[1])  # type: ignore[index]
+    assert canonical_line_fields(lines[1]) is not None
+    assert canonical_line_fields(lines[2]) is None  # metadata always takes the full path
