@@ -350,7 +350,8 @@ def proof_command(
 def tail_command(ledger: Path | None, as_json: bool, count: int, follow: bool, interval: float) -> None:
     """Show the last events, reading only the end of the file; --follow keeps watching."""
     path = resolve(ledger)
-    last = LedgerReader(path).last_events(count)
+    tail = LedgerTail(path, from_end=True)  # first, so that nothing appended from now on is missed
+    last = LedgerReader(path).last_events(count, end=tail.offset)
     if as_json:
         for event in last:
             click.echo(event.to_json_line())
@@ -358,7 +359,6 @@ def tail_command(ledger: Path | None, as_json: bool, count: int, follow: bool, i
         show_events(last, False)
     if not follow:
         return
-    tail = LedgerTail(path, from_end=True)
     try:
         for event in tail.follow(interval):
             if as_json:

@@ -54,6 +54,7 @@ from caracal.core.events import (
     line_dict,
     parse_line,
     read_last_lines,
+    validate_event_dict,
 )
 from caracal.core.fileio import append_durably, fsync_directory, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
@@ -174,6 +175,7 @@ class LedgerWriter:
         self._backup_pending = True
         self._last_checkpoint_size = 0
         self._last_checkpoint_at = time.monotonic()
+        self._stamp: tuple[datetime | None, str] = (None, "")  # last (moment, text): a batch shares one
 
         try:
             self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +195,7 @@ class LedgerWriter:
                 if latest is not None:
                     self._last_checkpoint_size = latest.size
                 self._load_state()
+                rebuilt = self._end == 0
                 self._sync()
                 if latest is not None and latest.size > self._last_id:
                     self._refuse(
@@ -200,6 +203,8 @@ class LedgerWriter:
                         f"{latest.size}: its tail was truncated. Run 'caracal ledger verify' and restore "
                         f"from a backup"
                     )
+                if rebuilt and self._tree.size and self._refused is None:
+                    self._save_state()  # no usable state file: write one so the next open reads only the tail
         except BaseException:
             self.close()
             raise
@@ -323,9 +328,12 @@ class LedgerWriter:
             moment = timestamp  # fast path; other zones go through parse_timestamp, which reports overflow
         else:
             moment = parse_timestamp(timestamp, "timestamp", error)
+        stamp = self._stamp
+        if stamp[0] is not moment:
+            stamp = self._stamp = (moment, format_timestamp(moment))
         fields = (
             check_identifier(agent_id, "agent_id", error),
-            format_timestamp(moment),
+            stamp[1],
             check_identifier(resource_type, "resource_type", error),
             parse_amount(quantity, "quantity", error),
             parse_amount(cost, "cost", error),
@@ -399,6 +407,14 @@ class LedgerWriter:
                     f"an append failed ({reason}) and rolling it back failed too "
                     f"({rollback_exc.strerror or rollback_exc}); reopen the ledger to repair it"
                 )
+                # Not "nothing was recorded": complete lines of this write may still be in the file, and a
+                # writer that reopens it keeps them. Say so, or a caller's retry would charge twice.
+                raise LedgerWriteError(
+                    f"could not append to the ledger {self.ledger_path}: {reason}, and rolling the file back "
+                    f"failed too ({rollback_exc.strerror or rollback_exc}). These events were not "
+                    f"acknowledged but may still appear when the ledger is reopened; this writer refuses "
+                    f"further appends"
+                ) from exc
             raise LedgerWriteError(
                 f"could not append to the ledger {self.ledger_path}: {reason}. Nothing was recorded; "
                 f"fix the cause (disk space, permissions, hardware) and try again"
@@ -507,9 +523,10 @@ class LedgerWriter:
             line_number += 1
             try:
                 data = orjson.loads(line)
+                validate_event_dict(data)  # a complete line that is not a valid event is corruption
                 event_id = data["event_id"]
                 chain = data.get("prev_hash")
-            except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+            except (orjson.JSONDecodeError, InvalidLedgerEventError):
                 parse_line(line, line_number)  # raises LedgerCorruptError with the precise reason
                 raise AssertionError("unreachable") from None  # pragma: no cover
             if event_id != last_id + 1:
@@ -755,15 +772,17 @@ class LedgerReader:
     def __iter__(self) -> Iterator[LedgerEvent]:
         return self.iter_events()
 
-    def last_events(self, count: int) -> list[LedgerEvent]:
-        """The last ``count`` events, reading only the end of the file."""
+    def last_events(self, count: int, end: int | None = None) -> list[LedgerEvent]:
+        """The last ``count`` events (before byte offset ``end``, a line boundary, if given), reading only
+        the end of the file."""
         if not isinstance(count, int) or count < 0:
             raise LedgerReadError(f"count must be a non-negative integer, got {count!r}")
         handle = self._open()
         if handle is None:
             return []
         with handle:
-            end = complete_end(handle, os.fstat(handle.fileno()).st_size)
+            if end is None:
+                end = complete_end(handle, os.fstat(handle.fileno()).st_size)
             lines = read_last_lines(handle, end, count)
         return [parse_line(line, 0) for _offset, line in lines]
 
