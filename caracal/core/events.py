@@ -8,8 +8,9 @@ One event is one line of ``ledger.jsonl``: compact JSON, UTF-8, ``\\n``-terminat
 - ``quantity`` and ``cost`` are Decimal strings, kept exactly ("0.030" stays "0.030").
 - ``metadata`` is omitted when there is none.
 - ``prev_hash`` chains each line to the one before it: the hex RFC 9162 leaf hash of the previous line's
-  exact bytes (of the empty string for event 1). A modified line is named exactly by the next line's chain;
-  the signed Merkle checkpoints cover the rest. Lines written before the chain existed may lack it.
+  exact bytes; for event 1, SHA-256 of the empty string (the RFC 9162 empty-tree root). A modified
+  line is named exactly by the next line's chain; the signed Merkle checkpoints cover the rest. Lines
+  written before the chain existed may lack it.
 - Readers ignore fields they do not know, so later versions may add fields.
 
 Parsing is strict: a complete line that is not a valid event is corruption, never skipped, because a
@@ -193,11 +194,12 @@ def canonical_line_fields(line: bytes) -> tuple[int, str] | None:
 
 def parse_line(line: bytes, line_number: int) -> LedgerEvent:
     """Parse one complete line (without its newline); raise :class:`LedgerCorruptError` naming it."""
+    where = f"ledger line {line_number}" if line_number else "a ledger line near the end of the file"
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise LedgerCorruptError(
-            f"ledger line {line_number} is not valid JSON ({exc}); the ledger is corrupt, run "
+            f"{where} is not valid JSON ({exc}); the ledger is corrupt, run "
             f"'caracal ledger verify' and restore the line from a backup",
             line_number=line_number,
         ) from None
@@ -206,7 +208,7 @@ def parse_line(line: bytes, line_number: int) -> LedgerEvent:
     except InvalidLedgerEventError as exc:
         event_id = data.get("event_id") if isinstance(data, dict) else None
         raise LedgerCorruptError(
-            f"ledger line {line_number} is not a valid event: {exc}",
+            f"{where} is not a valid event: {exc}",
             line_number=line_number,
             event_id=event_id if isinstance(event_id, int) else None,
         ) from None

@@ -49,6 +49,7 @@ import orjson
 from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
 from caracal.core.events import (
     LedgerEvent,
+    canonical_line_fields,
     complete_end,
     iter_lines,
     line_dict,
@@ -521,14 +522,18 @@ class LedgerWriter:
         end = self._end
         for offset, line in iter_lines(handle, self._end, size):
             line_number += 1
-            try:
-                data = orjson.loads(line)
-                validate_event_dict(data)  # a complete line that is not a valid event is corruption
-                event_id = data["event_id"]
-                chain = data.get("prev_hash")
-            except (orjson.JSONDecodeError, InvalidLedgerEventError):
-                parse_line(line, line_number)  # raises LedgerCorruptError with the precise reason
-                raise AssertionError("unreachable") from None  # pragma: no cover
+            fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
+            if fast is not None:
+                event_id, chain = fast
+            else:
+                try:
+                    data = orjson.loads(line)
+                    validate_event_dict(data)  # a complete line that is not a valid event is corruption
+                    event_id = data["event_id"]
+                    chain = data.get("prev_hash")
+                except (orjson.JSONDecodeError, InvalidLedgerEventError):
+                    parse_line(line, line_number)  # raises LedgerCorruptError with the precise reason
+                    raise AssertionError("unreachable") from None  # pragma: no cover
             if event_id != last_id + 1:
                 raise LedgerCorruptError(
                     f"ledger line {line_number} holds event {event_id!r} but event {last_id + 1} was "
@@ -662,8 +667,7 @@ class LedgerWriter:
         try:
             if newest.exists():
                 stat = newest.stat()
-                now = self._clock().timestamp()
-                if now - stat.st_mtime < self.backup_min_interval:
+                if self._clock().timestamp() - stat.st_mtime < self.backup_min_interval:
                     return
                 if stat.st_size == self._end and _same_edges(newest, self.ledger_path, self._end):
                     return

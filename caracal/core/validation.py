@@ -247,6 +247,8 @@ def parse_amount(value: object, name: str, error: type[Exception]) -> Decimal:
         text: str = value  # type: ignore[assignment]
         if len(text) > MAX_AMOUNT_CHARS:
             _fail(error, f"{name} is longer than {MAX_AMOUNT_CHARS} characters")
+        if "_" in text or text != text.strip():
+            _fail(error, f"{name} must be a plain decimal number such as '1000' or '0.030', got {value!r}")
         try:
             amount = Decimal(text)
         except InvalidOperation:

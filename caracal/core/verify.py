@@ -170,15 +170,19 @@ def verify_ledger(
     except CheckpointError as exc:
         found(Problem("checkpoint-file", f"the checkpoint file is unreadable: {exc}"))
     report.checkpoints_total = len(checkpoints)
+    trusted = checkpoints
     if public_key is not None:
         report.signatures_checked = True
         report.key_id = _key_id(public_key)
+        trusted = []
         for checkpoint in checkpoints:
             try:
                 checkpoint.verify(public_key)
-            except CheckpointError as exc:
-                found(Problem("checkpoint-signature", str(exc)))
-    pending = sorted(checkpoints, key=lambda c: c.size)
+            except CheckpointError as exc:  # a forged checkpoint says nothing about the ledger's lines
+                found(Problem("checkpoint-signature", f"{exc}; the checkpoint is ignored"))
+            else:
+                trusted.append(checkpoint)
+    pending = sorted(trusted, key=lambda c: c.size)
     next_cp = 0
     while next_cp < len(pending) and pending[next_cp].size == 0:
         _compare_root(pending[next_cp], EMPTY_ROOT, report, found, 0)
