@@ -54,11 +54,13 @@ def single_appends(folder: Path, count: int, rounds: int = 10) -> tuple[float, f
     spent = [0.0, 0.0, 0.0]
     per_round = max(1, count // rounds)
 
+    # Arguments are built once, as (a)'s lines are serialized once: both loops time only the ledger's work.
+    agents = [f"agent-{n:04d}" for n in range(16)]
+    quantity, cost = Decimal(1000), Decimal("0.0025")
+
     def appends(writer: LedgerWriter) -> None:
         for n in range(per_round):
-            writer.append_event(
-                f"agent-{n % 16:04d}", "openai.gpt-4o.input_tokens", Decimal(1000), Decimal("0.0025")
-            )
+            writer.append_event(agents[n % 16], "openai.gpt-4o.input_tokens", quantity, cost)
 
     try:
         for _ in range(rounds):

@@ -123,6 +123,33 @@ def line_dict(
     return data
 
 
+def line_body(
+    agent_id: str,
+    timestamp: str,
+    resource_type: str,
+    quantity: Decimal,
+    cost: Decimal,
+    currency: str,
+    metadata: dict[str, Any] | None,
+) -> bytes:
+    """The middle of an event's line: exactly ``dumps(line_dict(0, ...))`` without ``{"event_id":0,`` and
+    the closing brace (a test holds the two equal). The writer splices in the id and chain hash under its
+    lock; building the bytes directly is several times cheaper than building a dict and encoding it, and
+    this runs once per append."""
+    template = (
+        b'"agent_id":%b,"timestamp":"%b","resource_type":%b,"quantity":"%b","cost":"%b","currency":"%b"'
+    )
+    body = template % (
+        orjson.dumps(agent_id),
+        timestamp.encode(),
+        orjson.dumps(resource_type),
+        str(quantity).encode(),
+        str(cost).encode(),
+        currency.encode(),
+    )
+    return body if metadata is None else body + b',"metadata":' + dumps(metadata)
+
+
 def validate_event_dict(data: Any) -> tuple[Any, ...]:
     """Check a parsed line and return its fields in :class:`LedgerEvent` order (amounts as Decimals).
 
@@ -164,7 +191,7 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
 # except the calendar date and the currency list, which canonical_line_fields checks. Used by verify to
 # check millions of lines several times faster than parsing and validating each one; anything else
 # (metadata, escapes, exponents, leading spaces) takes the full path, and a test asserts both paths agree.
-_IDENT = r'[!#-\[\]-~][ !#-\[\]-~]{0,255}'
+_IDENT = r"[!#-\[\]-~][ !#-\[\]-~]{0,255}"
 _AMOUNT = r"(?:0|[1-9][0-9]{0,40})(?:\.[0-9]{1,40})?"
 _CANONICAL_LINE = re.compile(
     rb'\{"event_id":([1-9][0-9]{0,18}),"agent_id":"' + _IDENT.encode() + rb'",'

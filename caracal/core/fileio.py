@@ -21,8 +21,14 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> None:
-    """Replace (or, with ``exclusive``, create; FileExistsError if present) ``path`` with ``data``."""
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False, durable: bool = True
+) -> None:
+    """Replace (or, with ``exclusive``, create; FileExistsError if present) ``path`` with ``data``.
+
+    ``durable=False`` skips the fsyncs: for caches that are checked before use and can be rebuilt, where
+    a crash may leave the old content, the new, or an empty file, but never a mix.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(data):x}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -31,7 +37,8 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, exclusive: b
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if exclusive:
@@ -41,7 +48,8 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644, exclusive: b
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def append_durably(path: Path, data: bytes) -> None:

@@ -52,7 +52,7 @@ from caracal.core.events import (
     canonical_line_fields,
     complete_end,
     iter_lines,
-    line_dict,
+    line_body,
     parse_line,
     read_last_lines,
     validate_event_dict,
@@ -63,7 +63,6 @@ from caracal.core.validation import (
     check_currency,
     check_identifier,
     check_metadata,
-    dumps,
     format_timestamp,
     parse_amount,
     parse_timestamp,
@@ -172,9 +171,12 @@ class LedgerWriter:
         self._last_id = 0
         self._last_leaf = EMPTY_ROOT
         self._tree = MerkleFrontier()
+        # Leaf hashes of lines not yet folded into the frontier: an append only adds to this list, and the
+        # hashing is done in bulk when a checkpoint or root needs it. Invariant: tree size + len == last id.
+        self._unhashed: list[bytes] = []
         self._refused: str | None = None  # why this writer refuses to append (fail closed)
         self._backup_pending = True
-        self._last_checkpoint_size = 0
+        self._set_last_checkpoint(0)
         self._last_checkpoint_at = time.monotonic()
         self._stamp: tuple[datetime | None, str] = (None, "")  # last (moment, text): a batch shares one
 
@@ -194,7 +196,7 @@ class LedgerWriter:
             with self._locked():
                 latest = self.checkpoints.latest()
                 if latest is not None:
-                    self._last_checkpoint_size = latest.size
+                    self._set_last_checkpoint(latest.size)
                 self._load_state()
                 rebuilt = self._end == 0
                 self._sync()
@@ -204,7 +206,7 @@ class LedgerWriter:
                         f"{latest.size}: its tail was truncated. Run 'caracal ledger verify' and restore "
                         f"from a backup"
                     )
-                if rebuilt and self._tree.size and self._refused is None:
+                if rebuilt and self._last_id and self._refused is None:
                     self._save_state()  # no usable state file: write one so the next open reads only the tail
         except BaseException:
             self.close()
@@ -234,7 +236,7 @@ class LedgerWriter:
         :class:`LedgerWriteError` when the event could not be made durable (nothing acknowledged, no partial
         line left behind).
         """
-        draft = self._prepare(agent_id, resource_type, quantity, cost, currency, metadata, timestamp)
+        draft = self._prepare(None, agent_id, resource_type, quantity, cost, currency, metadata, timestamp)
         return self._commit([draft])[0]
 
     def append_events(self, items: Iterable[Mapping[str, Any]]) -> list[LedgerEvent]:
@@ -244,30 +246,22 @@ class LedgerWriter:
         if any item is invalid, nothing is written and the error names the item's index.
         """
         drafts = []
-        now = None  # one clock reading per batch: the events of a group commit share their moment
+        now = self._clock()  # one clock reading per batch: the events of a group commit share their moment
+        prepare = self._prepare
         for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                raise InvalidLedgerEventError(f"item {index} must be a mapping, got {type(item).__name__}")
-            if not item.keys() <= _APPEND_FIELDS:
-                unknown = sorted(set(item) - _APPEND_FIELDS)
-                raise InvalidLedgerEventError(f"item {index} has unknown fields: {unknown}")
-            timestamp = item.get("timestamp")
-            if timestamp is None:
-                timestamp = now = now or self._clock()
             try:
-                drafts.append(
-                    self._prepare(
-                        item.get("agent_id"),
-                        item.get("resource_type"),
-                        item.get("quantity"),
-                        item.get("cost"),
-                        item.get("currency", "USD"),
-                        item.get("metadata"),
-                        timestamp,
-                    )
-                )
+                drafts.append(prepare(now, **item))
             except InvalidLedgerEventError as exc:
                 raise InvalidLedgerEventError(f"item {index}: {exc}") from None
+            except TypeError:
+                if not isinstance(item, Mapping):
+                    raise InvalidLedgerEventError(
+                        f"item {index} must be a mapping, got {type(item).__name__}"
+                    ) from None
+                unknown = sorted(map(repr, set(item) - _APPEND_FIELDS))
+                if unknown:
+                    raise InvalidLedgerEventError(f"item {index} has unknown fields: {unknown}") from None
+                raise
         if not drafts:
             return []
         return self._commit(drafts)
@@ -283,7 +277,8 @@ class LedgerWriter:
         """``(size, root)`` of the Merkle tree over every complete line, as of now."""
         with self._locked():
             self._sync()
-            return self._tree.size, self._tree.root()
+            tree = self._folded_tree()
+            return tree.size, tree.root()
 
     def close(self) -> None:
         """Checkpoint what is not yet covered, save the tree state and release the files. Idempotent."""
@@ -292,7 +287,7 @@ class LedgerWriter:
                 try:
                     with self._locked():
                         self._sync()
-                        if self._tree.size > self._last_checkpoint_size:
+                        if self._last_id > self._last_checkpoint_size:
                             self._write_checkpoint()
                 except CaracalError as exc:
                     logger.warning("could not checkpoint %s on close: %s", self.ledger_path, exc)
@@ -314,17 +309,19 @@ class LedgerWriter:
 
     def _prepare(
         self,
-        agent_id: object,
-        resource_type: object,
-        quantity: object,
-        cost: object,
-        currency: object,
-        metadata: object,
-        timestamp: object,
+        now: datetime | None,
+        agent_id: object = None,
+        resource_type: object = None,
+        quantity: object = None,
+        cost: object = None,
+        currency: object = "USD",
+        metadata: object = None,
+        timestamp: object = None,
     ) -> _Draft:
+        """Validate one event's fields (``now`` stands in for a missing timestamp; None: read the clock)."""
         error = InvalidLedgerEventError
         if timestamp is None:
-            timestamp = self._clock()
+            timestamp = now or self._clock()
         if type(timestamp) is datetime and (timestamp.tzinfo is None or timestamp.tzinfo is timezone.utc):
             moment = timestamp  # fast path; other zones go through parse_timestamp, which reports overflow
         else:
@@ -342,8 +339,7 @@ class LedgerWriter:
             None if metadata is None else check_metadata(metadata, error),
         )
         # The event's line is '{"event_id":N,' + body + ',"prev_hash":"H"}', in LedgerEvent.to_dict order.
-        body = dumps(line_dict(0, *fields))
-        return fields, body[body.index(b",") + 1 : -1]
+        return fields, line_body(*fields)
 
     # ------------------------------------------------------------------ the append path
 
@@ -374,8 +370,12 @@ class LedgerWriter:
             self._end += len(payload)
             self._last_id = next_id - 1
             self._last_leaf = prev
-            self._tree.extend(leaves)
-            self._maybe_checkpoint()
+            self._unhashed += leaves
+            if self._last_id >= self._next_checkpoint_size or (
+                self.checkpoint_interval
+                and time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
+            ):
+                self._maybe_checkpoint()
         finally:
             self._unlock()
         if logger.isEnabledFor(logging.INFO):
@@ -552,7 +552,7 @@ class LedgerWriter:
             leaves.append(prev)
             last_id = event_id
             end = offset + len(line) + 1
-        self._tree.extend(leaves)
+        self._unhashed += leaves
         self._last_id = last_id
         self._last_leaf = prev
         self._end = end
@@ -621,16 +621,34 @@ class LedgerWriter:
         self._last_leaf = last_leaf
 
     def _save_state(self) -> None:
-        state = {"offset": self._end, "last_leaf": self._last_leaf.hex(), "tree": self._tree.to_dict()}
+        state = {
+            "offset": self._end,
+            "last_leaf": self._last_leaf.hex(),
+            "tree": self._folded_tree().to_dict(),
+        }
         try:
-            write_atomically(sidecar_path(self.ledger_path, "merkle"), orjson.dumps(state))
+            write_atomically(sidecar_path(self.ledger_path, "merkle"), orjson.dumps(state), durable=False)
         except OSError as exc:  # a cache: losing it costs a rebuild on the next open, never data
             logger.warning("could not save the Merkle state of %s: %s", self.ledger_path, exc)
 
     # ------------------------------------------------------------------ checkpoints and backups
 
+    def _folded_tree(self) -> MerkleFrontier:
+        """The Merkle frontier over every line seen so far (folding in the leaves appended since)."""
+        if self._unhashed:
+            self._tree.extend(self._unhashed)
+            self._unhashed = []
+        return self._tree
+
+    def _set_last_checkpoint(self, size: int) -> None:
+        """Remember the last checkpoint's size; the next is due when the size reaches the next multiple of
+        ``checkpoint_every`` (so that concurrent writers agree on where checkpoints fall)."""
+        self._last_checkpoint_size = size
+        every = self.checkpoint_every
+        self._next_checkpoint_size = (size // every + 1) * every if every else 1 << 62
+
     def _maybe_checkpoint(self) -> None:
-        size = self._tree.size
+        size = self._last_id
         if size <= self._last_checkpoint_size:
             return
         due = self.checkpoint_every and size // self.checkpoint_every > self._last_checkpoint_size // (
@@ -645,8 +663,9 @@ class LedgerWriter:
                 logger.warning("could not write a checkpoint of %s: %s", self.ledger_path, exc)
 
     def _write_checkpoint(self) -> Checkpoint:
+        tree = self._folded_tree()
         checkpoint = self._signer.sign(
-            self._tree.size, self._tree.root(), format_timestamp(self._clock().astimezone(timezone.utc))
+            tree.size, tree.root(), format_timestamp(self._clock().astimezone(timezone.utc))
         )
         try:
             self.checkpoints.append(checkpoint)
@@ -654,7 +673,7 @@ class LedgerWriter:
             raise LedgerWriteError(
                 f"cannot write the checkpoint file {self.checkpoints.path}: {exc}"
             ) from exc
-        self._last_checkpoint_size = checkpoint.size
+        self._set_last_checkpoint(checkpoint.size)
         self._last_checkpoint_at = time.monotonic()
         self._save_state()
         logger.info("ledger checkpoint size=%d root=%s", checkpoint.size, checkpoint.root.hex())
