@@ -5,8 +5,8 @@ All measurements run in one process, on the same disk (``--dir``, default ``benc
 (a) raw ``os.write`` + ``fdatasync`` of pre-serialized lines, one line at a time: the disk's floor;
 (b) ``LedgerWriter.append_event`` one at a time (validation, lock, hash chain, Merkle, fsync), and its
     ratio to (a); also with INFO logging to a file, to show what per-write logging costs;
-(c) ``append_events`` in batches of 1,000 (group commit);
-(d) ``verify_ledger`` over the large ledger, events/s;
+(c) ``append_events`` in batches of 1,000 (group commit), median of 5 runs;
+(d) ``verify_ledger`` over the large ledger, events/s, median of 3 runs (two processes by default, and one);
 (e) opening a ``LedgerWriter`` on a 1,000,000-event ledger vs a 1,000-event one (median of several opens).
 """
 
@@ -105,6 +105,14 @@ def build(path: Path, events: int, batch: int = 1000) -> float:
         return events / (time.perf_counter() - started)
 
 
+def spread(rates: list[float]) -> str:
+    """``median events/s (min-max of N runs)``."""
+    return (
+        f"{statistics.median(rates):12,.0f} events/s  (median of {len(rates)} runs; "
+        f"{min(rates):,.0f}-{max(rates):,.0f})"
+    )
+
+
 def median_open_seconds(path: Path, repeat: int = 7) -> float:
     times = []
     for _ in range(repeat):
@@ -141,8 +149,10 @@ def main() -> None:
             f"    ... with INFO logging to a file:           {b_log:12,.0f} events/s  "
             f"({b_log / a:.2f} of raw)"
         )
-        c = build(folder / "batch" / "ledger.jsonl", 200_000)
-        print(f"(c) append_events, batches of 1,000:           {c:12,.0f} events/s")
+        # (c) and (d) repeat: this machine's speed drifts by tens of percent between runs, so the median
+        # and the range say more than one figure would.
+        rates = [build(folder / f"batch{n}" / "ledger.jsonl", 100_000) for n in range(5)]
+        print(f"(c) append_events, batches of 1,000:           {spread(rates)}")
 
         large = folder / "large" / "ledger.jsonl"
         small = folder / "small" / "ledger.jsonl"
@@ -150,18 +160,18 @@ def main() -> None:
         build(large, args.large)
         build(small, 1000)
         key = default_public_key()
-        started = time.perf_counter()
-        report = verify_ledger(large, public_key=key)
-        elapsed = time.perf_counter() - started
-        assert report.ok, report.problems
+        for parallel, label in ((None, "(d) verify"), (False, "    ... in one process")):
+            rates = []
+            for _ in range(3):
+                started = time.perf_counter()
+                report = verify_ledger(large, public_key=key, parallel=parallel)
+                rates.append(report.events / (time.perf_counter() - started))
+                assert report.ok, report.problems
+            print(f"{label + ':':<47}{spread(rates)}")
         print(
-            f"(d) verify ({report.events:,} events, {report.bytes_checked / 1e6:.0f} MB, "
-            f"{report.checkpoints_total} checkpoints):  {report.events / elapsed:12,.0f} events/s"
+            f"    ({report.events:,} events, {report.bytes_checked / 1e6:.0f} MB, "
+            f"{report.checkpoints_total} signed checkpoints checked)"
         )
-        started = time.perf_counter()
-        report = verify_ledger(large, public_key=key, parallel=False)
-        elapsed = time.perf_counter() - started
-        print(f"    ... in one process:                        {report.events / elapsed:12,.0f} events/s")
         t_large = median_open_seconds(large)
         t_small = median_open_seconds(small)
         print(

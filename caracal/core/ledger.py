@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import threading
@@ -356,10 +357,11 @@ class LedgerWriter:
             chunks = []
             prev = self._last_leaf
             next_id = self._last_id + 1
+            sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
             for fields, body in drafts:
                 prev_hex = prev.hex()
                 line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
-                prev = leaf_hash(line)
+                prev = sha256(b"\x00" + line).digest()
                 events.append(LedgerEvent(next_id, *fields, prev_hex))
                 leaves.append(prev)
                 chunks.append(line)
