@@ -40,6 +40,24 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
 
 
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--agent-id, --resource-type, --start, --end: the filters of query and summary."""
+    for option in reversed(
+        [
+            click.option("--agent-id", default=None, help="Only this agent."),
+            click.option("--resource-type", default=None, help="Only this resource."),
+            click.option(
+                "--start", default=None, help="From this time or date (inclusive; naive means UTC)."
+            ),
+            click.option(
+                "--end", default=None, help="Up to this time or date (inclusive; a date: the whole day)."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def resolve(ledger: Path | None) -> Path:
     return ledger if ledger is not None else default_ledger_path()
 
@@ -110,10 +128,7 @@ def append_command(
 @ledger_group.command("query")
 @ledger_option
 @json_option
-@click.option("--agent-id", default=None, help="Only this agent.")
-@click.option("--resource-type", default=None, help="Only this resource.")
-@click.option("--start", default=None, help="From this time or date (inclusive; naive means UTC).")
-@click.option("--end", default=None, help="Up to this time or date (inclusive; a date covers the whole day).")
+@filter_options
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Show at most this many (the last).")
 @handle_errors
 def query_command(
@@ -135,10 +150,7 @@ def query_command(
 @ledger_group.command("summary")
 @ledger_option
 @json_option
-@click.option("--agent-id", default=None, help="Only this agent.")
-@click.option("--resource-type", default=None, help="Only this resource.")
-@click.option("--start", default=None, help="From this time or date (inclusive).")
-@click.option("--end", default=None, help="Up to this time or date (inclusive).")
+@filter_options
 @click.option(
     "--by",
     "group_by",

@@ -68,16 +68,17 @@ class LedgerEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in line order; amounts as exact strings; ``metadata`` omitted when None."""
-        data = line_dict(
-            self.event_id,
-            self.agent_id,
-            self.timestamp,
-            self.resource_type,
-            self.quantity,
-            self.cost,
-            self.currency,
-            self.metadata,
-        )
+        data: dict[str, Any] = {
+            "event_id": self.event_id,
+            "agent_id": self.agent_id,
+            "timestamp": self.timestamp,
+            "resource_type": self.resource_type,
+            "quantity": str(self.quantity),
+            "cost": str(self.cost),
+            "currency": self.currency,
+        }
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
         if self.prev_hash is not None:
             data["prev_hash"] = self.prev_hash
         return data
@@ -98,31 +99,6 @@ class LedgerEvent:
         return dumps(self.to_dict())
 
 
-def line_dict(
-    event_id: int,
-    agent_id: str,
-    timestamp: str,
-    resource_type: str,
-    quantity: Decimal,
-    cost: Decimal,
-    currency: str,
-    metadata: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """An event's fields as a dict in line order (without ``prev_hash``), amounts as exact strings."""
-    data: dict[str, Any] = {
-        "event_id": event_id,
-        "agent_id": agent_id,
-        "timestamp": timestamp,
-        "resource_type": resource_type,
-        "quantity": str(quantity),
-        "cost": str(cost),
-        "currency": currency,
-    }
-    if metadata is not None:
-        data["metadata"] = metadata
-    return data
-
-
 def line_body(
     agent_id: str,
     timestamp: str,
@@ -132,10 +108,10 @@ def line_body(
     currency: str,
     metadata: dict[str, Any] | None,
 ) -> bytes:
-    """The middle of an event's line: exactly ``dumps(line_dict(0, ...))`` without ``{"event_id":0,`` and
-    the closing brace (a test holds the two equal). The writer splices in the id and chain hash under its
-    lock; building the bytes directly is several times cheaper than building a dict and encoding it, and
-    this runs once per append."""
+    """The middle of an event's line: what :meth:`LedgerEvent.to_bytes` gives between ``{"event_id":N,``
+    and ``,"prev_hash":...}`` (a test holds the two equal). The writer splices in the id and chain hash
+    under its lock; building the bytes directly is several times cheaper than building a dict and encoding
+    it, and this runs once per append."""
     template = (
         b'"agent_id":%b,"timestamp":"%b","resource_type":%b,"quantity":"%b","cost":"%b","currency":"%b"'
     )

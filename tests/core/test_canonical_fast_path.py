@@ -9,9 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caracal.core.events import canonical_line_fields, line_dict, validate_event_dict
+from caracal.core.events import LedgerEvent, canonical_line_fields, line_body, validate_event_dict
 from caracal.core.ledger import LedgerWriter
-from caracal.core.validation import dumps
 from caracal.exceptions import InvalidLedgerEventError
 
 HASH = "ab" * 32
@@ -52,9 +51,7 @@ def full_path(line: bytes) -> tuple[int, str | None] | None:
 def test_fast_path_agrees_with_full_validation(
     event_id, agent, resource, quantity, cost, currency, timestamp
 ):
-    data = line_dict(event_id, agent, timestamp, resource, quantity, cost, currency, None)
-    data["prev_hash"] = HASH
-    line = dumps(data)
+    line = LedgerEvent(event_id, agent, timestamp, resource, quantity, cost, currency, None, HASH).to_bytes()
     fast = canonical_line_fields(line)
     if fast is not None:
         assert full_path(line) == fast
@@ -63,18 +60,9 @@ def test_fast_path_agrees_with_full_validation(
 @settings(max_examples=400)
 @given(position=st.integers(min_value=0, max_value=300), byte=st.integers(min_value=0, max_value=255))
 def test_a_corrupted_byte_never_slips_through_the_fast_path(position, byte):
-    data = line_dict(
-        7,
-        "agent-1",
-        "2026-11-25T19:24:52.123456Z",
-        "openai.gpt-4o.input_tokens",
-        Decimal("1000"),
-        Decimal("0.030"),
-        "USD",
-        None,
-    )
-    data["prev_hash"] = HASH
-    line = bytearray(dumps(data))
+    event = LedgerEvent(7, "agent-1", "2026-11-25T19:24:52.123456Z", "openai.gpt-4o.input_tokens",
+                        Decimal("1000"), Decimal("0.030"), "USD", None, HASH)  # fmt: skip
+    line = bytearray(event.to_bytes())
     line[position % len(line)] = byte
     fast = canonical_line_fields(bytes(line))
     if fast is not None:
@@ -90,3 +78,30 @@ def test_plain_lines_from_the_writer_take_the_fast_path(ledger_path: Path) -> No
     assert canonical_line_fields(lines[0]) == (1, full_path(lines[0])[1])  # type: ignore[index]
     assert canonical_line_fields(lines[1]) is not None
     assert canonical_line_fields(lines[2]) is None  # metadata always takes the full path
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
+    | st.decimals(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(
+    event_id=st.integers(min_value=1, max_value=2**63 - 1),
+    agent=st.text(min_size=1, max_size=20),
+    resource=st.text(min_size=1, max_size=20),
+    quantity=amounts,
+    cost=amounts,
+    metadata=st.none() | st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+)
+def test_the_writers_direct_line_bytes_equal_the_event_encoding(
+    event_id, agent, resource, quantity, cost, metadata
+):
+    """The writer builds lines with line_body (fast); readers and to_bytes use the dict encoding. Equal bytes
+    mean the Merkle leaf the writer hashed is the leaf anyone re-encoding the event would hash."""
+    fields = (agent, "2026-11-25T19:24:52.123456Z", resource, quantity, cost, "EUR", metadata)
+    spliced = b'{"event_id":%d,%b,"prev_hash":"%b"}' % (event_id, line_body(*fields), HASH.encode())
+    assert spliced == LedgerEvent(event_id, *fields, HASH).to_bytes()
