@@ -14,9 +14,29 @@ The tree::
     │   ├── LedgerReadError           the ledger could not be read
     │   │   └── LedgerCorruptError        a complete line does not parse, or ids are not contiguous
     │   └── LedgerVerificationError   ``verify`` found a problem (tampering, truncation, corruption)
-    └── MerkleError                   Merkle trees, proofs and checkpoints
-        ├── ProofError                a proof could not be produced or does not verify
-        └── CheckpointError           a checkpoint file or signature is missing, malformed or invalid
+    ├── MerkleError                   Merkle trees, proofs and checkpoints
+    │   ├── ProofError                a proof could not be produced or does not verify
+    │   └── CheckpointError           a checkpoint file or signature is missing, malformed or invalid
+    ├── RegistryError                 a registry file (agents, policies, prices) is unreadable or unwritable
+    ├── IdentityError                 agents
+    │   ├── InvalidAgentError         bad input for an agent (also a ValueError)
+    │   ├── AgentNotFoundError        no agent with that id or name
+    │   ├── DuplicateAgentError       the name is taken
+    │   └── AgentSuspendedError       the agent is suspended (denied)
+    ├── PricingError                  prices
+    │   ├── InvalidPriceError         bad input for a price (also a ValueError)
+    │   └── UnknownPriceError         no price for a resource (refused, never priced at zero)
+    ├── PolicyError                   budget policies
+    │   ├── InvalidPolicyError        bad input for a policy (also a ValueError)
+    │   ├── PolicyNotFoundError       no policy with that id
+    │   └── NoActivePolicyError       the agent has no active policy (denied)
+    ├── EnforcementError              checks, holds and settlement
+    │   ├── BudgetExceededError       the action could take an agent past a budget (denied)
+    │   ├── HoldNotFoundError         no open hold with that id (settled, released, expired or unknown)
+    │   └── InvalidAmountError        a bad amount for check, reserve or settle (also a ValueError)
+    └── MeteringError                 turning usage into charges
+        ├── InvalidMeteringEventError bad input for a metering event (also a ValueError)
+        └── IdempotencyConflictError  the idempotency key was used with a different payload
 """
 
 from __future__ import annotations
@@ -80,3 +100,87 @@ class ProofError(MerkleError):
 
 class CheckpointError(MerkleError):
     """A checkpoint file or signature is missing, malformed or invalid."""
+
+
+class RegistryError(CaracalError):
+    """A registry file (agents, policies, prices) could not be read or written."""
+
+
+class IdentityError(CaracalError):
+    """Anything about agents."""
+
+
+class InvalidAgentError(IdentityError, ValueError):
+    """Bad input for an agent; nothing was changed."""
+
+
+class AgentNotFoundError(IdentityError):
+    """No agent with that id or name."""
+
+
+class DuplicateAgentError(IdentityError):
+    """An agent with that name already exists."""
+
+
+class AgentSuspendedError(IdentityError):
+    """The agent is suspended; its actions are denied."""
+
+
+class PricingError(CaracalError):
+    """Anything about prices."""
+
+
+class InvalidPriceError(PricingError, ValueError):
+    """Bad input for a price; nothing was changed."""
+
+
+class UnknownPriceError(PricingError):
+    """No price is known for the resource; Caracal refuses rather than price it at zero."""
+
+
+class PolicyError(CaracalError):
+    """Anything about budget policies."""
+
+
+class InvalidPolicyError(PolicyError, ValueError):
+    """Bad input for a policy; nothing was changed."""
+
+
+class PolicyNotFoundError(PolicyError):
+    """No policy with that id."""
+
+
+class NoActivePolicyError(PolicyError):
+    """The agent has no active policy, so no action of it can be proven within budget (denied)."""
+
+
+class EnforcementError(CaracalError):
+    """Checks, holds and settlement."""
+
+
+class BudgetExceededError(EnforcementError):
+    """The action could take an agent (or an ancestor) past a budget. ``decision`` says which and why."""
+
+    def __init__(self, message: str, *, decision: object = None):
+        super().__init__(message)
+        self.decision = decision
+
+
+class HoldNotFoundError(EnforcementError):
+    """No open hold with that id: it was settled, released, expired, or never existed."""
+
+
+class InvalidAmountError(EnforcementError, ValueError):
+    """A bad amount for check, reserve or settle."""
+
+
+class MeteringError(CaracalError):
+    """Turning usage into charges."""
+
+
+class InvalidMeteringEventError(MeteringError, ValueError):
+    """Bad input for a metering event; nothing was recorded."""
+
+
+class IdempotencyConflictError(MeteringError):
+    """The idempotency key was already used for a different payload."""
