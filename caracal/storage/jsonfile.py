@@ -1,0 +1,127 @@
+"""A small JSON document file that several processes read and change safely (the embedded backend's
+registries: agents, policies, prices).
+
+Invariants:
+
+- **Atomic.** Every write goes to a temporary file that is fsynced and renamed over the document, then the
+  folder is fsynced: a reader sees the old document or the new one, never a mix, and a crash never leaves
+  a half-written registry.
+- **Serialized.** :meth:`JsonDocument.transaction` holds an exclusive ``flock`` on ``<path>.lock`` from the
+  read to the write, so concurrent read-modify-write cycles (other threads, other processes) never lose an
+  update. Plain :meth:`JsonDocument.read` needs no lock, thanks to the atomic rename.
+- **Backed up.** Before each write the current document is kept as ``<path>.bak.1`` (older ones rotate to
+  ``.bak.N``), so a bad change can be undone by hand.
+- **Fail closed.** A document that does not parse raises :class:`RegistryError` naming the file and the
+  backups; it is never silently replaced by an empty one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from caracal.core.fileio import write_atomically
+from caracal.core.validation import dumps
+from caracal.exceptions import RegistryError
+
+
+class JsonDocument:
+    """One JSON object stored in ``path``; ``default()`` gives the document when the file does not exist."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        default: Callable[[], dict[str, Any]] = dict,
+        backup_count: int = 3,
+        lock_timeout: float = 10.0,
+    ):
+        self.path = Path(path)
+        self.default = default
+        self.backup_count = backup_count
+        self.lock_timeout = lock_timeout
+        self._thread_lock = threading.RLock()
+
+    def read(self) -> dict[str, Any]:
+        """The current document (a fresh copy; changing it changes nothing on disk)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return self.default()
+        except OSError as exc:
+            raise RegistryError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RegistryError(
+                f"{self.path} is not valid JSON ({exc}); restore it from {self.path.name}.bak.1 (or an older "
+                f"backup) beside it"
+            ) from None
+        if not isinstance(document, dict):
+            raise RegistryError(f"{self.path} must hold a JSON object, found {type(document).__name__}")
+        return document
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        """Lock, read, let the caller change the document, and write it back if it changed.
+
+        If the block raises, nothing is written.
+        """
+        with self._locked():
+            document = self.read()
+            before = dumps(document)
+            yield document
+            after = dumps(document)
+            if after != before:
+                self._write(after)
+
+    def _write(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.backup_count and self.path.exists():
+                for index in range(self.backup_count - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.bak.{index}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.bak.{index + 1}"))
+                write_atomically(self.path.with_name(f"{self.path.name}.bak.1"), self.path.read_bytes())
+            write_atomically(self.path, data)
+        except OSError as exc:
+            raise RegistryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._thread_lock.acquire(timeout=self.lock_timeout):
+            raise RegistryError(f"timed out after {self.lock_timeout}s waiting for {self.path}")
+        try:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RegistryError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+            try:
+                deadline = time.monotonic() + self.lock_timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise RegistryError(
+                                f"timed out after {self.lock_timeout}s waiting for the lock on {self.path}; "
+                                f"another process holds it"
+                            ) from None
+                        time.sleep(0.001)
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
+        finally:
+            self._thread_lock.release()
