@@ -11,6 +11,10 @@ One event is one line of ``ledger.jsonl``: compact JSON, UTF-8, ``\\n``-terminat
   exact bytes; for event 1, SHA-256 of the empty string (the RFC 9162 empty-tree root). A modified
   line is named exactly by the next line's chain; the signed Merkle checkpoints cover the rest. Lines
   written before the chain existed may lack it.
+- The control plane adds optional fields, omitted when unset: ``kind`` (``charge`` when absent; ``hold``
+  reserves ``cost`` for an agent until ``expires_at``; ``release`` closes ``hold_id``), ``hold_id`` (on a
+  hold, a release, or a charge made against a hold) and ``idempotency_key`` (one charge per key).
+  Only charges are spend: holds and releases never count in sums.
 - Readers ignore fields they do not know, so later versions may add fields.
 
 Parsing is strict: a complete line that is not a valid event is corruption, never skipped, because a
@@ -42,6 +46,10 @@ from caracal.exceptions import InvalidLedgerEventError, LedgerCorruptError
 
 READ_CHUNK = 1 << 20
 
+ENTRY_KINDS = frozenset({"charge", "hold", "release"})
+_EXTENSIONS = ("kind", "hold_id", "idempotency_key", "expires_at")
+"""The control plane's optional fields, in line order (after ``metadata``, before ``prev_hash``)."""
+
 
 @dataclass(slots=True)
 class LedgerEvent:
@@ -60,6 +68,15 @@ class LedgerEvent:
     currency: str = "USD"
     metadata: dict[str, Any] | None = None
     prev_hash: str | None = None
+    kind: str | None = None
+    hold_id: str | None = None
+    idempotency_key: str | None = None
+    expires_at: str | None = None
+
+    @property
+    def is_charge(self) -> bool:
+        """Whether this entry is spend (holds and releases are not)."""
+        return self.kind is None or self.kind == "charge"
 
     @property
     def time(self) -> datetime:
@@ -79,6 +96,10 @@ class LedgerEvent:
         }
         if self.metadata is not None:
             data["metadata"] = self.metadata
+        for name in _EXTENSIONS:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
         if self.prev_hash is not None:
             data["prev_hash"] = self.prev_hash
         return data
@@ -107,6 +128,7 @@ def line_body(
     cost: Decimal,
     currency: str,
     metadata: dict[str, Any] | None,
+    extensions: tuple[str | None, ...] = (None, None, None, None),
 ) -> bytes:
     """The middle of an event's line: what :meth:`LedgerEvent.to_bytes` gives between ``{"event_id":N,``
     and ``,"prev_hash":...}`` (a test holds the two equal). The writer splices in the id and chain hash
@@ -123,7 +145,12 @@ def line_body(
         str(cost).encode(),
         currency.encode(),
     )
-    return body if metadata is None else body + b',"metadata":' + dumps(metadata)
+    if metadata is not None:
+        body += b',"metadata":' + dumps(metadata)
+    for name, value in zip(_EXTENSIONS, extensions, strict=True):
+        if value is not None:
+            body += b',"%b":%b' % (name.encode(), orjson.dumps(value))
+    return body
 
 
 def validate_event_dict(data: Any) -> tuple[Any, ...]:
@@ -159,7 +186,31 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
     if prev_hash is not None and (type(prev_hash) is not str or len(prev_hash) != 64):
         raise error(f"prev_hash must be 64 hex digits, got {prev_hash!r}")
     agent_id, resource_type, quantity, cost, currency = fields
-    return event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash
+    extensions = check_extensions(data.get("kind"), data.get("hold_id"), data.get("idempotency_key"),
+                                  data.get("expires_at"))  # fmt: skip
+    return (event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash,
+            *extensions)  # fmt: skip
+
+
+def check_extensions(
+    kind: object, hold_id: object, idempotency_key: object, expires_at: object
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """Validate the control plane's optional fields (see the module docstring); raise
+    :class:`InvalidLedgerEventError` naming the bad one."""
+    error = InvalidLedgerEventError
+    if kind is not None and kind not in ENTRY_KINDS:
+        raise error(f"kind must be one of {sorted(ENTRY_KINDS)}, got {kind!r}")
+    if hold_id is not None:
+        check_identifier(hold_id, "hold_id", error)
+    if idempotency_key is not None:
+        check_identifier(idempotency_key, "idempotency_key", error)
+    if expires_at is not None:
+        if type(expires_at) is not str:
+            raise error(f"expires_at must be an ISO 8601 string, got {expires_at!r}")
+        parse_timestamp(expires_at, "expires_at", error)
+    if kind in ("hold", "release") and hold_id is None:
+        raise error(f"a {kind} entry needs a hold_id")
+    return kind, hold_id, idempotency_key, expires_at  # type: ignore[return-value]
 
 
 # The exact shape of a line as LedgerWriter writes it when it carries no metadata and only plain printable

@@ -51,6 +51,7 @@ from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStor
 from caracal.core.events import (
     LedgerEvent,
     canonical_line_fields,
+    check_extensions,
     complete_end,
     iter_lines,
     line_body,
@@ -101,7 +102,19 @@ _os_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _os_ftruncate = os.ftruncate
 
 _APPEND_FIELDS = frozenset(
-    {"agent_id", "resource_type", "quantity", "cost", "currency", "metadata", "timestamp"}
+    {
+        "agent_id",
+        "resource_type",
+        "quantity",
+        "cost",
+        "currency",
+        "metadata",
+        "timestamp",
+        "kind",
+        "hold_id",
+        "idempotency_key",
+        "expires_at",
+    }
 )
 _EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "before" the first line
 _TAIL_PROBE = 1 << 16
@@ -116,10 +129,13 @@ def sidecar_path(ledger_path: Path, suffix: str) -> Path:
     return ledger_path.with_name(f"{ledger_path.name}.{suffix}")
 
 
-_Draft = tuple[tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"], bytes]
+_Fields = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
+_Extensions = tuple["str | None", "str | None", "str | None", "str | None"]
+_Draft = tuple[_Fields, _Extensions, bytes]
 """A validated event without its id and chain hash (known only under the lock): its fields (agent_id,
-timestamp, resource_type, quantity, cost, currency, metadata) and those fields already serialized as the
-middle of its JSON line, so that the work done under the lock is only splicing in the id and the hash."""
+timestamp, resource_type, quantity, cost, currency, metadata), its control-plane extensions (kind, hold_id,
+idempotency_key, expires_at) and all of them already serialized as the middle of its JSON line, so that the
+work done under the lock is only splicing in the id and the hash."""
 
 
 class LedgerWriter:
@@ -246,6 +262,32 @@ class LedgerWriter:
         Each item is a mapping of :meth:`append_event`'s keyword arguments. Validation is all-or-nothing:
         if any item is invalid, nothing is written and the error names the item's index.
         """
+        drafts = self._drafts(items)
+        if not drafts:
+            return []
+        return self._commit(drafts)
+
+    def transact(self, decide: Callable[[], Iterable[Mapping[str, Any]] | None]) -> list[LedgerEvent]:
+        """Call ``decide()`` while holding the exclusive lock, and append what it returns, atomically.
+
+        This is the one primitive the control plane builds check-and-reserve on: no other writer (thread or
+        process) can append between the moment ``decide`` looks at the ledger (for example through a
+        :class:`LedgerTail` it polls) and the moment its items are on disk. ``decide`` returns items as for
+        :meth:`append_events` (or None/empty to append nothing); if it raises, nothing is appended and the
+        exception propagates. The lock is held while it runs: keep it short.
+        """
+        self._lock()
+        try:
+            self._ensure_usable()
+            self._sync()
+            items = decide()
+            drafts = self._drafts(items or ())
+            return self._append_locked(drafts) if drafts else []
+        finally:
+            self._unlock()
+
+    def _drafts(self, items: Iterable[Mapping[str, Any]]) -> list[_Draft]:
+        """Validate items (all or nothing) into drafts; errors name the item's index."""
         drafts = []
         now = self._clock()  # one clock reading per batch: the events of a group commit share their moment
         prepare = self._prepare
@@ -263,9 +305,7 @@ class LedgerWriter:
                 if unknown:
                     raise InvalidLedgerEventError(f"item {index} has unknown fields: {unknown}") from None
                 raise
-        if not drafts:
-            return []
-        return self._commit(drafts)
+        return drafts
 
     def checkpoint(self) -> Checkpoint:
         """Sign and store a checkpoint of the ledger as it is now (after catching up with other writers)."""
@@ -318,6 +358,10 @@ class LedgerWriter:
         currency: object = "USD",
         metadata: object = None,
         timestamp: object = None,
+        kind: object = None,
+        hold_id: object = None,
+        idempotency_key: object = None,
+        expires_at: object = None,
     ) -> _Draft:
         """Validate one event's fields (``now`` stands in for a missing timestamp; None: read the clock)."""
         error = InvalidLedgerEventError
@@ -339,8 +383,16 @@ class LedgerWriter:
             check_currency(currency, error),
             None if metadata is None else check_metadata(metadata, error),
         )
+        if kind is None and hold_id is None and idempotency_key is None and expires_at is None:
+            extensions: _Extensions = (None, None, None, None)
+        else:
+            if isinstance(expires_at, datetime):
+                expires_at = format_timestamp(parse_timestamp(expires_at, "expires_at", error))
+            extensions = check_extensions(
+                None if kind == "charge" else kind, hold_id, idempotency_key, expires_at
+            )
         # The event's line is '{"event_id":N,' + body + ',"prev_hash":"H"}', in LedgerEvent.to_dict order.
-        return fields, line_body(*fields)
+        return fields, extensions, line_body(*fields, extensions)
 
     # ------------------------------------------------------------------ the append path
 
@@ -349,47 +401,54 @@ class LedgerWriter:
         try:
             self._ensure_usable()
             self._sync()
-            if self._backup_pending:
-                self._backup_pending = False
-                self._maybe_backup()
-            events = []
-            leaves = []
-            chunks = []
-            prev = self._last_leaf
-            next_id = self._last_id + 1
-            sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
-            for fields, body in drafts:
-                prev_hex = prev.hex()
-                line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
-                prev = sha256(b"\x00" + line).digest()
-                events.append(LedgerEvent(next_id, *fields, prev_hex))
-                leaves.append(prev)
-                chunks.append(line)
-                next_id += 1
-            chunks.append(b"")
-            payload = b"\n".join(chunks)
-            self._write_durably(payload)
-            self._end += len(payload)
-            self._last_id = next_id - 1
-            self._last_leaf = prev
-            self._unhashed += leaves
-            if self._last_id >= self._next_checkpoint_size or (
-                self.checkpoint_interval
-                and time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
-            ):
-                self._maybe_checkpoint()
+            events = self._append_locked(drafts)
         finally:
             self._unlock()
+        return events
+
+    def _append_locked(self, drafts: list[_Draft]) -> list[LedgerEvent]:
+        """Append drafts under the lock (the caller holds it and has caught up): one write, one fdatasync,
+        then the bookkeeping (ids, chain, Merkle leaves, checkpoint when due) and an INFO record per event."""
+        if self._backup_pending:
+            self._backup_pending = False
+            self._maybe_backup()
+        events = []
+        leaves = []
+        chunks = []
+        prev = self._last_leaf
+        next_id = self._last_id + 1
+        sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
+        for fields, extensions, body in drafts:
+            prev_hex = prev.hex()
+            line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
+            prev = sha256(b"\x00" + line).digest()
+            events.append(LedgerEvent(next_id, *fields, prev_hex, *extensions))
+            leaves.append(prev)
+            chunks.append(line)
+            next_id += 1
+        chunks.append(b"")
+        payload = b"\n".join(chunks)
+        self._write_durably(payload)
+        self._end += len(payload)
+        self._last_id = next_id - 1
+        self._last_leaf = prev
+        self._unhashed += leaves
+        if self._last_id >= self._next_checkpoint_size or (
+            self.checkpoint_interval
+            and time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
+        ):
+            self._maybe_checkpoint()
         if logger.isEnabledFor(logging.INFO):
             for event in events:
                 logger.info(
-                    "ledger append event_id=%d agent_id=%s resource_type=%s quantity=%s cost=%s %s",
+                    "ledger append event_id=%d agent_id=%s resource_type=%s quantity=%s cost=%s %s%s",
                     event.event_id,
                     event.agent_id,
                     event.resource_type,
                     event.quantity,
                     event.cost,
                     event.currency,
+                    "" if event.kind is None else f" kind={event.kind} hold_id={event.hold_id}",
                 )
         return events
 

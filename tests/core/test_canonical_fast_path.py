@@ -35,7 +35,7 @@ def full_path(line: bytes) -> tuple[int, str | None] | None:
         fields = validate_event_dict(orjson.loads(line))
     except (InvalidLedgerEventError, orjson.JSONDecodeError):
         return None
-    return fields[0], fields[-1]
+    return fields[0], fields[8]  # event_id, prev_hash
 
 
 @settings(max_examples=400)

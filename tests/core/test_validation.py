@@ -182,7 +182,7 @@ def test_decimal_strings_are_kept_exactly(text: str) -> None:
 def test_from_dict_round_trip_and_unknown_fields_are_ignored() -> None:
     event = make_event(metadata={"a": [1, 2, {"b": None}]}, prev_hash="0f" * 32)
     data = event.to_dict()
-    data["idempotency_key"] = "later-version-field"
+    data["a_field_from_a_later_version"] = "ignored"
     assert LedgerEvent.from_dict(data) == event
 
 
