@@ -1,0 +1,196 @@
+"""Live budget aggregates, kept incrementally from the ledger's entries (pure: no I/O, the clock passed in).
+
+:class:`BudgetState` is fed every ledger entry once, in file order (:meth:`BudgetState.apply`), and
+answers "how much has this agent's subtree spent in this window" and "how much does it hold right now" in
+time that does not grow with the ledger:
+
+- **Spend** is kept per (agent, currency) as a cumulative series at one-minute resolution, so the spend in
+  any window is two binary searches and a subtraction, O(log minutes-with-spend). Every charge is added to
+  its agent *and every ancestor* (a child's spend counts against its ancestors' budgets).
+- **Effective time.** A charge counts at ``max(its timestamp, the effective time of the entry before it)``:
+  a backdated timestamp cannot move spend out of the current window.
+- **Rolling windows** start inside a minute; the whole boundary minute is counted. The error is on the safe
+  side: spend is never under-counted, so a budget can only be enforced slightly early, never late.
+- **Holds** are open from their ``hold`` entry until a ``release`` entry for the same id, and count only
+  until their ``expires_at`` (a crashed worker cannot pin a budget). They are indexed per subtree member,
+  so summing them costs O(live holds of that subtree).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from caracal.core.events import LedgerEvent
+from caracal.core.validation import parse_timestamp
+from caracal.exceptions import LedgerCorruptError
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ZERO = Decimal(0)
+
+
+def minute_of(moment: datetime) -> int:
+    """Whole minutes since the Unix epoch (floor), for an aware datetime."""
+    return int((moment - _EPOCH).total_seconds() // 60)
+
+
+@dataclass
+class SpendSeries:
+    """Cumulative spend over time at one-minute resolution: ``totals[i]`` is all spend up to and including
+    minute ``minutes[i]``; minutes strictly increase."""
+
+    minutes: list[int] = field(default_factory=list)
+    totals: list[Decimal] = field(default_factory=list)
+
+    def add(self, minute: int, amount: Decimal) -> None:
+        if self.minutes and minute <= self.minutes[-1]:
+            self.totals[-1] += amount  # the same minute, or (clamped) earlier: counts at the latest minute
+            return
+        self.minutes.append(minute)
+        self.totals.append((self.totals[-1] if self.totals else _ZERO) + amount)
+
+    def total(self) -> Decimal:
+        return self.totals[-1] if self.totals else _ZERO
+
+    def before(self, minute: int) -> Decimal:
+        """All spend in minutes strictly before ``minute``."""
+        index = bisect.bisect_left(self.minutes, minute)
+        return self.totals[index - 1] if index else _ZERO
+
+    def since(self, minute: int | None) -> Decimal:
+        """All spend from ``minute`` (inclusive) on; everything when None."""
+        return self.total() if minute is None else self.total() - self.before(minute)
+
+
+@dataclass(frozen=True)
+class OpenHold:
+    hold_id: str
+    agent_id: str
+    amount: Decimal
+    currency: str
+    expires_at: datetime
+    members: tuple[str, ...]
+    """The agent and its ancestors: every subtree whose budgets this hold counts against."""
+
+
+class BudgetState:
+    """Spend and holds per agent subtree, updated one ledger entry at a time.
+
+    ``chain_of(agent_id)`` returns the agent followed by its ancestors (nearest first); it comes from the
+    identity registry and is called once per entry.
+    """
+
+    def __init__(self, chain_of: Callable[[str], tuple[str, ...]]):
+        self._chain_of = chain_of
+        self._spend: dict[tuple[str, str], SpendSeries] = {}
+        self._holds: dict[str, OpenHold] = {}
+        self._holds_by_member: dict[str, set[str]] = {}
+        self._charged: dict[str, Decimal] = {}  # per hold: what has been charged against it
+        self.last_event_id = 0
+        self._last_minute = 0
+
+    def apply(self, event: LedgerEvent) -> None:
+        """Fold one entry in; entries must come in ledger order, each exactly once."""
+        if event.event_id != self.last_event_id + 1:
+            raise LedgerCorruptError(
+                f"budget state expected event {self.last_event_id + 1}, got {event.event_id}",
+                event_id=event.event_id,
+            )
+        self.last_event_id = event.event_id
+        minute = max(minute_of(event.time), self._last_minute)
+        self._last_minute = minute
+        kind = event.kind
+        if kind is None or kind == "charge":
+            for member in self._chain_of(event.agent_id):
+                key = (member, event.currency)
+                series = self._spend.get(key)
+                if series is None:
+                    series = self._spend[key] = SpendSeries()
+                series.add(minute, event.cost)
+            if event.hold_id is not None and event.hold_id in self._holds:
+                self._charged[event.hold_id] = self._charged.get(event.hold_id, _ZERO) + event.cost
+        elif kind == "hold":
+            assert event.hold_id is not None and event.expires_at is not None  # checked by the event parser
+            members = self._chain_of(event.agent_id)
+            hold = OpenHold(
+                event.hold_id,
+                event.agent_id,
+                event.cost,
+                event.currency,
+                parse_timestamp(event.expires_at, "expires_at", LedgerCorruptError),
+                members,
+            )
+            self._holds[hold.hold_id] = hold
+            for member in members:
+                self._holds_by_member.setdefault(member, set()).add(hold.hold_id)
+        elif kind == "release":
+            assert event.hold_id is not None
+            self._close(event.hold_id)
+
+    def apply_all(self, events: Iterable[LedgerEvent]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def _close(self, hold_id: str) -> None:
+        hold = self._holds.pop(hold_id, None)
+        self._charged.pop(hold_id, None)
+        if hold is None:
+            return
+        for member in hold.members:
+            ids = self._holds_by_member.get(member)
+            if ids is not None:
+                ids.discard(hold_id)
+                if not ids:
+                    del self._holds_by_member[member]
+
+    # ------------------------------------------------------------------ queries
+
+    def spent(
+        self, agent_id: str, currency: str, since: datetime | None, *, inclusive_minute: bool
+    ) -> Decimal:
+        """Spend of the agent's subtree in ``currency`` from ``since`` on (all time when None).
+
+        ``inclusive_minute`` counts the whole minute ``since`` falls in (rolling windows: the safe side);
+        calendar windows start on a minute boundary, where both readings agree.
+        """
+        series = self._spend.get((agent_id, currency))
+        if series is None:
+            return _ZERO
+        if since is None:
+            return series.total()
+        minute = minute_of(since)
+        if not inclusive_minute and (since - _EPOCH).total_seconds() % 60:
+            minute += 1
+        return series.since(minute)
+
+    def held(self, agent_id: str, currency: str, now: datetime) -> Decimal:
+        """What live (unexpired, unreleased) holds against the agent's subtree reserve in ``currency``.
+
+        A hold counts for its amount less what has already been charged against it (the charged part is
+        counted as spend), never below zero.
+        """
+        total = _ZERO
+        for hold_id in self._holds_by_member.get(agent_id, ()):
+            hold = self._holds[hold_id]
+            if hold.currency == currency and hold.expires_at > now:
+                remaining = hold.amount - self._charged.get(hold_id, _ZERO)
+                if remaining > 0:
+                    total += remaining
+        return total
+
+    def hold(self, hold_id: str) -> OpenHold | None:
+        """The open hold with this id (expired or not), or None if it was released or never existed."""
+        return self._holds.get(hold_id)
+
+    def charged_against(self, hold_id: str) -> Decimal:
+        return self._charged.get(hold_id, _ZERO)
+
+    def expired_holds(self, now: datetime) -> list[OpenHold]:
+        """Open holds whose expiry has passed (they count for nothing; ``expire`` closes them on record)."""
+        return [hold for hold in self._holds.values() if hold.expires_at <= now]
+
+    def open_holds(self, agent_id: str) -> list[OpenHold]:
+        return [self._holds[h] for h in sorted(self._holds_by_member.get(agent_id, ()))]

@@ -1,0 +1,445 @@
+"""Enforcement: check, reserve (hold), settle, release, expire; the one place where errors become "deny".
+
+Every decision follows the same rule (:func:`evaluate`): for the agent and each of its ancestors, for each
+active policy, ``spent in the window + live holds + amount <= limit``. Anything that stops Caracal from
+proving that (a suspended agent, no active policy, a policy in another currency, an unreadable ledger, a
+lock timeout) is a denial with a reason a person can act on.
+
+:class:`Enforcer` makes check-and-reserve one atomic step with respect to every other thread and process:
+it runs inside :meth:`LedgerWriter.transact`, under the ledger's exclusive lock, after folding in every
+entry other writers appended (a :class:`LedgerTail`), and the hold it records is on disk before the lock
+is released. Holds, settlements and releases are ledger entries, so they survive restarts and every
+process sees the same holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Protocol
+
+from caracal.core.budget import BudgetState
+from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
+from caracal.core.policy import Policy
+from caracal.core.validation import check_currency, format_timestamp, parse_amount
+from caracal.core.windows import next_reset, window_bounds
+from caracal.exceptions import BudgetExceededError, HoldNotFoundError, InvalidAmountError
+
+HOLD_RESOURCE = "caracal.hold"
+DEFAULT_TTL = timedelta(minutes=5)
+MAX_TTL = timedelta(days=7)
+
+
+class AgentLike(Protocol):
+    agent_id: str
+    name: str
+    status: str
+
+
+class Directory(Protocol):
+    """What enforcement needs from identity and policies (the storage layer provides it)."""
+
+    def agent(self, ref: str) -> AgentLike: ...
+
+    def chain(self, agent_id: str) -> tuple[str, ...]:
+        """The agent's id followed by its ancestors' ids, nearest first."""
+        ...
+
+    def status(self, agent_id: str) -> str: ...
+
+    def active_policies(self, agent_id: str) -> Sequence[Policy]: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why an action is allowed or denied. On a denial, ``policy_id`` names the policy that denied."""
+
+    allowed: bool
+    reason: str
+    agent_id: str
+    amount: Decimal
+    currency: str
+    policy_id: str | None = None
+    policy_agent_id: str | None = None
+    limit: Decimal | None = None
+    spent: Decimal | None = None
+    held: Decimal | None = None
+    remaining: Decimal | None = None
+    resets_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            data[name] = format_timestamp(value) if isinstance(value, datetime) else value
+        return data
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """One policy's standing: its window, what is spent and held in it, and what remains."""
+
+    policy: Policy
+    spent: Decimal
+    held: Decimal
+    remaining: Decimal
+    window_start: datetime | None
+    resets_at: datetime | None
+
+
+def describe_window(policy: Policy) -> str:
+    """``daily (Europe/Berlin)``, ``rolling 1 day, 0:00:00``, ``total``: for messages and tables."""
+    window = policy.window
+    if window.kind == "rolling":
+        return f"rolling {window.duration}"
+    if window.kind == "total" or window.timezone == "UTC":
+        return window.kind
+    return f"{window.kind} ({window.timezone})"
+
+
+def policy_status(policy: Policy, state: BudgetState, now: datetime) -> PolicyStatus:
+    start, _end = window_bounds(policy.window, now)
+    spent = state.spent(
+        policy.agent_id, policy.currency, start, inclusive_minute=policy.window.kind == "rolling"
+    )
+    held = state.held(policy.agent_id, policy.currency, now)
+    return PolicyStatus(
+        policy, spent, held, policy.limit - spent - held, start, next_reset(policy.window, now)
+    )
+
+
+def evaluate(
+    directory: Directory,
+    state: BudgetState,
+    agent_id: str,
+    amount: Decimal | None,
+    currency: str,
+    now: datetime,
+) -> Decision:
+    """Decide whether ``amount`` (None: "is any budget left?") may be spent by ``agent_id`` now."""
+    value = amount if amount is not None else Decimal(0)
+
+    def deny(reason: str, **details: Any) -> Decision:
+        return Decision(False, reason, agent_id, value, currency, **details)
+
+    chain = directory.chain(agent_id)
+    for member in chain:
+        if directory.status(member) != "active":
+            who = "agent" if member == agent_id else "its ancestor"
+            return deny(f"{who} {member} is suspended; activate it with 'caracal agent activate {member}'")
+    tightest: PolicyStatus | None = None
+    seen_any = False
+    for member in chain:
+        for policy in directory.active_policies(member):
+            seen_any = True
+            if policy.currency != currency:
+                return deny(
+                    f"policy {policy.policy_id} of agent {member} is in {policy.currency} but the amount is "
+                    f"in {currency}; Caracal does not convert currencies, so it cannot prove this is within "
+                    f"budget",
+                    policy_id=policy.policy_id,
+                    policy_agent_id=member,
+                )
+            status = policy_status(policy, state, now)
+            over = value > status.remaining if amount is not None else status.remaining <= 0
+            if over:
+                return deny(
+                    f"policy {policy.policy_id} of agent {member} ({describe_window(policy)} limit "
+                    f"{policy.limit} {currency}) has {max(status.remaining, Decimal(0))} {currency} left "
+                    f"({status.spent} spent, {status.held} held)"
+                    + (f"; {value} {currency} requested" if amount is not None else ""),
+                    policy_id=policy.policy_id,
+                    policy_agent_id=member,
+                    limit=policy.limit,
+                    spent=status.spent,
+                    held=status.held,
+                    remaining=status.remaining,
+                    resets_at=status.resets_at,
+                )
+            if tightest is None or status.remaining < tightest.remaining:
+                tightest = status
+    if not seen_any or tightest is None:
+        return deny(
+            f"agent {agent_id} and its ancestors have no active policy, so no spend can be proven within "
+            f"budget; create one with 'caracal policy create --agent-id {agent_id} --limit ... "
+            f"--window daily'"
+        )
+    return Decision(
+        True,
+        "within budget",
+        agent_id,
+        value,
+        currency,
+        policy_id=tightest.policy.policy_id,
+        policy_agent_id=tightest.policy.agent_id,
+        limit=tightest.policy.limit,
+        spent=tightest.spent,
+        held=tightest.held,
+        remaining=tightest.remaining,
+        resets_at=tightest.resets_at,
+    )
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A reservation: ``amount`` is set aside for ``agent_id`` until settled, released or ``expires_at``."""
+
+    hold_id: str
+    agent_id: str
+    amount: Decimal
+    currency: str
+    expires_at: datetime
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a settle recorded: the charges, and whether they exceeded the hold (the money was spent, so it
+    is recorded anyway, and flagged) or came after the hold expired."""
+
+    hold_id: str
+    charges: list[LedgerEvent]
+    total: Decimal
+    held: Decimal
+    over_hold: bool
+    after_expiry: bool
+
+
+class Enforcer:
+    """Check, reserve, settle and release against one ledger, atomically across threads and processes."""
+
+    def __init__(
+        self, writer: LedgerWriter, directory: Directory, clock: Callable[[], datetime] | None = None
+    ):
+        self.writer = writer
+        self.directory = directory
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._tail = LedgerTail(writer.ledger_path)
+        self._state = BudgetState(directory.chain)
+        self._state_lock = threading.RLock()
+
+    # ------------------------------------------------------------------ state
+
+    def catch_up(self) -> BudgetState:
+        """Fold in every entry appended since the last call (by any process); returns the state."""
+        with self._state_lock:
+            self._state.apply_all(self._tail.poll())
+            return self._state
+
+    # ------------------------------------------------------------------ operations
+
+    def check(self, agent: str, amount: object | None = None, currency: str = "USD") -> Decision:
+        """Would ``amount`` be allowed now? (None: is any budget left?) Reserves nothing."""
+        value = None if amount is None else _amount(amount, "amount")
+        check_currency(currency, InvalidAmountError)
+        agent_id = self.directory.agent(agent).agent_id
+        with self._state_lock:
+            return evaluate(self.directory, self.catch_up(), agent_id, value, currency, self._now())
+
+    def reserve(
+        self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
+    ) -> Hold:
+        """Atomically check ``amount`` against every policy of the agent and its ancestors and hold it.
+
+        Raises :class:`BudgetExceededError` (with the :class:`Decision`) when denied; nothing is held then.
+        """
+        value = _amount(amount, "amount")
+        check_currency(currency, InvalidAmountError)
+        duration = _ttl(ttl)
+        agent_id = self.directory.agent(agent).agent_id
+        hold_id = f"hold-{uuid.uuid4()}"
+        outcome: list[Decision] = []
+        expires: list[datetime] = []
+
+        def decide() -> list[Mapping[str, Any]] | None:
+            with self._state_lock:
+                now = self._now()
+                decision = evaluate(self.directory, self.catch_up(), agent_id, value, currency, now)
+            outcome.append(decision)
+            if not decision.allowed:
+                return None
+            expires.append(now + duration)
+            return [
+                {
+                    "agent_id": agent_id,
+                    "resource_type": HOLD_RESOURCE,
+                    "quantity": Decimal(0),
+                    "cost": value,
+                    "currency": currency,
+                    "kind": "hold",
+                    "hold_id": hold_id,
+                    "expires_at": now + duration,
+                    "timestamp": now,
+                }
+            ]
+
+        self.writer.transact(decide)
+        decision = outcome[0]
+        if not decision.allowed:
+            raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
+        return Hold(hold_id, agent_id, value, currency, expires[0], decision)
+
+    def settle(self, hold_id: str, charges: Iterable[Mapping[str, Any]]) -> Settlement:
+        """Record the actual ``charges`` against a hold and close it, in one atomic append.
+
+        Each charge is a mapping of ``resource_type``, ``quantity``, ``cost`` (and optionally ``metadata``,
+        ``idempotency_key``), in the hold's currency. Charges above the hold are recorded (the money was
+        spent) and flagged in the result and in each charge's metadata.
+        """
+        items = [dict(charge) for charge in charges]
+        result: list[Settlement] = []
+
+        def decide() -> list[Mapping[str, Any]]:
+            with self._state_lock:
+                state = self.catch_up()
+                hold = state.hold(hold_id)
+                if hold is None:
+                    raise HoldNotFoundError(
+                        f"no open hold {hold_id!r}: it was settled or released already, or never existed"
+                    )
+                now = self._now()
+                already = state.charged_against(hold_id)
+            total = already
+            entries: list[Mapping[str, Any]] = []
+            for index, item in enumerate(items):
+                unknown = set(item) - {"resource_type", "quantity", "cost", "metadata", "idempotency_key"}
+                if unknown:
+                    raise InvalidAmountError(f"charge {index} has unknown fields: {sorted(unknown)}")
+                total += _amount(item.get("cost"), f"charge {index} cost")
+            over = total > hold.amount
+            after_expiry = now >= hold.expires_at
+            for item in items:
+                metadata = dict(item.get("metadata") or {})
+                if over:
+                    metadata["over_hold"] = True
+                if after_expiry:
+                    metadata["after_hold_expiry"] = True
+                entries.append(
+                    {
+                        "agent_id": hold.agent_id,
+                        "resource_type": item.get("resource_type"),
+                        "quantity": item.get("quantity"),
+                        "cost": item.get("cost"),
+                        "currency": hold.currency,
+                        "metadata": metadata or None,
+                        "hold_id": hold_id,
+                        "idempotency_key": item.get("idempotency_key"),
+                        "timestamp": now,
+                    }
+                )
+            entries.append(_release(hold.agent_id, hold.currency, hold_id, now, "settled"))
+            result.append(Settlement(hold_id, [], total, hold.amount, over, after_expiry))
+            return entries
+
+        events = self.writer.transact(decide)
+        settlement = result[0]
+        return Settlement(
+            settlement.hold_id,
+            [e for e in events if e.is_charge],
+            settlement.total,
+            settlement.held,
+            settlement.over_hold,
+            settlement.after_expiry,
+        )
+
+    def charge(self, hold_id: str, item: Mapping[str, Any]) -> LedgerEvent:
+        """Record one charge against an open hold without closing it (a ``budget_check`` block's usage)."""
+
+        def decide() -> list[Mapping[str, Any]]:
+            with self._state_lock:
+                hold = self.catch_up().hold(hold_id)
+                if hold is None:
+                    raise HoldNotFoundError(f"no open hold {hold_id!r}: it was settled or released already")
+                now = self._now()
+            return [
+                {
+                    **item,
+                    "agent_id": hold.agent_id,
+                    "currency": hold.currency,
+                    "hold_id": hold_id,
+                    "timestamp": now,
+                }
+            ]
+
+        (event,) = self.writer.transact(decide)
+        return event
+
+    def release(self, hold_id: str) -> bool:
+        """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
+        released: list[bool] = []
+
+        def decide() -> list[Mapping[str, Any]] | None:
+            with self._state_lock:
+                hold = self.catch_up().hold(hold_id)
+                now = self._now()
+            released.append(hold is not None)
+            return (
+                None if hold is None else [_release(hold.agent_id, hold.currency, hold_id, now, "released")]
+            )
+
+        self.writer.transact(decide)
+        return released[0]
+
+    def expire(self) -> list[str]:
+        """Write release entries for every hold past its expiry (they already count for nothing; this
+        closes them in the record). Returns the ids closed."""
+        closed: list[str] = []
+
+        def decide() -> list[Mapping[str, Any]]:
+            with self._state_lock:
+                state = self.catch_up()
+                now = self._now()
+                expired = state.expired_holds(now)
+            closed.extend(h.hold_id for h in expired)
+            return [_release(h.agent_id, h.currency, h.hold_id, now, "expired") for h in expired]
+
+        self.writer.transact(decide)
+        return closed
+
+    def _now(self) -> datetime:
+        return self._clock()
+
+
+def _release(agent_id: str, currency: str, hold_id: str, now: datetime, why: str) -> dict[str, Any]:
+    return {
+        "agent_id": agent_id,
+        "resource_type": HOLD_RESOURCE,
+        "quantity": Decimal(0),
+        "cost": Decimal(0),
+        "currency": currency,
+        "kind": "release",
+        "hold_id": hold_id,
+        "metadata": {"reason": why},
+        "timestamp": now,
+    }
+
+
+def _amount(value: object, name: str) -> Decimal:
+    return parse_amount(value, name, InvalidAmountError)
+
+
+def _ttl(ttl: timedelta | float) -> timedelta:
+    if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
+        raise InvalidAmountError(f"ttl must be a timedelta or a number of seconds, got {ttl!r}")
+    duration = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
+    if not timedelta(0) < duration <= MAX_TTL:
+        raise InvalidAmountError(f"ttl must be more than 0 and at most {MAX_TTL}, got {duration}")
+    return duration
+
+
+__all__ = [
+    "DEFAULT_TTL",
+    "HOLD_RESOURCE",
+    "Decision",
+    "Directory",
+    "Enforcer",
+    "Hold",
+    "PolicyStatus",
+    "Settlement",
+    "evaluate",
+    "policy_status",
+]
