@@ -26,7 +26,7 @@ from caracal.core.budget import BudgetState
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
 from caracal.core.validation import check_currency, format_timestamp, parse_amount
-from caracal.core.windows import next_reset, window_bounds
+from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import BudgetExceededError, HoldNotFoundError, InvalidAmountError
 
 HOLD_RESOURCE = "caracal.hold"
@@ -49,9 +49,13 @@ class Directory(Protocol):
         """The agent's id followed by its ancestors' ids, nearest first."""
         ...
 
-    def status(self, agent_id: str) -> str: ...
+    def suspended(self, chain: tuple[str, ...]) -> str | None:
+        """The first suspended member of the chain (the agent, then its ancestors), or None."""
+        ...
 
-    def active_policies(self, agent_id: str) -> Sequence[Policy]: ...
+    def policies(self, chain: tuple[str, ...]) -> Sequence[tuple[str, Sequence[Policy]]]:
+        """``(member, its active policies)`` for each member of the chain."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -101,15 +105,30 @@ def describe_window(policy: Policy) -> str:
     return f"{window.kind} ({window.timezone})"
 
 
+_current_windows: dict[WindowSpec, tuple[datetime, datetime]] = {}
+"""The calendar window last computed for each spec: reused while ``now`` stays inside it, because window
+arithmetic in a time zone costs far more than the rest of a budget check."""
+
+
+def current_window(window: WindowSpec, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """``window_bounds``, cached per spec while ``now`` stays in the same calendar window."""
+    cached = _current_windows.get(window)
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
+    start, end = window_bounds(window, now)
+    if start is not None and end is not None:
+        _current_windows[window] = (start, end)
+    return start, end
+
+
 def policy_status(policy: Policy, state: BudgetState, now: datetime) -> PolicyStatus:
-    start, _end = window_bounds(policy.window, now)
+    start, end = current_window(policy.window, now)
     spent = state.spent(
         policy.agent_id, policy.currency, start, inclusive_minute=policy.window.kind == "rolling"
     )
     held = state.held(policy.agent_id, policy.currency, now)
-    return PolicyStatus(
-        policy, spent, held, policy.limit - spent - held, start, next_reset(policy.window, now)
-    )
+    resets_at = end if policy.window.kind != "rolling" else None
+    return PolicyStatus(policy, spent, held, policy.limit - spent - held, start, resets_at)
 
 
 def evaluate(
@@ -127,14 +146,14 @@ def evaluate(
         return Decision(False, reason, agent_id, value, currency, **details)
 
     chain = directory.chain(agent_id)
-    for member in chain:
-        if directory.status(member) != "active":
-            who = "agent" if member == agent_id else "its ancestor"
-            return deny(f"{who} {member} is suspended; activate it with 'caracal agent activate {member}'")
+    suspended = directory.suspended(chain)
+    if suspended is not None:
+        who = "agent" if suspended == agent_id else "its ancestor"
+        return deny(f"{who} {suspended} is suspended; activate it with 'caracal agent activate {suspended}'")
     tightest: PolicyStatus | None = None
     seen_any = False
-    for member in chain:
-        for policy in directory.active_policies(member):
+    for member, policies in directory.policies(chain):
+        for policy in policies:
             seen_any = True
             if policy.currency != currency:
                 return deny(

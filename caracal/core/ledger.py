@@ -1036,6 +1036,8 @@ class LedgerTail(LedgerReader):
                 f"the ledger {self.ledger_path} shrank from {self.offset} to {size} bytes: it was truncated "
                 f"or replaced"
             )
+        if size == self.offset:
+            return []  # the common case on a budget check: one stat, nothing to read
         events = []
         for end, number, event in self._scan(self.offset, self.last_event_id):
             if event.event_id != self.last_event_id + 1:

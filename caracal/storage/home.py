@@ -1,0 +1,87 @@
+"""The embedded backend: a Caracal home folder (registries, ledger, key) wired into one object.
+
+Layout (``$CARACAL_HOME``, else ``~/.caracal``)::
+
+    config.toml                 documented settings (written by ``caracal init``)
+    data/ledger.jsonl (+ sidecars)
+    data/agents.json  data/policies.json  data/prices.json   (each with .lock and .bak.N)
+    keys/checkpoint.key (0600) and keys/checkpoint.key.pub
+
+:class:`RegistryDirectory` answers enforcement's questions (who is this agent, who are its ancestors, is it
+active, what are its policies) from the registries, with the caching that keeps a budget check cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from caracal.config import caracal_home, default_ledger_path, default_signing_key_path
+from caracal.core.identity import Agent
+from caracal.core.ledger import LedgerWriter
+from caracal.core.policy import Policy
+from caracal.exceptions import AgentSuspendedError
+from caracal.storage.agents import AgentRegistry
+from caracal.storage.policies import PolicyRegistry
+
+
+class RegistryDirectory:
+    """The :class:`caracal.core.enforcement.Directory` of an embedded home."""
+
+    def __init__(self, agents: AgentRegistry, policies: PolicyRegistry):
+        self.agents = agents
+        self.policies_registry = policies
+        self._chains: dict[str, tuple[str, ...]] = {}
+
+    def agent(self, ref: str) -> Agent:
+        return self.agents.get(ref)
+
+    def chain(self, agent_id: str) -> tuple[str, ...]:
+        """The agent and its ancestors, nearest first. Cached forever: an agent's parent never changes."""
+        chain = self._chains.get(agent_id)
+        if chain is None:
+            chain = (agent_id, *(a.agent_id for a in self.agents.ancestors(agent_id)))
+            self._chains[agent_id] = chain
+        return chain
+
+    def suspended(self, chain: tuple[str, ...]) -> str | None:
+        try:
+            self.agents.require_active(chain[0])
+        except AgentSuspendedError:
+            for member in chain:
+                if self.agents.get(member).status != "active":
+                    return member
+        return None
+
+    def policies(self, chain: tuple[str, ...]) -> Sequence[tuple[str, Sequence[Policy]]]:
+        return self.policies_registry.active_for_chain(chain)
+
+
+class EmbeddedHome:
+    """The files of one Caracal home, and the shared objects built on them (one ledger writer)."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home is not None else caracal_home()
+        self.data = self.home / "data"
+        self.ledger_path = default_ledger_path(self.home)
+        self.key_path = default_signing_key_path(self.home)
+        self.config_path = self.home / "config.toml"
+        self.agents = AgentRegistry(self.data / "agents.json")
+        self.policies = PolicyRegistry(self.data / "policies.json")
+        self.directory = RegistryDirectory(self.agents, self.policies)
+        self._writer: LedgerWriter | None = None
+        self._lock = threading.Lock()
+
+    def writer(self) -> LedgerWriter:
+        """The home's ledger writer, opened on first use (shared by every operation of this object)."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = LedgerWriter(self.ledger_path, signing_key_path=self.key_path)
+            return self._writer
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

@@ -1,0 +1,154 @@
+"""The policy registry: every revision of every budget policy, in one JSON document (embedded backend).
+
+``{"policies": {policy_id: [revision 1, revision 2, ...]}}``: a create adds revision 1, an update or a
+deactivation appends the next revision with its time and reason, so the history of a limit is its audit
+trail. Reads are cached by the file's identity and size, so a budget check re-parses nothing unless the
+file changed (another process's write changes the inode through the atomic rename).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from caracal.core.policy import Policy, check_limit
+from caracal.core.validation import check_currency, check_identifier, format_timestamp
+from caracal.core.windows import WindowSpec
+from caracal.exceptions import InvalidPolicyError, PolicyNotFoundError
+from caracal.storage.jsonfile import JsonDocument
+
+Clock = Callable[[], datetime]
+_RACY_NS = 2_000_000_000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PolicyRegistry:
+    """Create, update, deactivate and look up budget policies; safe across threads and processes."""
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock = _utc_now):
+        self.document = JsonDocument(path, default=lambda: {"policies": {}})
+        self._clock = clock
+        self._cache_key: tuple[int, int, int] | None = None
+        self._latest: dict[str, Policy] = {}
+        self._active_by_agent: dict[str, list[Policy]] = {}
+        self._cache_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return self.document.path
+
+    def create(
+        self,
+        agent_id: str,
+        limit: object,
+        window: WindowSpec,
+        currency: str = "USD",
+        *,
+        reason: str | None = None,
+    ) -> Policy:
+        """A new active policy for ``agent_id`` (the caller checks that the agent exists)."""
+        check_identifier(agent_id, "agent_id", InvalidPolicyError)
+        if not isinstance(window, WindowSpec):
+            raise InvalidPolicyError(f"window must be a WindowSpec, got {type(window).__name__}")
+        policy = Policy(
+            policy_id=f"pol-{uuid.uuid4().hex[:12]}",
+            agent_id=agent_id,
+            limit=check_limit(limit),
+            currency=check_currency(currency, InvalidPolicyError),
+            window=window,
+            updated_at=format_timestamp(self._clock()),
+            reason=reason or "created",
+        )
+        with self.document.transaction() as document:
+            document.setdefault("policies", {})[policy.policy_id] = [policy.to_dict()]
+        return policy
+
+    def update(self, policy_id: str, *, limit: object = None, reason: str | None = None) -> Policy:
+        """The next revision with a new limit (the window and currency of a policy do not change)."""
+        if limit is None:
+            raise InvalidPolicyError("nothing to update: give a new limit")
+        return self._revise(policy_id, reason or "limit changed", limit=check_limit(limit))
+
+    def deactivate(self, policy_id: str, *, reason: str | None = None) -> Policy:
+        return self._revise(policy_id, reason or "deactivated", active=False)
+
+    def activate(self, policy_id: str, *, reason: str | None = None) -> Policy:
+        return self._revise(policy_id, reason or "activated", active=True)
+
+    def _revise(self, policy_id: str, reason: str, **changes: Any) -> Policy:
+        with self.document.transaction() as document:
+            revisions = document.setdefault("policies", {}).get(policy_id)
+            if not revisions:
+                raise PolicyNotFoundError(f"no policy {policy_id!r}; list them with 'caracal policy list'")
+            current = Policy.from_dict(revisions[-1])
+            revised = current.revised(format_timestamp(self._clock()), reason, **changes)
+            revisions.append(revised.to_dict())
+        return revised
+
+    def get(self, policy_id: str) -> Policy:
+        self._refresh()
+        try:
+            return self._latest[policy_id]
+        except KeyError:
+            raise PolicyNotFoundError(
+                f"no policy {policy_id!r}; list them with 'caracal policy list'"
+            ) from None
+
+    def history(self, policy_id: str) -> list[Policy]:
+        revisions = self.document.read().get("policies", {}).get(policy_id)
+        if not revisions:
+            raise PolicyNotFoundError(f"no policy {policy_id!r}")
+        return [Policy.from_dict(revision) for revision in revisions]
+
+    def list(self, agent_id: str | None = None, *, include_inactive: bool = False) -> builtins.list[Policy]:
+        self._refresh()
+        return sorted(
+            (
+                p
+                for p in self._latest.values()
+                if (agent_id is None or p.agent_id == agent_id) and (include_inactive or p.active)
+            ),
+            key=lambda p: (p.agent_id, p.policy_id),
+        )
+
+    def active_for(self, agent_id: str) -> builtins.list[Policy]:
+        """The agent's active policies (its own, not its ancestors'). Cheap when nothing changed."""
+        self._refresh()
+        return self._active_by_agent.get(agent_id, [])
+
+    def active_for_chain(self, chain: tuple[str, ...]) -> builtins.list[tuple[str, builtins.list[Policy]]]:
+        """``(member, its active policies)`` for each member of a chain, from one look at the file."""
+        self._refresh()
+        active = self._active_by_agent
+        return [(member, active.get(member, [])) for member in chain]
+
+    def _refresh(self) -> None:
+        """Re-read the document if it may have changed. A stat that matches is trusted only once the file
+        is older than the file system's timestamp granularity could hide (a write within the same tick, to
+        a recycled inode, of the same size, would otherwise look unchanged)."""
+        try:
+            stat = os.stat(self.path)
+            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            settled = time.time_ns() - stat.st_mtime_ns > _RACY_NS
+        except FileNotFoundError:
+            key, settled = (0, 0, 0), True
+        if key == self._cache_key and settled:
+            return
+        with self._cache_lock:
+            document = self.document.read()
+            latest = {pid: Policy.from_dict(revs[-1]) for pid, revs in document.get("policies", {}).items()}
+            active: dict[str, list[Policy]] = {}
+            for policy in latest.values():
+                if policy.active:
+                    active.setdefault(policy.agent_id, []).append(policy)
+            self._latest, self._active_by_agent, self._cache_key = latest, active, key
