@@ -89,6 +89,7 @@ class BudgetState:
         self._holds: dict[str, OpenHold] = {}
         self._holds_by_member: dict[str, set[str]] = {}
         self._charged: dict[str, Decimal] = {}  # per hold: what has been charged against it
+        self._by_key: dict[str, LedgerEvent] = {}  # idempotency key -> the first charge recorded with it
         self.last_event_id = 0
         self._last_minute = 0
 
@@ -112,6 +113,8 @@ class BudgetState:
                 series.add(minute, event.cost)
             if event.hold_id is not None and event.hold_id in self._holds:
                 self._charged[event.hold_id] = self._charged.get(event.hold_id, _ZERO) + event.cost
+            if event.idempotency_key is not None:
+                self._by_key.setdefault(event.idempotency_key, event)
         elif kind == "hold":
             assert event.hold_id is not None and event.expires_at is not None  # checked by the event parser
             members = self._chain_of(event.agent_id)
@@ -180,6 +183,10 @@ class BudgetState:
                 if remaining > 0:
                     total += remaining
         return total
+
+    def charge_with_key(self, idempotency_key: str) -> LedgerEvent | None:
+        """The charge first recorded with this idempotency key, if any."""
+        return self._by_key.get(idempotency_key)
 
     def hold(self, hold_id: str) -> OpenHold | None:
         """The open hold with this id (expired or not), or None if it was released or never existed."""

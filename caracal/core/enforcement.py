@@ -257,7 +257,7 @@ class Enforcer:
         check_currency(currency, InvalidAmountError)
         agent_id = self.directory.agent(agent).agent_id
         with self._state_lock:
-            return evaluate(self.directory, self.catch_up(), agent_id, value, currency, self._now())
+            return evaluate(self.directory, self.catch_up(), agent_id, value, currency, self.now())
 
     def reserve(
         self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
@@ -276,7 +276,7 @@ class Enforcer:
 
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
-                now = self._now()
+                now = self.now()
                 decision = evaluate(self.directory, self.catch_up(), agent_id, value, currency, now)
             outcome.append(decision)
             if not decision.allowed:
@@ -320,7 +320,7 @@ class Enforcer:
                     raise HoldNotFoundError(
                         f"no open hold {hold_id!r}: it was settled or released already, or never existed"
                     )
-                now = self._now()
+                now = self.now()
                 already = state.charged_against(hold_id)
             total = already
             entries: list[Mapping[str, Any]] = []
@@ -365,15 +365,32 @@ class Enforcer:
             settlement.after_expiry,
         )
 
-    def charge(self, hold_id: str, item: Mapping[str, Any]) -> LedgerEvent:
-        """Record one charge against an open hold without closing it (a ``budget_check`` block's usage)."""
+    def charge(
+        self,
+        hold_id: str,
+        item: Mapping[str, Any],
+        *,
+        before: Callable[[], LedgerEvent | None] | None = None,
+        found: list[LedgerEvent] | None = None,
+    ) -> list[LedgerEvent]:
+        """Record one charge against an open hold without closing it (a ``budget_check`` block's usage).
 
-        def decide() -> list[Mapping[str, Any]]:
+        ``before``, if given, runs first under the lock; if it returns an event (an idempotent repeat), that
+        event is put in ``found`` and nothing is appended.
+        """
+
+        def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
+                if before is not None:
+                    earlier = before()
+                    if earlier is not None:
+                        if found is not None:
+                            found.append(earlier)
+                        return None
                 hold = self.catch_up().hold(hold_id)
                 if hold is None:
                     raise HoldNotFoundError(f"no open hold {hold_id!r}: it was settled or released already")
-                now = self._now()
+                now = self.now()
             return [
                 {
                     **item,
@@ -384,8 +401,7 @@ class Enforcer:
                 }
             ]
 
-        (event,) = self.writer.transact(decide)
-        return event
+        return self.writer.transact(decide)
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
@@ -394,7 +410,7 @@ class Enforcer:
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
                 hold = self.catch_up().hold(hold_id)
-                now = self._now()
+                now = self.now()
             released.append(hold is not None)
             return (
                 None if hold is None else [_release(hold.agent_id, hold.currency, hold_id, now, "released")]
@@ -411,7 +427,7 @@ class Enforcer:
         def decide() -> list[Mapping[str, Any]]:
             with self._state_lock:
                 state = self.catch_up()
-                now = self._now()
+                now = self.now()
                 expired = state.expired_holds(now)
             closed.extend(h.hold_id for h in expired)
             return [_release(h.agent_id, h.currency, h.hold_id, now, "expired") for h in expired]
@@ -419,7 +435,8 @@ class Enforcer:
         self.writer.transact(decide)
         return closed
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
+        """The enforcer's clock (injected in tests)."""
         return self._clock()
 
 

@@ -1,0 +1,104 @@
+"""Metering: "agent X used Q of resource R" becomes an exact cost and one ledger charge.
+
+- The cost is ``quantity x unit price`` from the pricebook as of the charge's time, exactly (no rounding).
+  A resource without a price is refused (:class:`UnknownPriceError`), never recorded at zero.
+- **Idempotency.** A charge may carry an idempotency key. The check and the append happen in one
+  :meth:`LedgerWriter.transact`, so two processes retrying the same key at once record one charge: the same
+  key with the same payload returns the charge already recorded; with a different payload it is an
+  :class:`IdempotencyConflictError`.
+- **Time.** A charge is recorded at the moment Caracal receives it. A timestamp the client supplies is kept
+  as ``metadata.occurred_at`` (and prices the usage as of that time) but never decides the budget window:
+  backdating cannot move spend out of the current window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from caracal.core.enforcement import Enforcer
+from caracal.core.ledger import LedgerEvent
+from caracal.core.pricebook import Pricebook
+from caracal.core.validation import (
+    check_identifier,
+    check_metadata,
+    format_timestamp,
+    parse_amount,
+    parse_timestamp,
+)
+from caracal.exceptions import IdempotencyConflictError, InvalidMeteringEventError
+
+
+class Meter:
+    """Prices usage and records it, through the enforcer's ledger writer and live state."""
+
+    def __init__(self, enforcer: Enforcer, pricebook: Callable[[], Pricebook]):
+        self.enforcer = enforcer
+        self._pricebook = pricebook
+
+    def emit(
+        self,
+        agent: str,
+        resource_type: str,
+        quantity: object,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        timestamp: datetime | str | None = None,
+        hold_id: str | None = None,
+    ) -> LedgerEvent:
+        """Record one charge (against ``hold_id`` when given) and return it; see the module docstring."""
+        error = InvalidMeteringEventError
+        check_identifier(resource_type, "resource_type", error)
+        amount = parse_amount(quantity, "quantity", error)
+        meta = dict(check_metadata(metadata, error) or {})
+        if idempotency_key is not None:
+            check_identifier(idempotency_key, "idempotency_key", error)
+        now = self.enforcer.now()
+        occurred = now if timestamp is None else parse_timestamp(timestamp, "timestamp", error)
+        if timestamp is not None:
+            meta["occurred_at"] = format_timestamp(occurred)
+        agent_id = self.enforcer.directory.agent(agent).agent_id
+        cost, price = self._pricebook().cost(resource_type, amount, min(occurred, now))
+        item: dict[str, Any] = {
+            "agent_id": agent_id,
+            "resource_type": resource_type,
+            "quantity": amount,
+            "cost": cost,
+            "currency": price.currency,
+            "metadata": meta or None,
+            "idempotency_key": idempotency_key,
+        }
+        payload = (agent_id, resource_type, amount, hold_id)
+        found: list[LedgerEvent] = []
+
+        def duplicate() -> LedgerEvent | None:
+            if idempotency_key is None:
+                return None
+            earlier = self.enforcer.catch_up().charge_with_key(idempotency_key)
+            if earlier is None:
+                return None
+            if (earlier.agent_id, earlier.resource_type, earlier.quantity, earlier.hold_id) != payload:
+                raise IdempotencyConflictError(
+                    f"idempotency key {idempotency_key!r} was already used for a different charge (event "
+                    f"{earlier.event_id}: {earlier.quantity} of {earlier.resource_type} by agent "
+                    f"{earlier.agent_id})"
+                )
+            return earlier
+
+        if hold_id is not None:
+            events = self.enforcer.charge(hold_id, item, before=duplicate, found=found)
+        else:
+
+            def decide() -> list[Mapping[str, Any]] | None:
+                earlier = duplicate()
+                if earlier is not None:
+                    found.append(earlier)
+                    return None
+                return [{**item, "timestamp": self.enforcer.now()}]
+
+            events = self.enforcer.writer.transact(decide)
+        return found[0] if found else events[0]
+
+
+__all__ = ["Meter"]
