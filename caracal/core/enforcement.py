@@ -35,9 +35,11 @@ MAX_TTL = timedelta(days=7)
 
 
 class AgentLike(Protocol):
-    agent_id: str
-    name: str
-    status: str
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
 
 
 class Directory(Protocol):

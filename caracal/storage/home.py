@@ -24,6 +24,7 @@ from caracal.core.policy import Policy
 from caracal.exceptions import AgentSuspendedError
 from caracal.storage.agents import AgentRegistry
 from caracal.storage.policies import PolicyRegistry
+from caracal.storage.prices import PriceRegistry
 
 
 class RegistryDirectory:
@@ -69,6 +70,7 @@ class EmbeddedHome:
         self.config_path = self.home / "config.toml"
         self.agents = AgentRegistry(self.data / "agents.json")
         self.policies = PolicyRegistry(self.data / "policies.json")
+        self.prices = PriceRegistry(self.data / "prices.json")
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()
