@@ -7,6 +7,7 @@ import logging
 import click
 
 from caracal import __version__
+from caracal.cli.demo import demo_command as control_plane_demo
 from caracal.cli.ledger import ledger_group
 from caracal.cli.ledger_demo import demo_command
 
@@ -28,6 +29,7 @@ def main(verbose: int) -> None:
 
 
 main.add_command(ledger_group)
+main.add_command(control_plane_demo)
 
 
 if __name__ == "__main__":
