@@ -518,25 +518,47 @@ class LedgerWriter:
             self._thread_lock.release()
 
     def _acquire_file_lock(self) -> None:
+        """Take the exclusive flock, waiting at most ``lock_timeout`` seconds.
+
+        Uncontended, one non-blocking call. Contended, a helper thread makes the *blocking* call, so the
+        kernel hands the lock over the moment it is released (polling with sleeps would leave it idle and
+        let one process starve the others); this thread waits for it with the timeout. If the timeout
+        passes first, the helper gives the lock back as soon as it gets it.
+        """
+        fd = self._lock_fd
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.0001
-        while True:
-            time.sleep(delay)
+        acquired = threading.Event()
+        state: dict[str, Any] = {"abandoned": False, "error": None}
+        guard = threading.Lock()
+
+        def wait_for_lock() -> None:
             try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                state["error"] = exc
+                acquired.set()
                 return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
+            with guard:
+                if state["abandoned"]:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    return
+                acquired.set()
+
+        threading.Thread(target=wait_for_lock, name="caracal-ledger-lock", daemon=True).start()
+        if not acquired.wait(self.lock_timeout):
+            with guard:
+                if not acquired.is_set():
+                    state["abandoned"] = True
                     raise LedgerLockTimeoutError(
                         f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
                         f"another process is appending or is stuck holding it"
-                    ) from None
-                delay = min(delay * 2, 0.005)
+                    )
+        if state["error"] is not None:
+            raise LedgerWriteError(f"cannot lock the ledger {self.ledger_path}: {state['error']}")
 
     # ------------------------------------------------------------------ catching up with the file
 
@@ -905,8 +927,14 @@ class LedgerQuery(LedgerReader):
         start_time: datetime | date | str | None = None,
         end_time: datetime | date | str | None = None,
         resource_type: str | None = None,
+        *,
+        charges_only: bool = False,
     ) -> list[LedgerEvent]:
-        return list(self.iter_matching(agent_id, start_time, end_time, resource_type))
+        """The entries that match every given filter: all kinds (holds and releases too) unless
+        ``charges_only``."""
+        return list(
+            self.iter_matching(agent_id, start_time, end_time, resource_type, charges_only=charges_only)
+        )
 
     def iter_matching(
         self,
@@ -914,13 +942,18 @@ class LedgerQuery(LedgerReader):
         start_time: datetime | date | str | None = None,
         end_time: datetime | date | str | None = None,
         resource_type: str | None = None,
+        *,
+        charges_only: bool = True,
     ) -> Iterator[LedgerEvent]:
-        """Stream the events that match every given filter."""
+        """Stream the events that match every given filter; only charges (spend) unless ``charges_only``
+        is False: holds and releases are not spend, so sums built on this must never see them."""
         start = _as_utc(start_time, "start_time")
         end = _as_utc(end_time, "end_time", end=True)
         if start is not None and end is not None and start > end:
             raise LedgerReadError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}")
         for event in self.iter_events():
+            if charges_only and not event.is_charge:
+                continue
             if agent_id is not None and event.agent_id != agent_id:
                 continue
             if resource_type is not None and event.resource_type != resource_type:

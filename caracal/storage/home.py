@@ -21,7 +21,7 @@ from caracal.config import caracal_home, default_ledger_path, default_signing_ke
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
-from caracal.exceptions import AgentSuspendedError
+from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, InvalidAgentError
 from caracal.storage.agents import AgentRegistry
 from caracal.storage.policies import PolicyRegistry
 from caracal.storage.prices import PriceRegistry
@@ -42,7 +42,13 @@ class RegistryDirectory:
         """The agent and its ancestors, nearest first. Cached forever: an agent's parent never changes."""
         chain = self._chains.get(agent_id)
         if chain is None:
-            chain = (agent_id, *(a.agent_id for a in self.agents.ancestors(agent_id)))
+            try:
+                ancestors = self.agents.ancestors(agent_id)
+            except (AgentNotFoundError, InvalidAgentError):
+                # Ledger entries may name agents the registry does not know (appended with the plain ledger
+                # API): their spend counts for that id alone. Not cached, in case it is registered later.
+                return (agent_id,)
+            chain = (agent_id, *(a.agent_id for a in ancestors))
             self._chains[agent_id] = chain
         return chain
 
