@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 from caracal.core.events import LedgerEvent
-from caracal.core.validation import parse_timestamp
+from caracal.core.validation import format_timestamp, parse_timestamp
 from caracal.exceptions import LedgerCorruptError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -132,6 +133,55 @@ class BudgetState:
         elif kind == "release":
             assert event.hold_id is not None
             self._close(event.hold_id)
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Everything the state holds, JSON-ready (Decimals as exact strings), to resume without a replay."""
+        return {
+            "last_event_id": self.last_event_id,
+            "last_minute": self._last_minute,
+            "spend": [
+                [agent, currency, series.minutes, [str(total) for total in series.totals]]
+                for (agent, currency), series in self._spend.items()
+            ],
+            "holds": [
+                [
+                    h.hold_id,
+                    h.agent_id,
+                    str(h.amount),
+                    h.currency,
+                    format_timestamp(h.expires_at),
+                    list(h.members),
+                ]
+                for h in self._holds.values()
+            ],
+            "charged": {hold_id: str(amount) for hold_id, amount in self._charged.items()},
+            "keys": [event.to_dict() for event in self._by_key.values()],
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Any, chain_of: Callable[[str], tuple[str, ...]]) -> BudgetState:
+        """Rebuild a state saved by :meth:`to_snapshot`; raises ValueError/KeyError/TypeError if malformed."""
+        state = cls(chain_of)
+        state.last_event_id = int(data["last_event_id"])
+        state._last_minute = int(data["last_minute"])
+        for agent, currency, minutes, totals in data["spend"]:
+            if len(minutes) != len(totals) or minutes != sorted(set(minutes)):
+                raise ValueError("a spend series in the snapshot is not in order")
+            state._spend[(agent, currency)] = SpendSeries(list(minutes), [Decimal(t) for t in totals])
+        for hold_id, agent, amount, currency, expires, members in data["holds"]:
+            hold = OpenHold(
+                hold_id, agent, Decimal(amount), currency, parse_timestamp(expires, "expires_at", ValueError),
+                tuple(members),
+            )  # fmt: skip
+            state._holds[hold_id] = hold
+            for member in hold.members:
+                state._holds_by_member.setdefault(member, set()).add(hold_id)
+        state._charged = {hold_id: Decimal(amount) for hold_id, amount in data["charged"].items()}
+        for record in data["keys"]:
+            event = LedgerEvent.from_dict(record)
+            if event.idempotency_key is not None:
+                state._by_key[event.idempotency_key] = event
+        return state
 
     def apply_all(self, events: Iterable[LedgerEvent]) -> None:
         for event in events:

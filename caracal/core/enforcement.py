@@ -14,6 +14,7 @@ process sees the same holds.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,14 +23,21 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Protocol
 
+import orjson
+
 from caracal.core.budget import BudgetState
+from caracal.core.events import event_id_ending_at
+from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
 from caracal.core.validation import check_currency, format_timestamp, parse_amount
 from caracal.core.windows import WindowSpec, window_bounds
-from caracal.exceptions import BudgetExceededError, HoldNotFoundError, InvalidAmountError
+from caracal.exceptions import BudgetExceededError, CaracalError, HoldNotFoundError, InvalidAmountError
 
 HOLD_RESOURCE = "caracal.hold"
+SNAPSHOT_EVERY = 10_000
+"""Entries folded in between two saves of the budget snapshot (and one more on close)."""
+logger = logging.getLogger("caracal.enforcement")
 DEFAULT_TTL = timedelta(minutes=5)
 MAX_TTL = timedelta(days=7)
 
@@ -242,6 +250,9 @@ class Enforcer:
         self._tail = LedgerTail(writer.ledger_path)
         self._state = BudgetState(directory.chain)
         self._state_lock = threading.RLock()
+        self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
+        self._saved_at = 0
+        self._load_snapshot()
 
     # ------------------------------------------------------------------ state
 
@@ -249,7 +260,48 @@ class Enforcer:
         """Fold in every entry appended since the last call (by any process); returns the state."""
         with self._state_lock:
             self._state.apply_all(self._tail.poll())
+            if self._state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
+                self.save_snapshot()
             return self._state
+
+    def _load_snapshot(self) -> None:
+        """Resume from the saved state if it still matches the ledger; else replay the ledger from the start.
+
+        The snapshot is a cache, trusted only when the line at its offset is the event it claims. Opening a
+        home then reads only what was appended since, instead of the whole ledger.
+        """
+        try:
+            data = orjson.loads(self.snapshot_path.read_bytes())
+            offset, last_event_id = data["offset"], data["state"]["last_event_id"]
+            if event_id_ending_at(self.writer.ledger_path, offset) != last_event_id:
+                return
+            state = BudgetState.from_snapshot(data["state"], self.directory.chain)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, CaracalError, orjson.JSONDecodeError) as exc:
+            logger.warning(
+                "ignoring the unusable budget snapshot %s (%s); replaying the ledger", self.snapshot_path, exc
+            )
+            return
+        self._state = state
+        self._tail.offset = offset
+        self._tail.last_event_id = last_event_id
+        self._saved_at = last_event_id
+
+    def save_snapshot(self) -> None:
+        """Save the live state beside the ledger (a cache: losing it costs a replay, never data)."""
+        with self._state_lock:
+            data = {"offset": self._tail.offset, "state": self._state.to_snapshot()}
+            self._saved_at = self._state.last_event_id
+        try:
+            write_atomically(self.snapshot_path, orjson.dumps(data), durable=False)
+        except OSError as exc:
+            logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
+
+    def close(self) -> None:
+        """Save the state so the next process resumes from here."""
+        self.catch_up()
+        self.save_snapshot()
 
     # ------------------------------------------------------------------ operations
 
@@ -379,7 +431,15 @@ class Enforcer:
 
         ``before``, if given, runs first under the lock; if it returns an event (an idempotent repeat), that
         event is put in ``found`` and nothing is appended.
+
+        The charge is the hold's agent's, in the hold's currency (an ``agent_id`` or ``currency`` in
+        ``item`` must match). Like :meth:`settle`, a charge that takes what was charged against the hold
+        past its amount, or that comes after the hold expired, is recorded (the money was spent) and
+        flagged in its metadata (``over_hold``, ``after_hold_expiry``).
         """
+        if item.get("kind", "charge") != "charge" or "expires_at" in item:
+            raise InvalidAmountError("a charge cannot set 'kind' or 'expires_at': it is always a charge")
+        cost = _amount(item.get("cost"), "charge cost")
 
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
@@ -389,13 +449,27 @@ class Enforcer:
                         if found is not None:
                             found.append(earlier)
                         return None
-                hold = self.catch_up().hold(hold_id)
+                state = self.catch_up()
+                hold = state.hold(hold_id)
                 if hold is None:
                     raise HoldNotFoundError(f"no open hold {hold_id!r}: it was settled or released already")
                 now = self.now()
+                already = state.charged_against(hold_id)
+            for name, expected in (("agent_id", hold.agent_id), ("currency", hold.currency)):
+                if item.get(name, expected) != expected:
+                    raise InvalidAmountError(
+                        f"the charge's {name} {item[name]!r} is not its hold's ({expected!r}); hold "
+                        f"{hold_id} can only be charged for its agent in its currency"
+                    )
+            metadata = dict(item.get("metadata") or {})
+            if already + cost > hold.amount:
+                metadata["over_hold"] = True
+            if now >= hold.expires_at:
+                metadata["after_hold_expiry"] = True
             return [
                 {
                     **item,
+                    "metadata": metadata or None,
                     "agent_id": hold.agent_id,
                     "currency": hold.currency,
                     "hold_id": hold_id,
@@ -463,6 +537,8 @@ def _amount(value: object, name: str) -> Decimal:
 def _ttl(ttl: timedelta | float) -> timedelta:
     if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
         raise InvalidAmountError(f"ttl must be a timedelta or a number of seconds, got {ttl!r}")
+    if not isinstance(ttl, timedelta) and not 0 < ttl <= MAX_TTL.total_seconds():  # NaN, inf, huge too
+        raise InvalidAmountError(f"ttl must be more than 0 and at most {MAX_TTL}, got {ttl!r} seconds")
     duration = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
     if not timedelta(0) < duration <= MAX_TTL:
         raise InvalidAmountError(f"ttl must be more than 0 and at most {MAX_TTL}, got {duration}")

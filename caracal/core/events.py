@@ -307,6 +307,30 @@ def complete_end(handle: BinaryIO, size: int) -> int:
     return 0
 
 
+def event_id_ending_at(path: os.PathLike[str] | str, offset: int) -> int | None:
+    """The event id of the complete line that ends exactly at byte ``offset``, or None if there is no such
+    line (used to check that a saved position still matches the file before resuming from it)."""
+    try:
+        with open(path, "rb") as handle:
+            if (
+                offset <= 0
+                or offset > os.fstat(handle.fileno()).st_size
+                or complete_end(handle, offset) != offset
+            ):
+                return None
+            last = read_last_lines(handle, offset, 1)
+    except OSError:
+        return None
+    if not last:
+        return None
+    try:
+        data = orjson.loads(last[0][1])
+    except orjson.JSONDecodeError:
+        return None
+    event_id = data.get("event_id") if isinstance(data, dict) else None
+    return event_id if type(event_id) is int else None
+
+
 def read_last_lines(handle: BinaryIO, end: int, count: int) -> list[tuple[int, bytes]]:
     """The last ``count`` complete lines before ``end`` (a line boundary), as ``(offset, line)``.
 

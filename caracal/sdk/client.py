@@ -111,6 +111,8 @@ class CaracalClient:
         return self._meter
 
     def close(self) -> None:
+        if self._enforcer is not None:
+            self._enforcer.close()
         self.home.close()
         self._enforcer = None
         self._meter = None
