@@ -233,6 +233,7 @@ def test_import_csv_from_path_and_with_fewer_columns(registry: PriceRegistry, tm
         ("r,1,XYZ,,\n", "line 3: unknown currency"),
         ("r,1,USD,tomorrow,\n", "line 3: effective_from must be an ISO 8601"),
         (",1,USD,,\n", "line 3: resource_type must not be empty"),
+        (" r,1,USD,,\n", "line 3: resource_type must not start or end with whitespace"),
         ("r,1,USD\n", "line 3: expected 5 fields"),
         ("r,1,USD,,,extra\n", "line 3: expected 5 fields"),
         ("r,1,USD,2026-01-01T00:00:00Z,\nr,2,USD,2026-01-01T00:00:00Z,\n", "line 4: .* on line 3"),
@@ -290,7 +291,11 @@ def test_csv_source_errors(registry: PriceRegistry, tmp_path: Path) -> None:
     with pytest.raises(InvalidPriceError, match="path or CSV text"):
         registry.import_csv(42)  # type: ignore[arg-type]
     assert registry.import_csv(f"{HEADER}\n") == []
+    assert registry.import_csv(HEADER) == []  # a lone header line is text, not a path
     assert not registry.path.exists()
+    named = tmp_path / "resource_type_prices.csv"  # a path that looks like the header is still a path
+    named.write_text(f"{HEADER}\ntool.x,1,USD,,\n", encoding="utf-8")
+    assert [p.resource_type for p in registry.import_csv(str(named))] == ["tool.x"]
 
 
 def test_export_csv_round_trips(registry: PriceRegistry, tmp_path: Path) -> None:
