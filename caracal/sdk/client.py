@@ -137,7 +137,7 @@ class CaracalClient:
         self,
         agent_id: str,
         limit: object,
-        window: str = "daily",
+        window: str | None = None,
         *,
         currency: str = "USD",
         timezone: str = "UTC",
