@@ -144,10 +144,11 @@ class CaracalClient:
         rolling: str | None = None,
     ) -> Policy:
         """A budget policy for an agent (name or id): ``window`` is hourly, daily, weekly, monthly or total,
-        calendar-aligned in ``timezone``; or ``rolling="24h"`` for a sliding window."""
+        calendar-aligned in ``timezone`` (default daily); or ``rolling="24h"`` for a sliding window."""
         agent = self.home.agents.get(agent_id)
+        kind = window if window is not None else ("rolling" if rolling is not None else "daily")
         return self.home.policies.create(
-            agent.agent_id, limit, parse_window(window, rolling, timezone), currency
+            agent.agent_id, limit, parse_window(kind, rolling, timezone), currency
         )
 
     def set_price(self, resource_type: str, unit_price: object, currency: str = "USD") -> Price:
