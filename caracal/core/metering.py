@@ -6,9 +6,9 @@
   :meth:`LedgerWriter.transact`, so two processes retrying the same key at once record one charge: the same
   key with the same payload returns the charge already recorded; with a different payload it is an
   :class:`IdempotencyConflictError`.
-- **Time.** A charge is recorded at the moment Caracal receives it. A timestamp the client supplies is kept
-  as ``metadata.occurred_at`` (and prices the usage as of that time) but never decides the budget window:
-  backdating cannot move spend out of the current window.
+- **Time.** A charge is recorded, priced and counted at the moment Caracal receives it. A timestamp the
+  client supplies is kept as ``metadata.occurred_at`` only: backdating can neither move spend out of the
+  current window nor pick an older, cheaper price.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Meter:
         if timestamp is not None:
             meta["occurred_at"] = format_timestamp(occurred)
         agent_id = self.enforcer.directory.agent(agent).agent_id
-        cost, price = self._pricebook().cost(resource_type, amount, min(occurred, now))
+        cost, price = self._pricebook().cost(resource_type, amount, now)
         item: dict[str, Any] = {
             "agent_id": agent_id,
             "resource_type": resource_type,
