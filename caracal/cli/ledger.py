@@ -16,11 +16,12 @@ import click
 import orjson
 
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, table
-from caracal.config import default_ledger_path, default_signing_key_path
+from caracal.config import caracal_home, default_ledger_path, default_signing_key_path
 from caracal.core.checkpoint import CheckpointStore, load_public_key
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
 from caracal.core.verify import VerificationReport, prove_consistency, prove_inclusion, verify_ledger
-from caracal.exceptions import InvalidLedgerEventError, ProofError
+from caracal.exceptions import CaracalError, InvalidLedgerEventError, ProofError
+from caracal.storage.agents import AgentRegistry
 
 _PROGRESS_MIN_BYTES = 16 << 20
 
@@ -58,6 +59,20 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def agent_filter(value: str | None) -> str | None:
+    """An ``--agent-id`` filter: an agent's name in the home's registry becomes its id; anything else (an
+    id, or an agent the registry does not know) is used as given."""
+    if value is None:
+        return None
+    registry = caracal_home() / "data" / "agents.json"
+    if registry.exists():
+        try:
+            return AgentRegistry(registry).get(value).agent_id
+        except CaracalError:
+            pass
+    return value
+
+
 def resolve(ledger: Path | None) -> Path:
     return ledger if ledger is not None else default_ledger_path()
 
@@ -73,17 +88,20 @@ def event_rows(events: list[LedgerEvent]) -> list[list[object]]:
 
 
 def show_events(events: list[LedgerEvent], as_json: bool) -> None:
+    """A table of entries; a KIND column appears when holds or releases are among them."""
     if as_json:
         emit_json([e.to_dict() for e in events])
         return
     if not events:
         click.echo("no events")
         return
-    table(
-        ["ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR"],
-        event_rows(events),
-        right=(0, 4, 5),
-    )
+    headers = ["ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR"]
+    rows = event_rows(events)
+    if any(not e.is_charge for e in events):
+        headers.append("KIND")
+        for row, event in zip(rows, events, strict=True):
+            row.append(event.kind or "charge")
+    table(headers, rows, right=(0, 4, 5))
 
 
 @click.group("ledger")
@@ -130,6 +148,7 @@ def append_command(
 @json_option
 @filter_options
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Show at most this many (the last).")
+@click.option("--all", "all_kinds", is_flag=True, help="Also show holds and releases (not only charges).")
 @handle_errors
 def query_command(
     ledger: Path | None,
@@ -139,9 +158,12 @@ def query_command(
     start: str | None,
     end: str | None,
     limit: int | None,
+    all_kinds: bool,
 ) -> None:
-    """List charges, filtered by agent, resource and time."""
-    events = LedgerQuery(resolve(ledger)).get_events(agent_id, start, end, resource_type)
+    """List charges (and with --all, holds and releases), filtered by agent, resource and time."""
+    events = LedgerQuery(resolve(ledger)).get_events(
+        agent_filter(agent_id), start, end, resource_type, charges_only=not all_kinds
+    )
     if limit is not None:
         events = events[-limit:] if limit else []
     show_events(events, as_json)
@@ -171,7 +193,7 @@ def summary_command(
 ) -> None:
     """Total spend grouped by resource, day or agent (exact decimals, one row per currency)."""
     totals = LedgerQuery(resolve(ledger)).summarize(
-        group_by, agent_id=agent_id, start_time=start, end_time=end, resource_type=resource_type
+        group_by, agent_id=agent_filter(agent_id), start_time=start, end_time=end, resource_type=resource_type
     )
     rows = sorted(totals.items())
     if as_json:

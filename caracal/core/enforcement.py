@@ -49,6 +49,9 @@ class AgentLike(Protocol):
     @property
     def status(self) -> str: ...
 
+    @property
+    def name(self) -> str: ...
+
 
 class Directory(Protocol):
     """What enforcement needs from identity and policies (the storage layer provides it)."""
@@ -106,10 +109,16 @@ class PolicyStatus:
 
 
 def describe_window(policy: Policy) -> str:
-    """``daily (Europe/Berlin)``, ``rolling 1 day, 0:00:00``, ``total``: for messages and tables."""
+    """``daily (Europe/Berlin)``, ``rolling 24h``, ``total``: for messages and tables."""
     window = policy.window
-    if window.kind == "rolling":
-        return f"rolling {window.duration}"
+    if window.kind == "rolling" and window.duration is not None:
+        seconds = int(window.duration.total_seconds())
+        parts = []
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            if seconds >= size and not (unit == "d" and seconds % 86400):  # 36h reads better than 1d12h
+                parts.append(f"{seconds // size}{unit}")
+                seconds %= size
+        return f"rolling {''.join(parts)}"
     if window.kind == "total" or window.timezone == "UTC":
         return window.kind
     return f"{window.kind} ({window.timezone})"
@@ -159,7 +168,8 @@ def evaluate(
     suspended = directory.suspended(chain)
     if suspended is not None:
         who = "agent" if suspended == agent_id else "its ancestor"
-        return deny(f"{who} {suspended} is suspended; activate it with 'caracal agent activate {suspended}'")
+        name = _name(directory, suspended)
+        return deny(f"{who} {name} is suspended; activate it with 'caracal agent activate {name}'")
     tightest: PolicyStatus | None = None
     seen_any = False
     for member, policies in directory.policies(chain):
@@ -167,9 +177,9 @@ def evaluate(
             seen_any = True
             if policy.currency != currency:
                 return deny(
-                    f"policy {policy.policy_id} of agent {member} is in {policy.currency} but the amount is "
-                    f"in {currency}; Caracal does not convert currencies, so it cannot prove this is within "
-                    f"budget",
+                    f"policy {policy.policy_id} of agent {_name(directory, member)} is in {policy.currency} "
+                    f"but the amount is in {currency}; Caracal does not convert currencies, so it cannot "
+                    f"prove this is within budget",
                     policy_id=policy.policy_id,
                     policy_agent_id=member,
                 )
@@ -177,8 +187,9 @@ def evaluate(
             over = value > status.remaining if amount is not None else status.remaining <= 0
             if over:
                 return deny(
-                    f"policy {policy.policy_id} of agent {member} ({describe_window(policy)} limit "
-                    f"{policy.limit} {currency}) has {max(status.remaining, Decimal(0))} {currency} left "
+                    f"policy {policy.policy_id} of agent {_name(directory, member)} "
+                    f"({describe_window(policy)} limit {policy.limit} {currency}) has "
+                    f"{max(status.remaining, Decimal(0))} {currency} left "
                     f"({status.spent} spent, {status.held} held)"
                     + (f"; {value} {currency} requested" if amount is not None else ""),
                     policy_id=policy.policy_id,
@@ -514,6 +525,14 @@ class Enforcer:
     def now(self) -> datetime:
         """The enforcer's clock (injected in tests)."""
         return self._clock()
+
+
+def _name(directory: Directory, agent_id: str) -> str:
+    """The agent's name for a message (its id if the registry does not know it)."""
+    try:
+        return str(directory.agent(agent_id).name)
+    except CaracalError:
+        return agent_id
 
 
 def _release(agent_id: str, currency: str, hold_id: str, now: datetime, why: str) -> dict[str, Any]:

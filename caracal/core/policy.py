@@ -76,6 +76,8 @@ class Policy:
             changes["limit"] = check_limit(changes["limit"])
         if "currency" in changes:
             changes["currency"] = check_currency(changes["currency"], InvalidPolicyError)
+        if reason is not None:  # kept in the audit trail: one printable line, like every identifier
+            check_identifier(reason, "reason", InvalidPolicyError)
         return replace(self, revision=self.revision + 1, updated_at=updated_at, reason=reason, **changes)
 
 

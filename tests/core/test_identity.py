@@ -288,7 +288,7 @@ names = st.text(
     alphabet=st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")),
     min_size=1,
     max_size=40,
-).filter(lambda s: s == s.strip() and s.strip() and not is_uuid_like(s))
+).filter(lambda s: s == s.strip() and s.strip() and s.isprintable() and not is_uuid_like(s))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),

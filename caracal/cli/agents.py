@@ -1,0 +1,177 @@
+"""``caracal agent ...``: register, list, show, suspend and activate agents (economic identities).
+
+An agent is named by its id (a UUID) or its unique name wherever a command takes ``ID_OR_NAME``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+from caracal.cli.ledger import json_option
+from caracal.cli.policies import POLICY_HEADERS, agent_names, policy_rows
+from caracal.cli.render import emit_json, handle_errors, table
+from caracal.core.identity import Agent
+from caracal.core.policy import Policy
+from caracal.exceptions import CaracalError, InvalidAgentError
+from caracal.sdk.client import CaracalClient
+
+
+def parse_json_object(text: str | None, option: str, error: type[CaracalError]) -> dict[str, Any] | None:
+    """``--metadata`` and the like: a JSON object, or None when not given."""
+    if text is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise error(f'{option} must be a JSON object such as \'{{"team": "research"}}\'')
+    return value
+
+
+def show_agent(agent: Agent, parent_name: str | None = None, title: str | None = None) -> None:
+    if title:
+        click.echo(title)
+    parent = "-"
+    if agent.parent_id is not None:
+        parent = f"{parent_name} ({agent.parent_id})" if parent_name else agent.parent_id
+    rows = [
+        ("id", agent.agent_id),
+        ("name", agent.name),
+        ("owner", agent.owner),
+        ("parent", parent),
+        ("status", agent.status),
+        ("created", agent.created_at),
+        ("updated", agent.updated_at),
+        ("metadata", orjson.dumps(agent.metadata).decode() if agent.metadata is not None else "-"),
+    ]
+    for key, value in rows:
+        click.echo(f"  {key + ':':<11}{value}")
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """Agents: who spends. Each has an id, a unique name, an owner and optionally a parent."""
+
+
+@agent_group.command("register")
+@json_option
+@click.option("--name", required=True, help="Unique, descriptive name (e.g. research-bot).")
+@click.option("--owner", required=True, help="Who is responsible for it (e.g. an email).")
+@click.option("--parent", default=None, help="Id or name of the parent agent (its budgets also apply).")
+@click.option("--metadata", default=None, help="A JSON object stored with the agent.")
+@handle_errors
+def register_command(as_json: bool, name: str, owner: str, parent: str | None, metadata: str | None) -> None:
+    """Register a new, active agent; prints it with its id."""
+    meta = parse_json_object(metadata, "--metadata", InvalidAgentError)
+    with CaracalClient() as client:
+        agent = client.register_agent(name, owner, parent, meta)
+        parent_name = client.get_agent(agent.parent_id).name if agent.parent_id else None
+    if as_json:
+        emit_json(agent.to_dict())
+        return
+    show_agent(agent, parent_name, title=f"registered agent {agent.name!r} with id {agent.agent_id}")
+
+
+@agent_group.command("list")
+@json_option
+@click.option(
+    "--status",
+    default=None,
+    type=click.Choice(["active", "suspended"]),
+    help="Only agents with this status.",
+)
+@click.option("--parent", default=None, help="Only the direct children of this agent (id or name).")
+@handle_errors
+def list_command(as_json: bool, status: str | None, parent: str | None) -> None:
+    """List agents, sorted by name."""
+    with CaracalClient() as client:
+        agents = client.home.agents.list(status, parent)  # type: ignore[arg-type]  # checked by click
+        names = agent_names(client) if any(a.parent_id for a in agents) else {}
+    if as_json:
+        emit_json([agent.to_dict() for agent in agents])
+        return
+    if not agents:
+        click.echo("no agents")
+        return
+    table(
+        ["ID", "NAME", "OWNER", "PARENT", "STATUS", "CREATED"],
+        [
+            [
+                a.agent_id,
+                a.name,
+                a.owner,
+                names.get(a.parent_id, a.parent_id) if a.parent_id else "-",
+                a.status,
+                a.created_at,
+            ]
+            for a in agents
+        ],
+    )
+
+
+@agent_group.command("show")
+@json_option
+@click.argument("agent_ref", metavar="ID_OR_NAME")
+@handle_errors
+def show_command(as_json: bool, agent_ref: str) -> None:
+    """Show one agent, its ancestors and its policies."""
+    with CaracalClient() as client:
+        agent = client.get_agent(agent_ref)
+        ancestors = client.home.agents.ancestors(agent.agent_id)
+        children = client.home.agents.list(parent=agent.agent_id)
+        policies: list[Policy] = client.home.policies.list(agent.agent_id, include_inactive=True)
+    if as_json:
+        emit_json(
+            {
+                **agent.to_dict(),
+                "ancestors": [a.agent_id for a in ancestors],
+                "children": [a.agent_id for a in children],
+                "policies": [p.to_dict() for p in policies],
+            }
+        )
+        return
+    show_agent(agent, ancestors[0].name if ancestors else None, title=f"agent {agent.name!r}")
+    click.echo(f"  {'ancestors:':<11}{' > '.join(a.name for a in ancestors) or '-'}")
+    click.echo(f"  {'children:':<11}{', '.join(a.name for a in children) or '-'}")
+    if policies:
+        click.echo("")
+        table(POLICY_HEADERS, policy_rows(policies, {agent.agent_id: agent.name}), right=(2, 6))
+    else:
+        click.echo(f"  {'policies:':<11}none (every action of this agent is denied until one exists)")
+
+
+def _set_status(agent_ref: str, as_json: bool, suspend: bool) -> None:
+    with CaracalClient() as client:
+        agents = client.home.agents
+        agent = agents.suspend(agent_ref) if suspend else agents.activate(agent_ref)
+    if as_json:
+        emit_json(agent.to_dict())
+        return
+    effect = (
+        "its actions (and those of its descendants) are denied"
+        if suspend
+        else "its actions are checked against its budgets again"
+    )
+    click.echo(f"agent {agent.name!r} ({agent.agent_id}) is {agent.status}: {effect}")
+
+
+@agent_group.command("suspend")
+@json_option
+@click.argument("agent_ref", metavar="ID_OR_NAME")
+@handle_errors
+def suspend_command(as_json: bool, agent_ref: str) -> None:
+    """Suspend an agent: every action of it and its descendants is denied (idempotent)."""
+    _set_status(agent_ref, as_json, suspend=True)
+
+
+@agent_group.command("activate")
+@json_option
+@click.argument("agent_ref", metavar="ID_OR_NAME")
+@handle_errors
+def activate_command(as_json: bool, agent_ref: str) -> None:
+    """Make a suspended agent active again (idempotent)."""
+    _set_status(agent_ref, as_json, suspend=False)

@@ -1,0 +1,294 @@
+"""``caracal init`` and the global ``--home`` option.
+
+``caracal --home PATH ...`` (or ``$CARACAL_HOME``) selects the Caracal home for every command: the group
+callback sets ``$CARACAL_HOME`` for the duration of the command, so everything that resolves the home
+(``caracal ledger ...`` included) follows it.
+
+``caracal init`` creates what a home needs and never destroys or overwrites anything: each item that
+already exists is reported (with what it holds) and left as it is. Running it again is always safe.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from caracal import __version__
+from caracal.cli.render import EXIT_ERROR, emit_json, table
+from caracal.config import HOME_ENV, caracal_home
+from caracal.core.checkpoint import CheckpointSigner, public_key_path
+from caracal.core.enforcement import DEFAULT_TTL
+from caracal.core.fileio import write_atomically
+from caracal.core.ledger import LedgerReader, LedgerWriter
+from caracal.core.validation import dumps
+from caracal.exceptions import CaracalError
+from caracal.storage.home import EmbeddedHome
+
+# --------------------------------------------------------------------------------------------- --home
+
+
+def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--home PATH`` on the ``caracal`` group (see :func:`apply_home`)."""
+    return click.option(
+        "--home",
+        "home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"Caracal home for this command (default: ${HOME_ENV}, else ~/.caracal).",
+    )(command)
+
+
+def apply_home(home: Path | None) -> None:
+    """Point ``$CARACAL_HOME`` at ``home`` (absolute) for the current command, restoring the previous value
+    when the command's context closes (so in-process callers such as tests do not leak it)."""
+    if home is None:
+        return
+    previous = os.environ.get(HOME_ENV)
+    os.environ[HOME_ENV] = str(home.expanduser().absolute())
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(HOME_ENV, None)
+        else:
+            os.environ[HOME_ENV] = previous
+
+    context.call_on_close(restore)
+
+
+# ------------------------------------------------------------------------------------------ config.toml
+
+CONFIG_TEMPLATE = """\
+# Caracal configuration for this home.
+# Written by `caracal init` (Caracal {version}) on {date}. `caracal init` never overwrites this file: edit it
+# freely; delete it and run `caracal init` again to get a fresh, documented copy.
+#
+# WHICH SETTINGS ARE READ TODAY
+#   None of the settings in this file is read yet by Caracal {version}: each value below is the built-in
+#   default that the code uses, written here so every knob is documented in one place. Each setting is
+#   marked "(not read yet)" until the loader that applies it arrives; changing it now has no effect.
+#   What IS honoured today: the home folder itself, chosen by `caracal --home PATH`, else $CARACAL_HOME,
+#   else ~/.caracal; and $CARACAL_LEDGER (or `--ledger` on `caracal ledger ...`) for another ledger file.
+#
+# HOME LAYOUT (fixed by the code; not configurable in this file)
+#   config.toml                      this file
+#   data/ledger.jsonl                the append-only ledger: charges, holds and releases, one JSON per line
+#   data/ledger.jsonl.lock           the writers' exclusive lock (flock)
+#   data/ledger.jsonl.checkpoints    signed Merkle checkpoints (size, root) of the ledger
+#   data/ledger.jsonl.merkle         cached Merkle frontier (a cache: rebuilt when missing)
+#   data/ledger.jsonl.bak.N          rolling backups of the ledger
+#   data/agents.json                 agents: id, unique name, owner, parent, metadata, status
+#   data/policies.json               budget policies with every revision (the audit trail)
+#   data/prices.json                 the user's price history
+#                                    (each registry with its .lock and rolling .bak.N copies)
+#   data/ledger.jsonl.*              other sidecars are caches, rebuilt from the ledger when missing
+#   keys/checkpoint.key              Ed25519 key signing the checkpoints; owner-only (0600). Kept out of
+#                                    data/ on purpose: whoever can rewrite the ledger must not be able to
+#                                    re-sign it. Back it up separately.
+#   keys/checkpoint.key.pub          its public key, for auditors (`caracal ledger verify --public-key`)
+#   backups/<time>/                  copies of data/ made by `caracal backup create`
+
+[ledger]
+# How many rolling backups ledger.jsonl.bak.1..N to keep; a backup is taken on a writer's first append to
+# an existing ledger. 0 disables them. (not read yet)
+backup_count = 3
+# Sign a checkpoint (size, Merkle root) every this many events; 0 disables the count trigger. (not read yet)
+checkpoint_every = 1000
+# ... and also when this many seconds have passed since the last checkpoint and events were appended
+# (checkpoints are also signed when a writer closes). (not read yet)
+checkpoint_interval = 60.0
+# Skip the open-time backup when the newest backup is younger than this many seconds, so that short-lived
+# writers (one CLI command each) do not copy a large ledger every time. (not read yet)
+backup_min_interval = 600.0
+# Longest wait, in seconds, for the ledger's exclusive lock before an append fails (and is denied).
+# (not read yet)
+lock_timeout = 10.0
+
+[pricing]
+# Price LLM resources named <provider>.<model>.<kind> (kind: input_tokens, output_tokens,
+# cache_read_tokens, cache_write_tokens) from the genai-prices data bundled with the installed package when
+# you have set no price of your own. Never fetched from the network. false: only your prices count, and
+# an unpriced resource is refused (never charged at zero). (not read yet)
+use_llm_prices = true
+# Models whose price depends on the prompt size (long-context tiers): "refuse" them, or price them at the
+# "base" tier. (not read yet)
+tiered_llm_prices = "refuse"
+
+[holds]
+# How long, in seconds, a budget hold lives when the caller gives no TTL (`budget_check`, `reserve`);
+# an expired hold no longer counts against the budget. (not read yet)
+default_ttl = {default_ttl}
+"""
+
+
+def config_text(now: datetime) -> str:
+    ttl = DEFAULT_TTL.total_seconds()
+    return CONFIG_TEMPLATE.format(
+        version=__version__,
+        date=now.strftime("%Y-%m-%d"),
+        default_ttl=int(ttl) if ttl == int(ttl) else ttl,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- init
+
+
+@dataclass(frozen=True)
+class InitItem:
+    """One thing ``caracal init`` looked at: what, where, and whether it was created, already existed
+    (left untouched) or could not be checked/created (``error``)."""
+
+    item: str
+    path: Path
+    status: str  # "created" | "exists" | "error"
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"item": self.item, "path": str(self.path), "status": self.status, "detail": self.detail}
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Create ``path`` with ``data`` unless it exists (then False; never replaced)."""
+    try:
+        write_atomically(path, data, mode=mode, exclusive=True)
+    except FileExistsError:
+        return False
+    return True
+
+
+def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[InitItem]:
+    """Create the home's folders, config, signing key, ledger and registries; report each one.
+
+    Never overwrites: files are created exclusively (a file that appears meanwhile wins), existing ones are
+    only read to report what they hold. Errors on one item are reported in its row and do not stop the rest.
+    """
+    moment = now or datetime.now(timezone.utc)
+    items: list[InitItem] = []
+
+    def step(item: str, path: Path, action: Callable[[], tuple[str, str]]) -> None:
+        try:
+            status, detail = action()
+        except CaracalError as exc:
+            status, detail = "error", str(exc)
+        except OSError as exc:
+            status, detail = "error", f"{exc.strerror or exc}"
+        items.append(InitItem(item, path, status, detail))
+
+    def folder(path: Path, mode: int = 0o755) -> Callable[[], tuple[str, str]]:
+        def make() -> tuple[str, str]:
+            if path.is_dir():
+                return "exists", ""
+            path.mkdir(parents=True, mode=mode)
+            return "created", ""
+
+        return make
+
+    def config() -> tuple[str, str]:
+        if _create_exclusive(home.config_path, config_text(moment).encode()):
+            return "created", "documented settings (see the comments)"
+        return "exists", "kept as it is"
+
+    def key() -> tuple[str, str]:
+        existed = home.key_path.exists()
+        signer = CheckpointSigner.load_or_create(home.key_path)
+        mode = stat.S_IMODE(home.key_path.stat().st_mode)
+        detail = f"key id {signer.key_id}, mode {mode:04o}"
+        if mode & 0o077:
+            detail += f"; WARNING: readable by others, run: chmod 600 {home.key_path}"
+        if not existed:
+            detail += f"; public key {public_key_path(home.key_path)}"
+        return ("exists" if existed else "created"), detail
+
+    def ledger() -> tuple[str, str]:
+        if home.ledger_path.exists():
+            last = LedgerReader(home.ledger_path).last_events(1)
+            return "exists", _plural(last[0].event_id if last else 0, "entry", "entries")
+        with LedgerWriter(home.ledger_path, signing_key_path=home.key_path):
+            pass
+        return "created", "empty"
+
+    def registry(
+        path: Path, empty: dict[str, Any], count: Callable[[], str]
+    ) -> Callable[[], tuple[str, str]]:
+        def make() -> tuple[str, str]:
+            if _create_exclusive(path, dumps(empty)):
+                return "created", "empty"
+            return "exists", count()
+
+        return make
+
+    def prices() -> tuple[str, str]:
+        if home.prices.path.exists():
+            return "exists", _plural(len(home.prices.history()), "price")
+        added = home.prices.seed_defaults()
+        return "created", f"seeded {_plural(len(added), 'default price')} (illustrative: set your own)"
+
+    step("home", home.home, folder(home.home))
+    step("config", home.config_path, config)
+    step("data folder", home.data, folder(home.data))
+    step("keys folder", home.key_path.parent, folder(home.key_path.parent, 0o700))
+    step("signing key", home.key_path, key)
+    step("ledger", home.ledger_path, ledger)
+    step(
+        "agents",
+        home.agents.path,
+        registry(home.agents.path, {"agents": {}}, lambda: _plural(len(home.agents.list()), "agent")),
+    )
+    step(
+        "policies",
+        home.policies.path,
+        registry(
+            home.policies.path,
+            {"policies": {}},
+            lambda: _plural(len(home.policies.list(include_inactive=True)), "policy", "policies"),
+        ),
+    )
+    step("prices", home.prices.path, prices)
+    return items
+
+
+@click.command("init")
+@click.option(
+    "--home",
+    "home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Create the home here (default: the global --home, else $CARACAL_HOME, else ~/.caracal).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def init_command(home: Path | None, as_json: bool) -> None:
+    """Create a Caracal home: config, ledger, registries, signing key. Never overwrites anything."""
+    apply_home(home)
+    target = EmbeddedHome(caracal_home())
+    items = initialize_home(target)
+    failed = [item for item in items if item.status == "error"]
+    if as_json:
+        emit_json({"home": str(target.home), "ok": not failed, "items": [item.to_dict() for item in items]})
+    else:
+        created = sum(item.status == "created" for item in items)
+        table(
+            ["ITEM", "STATUS", "PATH", "DETAIL"],
+            [[item.item, item.status, item.path, item.detail] for item in items],
+        )
+        if not failed and created:
+            click.echo(f"\ninitialized Caracal home {target.home} ({created} created)")
+            click.echo('next: caracal agent register --name "my-agent" --owner "user@example.com"')
+        elif not failed:
+            click.echo(f"\nCaracal home {target.home} already exists; nothing was changed")
+    for item in failed:
+        click.echo(f"error: {item.item} ({item.path}): {item.detail}", err=True)
+    if failed:
+        raise SystemExit(EXIT_ERROR)

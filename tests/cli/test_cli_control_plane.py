@@ -1,0 +1,612 @@
+"""The control-plane commands (init, agent, policy, pricebook, budget, backup), run as a user would: real
+files in a temporary home (``tests/conftest.py``), real exit codes, real output."""
+
+from __future__ import annotations
+
+import fcntl
+import inspect
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from caracal.cli import backup as backup_module
+from caracal.cli.main import main
+from caracal.core.enforcement import DEFAULT_TTL
+from caracal.core.ledger import LedgerWriter
+from caracal.core.validation import format_timestamp
+from caracal.core.windows import WindowSpec, window_bounds
+from caracal.sdk.client import CaracalClient
+from caracal.storage.prices import PriceRegistry
+
+GPT4_INPUT = "openai.gpt4.input_tokens"
+
+
+def run(*args: str, code: int = 0) -> Result:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, (args, result.stdout, result.stderr)
+    return result
+
+
+def run_json(*args: str, code: int = 0) -> Any:
+    return json.loads(run(*args, "--json", code=code).stdout)
+
+
+def data_snapshot(home: Path) -> dict[str, bytes | None]:
+    """The bytes of everything that holds data (not locks or caches)."""
+    names = ["agents.json", "policies.json", "prices.json", "ledger.jsonl", "ledger.jsonl.checkpoints"]
+    files = {name: home / "data" / name for name in names}
+    files["config.toml"] = home / "config.toml"
+    files["checkpoint.key"] = home / "keys" / "checkpoint.key"
+    return {name: path.read_bytes() if path.exists() else None for name, path in files.items()}
+
+
+@pytest.fixture
+def populated(caracal_home: Path) -> dict[str, str]:
+    """An initialized home with a parent agent, a child, a policy each, a price and one charge."""
+    run("init")
+    parent = run_json("agent", "register", "--name", "my-agent", "--owner", "user@example.com")
+    child = run_json(
+        "agent", "register", "--name", "child", "--owner", "user@example.com", "--parent", "my-agent"
+    )
+    parent_policy = run_json("policy", "create", "--agent-id", "my-agent", "--limit", "10.00")
+    child_policy = run_json("policy", "create", "--agent-id", child["agent_id"], "--limit", "5")
+    run("pricebook", "set", "tool.search.calls", "0.25")
+    with CaracalClient() as client:
+        client.emit_event(agent_id="child", resource_type="tool.search.calls", quantity=2)
+    return {
+        "parent": parent["agent_id"],
+        "child": child["agent_id"],
+        "parent_policy": parent_policy["policy_id"],
+        "child_policy": child_policy["policy_id"],
+    }
+
+
+# ----------------------------------------------------------------------------------- the quick start
+
+
+QUICK_START = [
+    "caracal init",
+    'caracal agent register --name "my-agent" --owner "user@example.com"',
+    "caracal policy create --agent-id <agent-id> --limit 100.00 --window daily",
+    "caracal ledger query --agent-id <agent-id>",
+    "caracal ledger query --start 2024-01-01 --end 2024-01-31",
+    "caracal ledger summary --agent-id <agent-id>",
+]
+
+
+def test_the_original_quick_start_works_verbatim(caracal_home: Path) -> None:
+    agent_id = None
+    for line in QUICK_START:
+        if "<agent-id>" in line:
+            assert agent_id is not None
+            line = line.replace("<agent-id>", agent_id)
+        argv = shlex.split(line)
+        assert argv[0] == "caracal"
+        result = run(*argv[1:])
+        if argv[1:3] == ["agent", "register"]:
+            match = re.search(r"with id ([0-9a-f-]{36})", result.stdout)
+            assert match, result.stdout
+            agent_id = match.group(1)
+
+    # The python part of the quick start, as written.
+    from caracal.sdk.client import CaracalClient
+
+    client = CaracalClient()
+    with client.budget_check(agent_id="my-agent"):
+        ...
+    client.emit_event(agent_id="my-agent", resource_type="openai.gpt4.input_tokens", quantity=1000)
+    client.close()
+
+    assert agent_id is not None
+    (charge,) = run_json("ledger", "query", "--agent-id", agent_id)
+    assert charge["resource_type"] == GPT4_INPUT
+    assert Decimal(charge["cost"]) == Decimal("0.03")  # GPT-4 input: $30 per million tokens (genai-prices)
+    assert charge["cost"] == "0.030000"  # exact: 1000 x 0.000030, never rounded
+    table = run("ledger", "query", "--agent-id", agent_id).stdout
+    assert GPT4_INPUT in table and "0.030000" in table
+    priced = run_json("pricebook", "price", GPT4_INPUT, "--quantity", "1000")
+    assert priced["cost"] == "0.030000"
+    assert priced["price"]["source"] == "genai-prices"
+    assert priced["price"]["metadata"]["model"] == "gpt-4"
+    assert run("ledger", "verify").exit_code == 0
+
+
+def test_python_m_caracal_runs_in_a_real_process(tmp_path: Path) -> None:
+    home = tmp_path / "subprocess-home"
+    env = {**os.environ, "CARACAL_HOME": str(tmp_path / "not-this-one")}
+
+    def caracal(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "caracal", "--home", str(home), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    created = caracal("init")
+    assert created.returncode == 0, created.stderr
+    assert "initialized Caracal home" in created.stdout
+    registered = caracal("agent", "register", "--name", "my-agent", "--owner", "user@example.com", "--json")
+    assert registered.returncode == 0, registered.stderr
+    assert json.loads(registered.stdout)["name"] == "my-agent"
+    duplicate = caracal("agent", "register", "--name", "my-agent", "--owner", "x")
+    assert duplicate.returncode == 1
+    assert duplicate.stderr.startswith("error: ") and "already exists" in duplicate.stderr
+    assert (home / "data" / "agents.json").exists()
+    assert not (tmp_path / "not-this-one").exists()  # --home wins over $CARACAL_HOME
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+
+def test_init_creates_the_home_layout(caracal_home: Path) -> None:
+    report = run_json("init")
+    assert report["ok"] is True and report["home"] == str(caracal_home)
+    statuses = {item["item"]: item["status"] for item in report["items"]}
+    assert statuses.pop("home") == "exists"  # the fixture made the (empty) folder
+    assert set(statuses.values()) == {"created"}
+    assert set(statuses) >= {"config", "signing key", "ledger", "agents", "policies", "prices"}
+    assert (caracal_home / "data" / "ledger.jsonl").read_bytes() == b""
+    assert json.loads((caracal_home / "data" / "agents.json").read_bytes()) == {"agents": {}}
+    assert json.loads((caracal_home / "data" / "policies.json").read_bytes()) == {"policies": {}}
+    seeded = run_json("pricebook", "list")
+    assert {p["resource_type"] for p in seeded} == {
+        "tool.web_search.calls",
+        "tool.http_request.calls",
+        "tool.code_execution.seconds",
+    }
+    key = caracal_home / "keys" / "checkpoint.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) & 0o077 == 0
+    assert (caracal_home / "keys" / "checkpoint.key.pub").exists()
+    assert run_json("agent", "list") == []
+    assert run_json("policy", "list", "--all") == []
+
+
+def test_config_is_documented_and_its_values_are_the_code_defaults(caracal_home: Path) -> None:
+    run("init")
+    text = (caracal_home / "config.toml").read_text()
+    for word in ("backup_count", "checkpoint_every", "checkpoint_interval", "backup_min_interval"):
+        assert f"\n{word} = " in text
+    assert "use_llm_prices = true" in text and "default_ttl = " in text
+    assert "not read yet" in text and "data/ledger.jsonl" in text and "keys/checkpoint.key" in text
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads(text)
+    defaults = inspect.signature(LedgerWriter.__init__).parameters
+    for name, value in config["ledger"].items():
+        assert value == defaults[name].default, name
+    prices = inspect.signature(PriceRegistry.__init__).parameters
+    assert config["pricing"]["use_llm_prices"] == prices["use_llm_prices"].default
+    assert config["pricing"]["tiered_llm_prices"] == prices["tiered_llm_prices"].default
+    assert config["holds"]["default_ttl"] == DEFAULT_TTL.total_seconds()
+
+
+def test_a_second_init_keeps_everything(caracal_home: Path, populated: dict[str, str]) -> None:
+    config = caracal_home / "config.toml"
+    config.write_text(config.read_text() + "\n# my own note\n")
+    before = data_snapshot(caracal_home)
+    report = run_json("init")
+    assert report["ok"] is True
+    assert {item["status"] for item in report["items"]} == {"exists"}
+    details = {item["item"]: item["detail"] for item in report["items"]}
+    assert details["agents"] == "2 agents" and details["policies"] == "2 policies"
+    assert details["ledger"] == "1 entry"
+    assert data_snapshot(caracal_home) == before
+    human = run("init").stdout
+    assert "already exists; nothing was changed" in human
+    assert data_snapshot(caracal_home) == before
+
+
+def test_init_reports_an_unreadable_registry_and_leaves_it(caracal_home: Path) -> None:
+    run("init")
+    agents = caracal_home / "data" / "agents.json"
+    agents.write_text("{broken")
+    result = run("init", code=1)
+    assert "error: agents" in result.stderr and "not valid JSON" in result.stderr
+    assert agents.read_text() == "{broken"
+
+
+def test_home_option_selects_the_home_for_every_command(tmp_path: Path, caracal_home: Path) -> None:
+    other = tmp_path / "other-home"
+    run("--home", str(other), "init")
+    run("init", "--home", str(tmp_path / "third"))
+    assert (tmp_path / "third" / "config.toml").exists()
+    run("--home", str(other), "agent", "register", "--name", "elsewhere", "--owner", "o")
+    assert [a["name"] for a in run_json("--home", str(other), "agent", "list")] == ["elsewhere"]
+    assert os.environ["CARACAL_HOME"] == str(caracal_home)  # restored after the command
+    assert not (caracal_home / "data").exists()
+    with CaracalClient(other) as client:
+        client.create_policy("elsewhere", "1")
+        client.emit_event("elsewhere", "tool.web_search.calls", 3)
+    (event,) = run_json("--home", str(other), "ledger", "query")  # existing commands follow --home
+    assert event["cost"] == "0.03"
+
+
+# ------------------------------------------------------------------------------------ agents, policies
+
+
+def test_agent_commands(populated: dict[str, str]) -> None:
+    listed = run_json("agent", "list")
+    assert [a["name"] for a in listed] == ["child", "my-agent"]
+    assert run_json("agent", "list", "--parent", "my-agent")[0]["agent_id"] == populated["child"]
+    shown = run_json("agent", "show", "child")
+    assert shown["parent_id"] == populated["parent"] and shown["ancestors"] == [populated["parent"]]
+    assert shown["policies"][0]["policy_id"] == populated["child_policy"]
+    assert "my-agent" in run("agent", "show", populated["child"]).stdout
+
+    meta = run_json("agent", "register", "--name", "tagged", "--owner", "o", "--metadata", '{"team": "r"}')
+    assert meta["metadata"] == {"team": "r"} and meta["status"] == "active"
+
+    assert run_json("agent", "suspend", "my-agent")["status"] == "suspended"
+    assert [a["name"] for a in run_json("agent", "list", "--status", "suspended")] == ["my-agent"]
+    denied = run_json("budget", "check", "--agent-id", "child", code=1)
+    assert denied["allowed"] is False and "suspended" in denied["reason"]
+    assert run_json("agent", "activate", "my-agent")["status"] == "active"
+    assert run_json("budget", "check", "--agent-id", "child")["allowed"] is True
+
+
+def test_policy_lifecycle_keeps_an_audit_trail(populated: dict[str, str]) -> None:
+    policy_id = populated["child_policy"]
+    updated = run_json("policy", "update", policy_id, "--limit", "7.50", "--reason", "raised for launch")
+    assert updated["limit"] == "7.50" and updated["revision"] == 2
+    run("policy", "deactivate", policy_id, "--reason", "project over")
+    assert policy_id not in [p["policy_id"] for p in run_json("policy", "list")]
+    assert policy_id in [p["policy_id"] for p in run_json("policy", "list", "--all")]
+    again = run("policy", "deactivate", policy_id)
+    assert "already inactive; nothing changed" in again.stdout
+    history = run_json("policy", "history", policy_id)
+    assert [(p["revision"], p["limit"], p["active"], p.get("reason")) for p in history] == [
+        (1, "5", True, "created"),
+        (2, "7.50", True, "raised for launch"),
+        (3, "7.50", False, "project over"),
+    ]
+    assert "raised for launch" in run("policy", "history", policy_id).stdout
+    mine = run_json("policy", "list", "--agent-id", "my-agent")
+    assert [p["policy_id"] for p in mine] == [populated["parent_policy"]]
+
+
+def test_policy_windows_rolling_and_time_zones(populated: dict[str, str]) -> None:
+    rolling = run_json("policy", "create", "--agent-id", "child", "--limit", "1", "--rolling", "24h")
+    assert rolling["window"] == {"kind": "rolling", "duration_seconds": 86400}
+    same = run_json(
+        "policy", "create", "--agent-id", "child", "--limit", "1", "--window", "rolling", "--rolling", "30m"
+    )
+    assert same["window"]["kind"] == "rolling"
+    berlin = run_json(
+        "policy", "create", "--agent-id", "child", "--limit", "3", "--window", "weekly",
+        "--timezone", "Europe/Berlin", "--currency", "EUR",
+    )  # fmt: skip
+    assert berlin["window"] == {"kind": "weekly", "timezone": "Europe/Berlin"}
+    assert berlin["currency"] == "EUR"
+    statuses = {s["policy_id"]: s for s in run_json("budget", "status", "--agent-id", "child")}
+    _start, end = window_bounds(WindowSpec.calendar("weekly", "Europe/Berlin"), datetime.now(timezone.utc))
+    assert statuses[berlin["policy_id"]]["resets_at"] == format_timestamp(end)  # Monday 00:00 in Berlin
+    assert statuses[rolling["policy_id"]]["resets_at"] is None
+    total = run_json("policy", "create", "--agent-id", "child", "--limit", "3", "--window", "total")
+    assert total["window"]["kind"] == "total"
+
+
+# ------------------------------------------------------------------------------------------- pricebook
+
+
+def test_pricebook_set_list_price_export_import(populated: dict[str, str], tmp_path: Path) -> None:
+    price = run_json(
+        "pricebook", "set", "tool.search.calls", "0.3", "--effective-from", "2099-01-01", "--note", "later"
+    )
+    assert price["unit_price"] == "0.3" and price["effective_from"].startswith("2099-01-01T00:00:00")
+    search = run_json("pricebook", "list", "--resource-type", "tool.search.calls")
+    assert [(p["unit_price"], p["in_effect"]) for p in search] == [("0.25", True), ("0.3", False)]
+    now = run_json("pricebook", "price", "tool.search.calls", "--quantity", "4")
+    assert (now["cost"], now["price"]["source"]) == ("1.00", "user")
+    later = run_json("pricebook", "price", "tool.search.calls", "--at", "2099-06-01")
+    assert later["cost"] == "0.3"
+    assert "genai-prices" in run("pricebook", "price", "anthropic.claude-3-5-sonnet.output_tokens").stdout
+
+    exported = run("pricebook", "export").stdout
+    assert exported.startswith("resource_type,unit_price,currency,effective_from,note\n")
+    assert "tool.search.calls,0.25,USD," in exported
+    target = tmp_path / "prices.csv"
+    run("pricebook", "export", str(target))
+    assert target.read_text() == exported
+    fresh = tmp_path / "fresh"
+    run("--home", str(fresh), "pricebook", "import", str(target))
+    assert run("--home", str(fresh), "pricebook", "export").stdout == exported
+
+    sheet = tmp_path / "more.csv"
+    sheet.write_text("resource_type,unit_price\ntool.a.calls,1\ntool.b.calls,0.002\n")
+    imported = run_json("pricebook", "import", str(sheet))
+    assert [p["resource_type"] for p in imported] == ["tool.a.calls", "tool.b.calls"]
+
+
+# ---------------------------------------------------------------------------------------------- budget
+
+
+def test_budget_status_after_reserve_and_settle(populated: dict[str, str]) -> None:
+    # The fixture already charged the child 2 x 0.25 = 0.50.
+    with CaracalClient() as client:
+        hold = client.reserve("child", "3.00")
+        client.settle(hold, [{"resource_type": "tool.search.calls", "quantity": "8", "cost": "2.00"}])
+        client.reserve("child", "1.25")  # left open
+    statuses = {s["policy_id"]: s for s in run_json("budget", "status", "--agent-id", "child")}
+    child, parent = statuses[populated["child_policy"]], statuses[populated["parent_policy"]]
+    assert (child["limit"], child["spent"], child["held"], child["remaining"]) == (
+        "5",
+        "2.50",
+        "1.25",
+        "1.25",
+    )
+    assert (parent["limit"], parent["spent"], parent["held"], parent["remaining"]) == (
+        "10.00",
+        "2.50",
+        "1.25",
+        "6.25",
+    )
+    assert parent["agent_name"] == "my-agent" and child["agent_name"] == "child"
+    _start, end = window_bounds(WindowSpec.calendar("daily"), datetime.now(timezone.utc))
+    assert child["resets_at"] == format_timestamp(end)
+    # The parent sees only its own policy, not its child's.
+    assert [s["policy_id"] for s in run_json("budget", "status", "--agent-id", "my-agent")] == [
+        populated["parent_policy"]
+    ]
+    table = run("budget", "status", "--agent-id", "child").stdout
+    assert "REMAINING" in table and "6.25" in table and "1.25" in table
+
+    allowed = run_json("budget", "check", "--agent-id", "child", "--amount", "1.25")
+    assert allowed["allowed"] is True and allowed["remaining"] == "1.25"
+    denied = run_json("budget", "check", "--agent-id", "child", "--amount", "1.26", code=1)
+    assert denied["allowed"] is False and denied["policy_id"] == populated["child_policy"]
+    human = run("budget", "check", "--agent-id", "child", "--amount", "1.26", code=1).stdout
+    assert human.startswith("DENIED: ")
+
+
+def test_budget_without_a_policy_denies(caracal_home: Path) -> None:
+    run("init")
+    run("agent", "register", "--name", "lonely", "--owner", "o")
+    assert "no active policy" in run("budget", "status", "--agent-id", "lonely").stdout
+    assert run_json("budget", "status", "--agent-id", "lonely") == []
+    decision = run_json("budget", "check", "--agent-id", "lonely", code=1)
+    assert "no active policy" in decision["reason"]
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+BAD_INPUT = [
+    # agents
+    (["agent", "register", "--name", "my-agent", "--owner", "x"], "already exists"),
+    (["agent", "register", "--name", "", "--owner", "x"], "empty"),
+    (["agent", "register", "--name", "two\nlines", "--owner", "x"], "name"),
+    (["agent", "register", "--name", "n", "--owner", "x", "--parent", "ghost"], "no parent named 'ghost'"),
+    (["agent", "register", "--name", "n", "--owner", "x", "--metadata", "[1]"], "JSON object"),
+    (["agent", "register", "--name", "n", "--owner", "x", "--metadata", "{bad"], "not valid JSON"),
+    (["agent", "show", "ghost"], "no agent named 'ghost'"),
+    (["agent", "show", "00000000-0000-0000-0000-000000000000"], "no agent with id"),
+    (["agent", "suspend", "ghost"], "ghost"),
+    (["agent", "activate", "ghost"], "ghost"),
+    (["agent", "list", "--parent", "ghost"], "ghost"),
+    # policies
+    (["policy", "create", "--agent-id", "ghost", "--limit", "1"], "no agent named 'ghost'"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "-5"], "negative"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "abc"], "limit"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "nan"], "finite"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "inf"], "finite"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1.2.3"], "limit"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--window", "fortnightly"], "window"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--timezone", "Mars/Olympus"], "zone"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--timezone", "localtime"], "zone"),
+    (
+        [
+            "policy",
+            "create",
+            "--agent-id",
+            "my-agent",
+            "--limit",
+            "1",
+            "--window",
+            "daily",
+            "--rolling",
+            "1h",
+        ],
+        "not both",
+    ),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--rolling", "24"], "unit"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--window", "rolling"], "duration"),
+    (["policy", "create", "--agent-id", "my-agent", "--limit", "1", "--currency", "usd"], "currency"),
+    (["policy", "list", "--agent-id", "ghost"], "ghost"),
+    (["policy", "update", "pol-nope", "--limit", "1"], "no policy 'pol-nope'"),
+    (["policy", "update", "<child_policy>", "--limit", "-1"], "negative"),
+    (["policy", "update", "<child_policy>", "--limit", "1", "--reason", "a\nb"], "reason"),
+    (["policy", "deactivate", "pol-nope"], "no policy"),
+    (["policy", "activate", "pol-nope"], "no policy"),
+    (["policy", "history", "pol-nope"], "no policy"),
+    # pricebook
+    (["pricebook", "set", "tool.x.calls", "nan"], "finite"),
+    (["pricebook", "set", "tool.x.calls", "inf"], "finite"),
+    (["pricebook", "set", "tool.x.calls", "--", "-0.5"], "negative"),
+    (["pricebook", "set", "tool.x.calls", "1.5.3"], "number"),
+    (["pricebook", "set", "tool.x.calls", "0x10"], "number"),
+    (["pricebook", "set", "tool.x.calls", "1,5"], "number"),
+    (["pricebook", "set", "tool.x.calls", "1_000"], "plain decimal"),
+    (["pricebook", "set", "tool.x.calls", " 1"], "plain decimal"),
+    (["pricebook", "set", "tool.x.calls", "1", "--currency", "XYZ"], "currency"),
+    (["pricebook", "set", "tool.x.calls", "1", "--effective-from", "yesterday"], "effective_from"),
+    (["pricebook", "set", "bad\tname", "1"], "resource_type"),
+    (["pricebook", "import", "/nonexistent/prices.csv"], "cannot read"),
+    (["pricebook", "price", "tool.unknown.calls"], "no price for 'tool.unknown.calls'"),
+    (["pricebook", "price", "openai.no-such-model.input_tokens"], "no model"),
+    (["pricebook", "price", "tool.search.calls", "--quantity", "-1"], "negative"),
+    # budget
+    (["budget", "status", "--agent-id", "ghost"], "no agent named 'ghost'"),
+    (["budget", "check", "--agent-id", "ghost"], "no agent named 'ghost'"),
+    (["budget", "check", "--agent-id", "child", "--amount", "nan"], "finite"),
+    (["budget", "check", "--agent-id", "child", "--amount", "1", "--currency", "dollars"], "currency"),
+    # backup
+    (["backup", "restore", "/nonexistent/backup", "--yes"], "not a folder"),
+    (["backup", "restore", "<home>/keys", "--yes"], "not a Caracal backup"),
+    (["backup", "restore", "<home>", "--yes"], "own data folder"),
+    (["backup", "restore", "<home>/data", "--yes"], "own data folder"),
+    (["backup", "create", "--output", "<home>/data/inside"], "inside the data folder"),
+    (["backup", "create", "--output", "<home>"], "not an empty folder"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else v
+)
+def test_bad_input_exits_1_with_a_message_and_changes_nothing(
+    caracal_home: Path, populated: dict[str, str], args: list[str], message: str
+) -> None:
+    names = {"<home>": str(caracal_home), **{f"<{key}>": value for key, value in populated.items()}}
+    argv = []
+    for arg in args:
+        for placeholder, value in names.items():
+            arg = arg.replace(placeholder, value)
+        argv.append(arg)
+    before = data_snapshot(caracal_home)
+    entries = sorted(p.name for p in caracal_home.iterdir())
+    result = run(*argv, code=1)
+    assert result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert data_snapshot(caracal_home) == before
+    assert sorted(p.name for p in caracal_home.iterdir()) == entries
+
+
+def test_import_is_all_or_nothing(populated: dict[str, str], tmp_path: Path) -> None:
+    before = run("pricebook", "export").stdout
+    sheet = tmp_path / "bad.csv"
+    sheet.write_text("resource_type,unit_price\ntool.ok.calls,1\ntool.bad.calls,1e\ntool.nan.calls,NaN\n")
+    result = run("pricebook", "import", str(sheet), code=1)
+    assert "line 3" in result.stderr and "line 4" in result.stderr and "Nothing was imported" in result.stderr
+    assert run("pricebook", "export").stdout == before
+
+
+def test_export_does_not_overwrite_without_force(populated: dict[str, str], tmp_path: Path) -> None:
+    target = tmp_path / "mine.csv"
+    target.write_text("precious\n")
+    assert "exists" in run("pricebook", "export", str(target), code=1).stderr
+    assert target.read_text() == "precious\n"
+    run("pricebook", "export", str(target), "--force")
+    assert target.read_text().startswith("resource_type,")
+
+
+def test_a_duplicate_effective_time_is_refused(populated: dict[str, str]) -> None:
+    run("pricebook", "set", "tool.x.calls", "1", "--effective-from", "2025-01-01")
+    result = run("pricebook", "set", "tool.x.calls", "2", "--effective-from", "2025-01-01", code=1)
+    assert "never overwritten" in result.stderr
+    assert [p["unit_price"] for p in run_json("pricebook", "list", "--resource-type", "tool.x.calls")] == [
+        "1"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- backup
+
+
+def test_backup_create_and_restore_round_trip(caracal_home: Path, populated: dict[str, str]) -> None:
+    made = run_json("backup", "create")
+    folder = Path(made["backup"])
+    assert folder.parent == caracal_home / "backups"
+    assert made["verification"]["ok"] is True and made["verification"]["events"] == 1
+    assert (folder / "data" / "ledger.jsonl").read_bytes() == (
+        caracal_home / "data/ledger.jsonl"
+    ).read_bytes()
+    assert not list((folder / "data").glob("*.lock"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {"ledger.jsonl", "agents.json", "policies.json", "prices.json"} <= {
+        f["name"] for f in manifest["files"]
+    }
+    assert (folder / "checkpoint.key.pub").exists()
+    backed_up = data_snapshot(caracal_home)
+
+    # Life goes on after the backup ...
+    run("agent", "register", "--name", "late", "--owner", "o")
+    with CaracalClient() as client:
+        client.emit_event("child", "tool.search.calls", 1)
+    after = data_snapshot(caracal_home)
+
+    # ... a restore without --yes refuses and changes nothing ...
+    refused = run("backup", "restore", str(folder), code=1)
+    assert refused.stderr.startswith("error: ") and "--yes" in refused.stderr
+    assert data_snapshot(caracal_home) == after
+
+    # ... and with --yes brings the backup back, keeping the newer data aside.
+    restored = run_json("backup", "restore", str(folder), "--yes")
+    assert restored["restored"] is True and restored["verification"]["ok"] is True
+    assert restored["verification"]["events"] == 1
+    assert data_snapshot(caracal_home) == backed_up
+    assert [a["name"] for a in run_json("agent", "list")] == ["child", "my-agent"]
+    aside = Path(restored["previous_data"])
+    assert aside.name.startswith("data.before-restore-") and aside.parent == caracal_home
+    assert b'"late"' in (aside / "agents.json").read_bytes()
+    assert run("ledger", "verify").exit_code == 0
+    # The restored home keeps working: new charges continue the ledger's ids.
+    with CaracalClient() as client:
+        assert client.emit_event("child", "tool.search.calls", 1).event_id == 2
+    assert run("ledger", "verify").exit_code == 0
+
+    human = run("backup", "restore", str(folder), "--yes").stdout
+    assert "previous data kept in" in human and "OK: the ledger is intact" in human
+
+
+def test_backup_to_an_output_folder_and_a_tampered_backup_is_refused(
+    caracal_home: Path, populated: dict[str, str], tmp_path: Path
+) -> None:
+    output = tmp_path / "offsite"
+    text = run("backup", "create", "--output", str(output)).stdout
+    assert f"backup: {output}" in text and "OK: the ledger is intact" in text
+    before = data_snapshot(caracal_home)
+
+    agents = output / "data" / "agents.json"
+    agents.write_bytes(agents.read_bytes().replace(b"my-agent", b"my-agenT"))
+    result = run("backup", "restore", str(output), "--yes", code=1)
+    assert "agents.json does not match its SHA-256" in result.stderr
+    assert data_snapshot(caracal_home) == before
+    assert not [p for p in caracal_home.iterdir() if p.name.startswith((".data", "data."))]
+
+    ledger = output / "data" / "ledger.jsonl"
+    ledger.write_bytes(ledger.read_bytes().replace(b'"cost":"0.50"', b'"cost":"0.05"'))
+    result = run("backup", "restore", str(output), "--yes", code=3)
+    assert "fails verification" in result.stderr
+    assert data_snapshot(caracal_home) == before
+
+
+def test_backup_waits_for_the_ledger_lock(
+    caracal_home: Path, populated: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = os.open(caracal_home / "data" / "ledger.jsonl.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        monkeypatch.setattr(backup_module, "LOCK_TIMEOUT", 0.2)
+        result = run("backup", "create", code=1)
+        assert "timed out" in result.stderr
+        assert not (caracal_home / "backups").exists() or not any((caracal_home / "backups").iterdir())
+
+        monkeypatch.setattr(backup_module, "LOCK_TIMEOUT", 30.0)
+        threading.Timer(0.3, fcntl.flock, (lock, fcntl.LOCK_UN)).start()
+        started = time.monotonic()
+        made = run_json("backup", "create")
+        assert time.monotonic() - started >= 0.2  # it waited for the writer's lock
+        assert made["verification"]["ok"] is True
+    finally:
+        os.close(lock)
+
+
+def test_backup_of_an_uninitialized_home_is_refused(caracal_home: Path) -> None:
+    result = run("backup", "create", code=1)
+    assert "caracal init" in result.stderr
+    assert not caracal_home.joinpath("backups").exists()
