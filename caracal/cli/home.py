@@ -72,12 +72,12 @@ CONFIG_TEMPLATE = """\
 # Written by `caracal init` (Caracal {version}) on {date}. `caracal init` never overwrites this file: edit it
 # freely; delete it and run `caracal init` again to get a fresh, documented copy.
 #
-# WHICH SETTINGS ARE READ TODAY
-#   None of the settings in this file is read yet by Caracal {version}: each value below is the built-in
-#   default that the code uses, written here so every knob is documented in one place. Each setting is
-#   marked "(not read yet)" until the loader that applies it arrives; changing it now has no effect.
-#   What IS honoured today: the home folder itself, chosen by `caracal --home PATH`, else $CARACAL_HOME,
-#   else ~/.caracal; and $CARACAL_LEDGER (or `--ledger` on `caracal ledger ...`) for another ledger file.
+# HOW IT IS READ
+#   Every command and every CaracalClient on this home read this file when they start; a setting left out
+#   keeps its default (the value written below). An unknown section or setting, or a value of the wrong
+#   type, is an error (a typo must not be ignored silently). The home folder itself is chosen by
+#   `caracal --home PATH`, else $CARACAL_HOME, else ~/.caracal; $CARACAL_LEDGER (or `--ledger` on
+#   `caracal ledger ...`) selects another ledger file.
 #
 # HOME LAYOUT (fixed by the code; not configurable in this file)
 #   config.toml                      this file
@@ -99,33 +99,32 @@ CONFIG_TEMPLATE = """\
 
 [ledger]
 # How many rolling backups ledger.jsonl.bak.1..N to keep; a backup is taken on a writer's first append to
-# an existing ledger. 0 disables them. (not read yet)
+# an existing ledger. 0 disables them.
 backup_count = 3
-# Sign a checkpoint (size, Merkle root) every this many events; 0 disables the count trigger. (not read yet)
+# Sign a checkpoint (size, Merkle root) every this many events; 0 disables the count trigger.
 checkpoint_every = 1000
 # ... and also when this many seconds have passed since the last checkpoint and events were appended
-# (checkpoints are also signed when a writer closes). (not read yet)
+# (checkpoints are also signed when a writer closes).
 checkpoint_interval = 60.0
 # Skip the open-time backup when the newest backup is younger than this many seconds, so that short-lived
-# writers (one CLI command each) do not copy a large ledger every time. (not read yet)
+# writers (one CLI command each) do not copy a large ledger every time.
 backup_min_interval = 600.0
 # Longest wait, in seconds, for the ledger's exclusive lock before an append fails (and is denied).
-# (not read yet)
 lock_timeout = 10.0
 
 [pricing]
 # Price LLM resources named <provider>.<model>.<kind> (kind: input_tokens, output_tokens,
 # cache_read_tokens, cache_write_tokens) from the genai-prices data bundled with the installed package when
 # you have set no price of your own. Never fetched from the network. false: only your prices count, and
-# an unpriced resource is refused (never charged at zero). (not read yet)
+# an unpriced resource is refused (never charged at zero).
 use_llm_prices = true
 # Models whose price depends on the prompt size (long-context tiers): "refuse" them, or price them at the
-# "base" tier. (not read yet)
+# "base" tier.
 tiered_llm_prices = "refuse"
 
 [holds]
 # How long, in seconds, a budget hold lives when the caller gives no TTL (`budget_check`, `reserve`);
-# an expired hold no longer counts against the budget. (not read yet)
+# an expired hold no longer counts against the budget.
 default_ttl = {default_ttl}
 """
 

@@ -16,12 +16,13 @@ import click
 import orjson
 
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, table
-from caracal.config import caracal_home, default_ledger_path, default_signing_key_path
+from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
 from caracal.core.checkpoint import CheckpointStore, load_public_key
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
 from caracal.core.verify import VerificationReport, prove_consistency, prove_inclusion, verify_ledger
 from caracal.exceptions import CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry
+from caracal.storage.home import open_ledger_writer
 
 _PROGRESS_MIN_BYTES = 16 << 20
 
@@ -78,7 +79,8 @@ def resolve(ledger: Path | None) -> Path:
 
 
 def open_writer(ledger: Path | None) -> LedgerWriter:
-    return LedgerWriter(resolve(ledger), signing_key_path=default_signing_key_path())
+    """A writer on the ledger, configured by the home's ``config.toml``."""
+    return open_ledger_writer(resolve(ledger), default_signing_key_path(), load_settings())
 
 
 def event_rows(events: list[LedgerEvent]) -> list[list[object]]:

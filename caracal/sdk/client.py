@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from caracal.core.enforcement import (
-    DEFAULT_TTL,
     Decision,
     Enforcer,
     Hold,
@@ -160,9 +159,9 @@ class CaracalClient:
         return self.enforcer.check(agent_id, amount, currency)
 
     def reserve(
-        self, agent_id: str, amount: object, ttl: timedelta | float = DEFAULT_TTL, currency: str = "USD"
+        self, agent_id: str, amount: object, ttl: timedelta | float | None = None, currency: str = "USD"
     ) -> Hold:
-        return self.enforcer.reserve(agent_id, amount, currency, ttl)
+        return self.enforcer.reserve(agent_id, amount, currency, self._ttl(ttl))
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
         return self.enforcer.settle(hold.hold_id if isinstance(hold, Hold) else hold, charges or [])
@@ -188,7 +187,7 @@ class CaracalClient:
         self,
         agent_id: str,
         estimated_cost: object | None = None,
-        ttl: timedelta | float = DEFAULT_TTL,
+        ttl: timedelta | float | None = None,
         currency: str = "USD",
     ) -> Iterator[BudgetScope]:
         """Reserve ``estimated_cost`` (or, without one, check that budget remains) before the block runs;
@@ -206,7 +205,7 @@ class CaracalClient:
         self,
         agent_id: str,
         estimated_cost: object | None = None,
-        ttl: timedelta | float = DEFAULT_TTL,
+        ttl: timedelta | float | None = None,
         currency: str = "USD",
     ) -> AsyncIterator[BudgetScope]:
         """``budget_check`` for async code: the blocking steps (lock, fsync) run in a worker thread."""
@@ -219,7 +218,7 @@ class CaracalClient:
             await asyncio.to_thread(self._close_scope, scope)
 
     def guard(
-        self, agent_id: str, estimated_cost: object | None = None, ttl: timedelta | float = DEFAULT_TTL
+        self, agent_id: str, estimated_cost: object | None = None, ttl: timedelta | float | None = None
     ) -> Callable[[F], F]:
         """Decorator: run the function inside ``budget_check`` (``abudget_check`` for coroutines)."""
 
@@ -242,15 +241,19 @@ class CaracalClient:
 
         return decorate
 
+    def _ttl(self, ttl: timedelta | float | None) -> timedelta | float:
+        """The hold TTL: as given, else ``holds.default_ttl`` from the home's ``config.toml``."""
+        return self.home.settings.default_ttl if ttl is None else ttl
+
     def _open_scope(
-        self, agent_id: str, estimated: object | None, ttl: timedelta | float, currency: str
+        self, agent_id: str, estimated: object | None, ttl: timedelta | float | None, currency: str
     ) -> BudgetScope:
         if estimated is None:
             decision = self.enforcer.check(agent_id, None, currency)
             if not decision.allowed:
                 raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
             return BudgetScope(decision.agent_id, decision)
-        hold = self.enforcer.reserve(agent_id, estimated, currency, ttl)
+        hold = self.enforcer.reserve(agent_id, estimated, currency, self._ttl(ttl))
         return BudgetScope(hold.agent_id, hold.decision, hold)
 
     def _close_scope(self, scope: BudgetScope) -> None:

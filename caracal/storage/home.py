@@ -17,7 +17,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from caracal.config import caracal_home, default_ledger_path, default_signing_key_path
+from caracal.config import (
+    Settings,
+    caracal_home,
+    default_ledger_path,
+    default_signing_key_path,
+    load_settings,
+)
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
@@ -65,6 +71,19 @@ class RegistryDirectory:
         return self.policies_registry.active_for_chain(chain)
 
 
+def open_ledger_writer(ledger_path: Path, key_path: Path, settings: Settings) -> LedgerWriter:
+    """A ledger writer configured by the home's ``config.toml``."""
+    return LedgerWriter(
+        ledger_path,
+        settings.backup_count,
+        signing_key_path=key_path,
+        checkpoint_every=settings.checkpoint_every,
+        checkpoint_interval=settings.checkpoint_interval,
+        backup_min_interval=settings.backup_min_interval,
+        lock_timeout=settings.lock_timeout,
+    )
+
+
 class EmbeddedHome:
     """The files of one Caracal home, and the shared objects built on them (one ledger writer)."""
 
@@ -74,9 +93,14 @@ class EmbeddedHome:
         self.ledger_path = default_ledger_path(self.home)
         self.key_path = default_signing_key_path(self.home)
         self.config_path = self.home / "config.toml"
+        self.settings = load_settings(self.home)
         self.agents = AgentRegistry(self.data / "agents.json")
         self.policies = PolicyRegistry(self.data / "policies.json")
-        self.prices = PriceRegistry(self.data / "prices.json")
+        self.prices = PriceRegistry(
+            self.data / "prices.json",
+            use_llm_prices=self.settings.use_llm_prices,
+            tiered_llm_prices=self.settings.tiered_llm_prices,  # type: ignore[arg-type]  # checked by load_settings
+        )
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()
@@ -85,7 +109,7 @@ class EmbeddedHome:
         """The home's ledger writer, opened on first use (shared by every operation of this object)."""
         with self._lock:
             if self._writer is None:
-                self._writer = LedgerWriter(self.ledger_path, signing_key_path=self.key_path)
+                self._writer = open_ledger_writer(self.ledger_path, self.key_path, self.settings)
             return self._writer
 
     def close(self) -> None:

@@ -184,7 +184,7 @@ def test_config_is_documented_and_its_values_are_the_code_defaults(caracal_home:
     for word in ("backup_count", "checkpoint_every", "checkpoint_interval", "backup_min_interval"):
         assert f"\n{word} = " in text
     assert "use_llm_prices = true" in text and "default_ttl = " in text
-    assert "not read yet" in text and "data/ledger.jsonl" in text and "keys/checkpoint.key" in text
+    assert "HOW IT IS READ" in text and "data/ledger.jsonl" in text and "keys/checkpoint.key" in text
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads(text)
     defaults = inspect.signature(LedgerWriter.__init__).parameters

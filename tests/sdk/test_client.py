@@ -186,3 +186,28 @@ def test_bad_calls_raise_caracal_errors_and_change_nothing(client: CaracalClient
             call()
     assert client.release("hold-unknown") is False
     assert (client.home.ledger_path.stat().st_size if client.home.ledger_path.exists() else 0) == size
+
+
+def test_config_toml_is_read(caracal_home: Path) -> None:
+    (caracal_home / "config.toml").write_text(
+        "[holds]\ndefault_ttl = 42\n[pricing]\nuse_llm_prices = false\n"
+    )
+    client = CaracalClient()
+    client.register_agent("a", "o@example.com")
+    client.create_policy("a", "5")
+    hold = client.reserve("a", "1")
+    assert 41 <= (hold.expires_at - client.enforcer.now()).total_seconds() <= 42
+    with pytest.raises(UnknownPriceError):  # LLM prices switched off by the file
+        client.emit_event("a", "openai.gpt4.input_tokens", 10)
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[holds]\ndefault_ttl = 'soon'\n", "[holds]\ndefault_tll = 5\n", "[nope]\n", "not toml at all ["],
+)
+def test_a_bad_config_toml_fails_closed_with_a_clear_error(caracal_home: Path, text: str) -> None:
+    (caracal_home / "config.toml").write_text(text)
+    with pytest.raises(ConfigurationError) as error:
+        CaracalClient()
+    assert "config.toml" in str(error.value)
