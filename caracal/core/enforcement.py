@@ -58,6 +58,10 @@ class Directory(Protocol):
 
     def agent(self, ref: str) -> AgentLike: ...
 
+    def agent_id(self, ref: str) -> str:
+        """The id of the agent with this id or name (AgentNotFoundError if none)."""
+        ...
+
     def chain(self, agent_id: str) -> tuple[str, ...]:
         """The agent's id followed by its ancestors' ids, nearest first."""
         ...
@@ -320,7 +324,7 @@ class Enforcer:
         """Would ``amount`` be allowed now? (None: is any budget left?) Reserves nothing."""
         value = None if amount is None else _amount(amount, "amount")
         check_currency(currency, InvalidAmountError)
-        agent_id = self.directory.agent(agent).agent_id
+        agent_id = self.directory.agent_id(agent)
         with self._state_lock:
             return evaluate(self.directory, self.catch_up(), agent_id, value, currency, self.now())
 
@@ -334,7 +338,7 @@ class Enforcer:
         value = _amount(amount, "amount")
         check_currency(currency, InvalidAmountError)
         duration = _ttl(ttl)
-        agent_id = self.directory.agent(agent).agent_id
+        agent_id = self.directory.agent_id(agent)
         hold_id = f"hold-{uuid.uuid4()}"
         outcome: list[Decision] = []
         expires: list[datetime] = []

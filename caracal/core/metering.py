@@ -58,7 +58,7 @@ class Meter:
         occurred = now if timestamp is None else parse_timestamp(timestamp, "timestamp", error)
         if timestamp is not None:
             meta["occurred_at"] = format_timestamp(occurred)
-        agent_id = self.enforcer.directory.agent(agent).agent_id
+        agent_id = self.enforcer.directory.agent_id(agent)
         cost, price = self._pricebook().cost(resource_type, amount, now)
         item: dict[str, Any] = {
             "agent_id": agent_id,

@@ -40,9 +40,19 @@ class RegistryDirectory:
         self.agents = agents
         self.policies_registry = policies
         self._chains: dict[str, tuple[str, ...]] = {}
+        self._ids: dict[str, str] = {}
 
     def agent(self, ref: str) -> Agent:
         return self.agents.get(ref)
+
+    def agent_id(self, ref: str) -> str:
+        """Resolved once per reference, then cached: ids and names never change and agents are never
+        deleted, so a budget check need not read the registry just to know who it is about."""
+        agent_id = self._ids.get(ref)
+        if agent_id is None:
+            agent_id = self.agents.get(ref).agent_id
+            self._ids[ref] = agent_id
+        return agent_id
 
     def chain(self, agent_id: str) -> tuple[str, ...]:
         """The agent and its ancestors, nearest first. Cached forever: an agent's parent never changes."""
