@@ -182,6 +182,7 @@ class LedgerWriter:
         self.checkpoints = CheckpointStore(sidecar_path(self.ledger_path, "checkpoints"))
 
         self._thread_lock = threading.RLock()
+        self._abandoned_helper: threading.Thread | None = None
         self._fd = -1
         self._lock_fd = -1
         self._end = 0  # offset just past the last complete line we know
@@ -526,6 +527,18 @@ class LedgerWriter:
         passes first, the helper gives the lock back as soon as it gets it.
         """
         fd = self._lock_fd
+        deadline = time.monotonic() + self.lock_timeout
+        abandoned = self._abandoned_helper
+        if abandoned is not None:
+            # A helper from an earlier, timed-out wait may still be queued for the lock on our shared file
+            # description; if we took the lock now it could release it under us. Wait for it to finish.
+            abandoned.join(self.lock_timeout)
+            if abandoned.is_alive():
+                raise LedgerLockTimeoutError(
+                    f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
+                    f"another process is appending or is stuck holding it"
+                )
+            self._abandoned_helper = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
@@ -534,25 +547,32 @@ class LedgerWriter:
         acquired = threading.Event()
         state: dict[str, Any] = {"abandoned": False, "error": None}
         guard = threading.Lock()
+        # The helper waits on its own duplicate of the descriptor: a flock belongs to the open file
+        # description both share, so taking it through the duplicate takes it for this writer; and if the
+        # writer closes its descriptor meanwhile, the helper never touches a number the process reused.
+        helper_fd = os.dup(fd)
 
         def wait_for_lock() -> None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(helper_fd, fcntl.LOCK_EX)
+                with guard:
+                    if state["abandoned"]:
+                        fcntl.flock(helper_fd, fcntl.LOCK_UN)
+                    else:
+                        acquired.set()
             except OSError as exc:
                 state["error"] = exc
                 acquired.set()
-                return
-            with guard:
-                if state["abandoned"]:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    return
-                acquired.set()
+            finally:
+                os.close(helper_fd)  # the lock stays with the shared description until the writer unlocks
 
-        threading.Thread(target=wait_for_lock, name="caracal-ledger-lock", daemon=True).start()
-        if not acquired.wait(self.lock_timeout):
+        helper = threading.Thread(target=wait_for_lock, name="caracal-ledger-lock", daemon=True)
+        helper.start()
+        if not acquired.wait(max(0.0, deadline - time.monotonic())):
             with guard:
                 if not acquired.is_set():
                     state["abandoned"] = True
+                    self._abandoned_helper = helper
                     raise LedgerLockTimeoutError(
                         f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
                         f"another process is appending or is stuck holding it"

@@ -211,3 +211,35 @@ def test_a_bad_config_toml_fails_closed_with_a_clear_error(caracal_home: Path, t
     with pytest.raises(ConfigurationError) as error:
         CaracalClient()
     assert "config.toml" in str(error.value)
+
+
+def test_a_corrupt_ledger_denies_every_reservation(caracal_home: Path, client: CaracalClient) -> None:
+    client.emit_event("my-agent", "tool.search.calls", 1)
+    client.close()
+    ledger = caracal_home / "data" / "ledger.jsonl"
+    with ledger.open("ab") as handle:
+        handle.write(b'{"event_id": "garbage"}\n')
+    fresh = CaracalClient()
+    ran = []
+    with pytest.raises(CaracalError), fresh.budget_check("my-agent", estimated_cost="0.10"):
+        ran.append(True)
+    assert ran == []
+    fresh.home.close()
+
+
+def test_a_held_lock_times_out_and_denies(caracal_home: Path, client: CaracalClient) -> None:
+    import fcntl
+    import os
+
+    client.check("my-agent")
+    (caracal_home / "config.toml").write_text("[ledger]\nlock_timeout = 0.2\n")
+    impatient = CaracalClient()
+    lock = os.open(caracal_home / "data" / "ledger.jsonl.lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another process stuck holding the lock
+    try:
+        with pytest.raises(CaracalError) as denied, impatient.budget_check("my-agent", estimated_cost="0.10"):
+            pytest.fail("must not run while the budget cannot be proven")
+        assert "lock" in str(denied.value)
+    finally:
+        os.close(lock)
+    impatient.close()
