@@ -527,7 +527,6 @@ class LedgerWriter:
         passes first, the helper gives the lock back as soon as it gets it.
         """
         fd = self._lock_fd
-        deadline = time.monotonic() + self.lock_timeout
         abandoned = self._abandoned_helper
         if abandoned is not None:
             # A helper from an earlier, timed-out wait may still be queued for the lock on our shared file
@@ -544,6 +543,7 @@ class LedgerWriter:
             return
         except BlockingIOError:
             pass
+        deadline = time.monotonic() + self.lock_timeout
         acquired = threading.Event()
         state: dict[str, Any] = {"abandoned": False, "error": None}
         guard = threading.Lock()
