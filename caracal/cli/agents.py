@@ -5,31 +5,16 @@ An agent is named by its id (a UUID) or its unique name wherever a command takes
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 import orjson
 
 from caracal.cli.ledger import json_option
 from caracal.cli.policies import POLICY_HEADERS, agent_names, policy_rows
-from caracal.cli.render import emit_json, handle_errors, table
+from caracal.cli.render import emit_json, handle_errors, parse_json_object, table
 from caracal.core.identity import Agent
 from caracal.core.policy import Policy
-from caracal.exceptions import CaracalError, InvalidAgentError
+from caracal.exceptions import InvalidAgentError
 from caracal.sdk.client import CaracalClient
-
-
-def parse_json_object(text: str | None, option: str, error: type[CaracalError]) -> dict[str, Any] | None:
-    """``--metadata`` and the like: a JSON object, or None when not given."""
-    if text is None:
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise error(f"{option} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise error(f'{option} must be a JSON object such as \'{{"team": "research"}}\'')
-    return value
 
 
 def show_agent(agent: Agent, parent_name: str | None = None, title: str | None = None) -> None:

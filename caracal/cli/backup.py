@@ -25,12 +25,10 @@ old ledger open would go on writing to the folder that was moved aside.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,7 +43,7 @@ from caracal.cli.ledger import json_option, print_report
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, handle_errors
 from caracal.config import caracal_home
 from caracal.core.checkpoint import key_id, load_public_key, public_key_path
-from caracal.core.fileio import fsync_directory, write_atomically
+from caracal.core.fileio import flock_within, fsync_directory, write_atomically
 from caracal.core.ledger import sidecar_path
 from caracal.core.validation import format_timestamp
 from caracal.core.verify import VerificationReport, verify_ledger
@@ -84,17 +82,10 @@ def ledger_locked(ledger: Path, timeout: float | None = None) -> Iterator[None]:
     except OSError as exc:
         raise BackupError(f"cannot open the ledger lock {lock_path}: {exc.strerror or exc}") from exc
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LedgerLockTimeoutError(
-                        f"timed out after {timeout}s waiting for the lock on {ledger}; a writer holds it"
-                    ) from None
-                time.sleep(0.005)
+        if not flock_within(fd, timeout):
+            raise LedgerLockTimeoutError(
+                f"timed out after {timeout}s waiting for the lock on {ledger}; a writer holds it"
+            )
         yield
     finally:
         os.close(fd)  # releases the lock

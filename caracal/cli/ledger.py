@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
-from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, table
+from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
 from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
 from caracal.core.checkpoint import CheckpointStore, load_public_key
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
@@ -134,12 +133,7 @@ def append_command(
     timestamp: str | None,
 ) -> None:
     """Append one charge; prints it with its event id once it is on disk."""
-    meta = None
-    if metadata is not None:
-        try:
-            meta = orjson.loads(metadata)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidLedgerEventError(f"--metadata is not valid JSON: {exc}") from None
+    meta = parse_json_object(metadata, "--metadata", InvalidLedgerEventError)
     with open_writer(ledger) as writer:
         event = writer.append_event(agent_id, resource_type, quantity, cost, currency, meta, timestamp)
     show_events([event], as_json)

@@ -70,3 +70,16 @@ def handle_errors(command: F) -> F:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def parse_json_object(text: str | None, option: str, error: type[CaracalError]) -> dict[str, Any] | None:
+    """``--metadata`` and the like: a JSON object, or None when not given."""
+    if text is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise error(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise error(f'{option} must be a JSON object such as \'{{"team": "research"}}\'')
+    return value

@@ -4,12 +4,16 @@
   new content and its directory entry are on disk (temp file, fsync, rename, fsync of the directory).
 - :func:`append_durably`: one ``write`` of complete bytes to an ``O_APPEND`` file, then fsync.
 - :func:`fsync_directory`: makes a create, rename or unlink in a directory durable.
+- :func:`flock_within`: an exclusive ``flock`` waited for at most a given time (for the short, rare
+  critical sections of registries and backups; the ledger's hot path has its own hand-over wait).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import time
 from pathlib import Path
 
 
@@ -63,3 +67,17 @@ def append_durably(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def flock_within(fd: int, timeout: float) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, polling for at most ``timeout`` seconds; False if it stayed
+    taken (the caller raises its own typed error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)

@@ -18,17 +18,15 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from caracal.core.fileio import write_atomically
+from caracal.core.fileio import flock_within, write_atomically
 from caracal.core.validation import dumps
 from caracal.exceptions import RegistryError
 
@@ -108,18 +106,11 @@ class JsonDocument:
             except OSError as exc:
                 raise RegistryError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
             try:
-                deadline = time.monotonic() + self.lock_timeout
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise RegistryError(
-                                f"timed out after {self.lock_timeout}s waiting for the lock on {self.path}; "
-                                f"another process holds it"
-                            ) from None
-                        time.sleep(0.001)
+                if not flock_within(fd, self.lock_timeout):
+                    raise RegistryError(
+                        f"timed out after {self.lock_timeout}s waiting for the lock on {self.path}; "
+                        f"another process holds it"
+                    )
                 yield
             finally:
                 os.close(fd)  # closing releases the flock
