@@ -118,6 +118,9 @@ class BudgetState:
                 self._by_key.setdefault(event.idempotency_key, event)
         elif kind == "hold":
             assert event.hold_id is not None and event.expires_at is not None  # checked by the event parser
+            # A hold id repeated while open (only the plain ledger API can write one) replaces the earlier
+            # hold; closing it first keeps the per-member index consistent with the open holds.
+            self._close(event.hold_id)
             members = self._chain_of(event.agent_id)
             hold = OpenHold(
                 event.hold_id,

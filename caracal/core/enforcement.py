@@ -14,6 +14,7 @@ process sees the same holds.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import uuid
@@ -21,12 +22,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
 from caracal.core.budget import BudgetState
-from caracal.core.events import event_id_ending_at
+from caracal.core.events import event_id_ending_at, read_last_lines
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
@@ -282,13 +284,17 @@ class Enforcer:
     def _load_snapshot(self) -> None:
         """Resume from the saved state if it still matches the ledger; else replay the ledger from the start.
 
-        The snapshot is a cache, trusted only when the line at its offset is the event it claims. Opening a
-        home then reads only what was appended since, instead of the whole ledger.
+        The snapshot is a cache, trusted only when the line at its offset is the event it claims, byte for
+        byte (its hash; the line carries the chain hash of every line before it, so a ledger that was
+        replaced or rewritten never matches by chance). Opening a home then reads only what was appended
+        since, instead of the whole ledger.
         """
         try:
             data = orjson.loads(self.snapshot_path.read_bytes())
             offset, last_event_id = data["offset"], data["state"]["last_event_id"]
             if event_id_ending_at(self.writer.ledger_path, offset) != last_event_id:
+                return
+            if data.get("line_sha256") != _line_digest(self.writer.ledger_path, offset):
                 return
             state = BudgetState.from_snapshot(data["state"], self.directory.chain)
         except FileNotFoundError:
@@ -306,8 +312,10 @@ class Enforcer:
     def save_snapshot(self) -> None:
         """Save the live state beside the ledger (a cache: losing it costs a replay, never data)."""
         with self._state_lock:
-            data = {"offset": self._tail.offset, "state": self._state.to_snapshot()}
+            offset = self._tail.offset
+            data = {"offset": offset, "state": self._state.to_snapshot()}
             self._saved_at = self._state.last_event_id
+        data["line_sha256"] = _line_digest(self.writer.ledger_path, offset)
         try:
             write_atomically(self.snapshot_path, orjson.dumps(data), durable=False)
         except OSError as exc:
@@ -529,6 +537,16 @@ class Enforcer:
     def now(self) -> datetime:
         """The enforcer's clock (injected in tests)."""
         return self._clock()
+
+
+def _line_digest(ledger_path: Path, offset: int) -> str | None:
+    """SHA-256 of the complete line ending at ``offset`` (a line boundary), or None if there is none."""
+    try:
+        with open(ledger_path, "rb") as handle:
+            last = read_last_lines(handle, offset, 1)
+    except OSError:
+        return None
+    return hashlib.sha256(last[0][1]).hexdigest() if last else None
 
 
 def _name(directory: Directory, agent_id: str) -> str:
