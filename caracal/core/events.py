@@ -128,7 +128,7 @@ def line_body(
     cost: Decimal,
     currency: str,
     metadata: dict[str, Any] | None,
-    extensions: tuple[str | None, ...] = (None, None, None, None),
+    extensions: tuple[str | None, ...] | None = None,
 ) -> bytes:
     """The middle of an event's line: what :meth:`LedgerEvent.to_bytes` gives between ``{"event_id":N,``
     and ``,"prev_hash":...}`` (a test holds the two equal). The writer splices in the id and chain hash
@@ -147,9 +147,10 @@ def line_body(
     )
     if metadata is not None:
         body += b',"metadata":' + dumps(metadata)
-    for name, value in zip(_EXTENSIONS, extensions, strict=True):
-        if value is not None:
-            body += b',"%b":%b' % (name.encode(), orjson.dumps(value))
+    if extensions is not None:  # None: a plain charge (the common case; skips the loop)
+        for name, value in zip(_EXTENSIONS, extensions, strict=True):
+            if value is not None:
+                body += b',"%b":%b' % (name.encode(), orjson.dumps(value))
     return body
 
 

@@ -116,6 +116,7 @@ _APPEND_FIELDS = frozenset(
         "expires_at",
     }
 )
+_NO_EXTENSIONS: tuple[None, None, None, None] = (None, None, None, None)
 _EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "before" the first line
 _TAIL_PROBE = 1 << 16
 
@@ -385,7 +386,8 @@ class LedgerWriter:
             None if metadata is None else check_metadata(metadata, error),
         )
         if kind is None and hold_id is None and idempotency_key is None and expires_at is None:
-            extensions: _Extensions = (None, None, None, None)
+            extensions: _Extensions = _NO_EXTENSIONS
+            return fields, extensions, line_body(*fields)
         else:
             if isinstance(expires_at, datetime):
                 expires_at = format_timestamp(parse_timestamp(expires_at, "expires_at", error))
