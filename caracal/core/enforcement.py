@@ -19,16 +19,15 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-from caracal.core.budget import BudgetState
-from caracal.core.events import event_id_ending_at, read_last_lines
+from caracal.core.budget import BudgetState, OpenHold
+from caracal.core.events import line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
@@ -292,9 +291,10 @@ class Enforcer:
         try:
             data = orjson.loads(self.snapshot_path.read_bytes())
             offset, last_event_id = data["offset"], data["state"]["last_event_id"]
-            if event_id_ending_at(self.writer.ledger_path, offset) != last_event_id:
+            line = line_ending_at(self.writer.ledger_path, offset)
+            if line is None or line_event_id(line) != last_event_id:
                 return
-            if data.get("line_sha256") != _line_digest(self.writer.ledger_path, offset):
+            if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
                 return
             state = BudgetState.from_snapshot(data["state"], self.directory.chain)
         except FileNotFoundError:
@@ -315,7 +315,8 @@ class Enforcer:
             offset = self._tail.offset
             data = {"offset": offset, "state": self._state.to_snapshot()}
             self._saved_at = self._state.last_event_id
-        data["line_sha256"] = _line_digest(self.writer.ledger_path, offset)
+        line = line_ending_at(self.writer.ledger_path, offset)
+        data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
         try:
             write_atomically(self.snapshot_path, orjson.dumps(data), durable=False)
         except OSError as exc:
@@ -390,15 +391,7 @@ class Enforcer:
         result: list[Settlement] = []
 
         def decide() -> list[Mapping[str, Any]]:
-            with self._state_lock:
-                state = self.catch_up()
-                hold = state.hold(hold_id)
-                if hold is None:
-                    raise HoldNotFoundError(
-                        f"no open hold {hold_id!r}: it was settled or released already, or never existed"
-                    )
-                now = self.now()
-                already = state.charged_against(hold_id)
+            hold, already, now = self._open_hold(hold_id)
             total = already
             entries: list[Mapping[str, Any]] = []
             for index, item in enumerate(items):
@@ -409,11 +402,7 @@ class Enforcer:
             over = total > hold.amount
             after_expiry = now >= hold.expires_at
             for item in items:
-                metadata = dict(item.get("metadata") or {})
-                if over:
-                    metadata["over_hold"] = True
-                if after_expiry:
-                    metadata["after_hold_expiry"] = True
+                metadata = _flagged(item.get("metadata"), over, after_expiry)
                 entries.append(
                     {
                         "agent_id": hold.agent_id,
@@ -421,7 +410,7 @@ class Enforcer:
                         "quantity": item.get("quantity"),
                         "cost": item.get("cost"),
                         "currency": hold.currency,
-                        "metadata": metadata or None,
+                        "metadata": metadata,
                         "hold_id": hold_id,
                         "idempotency_key": item.get("idempotency_key"),
                         "timestamp": now,
@@ -432,15 +421,7 @@ class Enforcer:
             return entries
 
         events = self.writer.transact(decide)
-        settlement = result[0]
-        return Settlement(
-            settlement.hold_id,
-            [e for e in events if e.is_charge],
-            settlement.total,
-            settlement.held,
-            settlement.over_hold,
-            settlement.after_expiry,
-        )
+        return replace(result[0], charges=[e for e in events if e.is_charge])
 
     def charge(
         self,
@@ -472,27 +453,18 @@ class Enforcer:
                         if found is not None:
                             found.append(earlier)
                         return None
-                state = self.catch_up()
-                hold = state.hold(hold_id)
-                if hold is None:
-                    raise HoldNotFoundError(f"no open hold {hold_id!r}: it was settled or released already")
-                now = self.now()
-                already = state.charged_against(hold_id)
+            hold, already, now = self._open_hold(hold_id)
             for name, expected in (("agent_id", hold.agent_id), ("currency", hold.currency)):
                 if item.get(name, expected) != expected:
                     raise InvalidAmountError(
                         f"the charge's {name} {item[name]!r} is not its hold's ({expected!r}); hold "
                         f"{hold_id} can only be charged for its agent in its currency"
                     )
-            metadata = dict(item.get("metadata") or {})
-            if already + cost > hold.amount:
-                metadata["over_hold"] = True
-            if now >= hold.expires_at:
-                metadata["after_hold_expiry"] = True
+            metadata = _flagged(item.get("metadata"), already + cost > hold.amount, now >= hold.expires_at)
             return [
                 {
                     **item,
-                    "metadata": metadata or None,
+                    "metadata": metadata,
                     "agent_id": hold.agent_id,
                     "currency": hold.currency,
                     "hold_id": hold_id,
@@ -501,6 +473,18 @@ class Enforcer:
             ]
 
         return self.writer.transact(decide)
+
+    def _open_hold(self, hold_id: str) -> tuple[OpenHold, Decimal, datetime]:
+        """Caught up, under the state lock: the open hold, what was charged against it so far, and now.
+        Raises :class:`HoldNotFoundError` if the hold is closed or unknown."""
+        with self._state_lock:
+            state = self.catch_up()
+            hold = state.hold(hold_id)
+            if hold is None:
+                raise HoldNotFoundError(
+                    f"no open hold {hold_id!r}: it was settled or released already, or never existed"
+                )
+            return hold, state.charged_against(hold_id), self.now()
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
@@ -539,14 +523,16 @@ class Enforcer:
         return self._clock()
 
 
-def _line_digest(ledger_path: Path, offset: int) -> str | None:
-    """SHA-256 of the complete line ending at ``offset`` (a line boundary), or None if there is none."""
-    try:
-        with open(ledger_path, "rb") as handle:
-            last = read_last_lines(handle, offset, 1)
-    except OSError:
-        return None
-    return hashlib.sha256(last[0][1]).hexdigest() if last else None
+def _flagged(metadata: object, over_hold: bool, after_expiry: bool) -> dict[str, Any] | None:
+    """A charge's metadata with the flags that mark money spent beyond (or after) its hold."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        return metadata  # type: ignore[return-value]  # not an object: the ledger refuses it, naming it
+    flagged = dict(metadata or {})
+    if over_hold:
+        flagged["over_hold"] = True
+    if after_expiry:
+        flagged["after_hold_expiry"] = True
+    return flagged or None
 
 
 def _name(directory: Directory, agent_id: str) -> str:

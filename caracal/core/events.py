@@ -308,9 +308,10 @@ def complete_end(handle: BinaryIO, size: int) -> int:
     return 0
 
 
-def event_id_ending_at(path: os.PathLike[str] | str, offset: int) -> int | None:
-    """The event id of the complete line that ends exactly at byte ``offset``, or None if there is no such
-    line (used to check that a saved position still matches the file before resuming from it)."""
+def line_ending_at(path: os.PathLike[str] | str, offset: int) -> bytes | None:
+    """The complete line (without its newline) that ends exactly at byte ``offset``, or None if there is no
+    such line. Caches saved beside the ledger (the Merkle frontier, the budget snapshot) record the offset
+    they cover; this is how they check that it still matches the file before resuming from it."""
     try:
         with open(path, "rb") as handle:
             if (
@@ -322,10 +323,13 @@ def event_id_ending_at(path: os.PathLike[str] | str, offset: int) -> int | None:
             last = read_last_lines(handle, offset, 1)
     except OSError:
         return None
-    if not last:
-        return None
+    return last[0][1] if last else None
+
+
+def line_event_id(line: bytes) -> int | None:
+    """The ``event_id`` of a line, or None if it has none (no validation beyond that)."""
     try:
-        data = orjson.loads(last[0][1])
+        data = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
     event_id = data.get("event_id") if isinstance(data, dict) else None

@@ -55,6 +55,8 @@ from caracal.core.events import (
     complete_end,
     iter_lines,
     line_body,
+    line_ending_at,
+    line_event_id,
     parse_line,
     read_last_lines,
     validate_event_dict,
@@ -440,7 +442,7 @@ class LedgerWriter:
             self.checkpoint_interval
             and time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
         ):
-            self._maybe_checkpoint()
+            self._checkpoint_after_append()
         if logger.isEnabledFor(logging.INFO):
             for event in events:
                 logger.info(
@@ -702,22 +704,10 @@ class LedgerWriter:
         except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:
             logger.warning("ignoring unusable Merkle state %s (%s); rebuilding it", path, exc)
             return
-        if not isinstance(offset, int) or offset < 0 or offset > os.fstat(self._fd).st_size:
+        line = line_ending_at(self.ledger_path, offset) if isinstance(offset, int) and tree.size else None
+        if line is None:
             return
-        if tree.size == 0:
-            return
-        with open(self.ledger_path, "rb") as handle:
-            if offset == 0 or complete_end(handle, offset) != offset:
-                return
-            last = read_last_lines(handle, offset, 1)
-        if not last:
-            return
-        line = last[0][1]
-        try:
-            event_id = orjson.loads(line).get("event_id")
-        except (orjson.JSONDecodeError, AttributeError):
-            return
-        if event_id != tree.size or leaf_hash(line) != last_leaf:
+        if line_event_id(line) != tree.size or leaf_hash(line) != last_leaf:
             logger.warning("Merkle state %s does not match the ledger; rebuilding it", path)
             return
         self._tree = tree
@@ -752,20 +742,13 @@ class LedgerWriter:
         every = self.checkpoint_every
         self._next_checkpoint_size = (size // every + 1) * every if every else 1 << 62
 
-    def _maybe_checkpoint(self) -> None:
-        size = self._last_id
-        if size <= self._last_checkpoint_size:
-            return
-        due = self.checkpoint_every and size // self.checkpoint_every > self._last_checkpoint_size // (
-            self.checkpoint_every
-        )
-        if not due and self.checkpoint_interval:
-            due = time.monotonic() - self._last_checkpoint_at >= self.checkpoint_interval
-        if due:
-            try:
-                self._write_checkpoint()
-            except CaracalError as exc:  # the events are durable already; a missing checkpoint is not fatal
-                logger.warning("could not write a checkpoint of %s: %s", self.ledger_path, exc)
+    def _checkpoint_after_append(self) -> None:
+        """Write the checkpoint an append made due; the events are durable already, so a failure here is
+        logged, not raised."""
+        try:
+            self._write_checkpoint()
+        except CaracalError as exc:
+            logger.warning("could not write a checkpoint of %s: %s", self.ledger_path, exc)
 
     def _write_checkpoint(self) -> Checkpoint:
         tree = self._folded_tree()

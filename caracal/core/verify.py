@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from caracal.core.checkpoint import Checkpoint, CheckpointStore, load_public_key
+from caracal.core.checkpoint import Checkpoint, CheckpointStore, key_id, load_public_key
 from caracal.core.events import (
     canonical_line_fields,
     complete_end,
@@ -173,7 +173,7 @@ def verify_ledger(
     trusted = checkpoints
     if public_key is not None:
         report.signatures_checked = True
-        report.key_id = _key_id(public_key)
+        report.key_id = key_id(public_key)
         trusted = []
         for checkpoint in checkpoints:
             try:
@@ -448,12 +448,6 @@ def _compare_root(
         )
     )
     return False
-
-
-def _key_id(public_key: Ed25519PublicKey) -> str:
-    from caracal.core.checkpoint import key_id
-
-    return key_id(public_key)
 
 
 # ====================================================================== proofs

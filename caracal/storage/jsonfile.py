@@ -20,15 +20,21 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from caracal.core.fileio import flock_within, write_atomically
 from caracal.core.validation import dumps
 from caracal.exceptions import RegistryError
+
+T = TypeVar("T")
+
+RACY_NS = 2_000_000_000
+"""How old a file must be before an unchanged stat is taken to mean unchanged content."""
 
 
 class JsonDocument:
@@ -47,15 +53,48 @@ class JsonDocument:
         self.backup_count = backup_count
         self.lock_timeout = lock_timeout
         self._thread_lock = threading.RLock()
+        self._parsed: tuple[tuple[int, ...], bytes | None, Any] | None = None
+
+    def read_cached(self, parse: Callable[[dict[str, Any]], T]) -> T:
+        """``parse(document)``, recomputed only when the file may have changed (budget checks call this).
+
+        The file is identified by its stat (inode, device, size, times). A matching stat is trusted only
+        once the file is older than :data:`RACY_NS` (a rewrite within one timestamp tick, of the same size,
+        onto a recycled inode would otherwise look unchanged); before that, the bytes are read and compared.
+        One ``parse`` per document object.
+        """
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, ...] = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            settled = time.time_ns() - st.st_mtime_ns > RACY_NS
+        except FileNotFoundError:
+            key, settled = (), True
+        except OSError as exc:
+            raise RegistryError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        cached = self._parsed
+        if cached is not None and cached[0] == key and settled:
+            return cached[2]  # type: ignore[no-any-return]
+        data = self._read_bytes()
+        value = cached[2] if cached is not None and cached[1] == data else parse(self._decode(data))
+        self._parsed = (key, data, value)
+        return value
 
     def read(self) -> dict[str, Any]:
         """The current document (a fresh copy; changing it changes nothing on disk)."""
+        return self._decode(self._read_bytes())
+
+    def _read_bytes(self) -> bytes | None:
+        """The file's bytes, None when it does not exist."""
         try:
-            data = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return self.default()
+            return None
         except OSError as exc:
             raise RegistryError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+
+    def _decode(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
+            return self.default()
         try:
             document = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

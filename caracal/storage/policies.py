@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -25,7 +23,6 @@ from caracal.exceptions import InvalidPolicyError, PolicyNotFoundError
 from caracal.storage.jsonfile import JsonDocument
 
 Clock = Callable[[], datetime]
-_RACY_NS = 2_000_000_000
 
 
 def _utc_now() -> datetime:
@@ -38,10 +35,8 @@ class PolicyRegistry:
     def __init__(self, path: str | os.PathLike[str], *, clock: Clock = _utc_now):
         self.document = JsonDocument(path, default=lambda: {"policies": {}})
         self._clock = clock
-        self._cache_key: tuple[int, int, int] | None = None
         self._latest: dict[str, Policy] = {}
         self._active_by_agent: dict[str, list[Policy]] = {}
-        self._cache_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -133,22 +128,14 @@ class PolicyRegistry:
         return [(member, active.get(member, [])) for member in chain]
 
     def _refresh(self) -> None:
-        """Re-read the document if it may have changed. A stat that matches is trusted only once the file
-        is older than the file system's timestamp granularity could hide (a write within the same tick, to
-        a recycled inode, of the same size, would otherwise look unchanged)."""
-        try:
-            stat = os.stat(self.path)
-            key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            settled = time.time_ns() - stat.st_mtime_ns > _RACY_NS
-        except FileNotFoundError:
-            key, settled = (0, 0, 0), True
-        if key == self._cache_key and settled:
-            return
-        with self._cache_lock:
-            document = self.document.read()
-            latest = {pid: Policy.from_dict(revs[-1]) for pid, revs in document.get("policies", {}).items()}
-            active: dict[str, list[Policy]] = {}
-            for policy in latest.values():
-                if policy.active:
-                    active.setdefault(policy.agent_id, []).append(policy)
-            self._latest, self._active_by_agent, self._cache_key = latest, active, key
+        self._latest, self._active_by_agent = self.document.read_cached(_index)
+
+
+def _index(document: dict[str, Any]) -> tuple[dict[str, Policy], dict[str, builtins.list[Policy]]]:
+    """The latest revision of every policy, and the active ones per agent."""
+    latest = {pid: Policy.from_dict(revs[-1]) for pid, revs in document.get("policies", {}).items()}
+    active: dict[str, builtins.list[Policy]] = {}
+    for policy in latest.values():
+        if policy.active:
+            active.setdefault(policy.agent_id, []).append(policy)
+    return latest, active

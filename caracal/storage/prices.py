@@ -99,18 +99,9 @@ class PriceRegistry:
         self.tiered_llm_prices = tiered_llm_prices
         self.clock = clock
         Pricebook(use_llm_prices=use_llm_prices, tiered_llm_prices=tiered_llm_prices)  # check the options now
-        self._cache: tuple[object, tuple[Price, ...], Pricebook | None] | None = None
+        self._book: tuple[tuple[Price, ...], Pricebook] | None = None  # built for this parsed history
 
     # --- reading ---------------------------------------------------------------------------------------
-
-    def _stat_key(self) -> object:
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise RegistryError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        return (stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
     def _parse(self, document: dict[str, Any]) -> list[Price]:
         version = document.get("version", FORMAT_VERSION)
@@ -130,35 +121,30 @@ class PriceRegistry:
                 ) from None
         return prices
 
-    def _load(self) -> tuple[object, tuple[Price, ...], Pricebook | None]:
-        key = self._stat_key()
-        cached = self._cache
-        if cached is not None and cached[0] == key and key is not None:
-            return cached
-        prices = tuple(sorted(self._parse(self.document.read()), key=_sort_key))
-        loaded: tuple[object, tuple[Price, ...], Pricebook | None] = (key, prices, None)
-        self._cache = loaded
-        return loaded
+    def _load(self) -> tuple[Price, ...]:
+        """The history sorted by resource and time, re-parsed only when the file changed."""
+        return self.document.read_cached(lambda document: tuple(sorted(self._parse(document), key=_sort_key)))
 
     def history(self, resource_type: str | None = None) -> list[Price]:
         """User prices sorted by resource, then effective time; only ``resource_type``'s when given."""
-        prices = self._load()[1]
+        prices = self._load()
         if resource_type is None:
             return list(prices)
         return [price for price in prices if price.resource_type == resource_type]
 
     def pricebook(self) -> Pricebook:
         """A :class:`Pricebook` of the current history, rebuilt only when the file has changed."""
-        key, prices, book = self._load()
-        if book is None:
-            try:
-                book = Pricebook(
-                    prices, use_llm_prices=self.use_llm_prices, tiered_llm_prices=self.tiered_llm_prices
-                )
-            except InvalidPriceError as exc:
-                raise RegistryError(f"{self.path} holds conflicting prices: {exc}") from None
-            if self._cache is not None and self._cache[0] == key:
-                self._cache = (key, prices, book)
+        prices = self._load()
+        cached = self._book
+        if cached is not None and cached[0] is prices:
+            return cached[1]
+        try:
+            book = Pricebook(
+                prices, use_llm_prices=self.use_llm_prices, tiered_llm_prices=self.tiered_llm_prices
+            )
+        except InvalidPriceError as exc:
+            raise RegistryError(f"{self.path} holds conflicting prices: {exc}") from None
+        self._book = (prices, book)
         return book
 
     # --- changing --------------------------------------------------------------------------------------
