@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from caracal.exceptions import ConfigurationError
@@ -42,6 +42,34 @@ def default_signing_key_path(home: Path | None = None) -> Path:
     return (home or caracal_home()) / "keys" / "checkpoint.key"
 
 
+UPSTREAM_APIS = ("openai", "anthropic")
+"""The gateway's upstream kinds: OpenAI-compatible (chat completions, embeddings) and Anthropic (messages)."""
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Where the gateway forwards one API's calls, and with which provider key.
+
+    The key is ``api_key`` if set, else the environment variable ``api_key_env`` read when a call is
+    forwarded (so a key can be rotated without editing the file). Agents never see it. ``provider`` is the
+    pricebook provider of the models (``<provider>.<model>.input_tokens``).
+    """
+
+    api: str
+    base_url: str
+    api_key_env: str
+    provider: str
+    api_key: str | None = None
+
+
+DEFAULT_UPSTREAMS = {
+    "openai": UpstreamSettings("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "openai"),
+    "anthropic": UpstreamSettings(
+        "anthropic", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY", "anthropic"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings in ``config.toml`` (every one optional; these are the defaults)."""
@@ -54,7 +82,29 @@ class Settings:
     use_llm_prices: bool = True
     tiered_llm_prices: str = "refuse"
     default_ttl: float = 300.0
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_body_bytes: int = 1 << 20
+    max_output_tokens: int = 4096
+    image_tokens: int = 2000
+    gateway_hold_ttl: float = 900.0
+    upstream_timeout: float = 600.0
+    openai: UpstreamSettings = DEFAULT_UPSTREAMS["openai"]
+    anthropic: UpstreamSettings = DEFAULT_UPSTREAMS["anthropic"]
 
+    def upstream(self, api: str) -> UpstreamSettings:
+        return self.openai if api == "openai" else self.anthropic
+
+
+_SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl"}
+"""Settings whose attribute name differs from their key in the file."""
+
+_UPSTREAM_KEYS: dict[str, tuple[type, ...]] = {
+    "base_url": (str,),
+    "api_key": (str,),
+    "api_key_env": (str,),
+    "provider": (str,),
+}
 
 _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "ledger": {
@@ -66,6 +116,14 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
     "holds": {"default_ttl": (int, float)},
+    "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,)},
+    "gateway": {
+        "max_output_tokens": (int,),
+        "image_tokens": (int,),
+        "hold_ttl": (int, float),
+        "upstream_timeout": (int, float),
+        **{api: (dict,) for api in UPSTREAM_APIS},
+    },
 }
 
 
@@ -103,7 +161,31 @@ def load_settings(home: Path | None = None) -> Settings:
                 )
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigurationError(f"{path}: {section}.{key} must not be negative, got {value!r}")
-            values[key] = value
+            if isinstance(value, dict):
+                values[key] = _upstream(path, key, value)
+                continue
+            name = _SETTING_NAMES.get((section, key)) or str(key)
+            values[name] = value
     if values.get("tiered_llm_prices", "refuse") not in ("refuse", "base"):
         raise ConfigurationError(f'{path}: pricing.tiered_llm_prices must be "refuse" or "base"')
+    if not 0 < int(values.get("port", 1)) < 65536:  # type: ignore[call-overload]
+        raise ConfigurationError(f"{path}: server.port must be between 1 and 65535")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _upstream(path: Path, api: str, table: dict[str, object]) -> UpstreamSettings:
+    """``[gateway.<api>]``: the defaults of that API with the keys the table sets."""
+    fields: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in _UPSTREAM_KEYS:
+            raise ConfigurationError(
+                f"{path}: unknown setting gateway.{api}.{key}; known: {', '.join(_UPSTREAM_KEYS)}"
+            )
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(f"{path}: gateway.{api}.{key} must be a non-empty string, got {value!r}")
+        fields[key] = value
+    base_url = str(fields.get("base_url", DEFAULT_UPSTREAMS[api].base_url))
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"{path}: gateway.{api}.base_url must start with http:// or https://")
+    fields["base_url"] = base_url.rstrip("/")
+    return replace(DEFAULT_UPSTREAMS[api], **fields)  # type: ignore[arg-type]

@@ -1,6 +1,9 @@
-"""``caracal agent ...``: register, list, show, suspend and activate agents (economic identities).
+"""``caracal agent ...``: register, list, show, suspend and activate agents (economic identities), and
+``caracal agent key ...``: create, revoke and list their API keys for the HTTP API.
 
 An agent is named by its id (a UUID) or its unique name wherever a command takes ``ID_OR_NAME``.
+An API key's token is printed once, by ``key create``; only its hash is stored, and no other command ever
+prints a token or a hash.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import orjson
 from caracal.cli.ledger import json_option
 from caracal.cli.policies import POLICY_HEADERS, agent_names, policy_rows
 from caracal.cli.render import emit_json, handle_errors, parse_json_object, table
+from caracal.core.apikeys import ApiKey
 from caracal.core.identity import Agent
 from caracal.core.policy import Policy
+from caracal.core.validation import format_timestamp
 from caracal.exceptions import InvalidAgentError
 from caracal.sdk.client import CaracalClient
+from caracal.storage.apikeys import ApiKeyRegistry, default_apikeys_path
 
 
 def show_agent(agent: Agent, parent_name: str | None = None, title: str | None = None) -> None:
@@ -160,3 +166,97 @@ def suspend_command(as_json: bool, agent_ref: str) -> None:
 def activate_command(as_json: bool, agent_ref: str) -> None:
     """Make a suspended agent active again (idempotent)."""
     _set_status(agent_ref, as_json, suspend=False)
+
+
+# ------------------------------------------------------------------------------------------- API keys
+
+TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
+
+
+def _key_registry(client: CaracalClient) -> ApiKeyRegistry:
+    return ApiKeyRegistry(default_apikeys_path(client.home.home))
+
+
+def _key_owner(key: ApiKey, names: dict[str, str]) -> str:
+    if key.agent_id is None:
+        return "(admin)"
+    name = names.get(key.agent_id)
+    return f"{name} ({key.agent_id})" if name else key.agent_id
+
+
+@agent_group.group("key")
+def key_group() -> None:
+    """API keys for the HTTP API: an agent key acts only for its agent (and may read its descendants)."""
+
+
+@key_group.command("create")
+@json_option
+@click.argument("agent_ref", metavar="ID_OR_NAME")
+@click.option("--label", default=None, help="What the key is for (e.g. the host or deployment using it).")
+@handle_errors
+def key_create_command(as_json: bool, agent_ref: str, label: str | None) -> None:
+    """Create an API key for an agent and print its token, once."""
+    with CaracalClient() as client:
+        agent = client.get_agent(agent_ref)
+        key, token = _key_registry(client).create("agent", agent.agent_id, label)
+    if as_json:
+        emit_json({**key.public_dict(), "agent_name": agent.name, "token": token, "warning": TOKEN_WARNING})
+        return
+    click.echo(f"created API key {key.key_id} for agent {agent.name!r} ({agent.agent_id})")
+    click.echo(f"token: {token}")
+    click.echo(f"WARNING: {TOKEN_WARNING}", err=True)
+
+
+@key_group.command("revoke")
+@json_option
+@click.argument("key_id")
+@handle_errors
+def key_revoke_command(as_json: bool, key_id: str) -> None:
+    """Revoke an API key: requests with it are refused from now on (idempotent)."""
+    with CaracalClient() as client:
+        registry = _key_registry(client)
+        was_active = registry.get(key_id).active
+        key = registry.revoke(key_id)
+        names = agent_names(client) if key.agent_id else {}
+    if as_json:
+        emit_json(key.public_dict())
+        return
+    owner = _key_owner(key, names)
+    revoked = format_timestamp(key.revoked_at) if key.revoked_at else "?"
+    if was_active:
+        click.echo(f"revoked API key {key.key_id} of {owner}: requests with it are refused")
+    else:
+        click.echo(f"API key {key.key_id} of {owner} was already revoked (at {revoked}); nothing changed")
+
+
+@key_group.command("list")
+@json_option
+@click.argument("agent_ref", metavar="[ID_OR_NAME]", required=False)
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@handle_errors
+def key_list_command(as_json: bool, agent_ref: str | None, include_revoked: bool) -> None:
+    """List API keys (of one agent if given), oldest first. Never shows tokens or hashes."""
+    with CaracalClient() as client:
+        agent_id = client.get_agent(agent_ref).agent_id if agent_ref is not None else None
+        keys = _key_registry(client).list(agent_id, include_revoked=include_revoked)
+        names = agent_names(client) if any(key.agent_id for key in keys) else {}
+    if as_json:
+        emit_json([key.public_dict() for key in keys])
+        return
+    if not keys:
+        click.echo("no API keys" if include_revoked else "no active API keys (--all includes revoked ones)")
+        return
+    table(
+        ["KEY ID", "ROLE", "AGENT", "LABEL", "CREATED", "REVOKED"],
+        [
+            [
+                key.key_id,
+                key.role,
+                _key_owner(key, names),
+                key.label or "-",
+                format_timestamp(key.created_at),
+                format_timestamp(key.revoked_at) if key.revoked_at else "-",
+            ]
+            for key in keys
+        ],
+    )

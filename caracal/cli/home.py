@@ -29,6 +29,7 @@ from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.validation import dumps
 from caracal.exceptions import CaracalError
+from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path
 from caracal.storage.home import EmbeddedHome
 
 # --------------------------------------------------------------------------------------------- --home
@@ -169,7 +170,11 @@ def _create_exclusive(path: Path, data: bytes, mode: int = 0o644) -> bool:
 
 
 def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[InitItem]:
-    """Create the home's folders, config, signing key, ledger and registries; report each one.
+    """Create the home's folders, config, signing key, ledger, registries and admin API key; report each.
+
+    The admin key is made only while no active admin key exists (so re-running never makes a second one);
+    its token goes to ``keys/admin.key`` (0600) and only its hash to ``data/apikeys.json``. An old
+    ``admin.key`` is replaced only then, when the token it holds can no longer authenticate (revoked).
 
     Never overwrites: files are created exclusively (a file that appears meanwhile wins), existing ones are
     only read to report what they hold. Errors on one item are reported in its row and do not stop the rest.
@@ -235,6 +240,24 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         added = home.prices.seed_defaults()
         return "created", f"seeded {_plural(len(added), 'default price')} (illustrative: set your own)"
 
+    def admin_key() -> tuple[str, str]:
+        # Only the key's hash goes into data/apikeys.json; the token is in this file alone (never printed).
+        registry = ApiKeyRegistry(default_apikeys_path(home.home))
+        key_file = default_admin_key_path(home.home)
+        if registry.ensure_admin_key(key_file) is not None:
+            key = [k for k in registry.list() if k.role == "admin"][-1]
+            return "created", f"key id {key.key_id} for the HTTP API; the token is in this file only (0600)"
+        key = [k for k in registry.list() if k.role == "admin"][-1]
+        detail = f"key id {key.key_id}"
+        if not key_file.exists():
+            detail += (
+                f"; WARNING: the token file is missing: run `caracal agent key revoke {key.key_id}`, then "
+                f"`caracal init` to make a new one"
+            )
+        elif (mode := stat.S_IMODE(key_file.stat().st_mode)) & 0o077:
+            detail += f"; WARNING: readable by others (mode {mode:04o}), run: chmod 600 {key_file}"
+        return "exists", detail
+
     step("home", home.home, folder(home.home))
     step("config", home.config_path, config)
     step("data folder", home.data, folder(home.data))
@@ -256,6 +279,7 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         ),
     )
     step("prices", home.prices.path, prices)
+    step("admin API key", default_admin_key_path(home.home), admin_key)
     return items
 
 
@@ -269,7 +293,8 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def init_command(home: Path | None, as_json: bool) -> None:
-    """Create a Caracal home: config, ledger, registries, signing key. Never overwrites anything."""
+    """Create a Caracal home: config, ledger, registries, signing key, admin API key. Never overwrites
+    anything."""
     apply_home(home)
     target = EmbeddedHome(caracal_home())
     items = initialize_home(target)

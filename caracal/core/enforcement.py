@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -31,7 +31,7 @@ from caracal.core.events import line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
-from caracal.core.validation import check_currency, format_timestamp, parse_amount
+from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import BudgetExceededError, CaracalError, HoldNotFoundError, InvalidAmountError
 
@@ -94,11 +94,30 @@ class Decision:
     resets_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: amounts as exact strings, times as ISO 8601 UTC (None where unknown)."""
         data: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            data[name] = format_timestamp(value) if isinstance(value, datetime) else value
+            data[name] = _wire(value)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        """The inverse of :meth:`to_dict` (the remote SDK rebuilds decisions the server sent)."""
+        return cls(
+            allowed=bool(data["allowed"]),
+            reason=str(data["reason"]),
+            agent_id=str(data["agent_id"]),
+            amount=Decimal(data["amount"]),
+            currency=str(data["currency"]),
+            policy_id=data.get("policy_id"),
+            policy_agent_id=data.get("policy_agent_id"),
+            limit=_decimal_or_none(data.get("limit")),
+            spent=_decimal_or_none(data.get("spent")),
+            held=_decimal_or_none(data.get("held")),
+            remaining=_decimal_or_none(data.get("remaining")),
+            resets_at=_time_or_none(data.get("resets_at")),
+        )
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,24 @@ class PolicyStatus:
     remaining: Decimal
     window_start: datetime | None
     resets_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.to_dict(),
+            **{name: _wire(getattr(self, name)) for name in ("spent", "held", "remaining", "window_start")},
+            "resets_at": _wire(self.resets_at),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyStatus:
+        return cls(
+            Policy.from_dict(data["policy"]),
+            Decimal(data["spent"]),
+            Decimal(data["held"]),
+            Decimal(data["remaining"]),
+            _time_or_none(data.get("window_start")),
+            _time_or_none(data.get("resets_at")),
+        )
 
 
 def describe_window(policy: Policy) -> str:
@@ -229,6 +266,23 @@ def evaluate(
     )
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Operation(Generic[T]):
+    """One atomic step against the ledger: ``decide()`` runs under the exclusive lock (after catching up)
+    and returns the entries to append; ``finish(events)`` turns what was appended into the caller's result
+    (or raises, e.g. :class:`BudgetExceededError` for a denied reserve).
+
+    Operations run alone (:meth:`Enforcer.run`) or many under one lock hold and one fsync
+    (:meth:`Enforcer.run_group`, what the server's group commit uses); the outcome of each is the same.
+    """
+
+    decide: Callable[[], list[Mapping[str, Any]] | None]
+    finish: Callable[[list[LedgerEvent]], T]
+
+
 @dataclass(frozen=True)
 class Hold:
     """A reservation: ``amount`` is set aside for ``agent_id`` until settled, released or ``expires_at``."""
@@ -239,6 +293,27 @@ class Hold:
     currency: str
     expires_at: datetime
     decision: Decision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "agent_id": self.agent_id,
+            "amount": str(self.amount),
+            "currency": self.currency,
+            "expires_at": format_timestamp(self.expires_at),
+            "decision": self.decision.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Hold:
+        return cls(
+            str(data["hold_id"]),
+            str(data["agent_id"]),
+            Decimal(data["amount"]),
+            str(data["currency"]),
+            parse_timestamp(data["expires_at"], "expires_at", InvalidAmountError),
+            Decision.from_dict(data["decision"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -252,6 +327,27 @@ class Settlement:
     held: Decimal
     over_hold: bool
     after_expiry: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "charges": [event.to_dict() for event in self.charges],
+            "total": str(self.total),
+            "held": str(self.held),
+            "over_hold": self.over_hold,
+            "after_expiry": self.after_expiry,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Settlement:
+        return cls(
+            str(data["hold_id"]),
+            [LedgerEvent.from_dict(event) for event in data["charges"]],
+            Decimal(data["total"]),
+            Decimal(data["held"]),
+            bool(data["over_hold"]),
+            bool(data["after_expiry"]),
+        )
 
 
 class Enforcer:
@@ -275,7 +371,11 @@ class Enforcer:
     def catch_up(self) -> BudgetState:
         """Fold in every entry appended since the last call (by any process); returns the state."""
         with self._state_lock:
-            self._state.apply_all(self._tail.poll())
+            events = self._tail.poll()
+            if events and events[0].event_id <= self._state.last_event_id:
+                # Folded in already when a group commit staged them (see run_group).
+                events = [e for e in events if e.event_id > self._state.last_event_id]
+            self._state.apply_all(events)
             if self._state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
                 self.save_snapshot()
             return self._state
@@ -327,6 +427,57 @@ class Enforcer:
         self.catch_up()
         self.save_snapshot()
 
+    # ------------------------------------------------------------------ running operations
+
+    def run(self, operation: Operation[T]) -> T:
+        """Run one operation in its own lock hold and fsync."""
+        return operation.finish(self.writer.transact(operation.decide))
+
+    def run_group(self, operations: Sequence[Operation[Any]]) -> list[Any]:
+        """Run operations in order under one lock hold, with one write and one fsync for all (group commit).
+
+        Each result is what :meth:`run` would return for that operation, or the exception it would raise
+        (returned, not raised: one failing operation does not affect the others). Later operations see the
+        entries of earlier ones, because each batch of entries is folded into the live state as soon as it
+        has its ids (``staged``), before the write; if the write then fails, no entry of the group was
+        acknowledged, every operation that appended gets the :class:`LedgerWriteError`, and the live state
+        is rebuilt from the file (it had folded in entries the file does not hold).
+        """
+        if not operations:
+            return []
+
+        folded: list[bool] = []
+
+        def staged(events: list[LedgerEvent]) -> None:
+            with self._state_lock:
+                folded.append(True)
+                self._state.apply_all(events)
+
+        try:
+            outcomes = self.writer.transact_group([op.decide for op in operations], staged)
+        except CaracalError as exc:
+            if folded:
+                self._rebuild()
+            return [exc] * len(operations)
+        results: list[Any] = []
+        for operation, outcome in zip(operations, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
+            try:
+                results.append(operation.finish(outcome))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _rebuild(self) -> None:
+        """Rebuild the live state from the snapshot and the file (after a failed group write)."""
+        with self._state_lock:
+            self._state = BudgetState(self.directory.chain)
+            self._tail = LedgerTail(self.writer.ledger_path)
+            self._saved_at = 0
+            self._load_snapshot()
+
     # ------------------------------------------------------------------ operations
 
     def check(self, agent: str, amount: object | None = None, currency: str = "USD") -> Decision:
@@ -344,6 +495,13 @@ class Enforcer:
 
         Raises :class:`BudgetExceededError` (with the :class:`Decision`) when denied; nothing is held then.
         """
+        return self.run(self.reserve_op(agent, amount, currency, ttl))
+
+    def reserve_op(
+        self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
+    ) -> Operation[Hold]:
+        """:meth:`reserve` as an :class:`Operation` (input is validated now; the decision is taken when it
+        runs)."""
         value = _amount(amount, "amount")
         check_currency(currency, InvalidAmountError)
         duration = _ttl(ttl)
@@ -374,11 +532,13 @@ class Enforcer:
                 }
             ]
 
-        self.writer.transact(decide)
-        decision = outcome[0]
-        if not decision.allowed:
-            raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
-        return Hold(hold_id, agent_id, value, currency, expires[0], decision)
+        def finish(_events: list[LedgerEvent]) -> Hold:
+            decision = outcome[0]
+            if not decision.allowed:
+                raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
+            return Hold(hold_id, agent_id, value, currency, expires[0], decision)
+
+        return Operation(decide, finish)
 
     def settle(self, hold_id: str, charges: Iterable[Mapping[str, Any]]) -> Settlement:
         """Record the actual ``charges`` against a hold and close it, in one atomic append.
@@ -387,6 +547,10 @@ class Enforcer:
         ``idempotency_key``), in the hold's currency. Charges above the hold are recorded (the money was
         spent) and flagged in the result and in each charge's metadata.
         """
+        return self.run(self.settle_op(hold_id, charges))
+
+    def settle_op(self, hold_id: str, charges: Iterable[Mapping[str, Any]]) -> Operation[Settlement]:
+        """:meth:`settle` as an :class:`Operation`."""
         items = [dict(charge) for charge in charges]
         result: list[Settlement] = []
 
@@ -420,8 +584,10 @@ class Enforcer:
             result.append(Settlement(hold_id, [], total, hold.amount, over, after_expiry))
             return entries
 
-        events = self.writer.transact(decide)
-        return replace(result[0], charges=[e for e in events if e.is_charge])
+        def finish(events: list[LedgerEvent]) -> Settlement:
+            return replace(result[0], charges=[e for e in events if e.is_charge])
+
+        return Operation(decide, finish)
 
     def charge(
         self,
@@ -441,6 +607,17 @@ class Enforcer:
         past its amount, or that comes after the hold expired, is recorded (the money was spent) and
         flagged in its metadata (``over_hold``, ``after_hold_expiry``).
         """
+        return self.run(self.charge_op(hold_id, item, before=before, found=found))
+
+    def charge_op(
+        self,
+        hold_id: str,
+        item: Mapping[str, Any],
+        *,
+        before: Callable[[], LedgerEvent | None] | None = None,
+        found: list[LedgerEvent] | None = None,
+    ) -> Operation[list[LedgerEvent]]:
+        """:meth:`charge` as an :class:`Operation`."""
         if item.get("kind", "charge") != "charge" or "expires_at" in item:
             raise InvalidAmountError("a charge cannot set 'kind' or 'expires_at': it is always a charge")
         cost = _amount(item.get("cost"), "charge cost")
@@ -472,7 +649,7 @@ class Enforcer:
                 }
             ]
 
-        return self.writer.transact(decide)
+        return Operation(decide, list)
 
     def _open_hold(self, hold_id: str) -> tuple[OpenHold, Decimal, datetime]:
         """Caught up, under the state lock: the open hold, what was charged against it so far, and now.
@@ -488,6 +665,10 @@ class Enforcer:
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
+        return self.run(self.release_op(hold_id))
+
+    def release_op(self, hold_id: str) -> Operation[bool]:
+        """:meth:`release` as an :class:`Operation`."""
         released: list[bool] = []
 
         def decide() -> list[Mapping[str, Any]] | None:
@@ -499,8 +680,7 @@ class Enforcer:
                 None if hold is None else [_release(hold.agent_id, hold.currency, hold_id, now, "released")]
             )
 
-        self.writer.transact(decide)
-        return released[0]
+        return Operation(decide, lambda _events: released[0])
 
     def expire(self) -> list[str]:
         """Write release entries for every hold past its expiry (they already count for nothing; this
@@ -533,6 +713,23 @@ def _flagged(metadata: object, over_hold: bool, after_expiry: bool) -> dict[str,
     if after_expiry:
         flagged["after_hold_expiry"] = True
     return flagged or None
+
+
+def _wire(value: object) -> object:
+    """A field as JSON carries it: Decimals as exact strings, datetimes as ISO 8601 UTC."""
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _decimal_or_none(value: object) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _time_or_none(value: object) -> datetime | None:
+    return None if value is None else parse_timestamp(value, "timestamp", InvalidAmountError)
 
 
 def _name(directory: Directory, agent_id: str) -> str:
@@ -579,6 +776,7 @@ __all__ = [
     "Directory",
     "Enforcer",
     "Hold",
+    "Operation",
     "PolicyStatus",
     "Settlement",
     "evaluate",

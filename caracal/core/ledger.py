@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -411,17 +411,67 @@ class LedgerWriter:
             self._unlock()
         return events
 
+    def transact_group(
+        self,
+        decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
+        staged: Callable[[list[LedgerEvent]], None],
+    ) -> list[list[LedgerEvent] | Exception]:
+        """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
+        fdatasync (group commit across callers).
+
+        The decisions run in order. Each one's items get their ids and chain hashes at once and are passed to
+        ``staged`` before the next decision runs, so a later decision sees every earlier one (a caller's
+        live state folds them in: two holds of one batch can never both take the last of a budget). The
+        result for each decision is its events, or the exception it raised (or its items' validation error):
+        one bad decision appends nothing and does not affect the others.
+
+        If the write fails, :class:`LedgerWriteError` is raised and nothing of the batch is acknowledged;
+        ``staged`` has seen events that are not in the file, so the caller must rebuild what it derived
+        from them.
+        """
+        results: list[list[LedgerEvent] | Exception] = []
+        self._lock()
+        try:
+            self._ensure_usable()
+            self._sync()
+            next_id, prev = self._last_id + 1, self._last_leaf
+            events: list[LedgerEvent] = []
+            leaves: list[bytes] = []
+            lines: list[bytes] = []
+            for decide in decides:
+                try:
+                    drafts = self._drafts(decide() or ())
+                except Exception as exc:  # handed to that decision's caller, as transact would raise it
+                    results.append(exc)
+                    continue
+                batch = self._encode(drafts, next_id, prev, leaves, lines)
+                if batch:
+                    next_id, prev = batch[-1].event_id + 1, leaves[-1]
+                    events += batch
+                    staged(batch)
+                results.append(batch)
+            if events:
+                self._write_encoded(events, leaves, lines)
+            return results
+        finally:
+            self._unlock()
+
     def _append_locked(self, drafts: list[_Draft]) -> list[LedgerEvent]:
         """Append drafts under the lock (the caller holds it and has caught up): one write, one fdatasync,
         then the bookkeeping (ids, chain, Merkle leaves, checkpoint when due) and an INFO record per event."""
-        if self._backup_pending:
-            self._backup_pending = False
-            self._maybe_backup()
+        leaves: list[bytes] = []
+        lines: list[bytes] = []
+        events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines)
+        self._write_encoded(events, leaves, lines)
+        return events
+
+    @staticmethod
+    def _encode(
+        drafts: list[_Draft], next_id: int, prev: bytes, leaves: list[bytes], lines: list[bytes]
+    ) -> list[LedgerEvent]:
+        """Give drafts their ids and chain hashes from ``next_id`` / ``prev``; their leaf hashes and line
+        bytes are appended to ``leaves`` and ``lines``."""
         events = []
-        leaves = []
-        chunks = []
-        prev = self._last_leaf
-        next_id = self._last_id + 1
         sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
         for fields, extensions, body in drafts:
             prev_hex = prev.hex()
@@ -429,14 +479,20 @@ class LedgerWriter:
             prev = sha256(b"\x00" + line).digest()
             events.append(LedgerEvent(next_id, *fields, prev_hex, *extensions))
             leaves.append(prev)
-            chunks.append(line)
+            lines.append(line)
             next_id += 1
-        chunks.append(b"")
-        payload = b"\n".join(chunks)
+        return events
+
+    def _write_encoded(self, events: list[LedgerEvent], leaves: list[bytes], lines: list[bytes]) -> None:
+        """Write encoded events (continuing the file's last id and hash) durably, then do the bookkeeping."""
+        if self._backup_pending:
+            self._backup_pending = False
+            self._maybe_backup()
+        payload = b"\n".join(lines) + b"\n"
         self._write_durably(payload)
         self._end += len(payload)
-        self._last_id = next_id - 1
-        self._last_leaf = prev
+        self._last_id = events[-1].event_id
+        self._last_leaf = leaves[-1]
         self._unhashed += leaves
         if self._last_id >= self._next_checkpoint_size or (
             self.checkpoint_interval
@@ -455,7 +511,6 @@ class LedgerWriter:
                     event.currency,
                     "" if event.kind is None else f" kind={event.kind} hold_id={event.hold_id}",
                 )
-        return events
 
     def _write_durably(self, payload: bytes) -> None:
         """One write and one fdatasync; on any failure roll the file back to ``self._end`` and raise."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from caracal.core.enforcement import Enforcer
+from caracal.core.enforcement import Enforcer, Operation
 from caracal.core.ledger import LedgerEvent
 from caracal.core.pricebook import Pricebook
 from caracal.core.validation import (
@@ -48,6 +48,21 @@ class Meter:
         hold_id: str | None = None,
     ) -> LedgerEvent:
         """Record one charge (against ``hold_id`` when given) and return it; see the module docstring."""
+        return self.enforcer.run(
+            self.emit_op(agent, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id)
+        )
+
+    def emit_op(
+        self,
+        agent: str,
+        resource_type: str,
+        quantity: object,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        timestamp: datetime | str | None = None,
+        hold_id: str | None = None,
+    ) -> Operation[LedgerEvent]:
+        """:meth:`emit` as an :class:`Operation` (input validated and priced now, recorded when it runs)."""
         error = InvalidMeteringEventError
         check_identifier(resource_type, "resource_type", error)
         amount = parse_amount(quantity, "quantity", error)
@@ -86,19 +101,21 @@ class Meter:
                 )
             return earlier
 
+        def finish(events: list[LedgerEvent]) -> LedgerEvent:
+            return found[0] if found else events[0]
+
         if hold_id is not None:
-            events = self.enforcer.charge(hold_id, item, before=duplicate, found=found)
-        else:
+            held = self.enforcer.charge_op(hold_id, item, before=duplicate, found=found)
+            return Operation(held.decide, finish)
 
-            def decide() -> list[Mapping[str, Any]] | None:
-                earlier = duplicate()
-                if earlier is not None:
-                    found.append(earlier)
-                    return None
-                return [{**item, "timestamp": self.enforcer.now()}]
+        def decide() -> list[Mapping[str, Any]] | None:
+            earlier = duplicate()
+            if earlier is not None:
+                found.append(earlier)
+                return None
+            return [{**item, "timestamp": self.enforcer.now()}]
 
-            events = self.enforcer.writer.transact(decide)
-        return found[0] if found else events[0]
+        return Operation(decide, finish)
 
 
 __all__ = ["Meter"]
