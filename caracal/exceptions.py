@@ -34,9 +34,17 @@ The tree::
     │   ├── BudgetExceededError       the action could take an agent past a budget (denied)
     │   ├── HoldNotFoundError         no open hold with that id (settled, released, expired or unknown)
     │   └── InvalidAmountError        a bad amount for check, reserve or settle (also a ValueError)
-    └── MeteringError                 turning usage into charges
-        ├── InvalidMeteringEventError bad input for a metering event (also a ValueError)
-        └── IdempotencyConflictError  the idempotency key was used with a different payload
+    ├── MeteringError                 turning usage into charges
+    │   ├── InvalidMeteringEventError bad input for a metering event (also a ValueError)
+    │   └── IdempotencyConflictError  the idempotency key was used with a different payload
+    ├── GatewayError                  the LLM gateway
+    │   ├── GatewayRequestError       a malformed request; nothing was forwarded or held (also a ValueError)
+    │   └── UpstreamError             the upstream provider failed or could not be reached
+    └── AuthError                     authentication and authorization for the HTTP API
+        ├── AuthenticationError       no key, a malformed, unknown or revoked key (HTTP 401)
+        ├── PermissionDeniedError     a valid key acting outside its scope (HTTP 403)
+        ├── ApiKeyNotFoundError       no API key with that id
+        └── InvalidApiKeyError        bad input for an API key; nothing was changed (also a ValueError)
 """
 
 from __future__ import annotations
@@ -184,3 +192,51 @@ class InvalidMeteringEventError(MeteringError, ValueError):
 
 class IdempotencyConflictError(MeteringError):
     """The idempotency key was already used for a different payload."""
+
+
+class GatewayError(CaracalError):
+    """The LLM gateway."""
+
+
+class GatewayRequestError(GatewayError, ValueError):
+    """A request to the gateway is malformed; nothing was forwarded or held."""
+
+
+class UpstreamError(GatewayError):
+    """The upstream provider failed or could not be reached."""
+
+
+class AuthError(CaracalError):
+    """Authentication and authorization for the HTTP API."""
+
+
+class AuthenticationError(AuthError):
+    """The request carries no API key, or one that is malformed, unknown or revoked (HTTP 401).
+
+    The message says which ("missing", "invalid" or "revoked") and never repeats the secret.
+    """
+
+
+class PermissionDeniedError(AuthError):
+    """A valid API key acting outside its scope, e.g. an agent key acting for another agent (HTTP 403)."""
+
+
+class ApiKeyNotFoundError(AuthError):
+    """No API key with that id."""
+
+
+class InvalidApiKeyError(AuthError, ValueError):
+    """Bad input for an API key (role, agent id, label); nothing was changed."""
+
+
+class ApiError(CaracalError):
+    """The HTTP API and its remote client."""
+
+
+class InvalidRequestError(ApiError, ValueError):
+    """A request to the HTTP API is malformed (its shape, its size); nothing was changed."""
+
+
+class ServerUnreachableError(ApiError):
+    """The remote client could not reach the server or could not read its answer. Nothing can be proven
+    within budget, so the action is denied (fail closed)."""

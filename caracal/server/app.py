@@ -1,0 +1,175 @@
+"""The ASGI application: REST API, gateway, ``/healthz``, ``/metrics`` and the OpenAPI document.
+
+:func:`create_app` builds it over a :class:`Service` (one home). Two pure ASGI middlewares wrap every
+request: a body limit (``server.max_body_bytes``; 413 before a handler sees more) and the latency
+histogram. Every error leaves as JSON in the shape of :mod:`caracal.server.errors`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from caracal import __version__
+from caracal.exceptions import CaracalError, InvalidRequestError
+from caracal.server import api, gateway_routes
+from caracal.server.auth import authenticate, require_admin
+from caracal.server.errors import error_response, json_response
+from caracal.server.service import Service
+
+DEFAULT_MAX_BODY = 1 << 20
+
+
+def create_app(
+    service: Service, *, max_body_bytes: int = DEFAULT_MAX_BODY, own_service: bool = False
+) -> FastAPI:
+    """The application over ``service``; with ``own_service`` it closes the service at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if own_service:
+                service.close()
+
+    app = FastAPI(
+        title="Caracal",
+        version=__version__,
+        description=(
+            "Economic control plane for AI agents: budgets enforced before actions run, an exact "
+            "append-only ledger. Authenticate with `Authorization: Bearer <key>` (or `x-api-key`)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(CaracalError)
+    async def caracal_error(_request: Request, exc: CaracalError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
+            for error in exc.errors()
+        )
+        return error_response(InvalidRequestError(f"invalid request: {problems}"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> Response:
+        body = {"error": {"type": "HTTPError", "code": f"http_{exc.status_code}", "message": str(exc.detail)}}
+        return json_response(body, exc.status_code, dict(exc.headers or {}))
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the ledger is open and writable")
+    def healthz() -> Response:
+        writer = service.enforcer.writer
+        return json_response({"status": "ok", "version": __version__, "last_event_id": writer.last_event_id})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (admin key)")
+    def metrics(request: Request) -> Response:
+        require_admin(authenticate(service, request))
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(api.router)
+    gateway_routes.install(app, service)
+    app.add_middleware(_Observed, service=service)
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
+    return app
+
+
+class _BodyLimit:
+    """413 for a request body over the limit, by its Content-Length or by counting what arrives."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _too_large(limit)(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(limit)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> Response:
+    exc = InvalidRequestError(f"the request body is larger than the server's limit of {limit} bytes")
+    response = error_response(exc)
+    response.status_code = 413
+    return response
+
+
+class _Observed:
+    """Request latency by route template, method and status class (``2xx``...)."""
+
+    def __init__(self, app: ASGIApp, service: Service):
+        self.app = app
+        self.histogram = service.metrics.requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def observing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.histogram.labels(template, scope["method"], f"{status[0] // 100}xx").observe(
+                time.perf_counter() - started
+            )
+
+
+__all__ = ["DEFAULT_MAX_BODY", "create_app"]

@@ -1,0 +1,48 @@
+"""Who is calling, and what they may do.
+
+- The key comes from ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (what OpenAI and Anthropic
+  clients send). Keys are stored hashed and compared in constant time (:mod:`caracal.storage.apikeys`).
+- The **admin key** (made by ``caracal init``, in ``keys/admin.key``) may do everything.
+- An **agent key** acts only for its own agent: it may record, hold, settle and release for that agent and
+  no other; it may *read* (check, budget status, its agents, its ledger entries) its own agent and its
+  descendants. Everything else is 403 (401 when the key is missing, unknown or revoked).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from caracal.core.apikeys import Principal
+from caracal.exceptions import PermissionDeniedError
+from caracal.server.service import Service
+
+
+def token_of(connection: HTTPConnection) -> str | None:
+    header = connection.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else header
+    return connection.headers.get("x-api-key")
+
+
+def authenticate(service: Service, connection: HTTPConnection) -> Principal:
+    """The caller's principal; :class:`AuthenticationError` (401) when the key is missing or not valid."""
+    return service.keys.authenticate(token_of(connection))
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise PermissionDeniedError("this endpoint needs the admin key; agent keys cannot use it")
+
+
+def require_acting_for(principal: Principal, agent_id: str) -> None:
+    """A write on behalf of ``agent_id``: the admin, or that agent's own key."""
+    principal.require_act_for(agent_id)
+
+
+def require_reading(service: Service, principal: Principal, agent_id: str) -> None:
+    """A read about ``agent_id``: the admin, that agent's key, or the key of one of its ancestors."""
+    principal.require_read(service.home.directory.chain(agent_id))
+
+
+__all__ = ["authenticate", "require_acting_for", "require_admin", "require_reading", "token_of"]

@@ -1,0 +1,96 @@
+"""Caracal errors as HTTP responses: one status per error class and one JSON body shape everywhere.
+
+Body: ``{"error": {"type": "<CaracalError subclass>", "code": "<snake_case>", "message": "...", ...}}`` (the
+shape OpenAI and Anthropic clients read, so a gateway denial shows up readably in agent logs). A denial
+adds ``"decision"`` (the policy, the limit, what is spent, held and remaining). ``type`` is the exception's
+class name, so the remote SDK raises the same exception the embedded client would.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.responses import Response
+
+from caracal.core.validation import dumps
+from caracal.exceptions import (
+    AgentNotFoundError,
+    AgentSuspendedError,
+    ApiKeyNotFoundError,
+    AuthenticationError,
+    BudgetExceededError,
+    CaracalError,
+    ConfigurationError,
+    DuplicateAgentError,
+    HoldNotFoundError,
+    IdempotencyConflictError,
+    LedgerCorruptError,
+    LedgerError,
+    LedgerLockTimeoutError,
+    LedgerWriteError,
+    PermissionDeniedError,
+    PolicyNotFoundError,
+    ProofError,
+    RegistryError,
+    UnknownPriceError,
+    UpstreamError,
+)
+
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (BudgetExceededError, 402),
+    (AgentSuspendedError, 403),
+    (AgentNotFoundError, 404),
+    (HoldNotFoundError, 404),
+    (PolicyNotFoundError, 404),
+    (ApiKeyNotFoundError, 404),
+    (DuplicateAgentError, 409),
+    (IdempotencyConflictError, 409),
+    (UnknownPriceError, 400),
+    (ProofError, 400),
+    (ValueError, 400),  # every Invalid*Error of the tree is also a ValueError: bad input, nothing changed
+    (LedgerLockTimeoutError, 503),
+    (LedgerWriteError, 503),
+    (LedgerCorruptError, 503),
+    (LedgerError, 503),
+    (RegistryError, 503),
+    (UpstreamError, 502),
+    (ConfigurationError, 500),
+)
+
+
+def status_of(exc: BaseException) -> int:
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _code(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
+
+
+def error_body(exc: CaracalError, **extra: Any) -> dict[str, Any]:
+    name = type(exc).__name__
+    body: dict[str, Any] = {"type": name, "code": _code(name), "message": str(exc), **extra}
+    decision = getattr(exc, "decision", None)
+    if decision is not None:
+        body["decision"] = decision.to_dict()
+    return {"error": body}
+
+
+def error_response(exc: CaracalError, headers: dict[str, str] | None = None) -> Response:
+    status = status_of(exc)
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return json_response(error_body(exc), status, headers)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON with Decimals as exact strings (the one encoder Caracal uses everywhere)."""
+    return Response(dumps(data), status, headers, media_type="application/json")
+
+
+__all__ = ["error_body", "error_response", "json_response", "status_of"]

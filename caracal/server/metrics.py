@@ -1,0 +1,67 @@
+"""Prometheus metrics of one server (its own registry, so several servers in one process never collide).
+
+Exposed at ``GET /metrics`` (admin key required: the figures are the operator's). Labels never carry agent
+ids or names, so the series count stays bounded whatever the number of agents.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "caracal_decisions",
+            "Budget decisions by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.denials = Counter(
+            "caracal_denials", "Denied actions by the error that denied them.", ["type"], registry=r
+        )
+        self.holds = Counter("caracal_holds", "Holds by what happened to them.", ["event"], registry=r)
+        self.holds_open = Gauge(
+            "caracal_holds_open", "Holds placed by this server and not yet closed.", registry=r
+        )
+        self.ledger_appends = Counter(
+            "caracal_ledger_operations", "Operations recorded through group commit.", registry=r
+        )
+        self.groups = Histogram(
+            "caracal_group_commit_size",
+            "Operations per group commit (one lock hold, one write, one fsync).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.group_seconds = Histogram(
+            "caracal_group_commit_seconds", "Time of one group commit.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.requests = Histogram(
+            "caracal_http_request_seconds",
+            "HTTP request latency by route template and status class.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "caracal_gateway_upstream_seconds",
+            "Latency of upstream LLM calls (to the end of the response or stream).",
+            ["api", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_group(self, size: int, seconds: float) -> None:
+        self.ledger_appends.inc(size)
+        self.groups.observe(size)
+        self.group_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["Metrics"]

@@ -1,0 +1,78 @@
+"""The objects every request shares: one embedded home, one enforcer, one group committer, the API keys.
+
+All ledger-writing operations (holds, settlements, releases, charges) go through the
+:class:`~caracal.core.group_commit.GroupCommitter`, so concurrent requests share fsyncs; reads (checks,
+budget status) use the enforcer's live state directly and never wait for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from caracal.core.enforcement import Enforcer, Operation
+from caracal.core.group_commit import GroupCommitter
+from caracal.core.metering import Meter
+from caracal.exceptions import CaracalError
+from caracal.server.metrics import Metrics
+from caracal.storage.apikeys import ApiKeyRegistry
+from caracal.storage.home import EmbeddedHome
+
+T = TypeVar("T")
+logger = logging.getLogger("caracal.server")
+
+EXPIRE_EVERY = 30.0
+"""Seconds between two sweeps that close expired holds in the record (they stop counting at expiry anyway)."""
+
+
+class Service:
+    """One home served over HTTP. Create it, use it from any thread or the event loop, then :meth:`close`."""
+
+    def __init__(self, home: Path | None = None, *, clock: Callable[[], datetime] | None = None):
+        self.home = EmbeddedHome(home)
+        self.metrics = Metrics()
+        self.enforcer = Enforcer(self.home.writer(), self.home.directory, clock=clock)
+        self.meter = Meter(self.enforcer, self.home.prices.pricebook)
+        self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
+        self.keys = ApiKeyRegistry(self.home.data / "apikeys.json")
+        self.admin_key_path = self.home.home / "keys" / "admin.key"
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="caracal-expire-holds", daemon=True)
+        self._sweeper.start()
+
+    async def run(self, operation: Operation[T]) -> T:
+        """Record ``operation`` through the group committer; returns once its entries are fsynced."""
+        return await asyncio.wrap_future(self.committer.submit(operation))
+
+    def run_sync(self, operation: Operation[T]) -> T:
+        return self.committer.run(operation)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(EXPIRE_EVERY):
+            try:
+                self.enforcer.expire()
+            except CaracalError as exc:
+                logger.warning("could not close expired holds: %s", exc)
+
+    def close(self) -> None:
+        """Finish queued operations, save the budget snapshot, checkpoint and close the ledger."""
+        self._stop.set()
+        self.committer.close()
+        try:
+            self.enforcer.close()
+        finally:
+            self.home.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["Service"]
