@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caracal import __version__
 from caracal.exceptions import CaracalError, InvalidRequestError
-from caracal.server import api, gateway_routes
+from caracal.server import api
 from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, json_response
+from caracal.server.gateway import proxy
 from caracal.server.service import Service
 
 DEFAULT_MAX_BODY = 1 << 20
@@ -38,6 +39,7 @@ def create_app(
         try:
             yield
         finally:
+            await gateway.close()
             if own_service:
                 service.close()
 
@@ -80,7 +82,7 @@ def create_app(
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(api.router)
-    gateway_routes.install(app, service)
+    gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
     return app

@@ -471,6 +471,7 @@ def test_llm_prices_never_touch_the_network_nor_a_custom_snapshot(monkeypatch: p
 def test_genai_prices_unavailable_is_an_unknown_price(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pricebook_module, "_genai", None)
     monkeypatch.setitem(sys.modules, "genai_prices.data", None)  # makes the import fail
+    pricebook_module._minute_llm_price.cache_clear()  # prices read before, in this process, are remembered
     with pytest.raises(UnknownPriceError, match="genai-prices cannot be loaded"):
         Pricebook().price_of("openai.gpt-4.input_tokens", T0)
     assert Pricebook([user_price()]).price_of("tool.search.calls", T0).unit_price  # user prices still work

@@ -1,0 +1,389 @@
+"""Worst-case token bounds of an LLM request, computed before it is forwarded (pure: no I/O, no framework).
+
+The gateway holds the worst-case cost of a request before forwarding it, so the bound computed here must
+never be below what the provider can bill (promise 4, *no overspend*, and 5, *fail closed*). A request whose
+cost cannot be bounded from its body is refused with :class:`~caracal.exceptions.GatewayRequestError`
+(nothing forwarded, nothing held) instead of being guessed.
+
+Input tokens are bounded without a tokenizer (tiktoken needs to download its encodings):
+
+- **Every BPE token encodes at least one UTF-8 byte**, so the tokens of a text are at most its UTF-8 bytes.
+  Byte-level BPE (OpenAI, Anthropic) and SentencePiece with byte fallback all have this property.
+- The bound is the byte length of the **compact JSON** of everything the model reads (``messages``, tool
+  definitions, response format, ...). JSON escaping never shortens a string (non-ASCII stays raw UTF-8,
+  control characters grow to ``\\uXXXX``), so the JSON is at least as long as all the text inside it.
+- **Per-message overhead is covered by the JSON syntax.** OpenAI spends at most 4 tokens per message on top
+  of its text (``<|start|>``, role, ``<|message|>``, ``<|end|>``; the role's text is already counted from its
+  JSON value) plus 3 per request to prime the reply. Each message serializes to at least ``{"role":"…"}``:
+  11 bytes of pure syntax besides the role text, and any content adds ``,"content":`` (11 more), so a
+  message with content carries >= 20 bytes of syntax (>= 4 tokens), and the list's ``[`` ``]`` plus the
+  first message's surplus cover the reply priming. Anthropic's turn markers (``\\n\\nHuman:``) are of the
+  same size. :data:`REQUEST_OVERHEAD_TOKENS` is added on top as a margin for per-request framing.
+- Tool definitions are rendered by the provider into a form no longer than their JSON (OpenAI renders a
+  TypeScript-like namespace; its fixed frame of ~20 tokens is covered by the >= 60 bytes of syntax of any
+  tool). Anthropic adds a hidden tool-use system prompt of up to 530 tokens (Claude 3 Opus, "Tool use"
+  pricing table) whenever ``tools`` is non-empty: :data:`ANTHROPIC_TOOLS_OVERHEAD_TOKENS` covers it.
+- **Images** are not priced by the bytes of their URL: each image part (``image_url``, ``input_image``,
+  Anthropic ``image``) counts ``image_tokens`` (configured by the operator as the largest image cost of the
+  models it serves) and the base64 payload of an inline image is subtracted from the byte count (its
+  characters are at most its JSON bytes, so the subtraction never goes below the text that remains).
+
+Refused because their tokens (or their price) cannot be bounded from the request: file/PDF/document and
+audio parts, audio output, OpenAI ``web_search_options`` and ``prediction``, OpenAI ``service_tier:
+"priority"`` (billed above the standard price the pricebook knows), Anthropic server or Anthropic-defined
+tools (any tool with a ``type`` other than ``"custom"``: search results and fixed schemas are not in the
+request), Anthropic ``mcp_servers``, and one-hour cache writes (billed at twice the input price while the
+pricebook knows the five-minute write price).
+
+Output tokens are bounded by the request's own cap (``max_completion_tokens``/``max_tokens``); when there
+is none, the gateway's cap is injected into the forwarded body, so the bound holds because the provider
+enforces it. ``n`` choices multiply the output bound (the prompt is billed once).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from caracal.exceptions import GatewayRequestError
+
+__all__ = [
+    "ANTHROPIC_TOOLS_OVERHEAD_TOKENS",
+    "EMBEDDING_ITEM_OVERHEAD_TOKENS",
+    "MAX_NESTING",
+    "REQUEST_OVERHEAD_TOKENS",
+    "Bound",
+    "bound_anthropic_messages",
+    "bound_openai_chat",
+    "bound_openai_embeddings",
+]
+
+REQUEST_OVERHEAD_TOKENS = 16
+"""Added to every chat/messages input bound: a margin for per-request framing tokens."""
+
+ANTHROPIC_TOOLS_OVERHEAD_TOKENS = 600
+"""Added when an Anthropic request has tools: the hidden tool-use system prompt (at most 530 tokens in
+Anthropic's published table)."""
+
+EMBEDDING_ITEM_OVERHEAD_TOKENS = 2
+"""Added per embedding input: room for begin/end markers some embedding servers add."""
+
+MAX_NESTING = 64
+"""Deepest nesting of lists/objects accepted in the parts of a request that are inspected."""
+
+_IMAGE_TYPES = frozenset(("image_url", "input_image", "image"))
+_PDF = "files (PDFs) are billed by pages and extracted text that the request bytes do not bound"
+_REFUSED_PART_TYPES: Mapping[str, str] = {
+    "file": _PDF,
+    "input_file": _PDF,
+    "document": _PDF,
+    "input_audio": "audio input is billed as audio tokens, which the pricebook does not price",
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Worst-case token counts of one request: the provider cannot bill more (see the module docstring)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class _Scan:
+    """What a walk over the inspected parts of a request found."""
+
+    __slots__ = ("images", "inline_chars")
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.inline_chars = 0
+
+
+def _fail(message: str) -> GatewayRequestError:
+    return GatewayRequestError(message)
+
+
+def _json_bytes(value: object, what: str) -> int:
+    """Length of the compact UTF-8 JSON of ``value`` (never shorter than the text inside it)."""
+    try:
+        return len(orjson.dumps(value))
+    except (orjson.JSONEncodeError, TypeError):
+        pass
+    try:  # e.g. integers beyond 64 bits, which orjson refuses and the json module accepts
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _fail(f"{what} is not JSON: {exc}") from exc
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _positive_int(body: Mapping[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"{field} must be a positive integer, got {type(value).__name__} {value!r:.40}")
+    if value < 1:
+        raise _fail(f"{field} must be a positive integer, got {value}")
+    return value
+
+
+def _check_common(body: object, max_output_tokens: int, image_tokens: int) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _fail(f"the request body must be a JSON object, got {type(body).__name__}")
+    if isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 1:
+        raise ValueError(f"max_output_tokens must be a positive integer, got {max_output_tokens!r}")
+    if isinstance(image_tokens, bool) or not isinstance(image_tokens, int) or image_tokens < 0:
+        raise ValueError(f"image_tokens must be a non-negative integer, got {image_tokens!r}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _fail(
+            "model is required and must be a non-empty string"
+            + ("" if model is None else f", got {type(model).__name__}")
+        )
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _fail(f"stream must be true or false, got {type(stream).__name__}")
+    return body
+
+
+def _check_messages(body: Mapping[str, Any]) -> list[Any]:
+    messages = body.get("messages")
+    if messages is None:
+        raise _fail("messages is required: a non-empty list of message objects")
+    if not isinstance(messages, list):
+        raise _fail(f"messages must be a list of message objects, got {type(messages).__name__}")
+    if not messages:
+        raise _fail("messages must not be empty")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _fail(f"messages[{index}] must be an object, got {type(message).__name__}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise _fail(f"messages[{index}].role is required and must be a non-empty string")
+    return messages
+
+
+def _scan(value: object, scan: _Scan, where: str, depth: int = 0) -> None:
+    """Count images and inline image payloads; refuse parts whose cost the request does not bound."""
+    if depth > MAX_NESTING:
+        raise _fail(f"{where} is nested more than {MAX_NESTING} levels deep")
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)):
+                _scan(item, scan, where, depth + 1)
+        return
+    if not isinstance(value, dict):
+        return
+    kind = value.get("type")
+    if isinstance(kind, str):
+        if kind in _IMAGE_TYPES:
+            scan.images += 1
+            scan.inline_chars += _inline_chars(kind, value)
+        else:
+            reason = _REFUSED_PART_TYPES.get(kind)
+            if reason is not None:
+                raise _fail(
+                    f"{where}: content parts of type {kind!r} are not supported by the gateway: {reason}"
+                )
+    cache = value.get("cache_control")
+    if isinstance(cache, dict) and cache.get("ttl") not in (None, "5m"):
+        raise _fail(
+            f"{where}: cache_control ttl {cache.get('ttl')!r} is not supported by the gateway: only "
+            f"five-minute cache writes are priced (longer ones are billed at a higher rate)"
+        )
+    for item in value.values():
+        if isinstance(item, (dict, list)):
+            _scan(item, scan, where, depth + 1)
+
+
+def _inline_chars(kind: str, part: Mapping[str, Any]) -> int:
+    """Characters of an inline (base64) image payload inside ``part``; 0 for a URL or anything else."""
+    if kind == "image":  # Anthropic: {"type": "image", "source": {"type": "base64", "data": ...}}
+        source = part.get("source")
+        if isinstance(source, dict) and source.get("type") == "base64":
+            data = source.get("data")
+            return len(data) if isinstance(data, str) else 0
+        return 0
+    url: object = part.get("image_url")
+    if isinstance(url, dict):
+        url = url.get("url")
+    if isinstance(url, str) and url.startswith("data:"):
+        return len(url)
+    return 0
+
+
+def _input_bound(body: Mapping[str, Any], fields: tuple[str, ...], scan: _Scan, image_tokens: int) -> int:
+    total = 0
+    for field in fields:
+        value = body.get(field)
+        if value is not None:
+            total += _json_bytes(value, field)
+    # The inline payloads are part of the JSON counted above, so the difference is never negative.
+    return total - scan.inline_chars + scan.images * image_tokens + REQUEST_OVERHEAD_TOKENS
+
+
+_OPENAI_CHAT_INPUT_FIELDS = (
+    "messages",
+    "tools",
+    "functions",
+    "response_format",
+    "tool_choice",
+    "function_call",
+)
+
+
+def bound_openai_chat(
+    body: object,
+    *,
+    max_output_tokens: int,
+    image_tokens: int,
+    output_cap_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+) -> tuple[Bound, dict[str, Any]]:
+    """The worst-case :class:`Bound` of an OpenAI chat completion request and the body to forward.
+
+    - Input: see the module docstring (JSON bytes of ``messages``, tools, functions, response format and tool
+      choice, ``image_tokens`` per image, plus :data:`REQUEST_OVERHEAD_TOKENS`).
+    - Output per choice: ``max_completion_tokens`` or ``max_tokens`` (the larger when both are given: the
+      provider applies one of them); when neither is given ``max_output_tokens`` is injected into the
+      forwarded body as ``output_cap_field`` (``max_tokens`` by default, which every OpenAI-compatible
+      server understands; OpenAI's reasoning models want ``max_completion_tokens``). Times ``n``.
+    - A streamed request (``"stream": true``) is forwarded with ``stream_options.include_usage`` set, so the
+      provider reports the usage in a final chunk.
+
+    The returned body is a shallow copy; ``body`` is not modified. Raises :class:`GatewayRequestError` for
+    a malformed or unboundable request.
+    """
+    data = _check_common(body, max_output_tokens, image_tokens)
+    messages = _check_messages(data)
+    for field in ("tools", "functions"):
+        value = data.get(field)
+        if value is not None and not isinstance(value, list):
+            raise _fail(f"{field} must be a list, got {type(value).__name__}")
+    if data.get("web_search_options") is not None:
+        raise _fail(
+            "web_search_options is not supported by the gateway: search results and fees are not bounded"
+        )
+    if data.get("prediction") is not None:
+        raise _fail("prediction is not supported by the gateway: rejected prediction tokens are not bounded")
+    modalities = data.get("modalities")
+    if data.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+        raise _fail("audio output is not supported by the gateway: audio tokens are not priced")
+    if data.get("service_tier") == "priority":
+        raise _fail(
+            "service_tier 'priority' is not supported by the gateway: it is billed above the standard price"
+        )
+    n = _positive_int(data, "n") or 1
+    completion_cap = _positive_int(data, "max_completion_tokens")
+    tokens_cap = _positive_int(data, "max_tokens")
+    forward = dict(data)
+    if completion_cap is None and tokens_cap is None:
+        per_choice = max_output_tokens
+        forward[output_cap_field] = max_output_tokens
+    else:
+        per_choice = max(cap for cap in (completion_cap, tokens_cap) if cap is not None)
+    if data.get("stream"):
+        options = data.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise _fail(f"stream_options must be an object, got {type(options).__name__}")
+        forward["stream_options"] = {**(options or {}), "include_usage": True}
+    scan = _Scan()
+    _scan(messages, scan, "messages")
+    input_tokens = _input_bound(data, _OPENAI_CHAT_INPUT_FIELDS, scan, image_tokens)
+    return Bound(input_tokens, per_choice * n), forward
+
+
+def bound_openai_embeddings(body: object) -> tuple[Bound, dict[str, Any]]:
+    """The :class:`Bound` of an OpenAI embeddings request and the body to forward (unchanged copy).
+
+    ``input`` is a string, a list of strings, a list of token ids or a list of such lists. A string counts
+    its UTF-8 bytes (tokens <= bytes), a token id list its length (exact); every item adds
+    :data:`EMBEDDING_ITEM_OVERHEAD_TOKENS`. Embeddings produce no output tokens.
+    """
+    data = _check_common(body, 1, 0)
+    value = data.get("input")
+    if value is None:
+        raise _fail("input is required: a string, a list of strings or a list of token id lists")
+    items: list[Any]
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list):
+        if not value:
+            raise _fail("input must not be empty")
+        items = [value] if all(_is_token_id(item) for item in value) else value
+    else:
+        raise _fail(f"input must be a string or a list, got {type(value).__name__}")
+    total = 0
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            total += len(item.encode("utf-8", "surrogatepass"))
+        elif isinstance(item, list) and item and all(_is_token_id(token) for token in item):
+            total += len(item)
+        else:
+            raise _fail(
+                f"input[{index}] must be a string or a non-empty list of token ids (non-negative integers)"
+            )
+        total += EMBEDDING_ITEM_OVERHEAD_TOKENS
+    return Bound(total, 0), dict(data)
+
+
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_ANTHROPIC_INPUT_FIELDS = ("messages", "system", "tools", "tool_choice")
+
+
+def bound_anthropic_messages(
+    body: object, *, max_output_tokens: int, image_tokens: int
+) -> tuple[Bound, dict[str, Any]]:
+    """The worst-case :class:`Bound` of an Anthropic Messages request and the body to forward.
+
+    - Input: JSON bytes of ``messages``, ``system``, ``tools`` and ``tool_choice``, ``image_tokens`` per
+      image, :data:`REQUEST_OVERHEAD_TOKENS`, and :data:`ANTHROPIC_TOOLS_OVERHEAD_TOKENS` with tools.
+    - Output: ``max_tokens`` (required by Anthropic; injected as ``max_output_tokens`` when absent). Extended
+      thinking counts against ``max_tokens``, so it is covered.
+    - Streams always report usage (``message_start`` and ``message_delta``): nothing to add.
+
+    The returned body is a shallow copy. Raises :class:`GatewayRequestError` for a malformed or
+    unboundable request.
+    """
+    data = _check_common(body, max_output_tokens, image_tokens)
+    messages = _check_messages(data)
+    system = data.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise _fail(f"system must be a string or a list of content blocks, got {type(system).__name__}")
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _fail(f"tools must be a list, got {type(tools).__name__}")
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _fail(f"tools[{index}] must be an object, got {type(tool).__name__}")
+            kind = tool.get("type")
+            if kind is not None and kind != "custom":
+                raise _fail(
+                    f"tools[{index}] has type {kind!r}: server tools and Anthropic-defined tools are not "
+                    f"supported by the gateway (their inputs and fees are not in the request); "
+                    f"only custom tools are"
+                )
+    if data.get("mcp_servers"):
+        raise _fail("mcp_servers is not supported by the gateway: remote tool definitions are not bounded")
+    cap = _positive_int(data, "max_tokens")
+    forward = dict(data)
+    if cap is None:
+        cap = max_output_tokens
+        forward["max_tokens"] = cap
+    scan = _Scan()
+    _scan(messages, scan, "messages")
+    if system is not None:
+        _scan(system, scan, "system")
+    if tools:
+        _scan(tools, scan, "tools")
+    input_tokens = _input_bound(data, _ANTHROPIC_INPUT_FIELDS, scan, image_tokens)
+    if tools:
+        input_tokens += ANTHROPIC_TOOLS_OVERHEAD_TOKENS
+    return Bound(input_tokens, cap), forward

@@ -1,0 +1,350 @@
+"""The gateway endpoints: OpenAI-compatible ``POST /v1/chat/completions`` and ``POST /v1/embeddings``,
+Anthropic-compatible ``POST /v1/messages``. An agent points its client's ``base_url`` at Caracal and uses
+its Caracal key as the API key; nothing else in its code changes.
+
+For each call, in this order:
+
+1. **Who.** The Caracal key names the agent (an agent key acts for its own agent; the admin key must name
+   one in ``X-Caracal-Agent``). The provider key is taken from the configuration; the agent's key is never
+   forwarded and the provider key never reaches the agent.
+2. **Worst case.** The request is bounded (:mod:`.estimate`: input tokens <= bytes, output tokens <= the
+   request's ``max_tokens`` or the configured cap, which is then injected so the bound holds) and priced
+   from the pricebook (:mod:`.pricing`). An unknown price refuses the call (400) before anything is held.
+3. **Hold.** The worst case is reserved, atomically with every other request (group commit). Denied: HTTP
+   402 with the policy and what remains, and **no upstream call is made**. Granted: the hold is durable
+   before the request is forwarded.
+4. **Forward** to the configured upstream. Streams are passed through chunk by chunk and metered on the way
+   (:class:`.usage.StreamMeter`); OpenAI streams are asked to include usage.
+5. **Settle** from the provider's reported usage (:func:`.usage.billable`: when none was reported, e.g. the
+   client disconnected or the upstream failed mid-stream, the safe upper bound of what could have been
+   consumed). An upstream error response or an unreachable upstream releases the hold: nothing was billed.
+
+The settlement is queued to the group committer as the response completes rather than awaited before it:
+the client does not wait for that fsync, and the hold keeps the money reserved until the settlement lands
+(operations run in queue order, so the agent's next call already sees it). A server crash in between leaves
+the hold on record; it expires and the call's actual cost is missing from the ledger, exactly as a crash
+while the upstream was answering would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from caracal.config import UpstreamSettings
+from caracal.core.apikeys import Principal
+from caracal.core.enforcement import Hold
+from caracal.exceptions import (
+    BudgetExceededError,
+    CaracalError,
+    ConfigurationError,
+    GatewayRequestError,
+    UpstreamError,
+)
+from caracal.server.auth import authenticate
+from caracal.server.errors import error_response
+from caracal.server.gateway.estimate import (
+    Bound,
+    bound_anthropic_messages,
+    bound_openai_chat,
+    bound_openai_embeddings,
+)
+from caracal.server.gateway.pricing import hold_amount, usage_charges
+from caracal.server.gateway.usage import ProviderApi, StreamMeter, Usage, billable, usage_from_response
+from caracal.server.service import Service
+
+logger = logging.getLogger("caracal.gateway")
+
+AGENT_HEADER = "x-caracal-agent"
+ANTHROPIC_VERSION = "2023-06-01"
+_PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
+
+
+@dataclass(frozen=True)
+class _Route:
+    api: ProviderApi
+    upstream: str  # "openai" | "anthropic": which [gateway.<name>] table
+    path: str  # appended to the upstream's base_url
+    bound: Callable[[object, int, int], tuple[Bound, dict[str, Any]]]
+
+
+_ROUTES = {
+    "/v1/chat/completions": _Route(
+        "openai-chat",
+        "openai",
+        "/chat/completions",
+        lambda body, cap, images: bound_openai_chat(body, max_output_tokens=cap, image_tokens=images),
+    ),
+    "/v1/embeddings": _Route(
+        "openai-embeddings",
+        "openai",
+        "/embeddings",
+        lambda body, _cap, _images: bound_openai_embeddings(body),
+    ),
+    "/v1/messages": _Route(
+        "anthropic",
+        "anthropic",
+        "/messages",
+        lambda body, cap, images: bound_anthropic_messages(body, max_output_tokens=cap, image_tokens=images),
+    ),
+}
+
+
+class Gateway:
+    """The gateway of one server: its upstream HTTP session and the request flow of the module docstring."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.settings = service.home.settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One pooled session per server (created in the server's event loop on first use)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=1000),
+                timeout=aiohttp.ClientTimeout(total=self.settings.upstream_timeout, sock_connect=10),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request, _ROUTES[request.url.path])
+        except CaracalError as exc:
+            if isinstance(exc, BudgetExceededError):
+                self.service.metrics.decisions.labels("gateway", "denied").inc()
+            return error_response(exc)
+
+    async def _handle(self, request: Request, route: _Route) -> Response:
+        service = self.service
+        agent_id = self._agent_of(authenticate(service, request), request)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            raise GatewayRequestError(f"the request body is not valid JSON: {exc}") from None
+        bound, forward = route.bound(body, self.settings.max_output_tokens, self.settings.image_tokens)
+        upstream = self.settings.upstream(route.upstream)
+        provider_key = _provider_key(upstream)
+        model = forward["model"]
+        enforcer = service.enforcer
+        amount, currency = hold_amount(
+            service.home.prices.pricebook(), upstream.provider, model, bound, enforcer.now()
+        )
+        hold = await service.run(
+            enforcer.reserve_op(agent_id, amount, currency, self.settings.gateway_hold_ttl)
+        )
+        service.metrics.decisions.labels("gateway", "allowed").inc()
+        service.metrics.holds.labels("placed").inc()
+        call = _Call(self, route, upstream, hold, bound, model)
+        headers = _upstream_headers(route, provider_key, request)
+        started = time.perf_counter()
+        try:
+            response = await self.session().post(
+                upstream.base_url + route.path, data=orjson.dumps(forward), headers=headers
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            call.release("unreachable", started)
+            raise UpstreamError(
+                f"the upstream {upstream.base_url} could not be reached ({type(exc).__name__}: {exc}); "
+                f"the hold was released and nothing was billed"
+            ) from None
+        except BaseException:
+            call.release("cancelled", started)
+            raise
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            finally:
+                response.release()
+                call.release(f"http_{response.status}", started)
+            return Response(content, response.status, media_type=response.content_type)
+        if forward.get("stream") is True:
+            return StreamingResponse(
+                call.stream(response, started),
+                response.status,
+                media_type=response.headers.get("content-type", "text/event-stream"),
+                headers={"cache-control": "no-cache"},
+            )
+        try:
+            content = await response.read()
+        except BaseException as exc:
+            call.settle(billable(None, bound, None), started, "failed")
+            if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+                raise UpstreamError(
+                    f"the upstream {upstream.base_url} failed while answering ({type(exc).__name__}); the "
+                    f"call was billed at its worst case because the provider may have processed it"
+                ) from None
+            raise
+        finally:
+            response.release()
+        try:
+            usage = usage_from_response(route.api, orjson.loads(content))
+        except orjson.JSONDecodeError:
+            usage = None
+        call.settle(billable(usage, bound, None), started, "ok")
+        return Response(content, response.status, media_type=response.content_type)
+
+    def _agent_of(self, principal: Principal, request: Request) -> str:
+        if principal.agent_id is not None:
+            return principal.agent_id
+        named = request.headers.get(AGENT_HEADER)
+        if not named:
+            raise GatewayRequestError(
+                f"the admin key acts for no agent: name the agent in the {AGENT_HEADER} header, or use the "
+                f"agent's own key (caracal agent key create NAME)"
+            )
+        return self.service.home.directory.agent_id(named)
+
+
+class _Call:
+    """One forwarded call's hold, closed exactly once: settled from usage, or released."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        route: _Route,
+        upstream: UpstreamSettings,
+        hold: Hold,
+        bound: Bound,
+        model: str,
+    ):
+        self.gateway = gateway
+        self.route = route
+        self.upstream = upstream
+        self.hold = hold
+        self.bound = bound
+        self.model = model
+        self.closed = False
+
+    def release(self, outcome: str, started: float) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        service = self.gateway.service
+        self._observe(outcome, started)
+        service.metrics.holds.labels("released").inc()
+        future = service.committer.submit(service.enforcer.release_op(self.hold.hold_id))
+        future.add_done_callback(self._log_failure("release"))
+
+    def settle(self, usage: Usage, started: float, outcome: str) -> None:
+        """Queue the settlement (see the module docstring); failures are logged and counted."""
+        if self.closed:
+            return
+        self.closed = True
+        service = self.gateway.service
+        self._observe(outcome, started)
+        try:
+            charges = usage_charges(
+                service.home.prices.pricebook(),
+                self.upstream.provider,
+                self.model,
+                usage,
+                service.enforcer.now(),
+                {"gateway": self.route.api},
+                currency=self.hold.currency,
+            )
+        except CaracalError as exc:  # the price vanished since the hold: bill the whole hold, never nothing
+            logger.error("pricing the usage of hold %s failed (%s); billing the hold", self.hold.hold_id, exc)
+            charges = [
+                {
+                    "resource_type": f"{self.upstream.provider}.{self.model}.unpriced_call",
+                    "quantity": 1,
+                    "cost": self.hold.amount,
+                    "metadata": {"gateway": self.route.api, "pricing_error": str(exc)[:500]},
+                }
+            ]
+        service.metrics.holds.labels("settled").inc()
+        future = service.committer.submit(service.enforcer.settle_op(self.hold.hold_id, charges))
+        future.add_done_callback(self._log_failure("settle"))
+
+    def _observe(self, outcome: str, started: float) -> None:
+        self.gateway.service.metrics.upstream.labels(self.route.api, outcome).observe(
+            time.perf_counter() - started
+        )
+
+    def _log_failure(self, what: str) -> Callable[[Future[Any]], None]:
+        hold_id = self.hold.hold_id
+
+        def check(future: Future[Any]) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self.gateway.service.metrics.denials.labels(f"gateway_{what}_failed").inc()
+                logger.error("could not %s gateway hold %s: %s", what, hold_id, exc)
+
+        return check
+
+    async def stream(self, response: aiohttp.ClientResponse, started: float) -> AsyncIterator[bytes]:
+        """Pass the upstream's stream through chunk by chunk; settle when it ends, however it ends."""
+        meter = StreamMeter()
+        outcome = "cancelled"  # a client disconnect ends the generator without reaching the lines below
+        try:
+            async for chunk in response.content.iter_any():
+                meter.feed(chunk)
+                yield chunk
+            outcome = "ok"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            outcome = "failed"
+            raise  # the client's connection is dropped too, so it sees the failure instead of a clean end
+        finally:
+            response.release()
+            self.settle(billable(meter.usage(), self.bound, meter.consumed_output_bound()), started, outcome)
+
+
+def _provider_key(upstream: UpstreamSettings) -> str:
+    key = upstream.api_key or os.environ.get(upstream.api_key_env)
+    if not key:
+        raise ConfigurationError(
+            f"no provider key for the {upstream.api} upstream: set ${upstream.api_key_env} for the server, "
+            f"or gateway.{upstream.api}.api_key in config.toml"
+        )
+    return key
+
+
+def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    for name in _PASSED_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    if route.upstream == "anthropic":
+        headers["x-api-key"] = provider_key
+        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+    else:
+        headers["authorization"] = f"Bearer {provider_key}"
+    return headers
+
+
+def install(app: FastAPI, service: Service) -> Gateway:
+    """Add the gateway's routes to ``app`` (documented in the OpenAPI document, bodies as the providers')."""
+    gateway = Gateway(service)
+    for path, route in _ROUTES.items():
+        app.add_api_route(
+            path,
+            gateway.handle,
+            methods=["POST"],
+            tags=["gateway"],
+            summary=f"{route.upstream.capitalize()}-compatible {route.path.strip('/')} with a pre-call hold",
+            response_class=Response,
+        )
+    app.state.gateway = gateway
+    return gateway
+
+
+__all__ = ["AGENT_HEADER", "Gateway", "install"]

@@ -1,0 +1,424 @@
+"""A fake OpenAI- and Anthropic-compatible LLM upstream, served for real over HTTP on 127.0.0.1.
+
+``with serve_fake_upstream() as fake: ...`` starts it in a background thread on a free port; point a client
+(or the gateway) at ``fake.base_url``. It is a bare ASGI app under uvicorn (httptools, uvloop) so that it
+costs little per request: the gateway benchmark drives it at hundreds of requests per second.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (OpenAI, ``Authorization: Bearer <key>``)
+and ``POST /v1/messages`` (Anthropic, ``x-api-key: <key>``). A missing or wrong key gets 401, so tests can
+prove the gateway injects the provider key and never forwards the agent's own.
+
+Deterministic usage:
+
+- prompt tokens = the number of whitespace-separated words in all the text of the messages (and
+  ``system``), at least 1 (:func:`prompt_tokens`); every word has at least one UTF-8 byte, so this never
+  exceeds the gateway's byte bound. Embeddings: words of the strings, or the number of token ids.
+- completion tokens per choice = ``min(max_tokens or max_completion_tokens, fake.completion_tokens)``; the
+  reply is that many words ``"tok tok ..."``, streamed one word per chunk.
+
+Behaviour, chosen per request so that concurrent tests do not interfere: the ``x-fake-behaviour`` header,
+else a ``@behaviour`` suffix of the model name (``"gpt-4o@error500"``), else ``fake.behaviour``:
+
+- ``ok`` (default);
+- ``slow``: wait ``x-fake-delay-ms`` (else ``fake.delay_ms``) milliseconds before answering;
+- ``error500`` / ``error429``: an error response in the provider's format (429 with ``retry-after: 1``);
+- ``midstream-fail``: send part of the body (a few stream events, or half a JSON body) and drop the
+  connection without finishing it;
+- ``no-usage``: answer without any usage (no ``usage`` field, no usage chunk or usage in stream events).
+
+``x-fake-chunk-delay-ms`` (else ``fake.chunk_delay_ms``) waits between stream chunks. Each request is
+recorded in ``fake.requests`` (path, lower-cased headers, JSON body) unless ``fake.record`` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+
+__all__ = ["BEHAVIOURS", "FakeRequest", "FakeUpstream", "prompt_tokens", "serve_fake_upstream"]
+
+BEHAVIOURS = frozenset(("ok", "slow", "error500", "error429", "midstream-fail", "no-usage"))
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _MidstreamFailure(Exception):
+    """Raised inside the app to make uvicorn drop the connection mid-response (on purpose)."""
+
+
+class _QuietMidstream(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _MidstreamFailure)
+
+
+@dataclass
+class FakeRequest:
+    """One request the fake upstream received."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def _words(value: object) -> int:
+    """Whitespace-separated words in every text of a message structure (strings under any key)."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words(item) for item in value)
+    if isinstance(value, dict):
+        total = 0
+        for key, item in value.items():
+            if key in ("content", "text") or isinstance(item, (dict, list)):
+                total += _words(item)
+        return total
+    return 0
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's prompt token count of a chat/messages request: words of all message text, at least 1."""
+    return max(1, _words(body.get("messages")) + _words(body.get("system")))
+
+
+def _embedding_tokens(value: object) -> int:
+    if isinstance(value, str):
+        return max(1, len(value.split()))
+    if isinstance(value, list):
+        if value and all(isinstance(item, int) for item in value):
+            return len(value)
+        return sum(_embedding_tokens(item) for item in value)
+    return 1
+
+
+@dataclass
+class FakeUpstream:
+    """The fake's state and knobs (settable by tests between or during requests)."""
+
+    base_url: str = ""
+    api_key: str = "sk-upstream-test"
+    behaviour: str = "ok"
+    delay_ms: int = 200
+    chunk_delay_ms: int = 0
+    completion_tokens: int = 20
+    midstream_chunks: int = 5
+    record: bool = True
+    requests: list[FakeRequest] = field(default_factory=list)
+
+    # --- ASGI -------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        path = scope["path"]
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if self.record:
+            self.requests.append(FakeRequest(path, headers, body))
+        anthropic = path == "/v1/messages"
+        if scope["method"] != "POST" or path not in (
+            "/v1/chat/completions",
+            "/v1/embeddings",
+            "/v1/messages",
+        ):
+            await self._json(send, 404, _error(anthropic, "not_found_error", f"no route {path}"))
+            return
+        if anthropic:
+            authorized = headers.get("x-api-key") == self.api_key
+        else:
+            authorized = headers.get("authorization") == f"Bearer {self.api_key}"
+        if not authorized:
+            await self._json(send, 401, _error(anthropic, "authentication_error", "invalid api key"))
+            return
+        if not isinstance(body, dict):
+            await self._json(send, 400, _error(anthropic, "invalid_request_error", "body must be JSON"))
+            return
+        requested = body.get("model")
+        model = requested if isinstance(requested, str) else "unknown"
+        behaviour = headers.get("x-fake-behaviour") or (
+            model.rpartition("@")[2] if "@" in model else self.behaviour
+        )
+        if behaviour == "slow":
+            await asyncio.sleep(int(headers.get("x-fake-delay-ms", self.delay_ms)) / 1000)
+        elif behaviour == "error500":
+            await self._json(send, 500, _error(anthropic, "api_error", "fake upstream failure"))
+            return
+        elif behaviour == "error429":
+            error = _error(anthropic, "rate_limit_error", "fake rate limit")
+            await self._json(send, 429, error, extra=[(b"retry-after", b"1")])
+            return
+        chunk_delay = int(headers.get("x-fake-chunk-delay-ms", self.chunk_delay_ms)) / 1000
+        usage = behaviour != "no-usage"
+        fail = behaviour == "midstream-fail"
+        if path == "/v1/embeddings":
+            await self._embeddings(send, body, model, usage, fail)
+            return
+        cap = body.get("max_tokens") or body.get("max_completion_tokens") or self.completion_tokens
+        completion = max(1, min(int(cap), self.completion_tokens))
+        prompt = prompt_tokens(body)
+        if body.get("stream"):
+            events = (
+                _anthropic_stream(model, prompt, completion, usage)
+                if anthropic
+                else _openai_stream(body, model, prompt, completion, usage)
+            )
+            await self._stream(send, events, chunk_delay, fail)
+            return
+        data = (
+            _anthropic_message(model, prompt, completion, usage)
+            if anthropic
+            else _openai_completion(body, model, prompt, completion, usage)
+        )
+        await self._json(send, 200, data, fail=fail)
+
+    async def _embeddings(
+        self, send: Send, body: dict[str, Any], model: str, usage: bool, fail: bool
+    ) -> None:
+        value = body.get("input")
+        items = value if isinstance(value, list) and not all(isinstance(i, int) for i in value) else [value]
+        tokens = _embedding_tokens(value)
+        data: dict[str, Any] = {
+            "object": "list",
+            "model": model,
+            "data": [
+                {"object": "embedding", "index": index, "embedding": [0.0, 0.5, 1.0]}
+                for index in range(len(items))
+            ],
+        }
+        if usage:
+            data["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        await self._json(send, 200, data, fail=fail)
+
+    async def _json(
+        self,
+        send: Send,
+        status: int,
+        data: object,
+        *,
+        fail: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        payload = orjson.dumps(data)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+        if fail:
+            await send(
+                {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
+            )
+            raise _MidstreamFailure("fake upstream dropped the connection mid-body")
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _stream(self, send: Send, events: list[bytes], chunk_delay: float, fail: bool) -> None:
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for index, event in enumerate(events):
+            if fail and index >= self.midstream_chunks:
+                raise _MidstreamFailure("fake upstream dropped the connection mid-stream")
+            if chunk_delay and index:
+                await asyncio.sleep(chunk_delay)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _error(anthropic: bool, kind: str, message: str) -> dict[str, Any]:
+    if anthropic:
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": {"message": message, "type": kind, "code": kind}}
+
+
+def _reply(completion: int) -> str:
+    return " ".join(["tok"] * completion)
+
+
+def _openai_completion(
+    body: dict[str, Any], model: str, prompt: int, completion: int, usage: bool
+) -> dict[str, Any]:
+    n = body.get("n") or 1
+    data: dict[str, Any] = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": _reply(completion)},
+                "finish_reason": "length" if completion < 20 else "stop",
+            }
+            for index in range(n)
+        ],
+    }
+    if usage:
+        data["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion * n,
+            "total_tokens": prompt + completion * n,
+        }
+    return data
+
+
+def _sse(data: object, event: str | None = None) -> bytes:
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _openai_stream(
+    body: dict[str, Any], model: str, prompt: int, completion: int, usage: bool
+) -> list[bytes]:
+    n = body.get("n") or 1
+    base = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    events = [
+        _sse(
+            {
+                **base,
+                "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}} for i in range(n)],
+            }
+        )
+    ]
+    for word in range(completion):
+        text = "tok" if word == 0 else " tok"
+        events.extend(
+            _sse({**base, "choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
+            for i in range(n)
+        )
+    events.append(
+        _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": "length"} for i in range(n)]})
+    )
+    options = body.get("stream_options")
+    if usage and isinstance(options, dict) and options.get("include_usage"):
+        total = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion * n,
+            "total_tokens": prompt + completion * n,
+        }
+        events.append(_sse({**base, "choices": [], "usage": total}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _anthropic_message(model: str, prompt: int, completion: int, usage: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": _reply(completion)}],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+    }
+    if usage:
+        data["usage"] = {"input_tokens": prompt, "output_tokens": completion}
+    return data
+
+
+def _anthropic_stream(model: str, prompt: int, completion: int, usage: bool) -> list[bytes]:
+    message: dict[str, Any] = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+    if usage:
+        message["usage"] = {"input_tokens": prompt, "output_tokens": 1}
+    events = [
+        _sse({"type": "message_start", "message": message}, "message_start"),
+        _sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            "content_block_start",
+        ),
+        _sse({"type": "ping"}, "ping"),
+    ]
+    for word in range(completion):
+        delta = {"type": "text_delta", "text": "tok" if word == 0 else " tok"}
+        events.append(
+            _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
+        )
+    events.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    final: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+    }
+    if usage:
+        final["usage"] = {"output_tokens": completion}
+    events.append(_sse(final, "message_delta"))
+    events.append(_sse({"type": "message_stop"}, "message_stop"))
+    return events
+
+
+@contextmanager
+def serve_fake_upstream(**knobs: Any) -> Iterator[FakeUpstream]:
+    """Serve a :class:`FakeUpstream` (with ``knobs`` set) on a free 127.0.0.1 port for the ``with`` block."""
+    fake = FakeUpstream(**knobs)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    fake.base_url = f"http://127.0.0.1:{port}"
+    config = uvicorn.Config(
+        fake,
+        http="httptools",
+        loop="uvloop",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    quiet = _QuietMidstream()
+    error_log = logging.getLogger("uvicorn.error")
+    error_log.addFilter(quiet)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if failure or not thread.is_alive():
+                raise RuntimeError(f"the fake upstream did not start: {failure[:1]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fake upstream did not start within 10 s")
+            time.sleep(0.005)
+        yield fake
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        error_log.removeFilter(quiet)
