@@ -17,6 +17,7 @@ from caracal.cli.ledger import ledger_group
 from caracal.cli.ledger_demo import demo_command
 from caracal.cli.policies import policy_group
 from caracal.cli.pricebook import pricebook_group
+from caracal.cli.serve import serve_command
 
 ledger_group.add_command(demo_command)
 
@@ -38,7 +39,15 @@ def main(verbose: int, home: Path | None) -> None:
 
 
 main.add_command(ledger_group)
-for _command in (init_command, agent_group, policy_group, pricebook_group, budget_group, backup_group):
+for _command in (
+    init_command,
+    agent_group,
+    policy_group,
+    pricebook_group,
+    budget_group,
+    backup_group,
+    serve_command,
+):
     main.add_command(_command)
 main.add_command(control_plane_demo)
 

@@ -430,8 +430,11 @@ class Enforcer:
     # ------------------------------------------------------------------ running operations
 
     def run(self, operation: Operation[T]) -> T:
-        """Run one operation in its own lock hold and fsync."""
-        return operation.finish(self.writer.transact(operation.decide))
+        """Run one operation in its own lock hold and fsync (a group of one: see :meth:`run_group`)."""
+        result = self.run_group([operation])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result  # type: ignore[no-any-return]
 
     def run_group(self, operations: Sequence[Operation[Any]]) -> list[Any]:
         """Run operations in order under one lock hold, with one write and one fsync for all (group commit).
@@ -453,8 +456,16 @@ class Enforcer:
                 folded.append(True)
                 self._state.apply_all(events)
 
+        def written(start: int, end: int, last_event_id: int) -> None:
+            # The state has these lines already (staged): move the tail past them so it does not read back
+            # what this process just wrote (reading it would also make the next append's sync slower).
+            with self._state_lock:
+                if self._tail.offset == start and self._state.last_event_id == last_event_id:
+                    self._tail.offset = end
+                    self._tail.last_event_id = last_event_id
+
         try:
-            outcomes = self.writer.transact_group([op.decide for op in operations], staged)
+            outcomes = self.writer.transact_group([op.decide for op in operations], staged, written)
         except CaracalError as exc:
             if folded:
                 self._rebuild()

@@ -15,6 +15,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_directory(directory: Path) -> None:
@@ -81,3 +82,23 @@ def flock_within(fd: int, timeout: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
+
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_for_reading(path: str | os.PathLike[str]) -> BinaryIO:
+    """``open(path, "rb")``, without updating the file's access time where the OS allows (Linux
+    ``O_NOATIME``, for files the process owns).
+
+    Why: with ``relatime`` a read after a write dirties the inode, and the next ``fdatasync`` of the ledger
+    then commits that too: measured here, a read between appends made each append's sync 2-3x slower. The
+    live budget state reads the ledger's new lines after every append, so this matters on the hot path.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        fd = os.open(path, os.O_RDONLY)  # not the file's owner: O_NOATIME is refused, read it normally
+    return os.fdopen(fd, "rb")

@@ -61,7 +61,7 @@ from caracal.core.events import (
     read_last_lines,
     validate_event_dict,
 )
-from caracal.core.fileio import append_durably, fsync_directory, write_atomically
+from caracal.core.fileio import append_durably, fsync_directory, open_for_reading, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
 from caracal.core.validation import (
     check_currency,
@@ -415,6 +415,7 @@ class LedgerWriter:
         self,
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
+        written: Callable[[int, int, int], None] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
@@ -427,7 +428,9 @@ class LedgerWriter:
 
         If the write fails, :class:`LedgerWriteError` is raised and nothing of the batch is acknowledged;
         ``staged`` has seen events that are not in the file, so the caller must rebuild what it derived
-        from them.
+        from them. After a successful write, ``written(start, end, last_event_id)`` is called, still under
+        the lock: the batch's lines span bytes ``start`` to ``end`` of the file (a reader that has folded
+        them in through ``staged`` can skip them instead of reading them back).
         """
         results: list[list[LedgerEvent] | Exception] = []
         self._lock()
@@ -451,7 +454,10 @@ class LedgerWriter:
                     staged(batch)
                 results.append(batch)
             if events:
+                start = self._end
                 self._write_encoded(events, leaves, lines)
+                if written is not None:
+                    written(start, self._end, self._last_id)
             return results
         finally:
             self._unlock()
@@ -667,7 +673,7 @@ class LedgerWriter:
                 f"removed. Run 'caracal ledger verify' and restore from a backup"
             )
             self._ensure_usable()
-        with open(self.ledger_path, "rb") as handle:
+        with open_for_reading(self.ledger_path) as handle:
             try:
                 self._read_new_lines(handle, size)
             except LedgerCorruptError as exc:
@@ -954,7 +960,7 @@ class LedgerReader:
 
     def _open(self) -> Any:
         try:
-            return open(self.ledger_path, "rb")
+            return open_for_reading(self.ledger_path)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -1,0 +1,230 @@
+"""Gateway benchmark: prints figures, asserts nothing. Run: ``python bench/bench_gateway.py``.
+
+Three processes on this machine: the fake OpenAI-compatible upstream (``tests/server/fake_upstream.py``),
+``caracal serve`` on a fresh home whose gateway forwards to it, and this load generator (aiohttp, uvloop).
+For 1, 50 and 200 concurrent clients, plain and streamed chat completions, the same requests go once to
+the upstream directly and once through the gateway (agent key, pre-call hold, settlement from usage), in
+alternating rounds so drift of this VM hits both alike. Printed per case: latency p50/p99 of each path,
+the added latency (gateway minus direct, at p50 and at p99) and requests/s through the gateway.
+
+Last, the overspend check: 200 concurrent requests against an agent whose budget covers about half of
+them at their worst case; printed: granted, denied (402), the settled total against the limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from caracal.core.ledger import LedgerReader  # noqa: E402
+from caracal.core.windows import parse_window  # noqa: E402
+from caracal.server.gateway.estimate import bound_openai_chat  # noqa: E402
+from caracal.server.gateway.pricing import hold_amount  # noqa: E402
+from caracal.storage.apikeys import ApiKeyRegistry  # noqa: E402
+from caracal.storage.home import EmbeddedHome  # noqa: E402
+
+FAKE = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests.server.fake_upstream import serve_fake_upstream
+with serve_fake_upstream(record=False, completion_tokens=16) as fake:
+    print(fake.base_url, flush=True)
+    while True:
+        time.sleep(3600)
+"""
+PROVIDER_KEY = "sk-upstream-test"
+MODEL = "gpt-4o"
+PRICE_IN, PRICE_OUT = "0.0000025", "0.00001"
+
+
+def body(stream: bool) -> dict[str, object]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Summarise the quarterly report in three lines."}],
+        "max_tokens": 16,
+        "stream": stream,
+    }
+
+
+def start_fake() -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAKE.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    return process, process.stdout.readline().strip()
+
+
+def make_home(home: Path, upstream: str, limit: str) -> tuple[str, str]:
+    """A home whose gateway forwards to ``upstream``; two agents with keys: "bench" (``limit`` per day)
+    and "tight" (for the overspend check). Returns their tokens."""
+    (home / "config.toml").write_text(
+        f'[gateway.openai]\nbase_url = "{upstream}/v1"\napi_key = "{PROVIDER_KEY}"\n', encoding="utf-8"
+    )
+    embedded = EmbeddedHome(home)
+    keys = ApiKeyRegistry(embedded.data / "apikeys.json")
+    tokens = []
+    for name in ("bench", "tight"):
+        agent = embedded.agents.register(name, "bench@example.com")
+        embedded.policies.create(agent.agent_id, limit, parse_window("daily", None, "UTC"), "USD")
+        tokens.append(keys.create("agent", agent.agent_id)[1])
+    for kind, price in (("input_tokens", PRICE_IN), ("output_tokens", PRICE_OUT)):
+        embedded.prices.set(f"openai.{MODEL}.{kind}", price, "USD")
+    embedded.close()
+    return tokens[0], tokens[1]
+
+
+def start_gateway(home: Path, port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caracal", "--home", str(home), "serve", "--port", str(port), "--log-level",
+         "warning"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit("the gateway did not start")
+
+
+async def run(
+    url: str, key: str, stream: bool, clients: int, total: int
+) -> tuple[list[float], float, dict[int, int]]:
+    """``total`` requests from ``clients`` concurrent loops: latencies (to the last byte), req/s, statuses."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    payload = orjson.dumps(body(stream))
+    remaining = [total]
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=payload, headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, total / elapsed, statuses
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def settled_total(home: Path, agent: str) -> tuple[Decimal, int]:
+    embedded = EmbeddedHome(home)
+    agent_id = embedded.agents.get(agent).agent_id
+    total, holds = Decimal(0), 0
+    for event in LedgerReader(embedded.ledger_path):
+        if event.agent_id == agent_id and event.is_charge:
+            total += event.cost
+        holds += event.agent_id == agent_id and event.kind == "hold"
+    return total, holds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating direct/gateway rounds per case")
+    parser.add_argument("--port", type=int, default=8797)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    fake, upstream = start_fake()
+    workdir = Path(tempfile.mkdtemp(prefix="caracal-bench-gw-"))
+    home = workdir / "home"
+    home.mkdir()
+    bench_key, tight_key = make_home(home, upstream, "1000000")
+    gateway = start_gateway(home, args.port)
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        python = sys.version.split()[0]
+        print(f"gateway benchmark: {os.cpu_count()} CPUs, Python {python}, fake upstream, {MODEL}")
+        print(f"{'case':<16}{'direct p50/p99 ms':>20}{'gateway p50/p99 ms':>22}{'added p50/p99 ms':>20}"
+              f"{'gateway req/s':>15}{'direct req/s':>14}")  # fmt: skip
+        for stream in (False, True):
+            for clients in (1, 50, 200):
+                total = 300 if clients == 1 else clients * 8
+                direct: list[float] = []
+                through: list[float] = []
+                rates: list[float] = []
+                direct_rates: list[float] = []
+                for _ in range(args.rounds):
+                    lat, rate, _ = asyncio.run(
+                        run(upstream + "/v1/chat/completions", PROVIDER_KEY, stream, clients, total)
+                    )
+                    direct += lat
+                    direct_rates.append(rate)
+                    lat, rate, statuses = asyncio.run(
+                        run(base + "/v1/chat/completions", bench_key, stream, clients, total)
+                    )
+                    if set(statuses) != {200}:
+                        print(f"  unexpected statuses through the gateway: {statuses}")
+                    through += lat
+                    rates.append(rate)
+                name = f"{'stream' if stream else 'plain'} x{clients}"
+                added50 = pct(through, 0.5) - pct(direct, 0.5)
+                added99 = pct(through, 0.99) - pct(direct, 0.99)
+                print(
+                    f"{name:<16}{pct(direct, 0.5):>10.2f}/{pct(direct, 0.99):<9.2f}"
+                    f"{pct(through, 0.5):>12.2f}/{pct(through, 0.99):<9.2f}"
+                    f"{added50:>10.2f}/{added99:<9.2f}{statistics.median(rates):>15.0f}"
+                    f"{statistics.median(direct_rates):>14.0f}"
+                )
+        # Overspend: a budget for about half of 200 requests at their worst case.
+        bound, _ = bound_openai_chat(body(False), max_output_tokens=4096, image_tokens=2000)
+        embedded = EmbeddedHome(home)
+        now = datetime.now(timezone.utc)
+        worst, _ = hold_amount(embedded.prices.pricebook(), "openai", MODEL, bound, now)
+        limit = worst * 100
+        tight = embedded.agents.get("tight").agent_id
+        for policy in embedded.policies.active_for(tight):
+            embedded.policies.update(policy.policy_id, limit=limit, reason="bench overspend check")
+        embedded.close()
+        _, rate, statuses = asyncio.run(run(base + "/v1/chat/completions", tight_key, False, 200, 200))
+        time.sleep(1.0)  # settlements are queued as responses complete
+        spent, holds = settled_total(home, "tight")
+        print(
+            f"overspend check: 200 concurrent requests, budget {limit} USD (~100 worst cases of {worst}): "
+            f"granted {statuses.get(200, 0)}, denied {statuses.get(402, 0)}, holds {holds}, settled "
+            f"{spent} USD <= limit: {spent <= limit}"
+        )
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+        fake.terminate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""``caracal serve``: the HTTP API and the LLM gateway over the home, until Ctrl-C.
+
+Host, port and body limit come from ``[server]`` in ``config.toml`` unless given here. The admin key is
+made by ``caracal init`` (in ``keys/admin.key``); a home initialised before API keys existed gets one now,
+and the command says where it is. On shutdown in-flight requests finish, queued ledger operations are
+written, and the budget snapshot and a checkpoint are saved.
+"""
+
+from __future__ import annotations
+
+import click
+
+from caracal.cli.render import handle_errors
+from caracal.config import caracal_home, load_settings
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Address to listen on (default: server.host, 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port (default: server.port, 8787).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
+@handle_errors
+def serve_command(host: str | None, port: int | None, log_level: str) -> None:
+    """Serve the REST API (/api/v1), the gateway (/v1/chat/completions, /v1/embeddings, /v1/messages),
+    /healthz, /metrics and the OpenAPI document (/docs)."""
+    from caracal.server.app import create_app
+    from caracal.server.runner import serve
+    from caracal.server.service import Service
+
+    home = caracal_home()
+    settings = load_settings(home)
+    service = Service(home)
+    created = service.keys.ensure_admin_key(service.admin_key_path)
+    if created is not None:
+        click.echo(f"created the admin API key in {service.admin_key_path} (owner-only)", err=True)
+    app = create_app(service, max_body_bytes=settings.max_body_bytes, own_service=True)
+    listen_host = host or settings.host
+    listen_port = port or settings.port
+    click.echo(f"Caracal {home} serving on http://{listen_host}:{listen_port} (docs at /docs)", err=True)
+    serve(app, listen_host, listen_port, log_level)
