@@ -371,7 +371,7 @@ def llm_price(resource_type: str, at: datetime | str, *, tiered: TieredPolicy = 
             f"{', '.join(LLM_KINDS)}); set a price with `{_set_command(resource_type)}`"
         )
     try:
-        return _minute_llm_price(resource_type, parts, moment.replace(second=0, microsecond=0), tiered)
+        found = _minute_llm_price(resource_type, parts, moment.replace(second=0, microsecond=0), tiered)
     except UnknownPriceError:
         raise
     except Exception as exc:  # genai-prices internals: fail closed with a Caracal error
@@ -379,18 +379,25 @@ def llm_price(resource_type: str, at: datetime | str, *, tiered: TieredPolicy = 
             f"genai-prices could not price {resource_type!r} ({type(exc).__name__}: {exc}); "
             f"set a price with `{_set_command(resource_type)}`"
         ) from exc
+    if isinstance(found, UnknownPriceError):
+        raise UnknownPriceError(str(found))  # a fresh exception each time: no shared traceback
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
 def _minute_llm_price(
     resource_type: str, parts: LlmResource, minute: datetime, tiered: TieredPolicy
-) -> Price:
+) -> Price | UnknownPriceError:
     """:func:`_llm_price` at the start of ``minute``, remembered: the gateway prices every call twice (its
     hold and its settlement), and reading the price out of the genai-prices data costs far more than the
     rest of that. Exact, because genai-prices' price changes fall on whole minutes (start dates at
     midnight, time-of-day windows such as DeepSeek's off-peak hours on the minute), so every moment of a
-    minute has the price of its first instant. Failures are not remembered."""
-    return _llm_price(resource_type, parts, minute, tiered)
+    minute has the price of its first instant. "No such price" is remembered too (the gateway asks for a
+    model's cache-write price on every call, and most models have none); other failures are not."""
+    try:
+        return _llm_price(resource_type, parts, minute, tiered)
+    except UnknownPriceError as exc:
+        return exc
 
 
 class _GenaiData(NamedTuple):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
@@ -34,6 +35,15 @@ UTC = timezone.utc
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 2, 1, tzinfo=UTC)
 T2 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def forget_remembered_llm_prices() -> Iterator[None]:
+    """LLM prices are remembered per minute in the process; tests that break genai-prices must not see
+    (or leave behind) prices remembered by other tests."""
+    pricebook_module._minute_llm_price.cache_clear()
+    yield
+    pricebook_module._minute_llm_price.cache_clear()
 
 
 def user_price(
@@ -471,7 +481,6 @@ def test_llm_prices_never_touch_the_network_nor_a_custom_snapshot(monkeypatch: p
 def test_genai_prices_unavailable_is_an_unknown_price(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pricebook_module, "_genai", None)
     monkeypatch.setitem(sys.modules, "genai_prices.data", None)  # makes the import fail
-    pricebook_module._minute_llm_price.cache_clear()  # prices read before, in this process, are remembered
     with pytest.raises(UnknownPriceError, match="genai-prices cannot be loaded"):
         Pricebook().price_of("openai.gpt-4.input_tokens", T0)
     assert Pricebook([user_price()]).price_of("tool.search.calls", T0).unit_price  # user prices still work

@@ -42,6 +42,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from caracal.config import UpstreamSettings
 from caracal.core.apikeys import Principal
@@ -68,6 +69,8 @@ from caracal.server.service import Service
 logger = logging.getLogger("caracal.gateway")
 
 AGENT_HEADER = "x-caracal-agent"
+CLOSE_DEFER = 0.005
+"""Seconds a settlement or release may wait to share the next hold's fsync (see GroupCommitter)."""
 ANTHROPIC_VERSION = "2023-06-01"
 _PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
 
@@ -240,7 +243,7 @@ class _Call:
         service = self.gateway.service
         self._observe(outcome, started)
         service.metrics.holds.labels("released").inc()
-        future = service.committer.submit(service.enforcer.release_op(self.hold.hold_id))
+        future = service.committer.submit(service.enforcer.release_op(self.hold.hold_id), defer=CLOSE_DEFER)
         future.add_done_callback(self._log_failure("release"))
 
     def settle(self, usage: Usage, started: float, outcome: str) -> None:
@@ -271,7 +274,9 @@ class _Call:
                 }
             ]
         service.metrics.holds.labels("settled").inc()
-        future = service.committer.submit(service.enforcer.settle_op(self.hold.hold_id, charges))
+        future = service.committer.submit(
+            service.enforcer.settle_op(self.hold.hold_id, charges), defer=CLOSE_DEFER
+        )
         future.add_done_callback(self._log_failure("settle"))
 
     def _observe(self, outcome: str, started: float) -> None:
@@ -318,7 +323,7 @@ def _provider_key(upstream: UpstreamSettings) -> str:
 
 
 def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}  # bodies read as sent
     for name in _PASSED_HEADERS:
         value = request.headers.get(name)
         if value is not None:
@@ -332,19 +337,56 @@ def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dic
 
 
 def install(app: FastAPI, service: Service) -> Gateway:
-    """Add the gateway's routes to ``app`` (documented in the OpenAPI document, bodies as the providers')."""
+    """Add the gateway's routes to ``app``.
+
+    They are plain Starlette routes, ahead of the REST API's: the request body is the provider's, read
+    once with orjson, so FastAPI's per-request validation machinery would only add latency. The OpenAPI
+    document describes them anyway (bodies as the providers define them).
+    """
     gateway = Gateway(service)
-    for path, route in _ROUTES.items():
-        app.add_api_route(
-            path,
-            gateway.handle,
-            methods=["POST"],
-            tags=["gateway"],
-            summary=f"{route.upstream.capitalize()}-compatible {route.path.strip('/')} with a pre-call hold",
-            response_class=Response,
-        )
+    for path in _ROUTES:
+        app.router.routes.insert(0, Route(path, gateway.handle, methods=["POST"]))
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            for path, route in _ROUTES.items():
+                schema["paths"][path] = _openapi_operation(route)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.gateway = gateway
     return gateway
+
+
+def _openapi_operation(route: _Route) -> dict[str, Any]:
+    provider = "Anthropic" if route.upstream == "anthropic" else "OpenAI"
+    error = {"description": "JSON error: {error: {type, code, message, decision?}}"}
+    return {
+        "post": {
+            "tags": ["gateway"],
+            "summary": f"{provider}-compatible {route.path.strip('/')} with a pre-call hold",
+            "description": (
+                f"The {provider} request and response, unchanged; authenticate with a Caracal agent key "
+                f"(or the admin key and an {AGENT_HEADER} header). The worst-case cost is held before "
+                f"the call is forwarded and settled from the reported usage."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": {"description": f"The {provider} response (JSON, or events when streamed)"},
+                "400": error,
+                "401": error,
+                "402": {"description": "Denied: the hold would exceed a budget; nothing was forwarded"},
+                "403": error,
+                "502": error,
+            },
+        }
+    }
 
 
 __all__ = ["AGENT_HEADER", "Gateway", "install"]
