@@ -248,6 +248,11 @@ class BudgetState:
     def charged_against(self, hold_id: str) -> Decimal:
         return self._charged.get(hold_id, _ZERO)
 
+    @property
+    def open_hold_count(self) -> int:
+        """Holds not yet closed by a release entry (expired ones included until their release is written)."""
+        return len(self._holds)
+
     def expired_holds(self, now: datetime) -> list[OpenHold]:
         """Open holds whose expiry has passed (they count for nothing; ``expire`` closes them on record)."""
         return [hold for hold in self._holds.values() if hold.expires_at <= now]

@@ -11,24 +11,58 @@ policies, prices) are small synchronous file transactions run in the thread pool
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import collections
+import itertools
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import date, datetime, time, timezone
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from caracal.core.apikeys import Principal
+from caracal.core.checkpoint import load_public_key
 from caracal.core.enforcement import policy_status
+from caracal.core.ledger import LedgerEvent, LedgerQuery
+from caracal.core.validation import parse_timestamp
+from caracal.core.verify import prove_consistency, prove_inclusion, verify_ledger
 from caracal.core.windows import parse_window
-from caracal.exceptions import BudgetExceededError, HoldNotFoundError
+from caracal.exceptions import (
+    BudgetExceededError,
+    CaracalError,
+    HoldNotFoundError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
 from caracal.server.auth import authenticate, require_acting_for, require_admin, require_reading
 from caracal.server.errors import json_response
 from caracal.server.service import Service
 
+
+def _not_a_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(
+            f'amounts are exact: send a decimal string ("{value!r}") or an integer, not a JSON float'
+        )
+    return value
+
+
 Money = Annotated[
-    StrictStr | StrictInt, Field(description='An exact decimal amount as a string ("0.25") or an integer')
+    StrictStr | StrictInt,
+    BeforeValidator(_not_a_float),
+    Field(description='An exact decimal amount as a string ("0.25") or an integer; never a JSON float'),
 ]
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+Reason = Annotated[StrictStr | None, Field(None, min_length=1, max_length=1024)]
+AgentRef = Annotated[str, Path(min_length=1, max_length=256, description="The agent's id or name")]
+PolicyRef = Annotated[str, Path(min_length=1, max_length=256)]
+HoldRef = Annotated[str, Path(min_length=1, max_length=256)]
+KeyRef = Annotated[str, Path(min_length=1, max_length=64)]
+QueryText = Annotated[str | None, Query(min_length=1, max_length=256)]
 Metadata = Annotated[dict[str, Any] | None, Field(description="A small JSON object (bounded in size)")]
 
 
@@ -42,11 +76,33 @@ def service_of(request: Request) -> Service:
 
 
 def principal(request: Request) -> Principal:
+    found = getattr(request.state, "principal", None)
+    if isinstance(found, Principal):
+        return found
     return authenticate(service_of(request), request)
 
 
+class AuthenticatedRoute(APIRoute):
+    """A route that authenticates the caller before anything else about the request is looked at.
+
+    FastAPI parses a JSON body (and reports a malformed one as 400) before it resolves dependencies; this
+    wrapper runs first, so a request without a valid key gets 401 whatever its body, and nothing about the
+    endpoint's input is revealed to an unauthenticated caller. The principal is kept in ``request.state``
+    for the ``Caller`` dependency.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def authenticated(request: Request) -> Response:
+            request.state.principal = authenticate(service_of(request), request)
+            return await handler(request)
+
+        return authenticated
+
+
 Caller = Annotated[Principal, Depends(principal)]
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=AuthenticatedRoute)
 
 
 # ---------------------------------------------------------------------------------------------- agents
@@ -78,7 +134,7 @@ def list_agents(request: Request, caller: Caller) -> Response:
 
 
 @router.get("/agents/{agent}", tags=["agents"], summary="One agent, by id or name")
-def get_agent(agent: str, request: Request, caller: Caller) -> Response:
+def get_agent(agent: AgentRef, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     found = service.home.agents.get(agent)
     require_reading(service, caller, found.agent_id)
@@ -86,7 +142,7 @@ def get_agent(agent: str, request: Request, caller: Caller) -> Response:
 
 
 @router.get("/agents/{agent}/budget", tags=["budget"], summary="Policies over the agent: spent, held, left")
-def budget_status(agent: str, request: Request, caller: Caller) -> Response:
+def budget_status(agent: AgentRef, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     agent_id = service.home.directory.agent_id(agent)
     require_reading(service, caller, agent_id)
@@ -100,6 +156,53 @@ def budget_status(agent: str, request: Request, caller: Caller) -> Response:
         for policy in policies
     ]
     return json_response(statuses)
+
+
+@router.post("/agents/{agent}/suspend", tags=["agents"], summary="Suspend an agent and its subtree (admin)")
+def suspend_agent(agent: AgentRef, request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    return json_response(service_of(request).home.agents.suspend(agent).to_dict())
+
+
+@router.post("/agents/{agent}/activate", tags=["agents"], summary="Make a suspended agent active (admin)")
+def activate_agent(agent: AgentRef, request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    return json_response(service_of(request).home.agents.activate(agent).to_dict())
+
+
+# -------------------------------------------------------------------------------------------- API keys
+
+TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
+
+
+class KeyCreate(Body):
+    label: Annotated[StrictStr | None, Field(None, min_length=1, max_length=256)]
+
+
+@router.post(
+    "/agents/{agent}/keys", status_code=201, tags=["keys"], summary="Create an agent API key (admin)"
+)
+def create_key(agent: AgentRef, request: Request, caller: Caller, body: KeyCreate | None = None) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    found = service.home.agents.get(agent)
+    key, token = service.keys.create("agent", found.agent_id, body.label if body is not None else None)
+    return json_response({**key.public_dict(), "token": token, "warning": TOKEN_WARNING}, 201)
+
+
+@router.get("/agents/{agent}/keys", tags=["keys"], summary="An agent's API keys, never their tokens (admin)")
+def list_keys(agent: AgentRef, request: Request, caller: Caller, include_revoked: bool = False) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    agent_id = service.home.agents.get(agent).agent_id
+    keys = service.keys.list(agent_id, include_revoked=include_revoked)
+    return json_response([key.public_dict() for key in keys])
+
+
+@router.delete("/keys/{key_id}", tags=["keys"], summary="Revoke an API key (admin; idempotent)")
+def revoke_key(key_id: KeyRef, request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    return json_response(service_of(request).keys.revoke(key_id).public_dict())
 
 
 # -------------------------------------------------------------------------------------------- policies
@@ -130,7 +233,7 @@ def create_policy(body: PolicyCreate, request: Request, caller: Caller) -> Respo
 def list_policies(
     request: Request,
     caller: Caller,
-    agent_id: Annotated[str | None, Query(max_length=256)] = None,
+    agent_id: QueryText = None,
     include_inactive: bool = False,
 ) -> Response:
     service = service_of(request)
@@ -144,6 +247,60 @@ def list_policies(
     return json_response([policy.to_dict() for policy in policies])
 
 
+@router.get("/policies/{policy_id}", tags=["policies"], summary="One policy (its latest revision)")
+def get_policy(policy_id: PolicyRef, request: Request, caller: Caller) -> Response:
+    service = service_of(request)
+    policy = service.home.policies.get(policy_id)
+    require_reading(service, caller, policy.agent_id)
+    return json_response(policy.to_dict())
+
+
+class PolicyUpdate(Body):
+    limit: Money
+    reason: Reason = None
+
+
+@router.patch("/policies/{policy_id}", tags=["policies"], summary="Change a policy's limit (admin)")
+def update_policy(policy_id: PolicyRef, body: PolicyUpdate, request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    policy = service_of(request).home.policies.update(policy_id, limit=body.limit, reason=body.reason)
+    return json_response(policy.to_dict())
+
+
+class PolicyRevision(Body):
+    reason: Reason = None
+
+
+@router.post(
+    "/policies/{policy_id}/deactivate", tags=["policies"], summary="Deactivate a policy (admin; idempotent)"
+)
+def deactivate_policy(
+    policy_id: PolicyRef, request: Request, caller: Caller, body: PolicyRevision | None = None
+) -> Response:
+    require_admin(caller)
+    policies = service_of(request).home.policies
+    current = policies.get(policy_id)
+    if not current.active:
+        return json_response(current.to_dict())
+    reason = body.reason if body is not None else None
+    return json_response(policies.deactivate(policy_id, reason=reason).to_dict())
+
+
+@router.post(
+    "/policies/{policy_id}/activate", tags=["policies"], summary="Activate a policy again (admin; idempotent)"
+)
+def activate_policy(
+    policy_id: PolicyRef, request: Request, caller: Caller, body: PolicyRevision | None = None
+) -> Response:
+    require_admin(caller)
+    policies = service_of(request).home.policies
+    current = policies.get(policy_id)
+    if current.active:
+        return json_response(current.to_dict())
+    reason = body.reason if body is not None else None
+    return json_response(policies.activate(policy_id, reason=reason).to_dict())
+
+
 # ---------------------------------------------------------------------------------------------- prices
 
 
@@ -153,7 +310,12 @@ class PriceSet(Body):
 
 
 @router.put("/prices/{resource_type}", tags=["prices"], summary="Set a unit price from now on (admin)")
-def set_price(resource_type: str, body: PriceSet, request: Request, caller: Caller) -> Response:
+def set_price(
+    resource_type: Annotated[str, Path(min_length=1, max_length=256)],
+    body: PriceSet,
+    request: Request,
+    caller: Caller,
+) -> Response:
     require_admin(caller)
     price = service_of(request).home.prices.set(resource_type, body.unit_price, body.currency)
     return json_response(price.to_dict())
@@ -249,7 +411,7 @@ class SettleRequest(Body):
 
 
 @router.post("/holds/{hold_id}/settle", tags=["enforcement"], summary="Record the actual charges; close")
-async def settle(hold_id: str, body: SettleRequest, request: Request, caller: Caller) -> Response:
+async def settle(hold_id: HoldRef, body: SettleRequest, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     _require_hold_of(service, hold_id, caller)
     charges = [charge.model_dump(exclude_none=True) for charge in body.charges]
@@ -259,7 +421,7 @@ async def settle(hold_id: str, body: SettleRequest, request: Request, caller: Ca
 
 
 @router.post("/holds/{hold_id}/release", tags=["enforcement"], summary="Close a hold without charging it")
-async def release(hold_id: str, request: Request, caller: Caller) -> Response:
+async def release(hold_id: HoldRef, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     hold = service.enforcer.catch_up().hold(hold_id)
     if hold is not None:
@@ -268,6 +430,214 @@ async def release(hold_id: str, request: Request, caller: Caller) -> Response:
     if released:
         service.metrics.holds.labels("released").inc()
     return json_response({"hold_id": hold_id, "released": released})
+
+
+# ---------------------------------------------------------------------------------------------- ledger
+
+MAX_EVENTS = 1000
+Bound = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="ISO 8601 time or a date (inclusive; naive means UTC; a date as `until`: the whole day)",
+    ),
+]
+
+
+def _bound(value: str | None, name: str, *, end: bool = False) -> datetime | None:
+    """A time filter as an aware UTC datetime; 400 (not a ledger error) when it is not a time."""
+    if value is None:
+        return None
+    if len(value) == 10:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return datetime.combine(day, time.max if end else time.min, tzinfo=timezone.utc)
+    return parse_timestamp(value, name, InvalidRequestError)
+
+
+def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    start, stop = _bound(since, "since"), _bound(until, "until", end=True)
+    if start is not None and stop is not None and start > stop:
+        raise InvalidRequestError(f"since ({start.isoformat()}) is after until ({stop.isoformat()})")
+    return start, stop
+
+
+def _ledger_agent(service: Service, caller: Principal, agent_id: str | None) -> str | None:
+    """The agent filter, resolved (a name becomes its id). An agent key must name an agent it may read."""
+    if agent_id is None:
+        if not caller.is_admin:
+            raise PermissionDeniedError(
+                "an agent key must pass agent_id (its own agent or a descendant) to read the ledger"
+            )
+        return None
+    if caller.is_admin:
+        try:
+            return service.home.directory.agent_id(agent_id)
+        except CaracalError:
+            return agent_id  # entries may name agents the registry does not know (plain ledger appends)
+    resolved = service.home.directory.agent_id(agent_id)
+    require_reading(service, caller, resolved)
+    return resolved
+
+
+@router.get("/ledger/events", tags=["ledger"], summary="Ledger entries, filtered (oldest first)")
+def ledger_events(
+    request: Request,
+    caller: Caller,
+    agent_id: QueryText = None,
+    resource_type: QueryText = None,
+    since: Bound = None,
+    until: Bound = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_EVENTS, description="At most this many (the latest)")] = 100,
+    after_id: Annotated[
+        int | None,
+        Query(ge=0, le=2**63, description="Only entries after this id (the first `limit` of them)"),
+    ] = None,
+    include_holds: Annotated[bool, Query(description="Also holds and releases, not only charges")] = False,
+) -> Response:
+    service = service_of(request)
+    agent = _ledger_agent(service, caller, agent_id)
+    start, stop = _window(since, until)
+    matching = LedgerQuery(service.home.ledger_path).iter_matching(
+        agent, start, stop, resource_type, charges_only=not include_holds
+    )
+    events: Iterable[LedgerEvent]
+    if after_id is not None:
+        events = itertools.islice((e for e in matching if e.event_id > after_id), limit)
+    else:
+        events = collections.deque(matching, maxlen=limit) if limit else ()
+    return json_response([event.to_dict() for event in events])
+
+
+@router.get("/ledger/summary", tags=["ledger"], summary="Spend totals by resource, day or agent (admin)")
+def ledger_summary(
+    request: Request,
+    caller: Caller,
+    by: Literal["resource", "day", "agent"] = "resource",
+    agent_id: QueryText = None,
+    resource_type: QueryText = None,
+    since: Bound = None,
+    until: Bound = None,
+) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    agent = _ledger_agent(service, caller, agent_id)
+    start, stop = _window(since, until)
+    totals = LedgerQuery(service.home.ledger_path).summarize(
+        by, agent_id=agent, start_time=start, end_time=stop, resource_type=resource_type
+    )
+    return json_response(
+        [
+            {by: key, "currency": currency, "events": t.events, "quantity": t.quantity, "cost": t.cost}
+            for (key, currency), t in sorted(totals.items())
+        ]
+    )
+
+
+@router.post("/ledger/verify", tags=["ledger"], summary="Check the whole ledger (admin; can take a while)")
+async def ledger_verify(request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    key_path = service.home.key_path
+    key = load_public_key(key_path) if key_path.exists() else None
+    report = await run_in_threadpool(verify_ledger, service.home.ledger_path, public_key=key)
+    return json_response(report.to_dict())
+
+
+def _checkpoint_dict(service: Service, checkpoint: Any) -> dict[str, Any]:
+    key_path = service.home.key_path
+    public = key_path.with_name(key_path.name + ".pub")
+    return {
+        **checkpoint.to_dict(),
+        "root_hex": checkpoint.root.hex(),
+        "public_key_pem": public.read_text("ascii") if public.exists() else None,
+    }
+
+
+@router.get("/ledger/checkpoint", tags=["ledger"], summary="The latest signed checkpoint (admin)")
+def latest_checkpoint(request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    checkpoint = service.enforcer.writer.checkpoints.latest()
+    if checkpoint is None:
+        raise HTTPException(404, "no signed checkpoint yet: POST /api/v1/ledger/checkpoint signs one now")
+    return json_response(_checkpoint_dict(service, checkpoint))
+
+
+@router.post("/ledger/checkpoint", tags=["ledger"], summary="Sign a checkpoint of the ledger now (admin)")
+def sign_checkpoint(request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    return json_response(_checkpoint_dict(service, service.enforcer.writer.checkpoint()))
+
+
+TreeSize = Annotated[int, Query(ge=1, le=2**62)]
+
+
+def _signed_roots(service: Service) -> dict[int, bytes]:
+    return {checkpoint.size: checkpoint.root for checkpoint in service.enforcer.writer.checkpoints}
+
+
+@router.get(
+    "/ledger/proofs/inclusion",
+    tags=["ledger"],
+    summary="RFC 9162 inclusion proof of an event (admin; hashes in hex)",
+)
+def inclusion_proof(
+    request: Request, caller: Caller, event_id: TreeSize, tree_size: TreeSize | None = None
+) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    proof = prove_inclusion(service.home.ledger_path, event_id, tree_size)
+    proof.verify()
+    signed = _signed_roots(service)
+    return json_response(
+        {
+            "type": "inclusion",
+            "event_id": proof.event_id,
+            "leaf_index": proof.event_id - 1,
+            "tree_size": proof.size,
+            "leaf_hash": proof.leaf_hash.hex(),
+            "root": proof.root.hex(),
+            "proof": [node.hex() for node in proof.proof],
+            "matches_signed_checkpoint": signed[proof.size] == proof.root if proof.size in signed else None,
+        }
+    )
+
+
+@router.get(
+    "/ledger/proofs/consistency",
+    tags=["ledger"],
+    summary="RFC 9162 consistency proof between two tree sizes (admin; hashes in hex)",
+)
+def consistency_proof(
+    request: Request, caller: Caller, first: TreeSize, second: TreeSize | None = None
+) -> Response:
+    require_admin(caller)
+    service = service_of(request)
+    proof = prove_consistency(service.home.ledger_path, first, second)
+    proof.verify()
+    signed = _signed_roots(service)
+    return json_response(
+        {
+            "type": "consistency",
+            "first": proof.size1,
+            "second": proof.size2,
+            "first_root": proof.root1.hex(),
+            "second_root": proof.root2.hex(),
+            "proof": [node.hex() for node in proof.proof],
+            "first_matches_signed_checkpoint": signed[proof.size1] == proof.root1
+            if proof.size1 in signed
+            else None,
+            "second_matches_signed_checkpoint": signed[proof.size2] == proof.root2
+            if proof.size2 in signed
+            else None,
+        }
+    )
 
 
 def _require_hold_of(service: Service, hold_id: str, caller: Principal) -> None:

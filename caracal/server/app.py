@@ -56,6 +56,7 @@ def create_app(
 
     @app.exception_handler(CaracalError)
     async def caracal_error(_request: Request, exc: CaracalError) -> Response:
+        service.metrics.errors.labels(type(exc).__name__).inc()
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -68,6 +69,8 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
+        if isinstance(exc, _BodyTooLarge):
+            return _too_large(exc.limit)
         body = {"error": {"type": "HTTPError", "code": f"http_{exc.status_code}", "message": str(exc.detail)}}
         return json_response(body, exc.status_code, dict(exc.headers or {}))
 
@@ -118,7 +121,7 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -134,8 +137,13 @@ class _BodyLimit:
                 await _too_large(limit)(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised by the counting ``receive``: an HTTPException, so that FastAPI's body parsing re-raises it
+    (it turns any other exception into "400 error parsing the body") and the app answers 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than the server's limit of {limit} bytes")
+        self.limit = limit
 
 
 def _too_large(limit: int) -> Response:

@@ -21,12 +21,21 @@ class Metrics:
             ["operation", "outcome"],
             registry=r,
         )
-        self.denials = Counter(
-            "caracal_denials", "Denied actions by the error that denied them.", ["type"], registry=r
+        self.errors = Counter(
+            "caracal_errors",
+            "Requests refused or failed, by error type (denials included).",
+            ["type"],
+            registry=r,
+        )
+        self.close_failures = Counter(
+            "caracal_gateway_close_failures",
+            "Gateway settlements or releases that could not be recorded (the hold stays until it expires).",
+            ["operation"],
+            registry=r,
         )
         self.holds = Counter("caracal_holds", "Holds by what happened to them.", ["event"], registry=r)
         self.holds_open = Gauge(
-            "caracal_holds_open", "Holds placed by this server and not yet closed.", registry=r
+            "caracal_holds_open", "Holds on record and not yet closed (all writers).", registry=r
         )
         self.ledger_appends = Counter(
             "caracal_ledger_operations", "Operations recorded through group commit.", registry=r

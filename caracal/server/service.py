@@ -39,6 +39,7 @@ class Service:
         self.enforcer = Enforcer(self.home.writer(), self.home.directory, clock=clock)
         self.meter = Meter(self.enforcer, self.home.prices.pricebook)
         self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
+        self.metrics.holds_open.set_function(lambda: self.enforcer.catch_up().open_hold_count)
         self.keys = ApiKeyRegistry(self.home.data / "apikeys.json")
         self.admin_key_path = self.home.home / "keys" / "admin.key"
         self._stop = threading.Event()

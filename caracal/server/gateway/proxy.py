@@ -133,6 +133,7 @@ class Gateway:
         except CaracalError as exc:
             if isinstance(exc, BudgetExceededError):
                 self.service.metrics.decisions.labels("gateway", "denied").inc()
+            self.service.metrics.errors.labels(type(exc).__name__).inc()
             return error_response(exc)
 
     async def _handle(self, request: Request, route: _Route) -> Response:
@@ -290,7 +291,7 @@ class _Call:
         def check(future: Future[Any]) -> None:
             exc = future.exception()
             if exc is not None:
-                self.gateway.service.metrics.denials.labels(f"gateway_{what}_failed").inc()
+                self.gateway.service.metrics.close_failures.labels(what).inc()
                 logger.error("could not %s gateway hold %s: %s", what, hold_id, exc)
 
         return check
