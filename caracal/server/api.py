@@ -1,6 +1,10 @@
-"""The REST API (``/api/v1/...``): agents, policies, prices, metering, check/reserve/settle/release, budget.
+"""The REST API (``/api/v1/...``): agents and their API keys, policies, prices, metering,
+check/reserve/settle/release, budget, and the ledger (entries, summaries, verification, checkpoints and
+RFC 9162 proofs with hex hashes).
 
-Every endpoint needs a key (see :mod:`caracal.server.auth` for who may do what). Request bodies are
+Every endpoint needs a key (see :mod:`caracal.server.auth` for who may do what); the key is checked before
+the request body is parsed (:class:`AuthenticatedRoute`), so a request without a valid key gets 401 whatever
+it carries. Request bodies are
 validated twice: their shape by the models below (which is what the OpenAPI document shows), their values
 by the same core functions the embedded client uses, so both transports accept and refuse the same input.
 Money is a decimal string (``"0.25"``) or an integer, never a JSON float.
