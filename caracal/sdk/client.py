@@ -1,4 +1,4 @@
-"""``CaracalClient``: the library API a team uses from agent code (embedded transport: the local home).
+"""``CaracalClient``: the library API a team uses from agent code, embedded (local files) or remote (HTTP).
 
 The original quick start works as written::
 
@@ -12,6 +12,15 @@ The original quick start works as written::
 :class:`BudgetExceededError` with the reason, so the block never runs); without one it only checks that
 budget remains. ``emit_event`` inside the block is charged against the block's hold. On exit, also on an
 exception, the hold is settled (if anything was charged) or released. Every error is a ``CaracalError``.
+
+One interface, two transports. ``CaracalClient()`` or ``CaracalClient(home=...)`` works on a local home
+(:class:`caracal.sdk.embedded.EmbeddedClient`); ``CaracalClient(base_url=..., api_key=...)`` talks to
+``caracal serve`` (:class:`caracal.sdk.remote.RemoteClient`). Both are ``CaracalClient`` instances with
+the same methods, return types and exceptions; this class holds what they share (``budget_check``,
+``abudget_check``, ``guard`` and how ``emit_event`` finds its block), built on the transport's
+``check``/``reserve``/``settle``/``release``. A remote client that cannot reach the server or read its
+answer raises :class:`~caracal.exceptions.ServerUnreachableError`, so a ``budget_check`` block never runs
+when its budget cannot be proven (fail closed).
 """
 
 from __future__ import annotations
@@ -26,25 +35,19 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from caracal.core.enforcement import (
-    Decision,
-    Enforcer,
-    Hold,
-    PolicyStatus,
-    Settlement,
-    policy_status,
-)
+from caracal.core.enforcement import Decision, Hold, PolicyStatus, Settlement
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerEvent
-from caracal.core.metering import Meter
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
-from caracal.core.windows import parse_window
 from caracal.exceptions import BudgetExceededError, ConfigurationError
-from caracal.storage.home import EmbeddedHome
+
+if TYPE_CHECKING:
+    from caracal.core.enforcement import Enforcer
+    from caracal.core.metering import Meter
+    from caracal.storage.home import EmbeddedHome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,13 +55,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class BudgetScope:
     """The block of one ``budget_check``: its agent, its hold (None without an estimate) and the charges
-    recorded in it."""
+    recorded in it. ``opened_as`` is the agent reference (name or id) the block was opened with."""
 
     agent_id: str
     decision: Decision
     hold: Hold | None = None
     charges: list[LedgerEvent] = field(default_factory=list)
     settlement: Settlement | None = None
+    opened_as: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def spent(self) -> Decimal:
@@ -73,48 +77,64 @@ _current_scope: contextvars.ContextVar[BudgetScope | None] = contextvars.Context
 class CaracalClient:
     """One client per process is enough; it is safe to share between threads.
 
-    ``home`` is the Caracal home folder (default ``$CARACAL_HOME`` or ``~/.caracal``). ``base_url`` and
-    ``api_key`` select the remote transport, which arrives with ``caracal serve``.
+    - ``CaracalClient(home=None, clock=None)``: embedded, on the Caracal home folder (default
+      ``$CARACAL_HOME`` or ``~/.caracal``).
+    - ``CaracalClient(base_url="http://127.0.0.1:8787", api_key="ck_...", timeout=30.0)``: remote, over
+      the HTTP API of ``caracal serve``; ``timeout`` is in seconds (connecting waits at most 5 of them).
+
+    Giving both a home and a ``base_url``, or a ``base_url`` without an ``api_key``, is a
+    :class:`ConfigurationError`. Constructing ``CaracalClient`` returns an instance of the transport's
+    subclass; use it as a ``CaracalClient``.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         home: str | os.PathLike[str] | None = None,
         *,
         base_url: str | None = None,
         api_key: str | None = None,
         clock: Callable[[], datetime] | None = None,
-    ):
-        if base_url is not None or api_key is not None:
-            raise ConfigurationError(
-                "the remote transport (base_url, api_key) arrives with 'caracal serve'; use the embedded "
-                "client (no arguments, or home=...) for now"
-            )
-        self.home = EmbeddedHome(Path(home) if home is not None else None)
-        self._clock = clock
-        self._enforcer: Enforcer | None = None
-        self._meter: Meter | None = None
+        timeout: float | None = None,
+    ) -> CaracalClient:
+        kind: type[CaracalClient] = cls
+        if cls is CaracalClient:
+            if base_url is not None or api_key is not None:
+                from caracal.sdk.remote import RemoteClient
 
-    # ------------------------------------------------------------------ wiring
+                kind = RemoteClient
+            else:
+                from caracal.sdk.embedded import EmbeddedClient
+
+                kind = EmbeddedClient
+        return object.__new__(kind)
+
+    # ------------------------------------------------------------------ the local home (embedded only)
+
+    @property
+    def home(self) -> EmbeddedHome:
+        """The local home (embedded client only)."""
+        raise ConfigurationError(self._no_local_home("home"))
 
     @property
     def enforcer(self) -> Enforcer:
-        if self._enforcer is None:
-            self._enforcer = Enforcer(self.home.writer(), self.home.directory, clock=self._clock)
-        return self._enforcer
+        """The local enforcer (embedded client only)."""
+        raise ConfigurationError(self._no_local_home("enforcer"))
 
     @property
     def meter(self) -> Meter:
-        if self._meter is None:
-            self._meter = Meter(self.enforcer, self.home.prices.pricebook)
-        return self._meter
+        """The local meter (embedded client only)."""
+        raise ConfigurationError(self._no_local_home("meter"))
+
+    def _no_local_home(self, what: str) -> str:
+        return (
+            f"this {type(self).__name__} has no local {what}: it talks to a Caracal server; use the "
+            f"client's methods, or an embedded client (CaracalClient(home=...)) on the server's home"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        if self._enforcer is not None:
-            self._enforcer.close()
-        self.home.close()
-        self._enforcer = None
-        self._meter = None
+        raise NotImplementedError
 
     def __enter__(self) -> CaracalClient:
         return self
@@ -122,15 +142,15 @@ class CaracalClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ identity, policies, prices
+    # ------------------------------------------------------------------ the transport's methods
 
     def register_agent(
         self, name: str, owner: str, parent: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Agent:
-        return self.home.agents.register(name, owner, parent, metadata)
+        raise NotImplementedError
 
     def get_agent(self, agent: str) -> Agent:
-        return self.home.agents.get(agent)
+        raise NotImplementedError
 
     def create_policy(
         self,
@@ -144,43 +164,48 @@ class CaracalClient:
     ) -> Policy:
         """A budget policy for an agent (name or id): ``window`` is hourly, daily, weekly, monthly or total,
         calendar-aligned in ``timezone`` (default daily); or ``rolling="24h"`` for a sliding window."""
-        agent = self.home.agents.get(agent_id)
-        kind = window if window is not None else ("rolling" if rolling is not None else "daily")
-        return self.home.policies.create(
-            agent.agent_id, limit, parse_window(kind, rolling, timezone), currency
-        )
+        raise NotImplementedError
 
     def set_price(self, resource_type: str, unit_price: object, currency: str = "USD") -> Price:
-        return self.home.prices.set(resource_type, unit_price, currency)
-
-    # ------------------------------------------------------------------ enforcement
+        raise NotImplementedError
 
     def check(self, agent_id: str, amount: object | None = None, currency: str = "USD") -> Decision:
-        return self.enforcer.check(agent_id, amount, currency)
+        """Would ``amount`` (or anything, without one) be allowed now? Reserves nothing."""
+        raise NotImplementedError
 
     def reserve(
         self, agent_id: str, amount: object, ttl: timedelta | float | None = None, currency: str = "USD"
     ) -> Hold:
-        return self.enforcer.reserve(agent_id, amount, currency, self._ttl(ttl))
+        """Set ``amount`` aside for the agent (:class:`BudgetExceededError` if that could overspend)."""
+        raise NotImplementedError
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
-        return self.enforcer.settle(hold.hold_id if isinstance(hold, Hold) else hold, charges or [])
+        raise NotImplementedError
 
     def release(self, hold: Hold | str) -> bool:
-        return self.enforcer.release(hold.hold_id if isinstance(hold, Hold) else hold)
+        raise NotImplementedError
 
     def budget_status(self, agent_id: str) -> list[PolicyStatus]:
         """Each active policy of the agent and its ancestors: limit, spent, held, remaining, reset time."""
-        enforcer = self.enforcer
-        agent = self.home.agents.get(agent_id)
-        state = enforcer.catch_up()
-        now = enforcer.now()
-        chain = self.home.directory.chain(agent.agent_id)
-        return [
-            policy_status(policy, state, now)
-            for _member, policies in self.home.directory.policies(chain)
-            for policy in policies
-        ]
+        raise NotImplementedError
+
+    def _emit(
+        self,
+        agent_id: str,
+        resource_type: str,
+        quantity: object,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        timestamp: datetime | str | None,
+        hold_id: str | None,
+    ) -> LedgerEvent:
+        raise NotImplementedError
+
+    def _agent_id_of(self, agent: str) -> str | None:
+        """The id of ``agent`` (a name or an id), for matching it with an open block; None if unknown."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ budget blocks (shared)
 
     @contextlib.contextmanager
     def budget_check(
@@ -208,7 +233,8 @@ class CaracalClient:
         ttl: timedelta | float | None = None,
         currency: str = "USD",
     ) -> AsyncIterator[BudgetScope]:
-        """``budget_check`` for async code: the blocking steps (lock, fsync) run in a worker thread."""
+        """``budget_check`` for async code: the blocking steps (lock and fsync, or the HTTP round trip) run
+        in a worker thread."""
         scope = await asyncio.to_thread(self._open_scope, agent_id, estimated_cost, ttl, currency)
         token = _current_scope.set(scope)
         try:
@@ -241,30 +267,26 @@ class CaracalClient:
 
         return decorate
 
-    def _ttl(self, ttl: timedelta | float | None) -> timedelta | float:
-        """The hold TTL: as given, else ``holds.default_ttl`` from the home's ``config.toml``."""
-        return self.home.settings.default_ttl if ttl is None else ttl
-
     def _open_scope(
         self, agent_id: str, estimated: object | None, ttl: timedelta | float | None, currency: str
     ) -> BudgetScope:
         if estimated is None:
-            decision = self.enforcer.check(agent_id, None, currency)
+            decision = self.check(agent_id, None, currency)
             if not decision.allowed:
                 raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
-            return BudgetScope(decision.agent_id, decision)
-        hold = self.enforcer.reserve(agent_id, estimated, currency, self._ttl(ttl))
-        return BudgetScope(hold.agent_id, hold.decision, hold)
+            return BudgetScope(decision.agent_id, decision, opened_as=agent_id)
+        hold = self.reserve(agent_id, estimated, ttl, currency)
+        return BudgetScope(hold.agent_id, hold.decision, hold, opened_as=agent_id)
 
     def _close_scope(self, scope: BudgetScope) -> None:
         if scope.hold is None:
             return
         if scope.charges:
-            scope.settlement = self.enforcer.settle(scope.hold.hold_id, [])
+            scope.settlement = self.settle(scope.hold.hold_id, [])
         else:
-            self.enforcer.release(scope.hold.hold_id)
+            self.release(scope.hold.hold_id)
 
-    # ------------------------------------------------------------------ metering
+    # ------------------------------------------------------------------ metering (shared)
 
     def emit_event(
         self,
@@ -281,12 +303,17 @@ class CaracalClient:
         if (
             scope is not None
             and scope.hold is not None
-            and self.home.agents.get(agent_id).agent_id == scope.agent_id
+            and (
+                agent_id == scope.agent_id
+                or agent_id == scope.opened_as
+                or self._agent_id_of(agent_id) == scope.agent_id
+            )
         ):
             hold_id = scope.hold.hold_id
-        event = self.meter.emit(
-            agent_id, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id
-        )
+        event = self._emit(agent_id, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id)
         if scope is not None and hold_id is not None:
             scope.charges.append(event)
         return event
+
+
+__all__ = ["BudgetScope", "CaracalClient"]

@@ -313,7 +313,7 @@ class PriceSet(Body):
     currency: StrictStr = "USD"
 
 
-@router.put("/prices/{resource_type}", tags=["prices"], summary="Set a unit price from now on (admin)")
+@router.put("/prices/{resource_type:path}", tags=["prices"], summary="Set a unit price from now on (admin)")
 def set_price(
     resource_type: Annotated[str, Path(min_length=1, max_length=256)],
     body: PriceSet,

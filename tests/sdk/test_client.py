@@ -1,50 +1,69 @@
-"""CaracalClient as agent code uses it: budget_check, guard, emit_event, idempotency, restarts."""
+"""CaracalClient as agent code uses it: budget_check, guard, emit_event, idempotency, restarts.
+
+Every test runs on both transports (``sdk``: embedded, and remote against a server on the same home), except
+the few marked ``embedded_only`` that are about the embedded client's own files and config."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from caracal.core.ledger import LedgerQuery
+from caracal.core.ledger import LedgerEvent, LedgerQuery
 from caracal.exceptions import (
     AgentNotFoundError,
     BudgetExceededError,
     CaracalError,
     ConfigurationError,
+    HoldNotFoundError,
     IdempotencyConflictError,
     InvalidMeteringEventError,
     UnknownPriceError,
 )
 from caracal.sdk.client import CaracalClient
+from tests.sdk.conftest import Transport
 
 
 @pytest.fixture
-def client(caracal_home: Path) -> CaracalClient:
-    client = CaracalClient()
+def client(sdk: Transport) -> CaracalClient:
+    client = sdk.client()
     client.register_agent("my-agent", "user@example.com")
     client.create_policy("my-agent", "1.00", "daily")
     client.set_price("tool.search.calls", "0.10")
-    yield client
-    client.close()
+    return client  # closed by the transport
 
 
-def charges(client: CaracalClient) -> list:
-    return LedgerQuery(client.home.ledger_path).get_events(charges_only=True)
+@pytest.fixture
+def charges(sdk: Transport) -> Callable[[], list[LedgerEvent]]:
+    """The charges in the home's ledger, read from the file (what was acknowledged is on disk)."""
+
+    def read() -> list[LedgerEvent]:
+        if not sdk.ledger_path.exists():
+            return []
+        return LedgerQuery(sdk.ledger_path).get_events(charges_only=True)
+
+    return read
 
 
-def test_the_original_quick_start(client: CaracalClient) -> None:
+def ledger_size(sdk: Transport) -> int:
+    return sdk.ledger_path.stat().st_size if sdk.ledger_path.exists() else 0
+
+
+def test_the_original_quick_start(client: CaracalClient, charges: Callable[[], list[LedgerEvent]]) -> None:
     with client.budget_check(agent_id="my-agent"):
         pass
     event = client.emit_event(agent_id="my-agent", resource_type="openai.gpt4.input_tokens", quantity=1000)
     assert event.cost == Decimal("0.030000")  # GPT-4 input: $30 per million tokens, exactly
-    assert [e.event_id for e in charges(client)] == [event.event_id]
+    assert [e.event_id for e in charges()] == [event.event_id]
 
 
-def test_budget_check_reserves_then_settles_what_the_block_charged(client: CaracalClient) -> None:
+def test_budget_check_reserves_then_settles_what_the_block_charged(
+    client: CaracalClient, charges: Callable[[], list[LedgerEvent]]
+) -> None:
     with client.budget_check("my-agent", estimated_cost="0.50") as scope:
         assert client.check("my-agent").held == Decimal("0.50")
         client.emit_event("my-agent", "tool.search.calls", 2)
@@ -52,7 +71,8 @@ def test_budget_check_reserves_then_settles_what_the_block_charged(client: Carac
     assert scope.settlement is not None and not scope.settlement.over_hold
     status = client.check("my-agent")
     assert (status.spent, status.held, status.remaining) == (Decimal("0.20"), 0, Decimal("0.80"))
-    assert all(e.hold_id == scope.hold.hold_id for e in charges(client))
+    assert scope.hold is not None and len(charges()) == 1
+    assert all(e.hold_id == scope.hold.hold_id for e in charges())
 
 
 def test_a_denied_block_never_runs(client: CaracalClient) -> None:
@@ -113,25 +133,27 @@ def test_async_budget_check(client: CaracalClient) -> None:
     assert client.check("my-agent").held == 0
 
 
-def test_idempotency_keys_record_one_charge(client: CaracalClient) -> None:
+def test_idempotency_keys_record_one_charge(
+    client: CaracalClient, charges: Callable[[], list[LedgerEvent]]
+) -> None:
     first = client.emit_event("my-agent", "tool.search.calls", 1, idempotency_key="req-1")
     again = client.emit_event("my-agent", "tool.search.calls", 1, idempotency_key="req-1")
     assert again.event_id == first.event_id
-    assert len(charges(client)) == 1
+    assert len(charges()) == 1
     with pytest.raises(IdempotencyConflictError):
         client.emit_event("my-agent", "tool.search.calls", 2, idempotency_key="req-1")
-    assert len(charges(client)) == 1
+    assert len(charges()) == 1
 
 
-def test_idempotency_survives_a_restart(caracal_home: Path, client: CaracalClient) -> None:
+def test_idempotency_survives_a_restart(sdk: Transport, client: CaracalClient) -> None:
     first = client.emit_event("my-agent", "tool.search.calls", 1, idempotency_key="req-9")
     client.close()
-    other = CaracalClient()
+    sdk.restart()
+    other = sdk.client()
     assert (
         other.emit_event("my-agent", "tool.search.calls", 1, idempotency_key="req-9").event_id
         == first.event_id
     )
-    other.close()
 
 
 def test_a_backdated_timestamp_cannot_leave_the_current_window(client: CaracalClient) -> None:
@@ -143,37 +165,109 @@ def test_a_backdated_timestamp_cannot_leave_the_current_window(client: CaracalCl
     assert client.check("my-agent").spent == Decimal("0.50")
 
 
-def test_unknown_prices_and_agents_are_refused_and_record_nothing(client: CaracalClient) -> None:
+def test_unknown_prices_and_agents_are_refused_and_record_nothing(
+    client: CaracalClient, charges: Callable[[], list[LedgerEvent]]
+) -> None:
     with pytest.raises(UnknownPriceError):
         client.emit_event("my-agent", "tool.never_priced.calls", 1)
     with pytest.raises(AgentNotFoundError):
         client.emit_event("nobody", "tool.search.calls", 1)
     with pytest.raises(InvalidMeteringEventError):
         client.emit_event("my-agent", "tool.search.calls", 0.5)  # a float
-    assert charges(client) == []
+    assert charges() == []
 
 
-def test_budgets_hold_across_clients_and_restarts(caracal_home: Path, client: CaracalClient) -> None:
+def test_budgets_hold_across_clients_and_restarts(sdk: Transport, client: CaracalClient) -> None:
     hold = client.reserve("my-agent", "0.70", ttl=60)
-    other = CaracalClient()
+    other = sdk.client()
     with pytest.raises(BudgetExceededError):
         other.reserve("my-agent", "0.40")
     client.close()
-    resumed = CaracalClient()  # resumes from the budget snapshot
+    sdk.restart()
+    resumed = sdk.client()  # resumes from the budget snapshot
     assert resumed.check("my-agent").held == Decimal("0.70")
     resumed.settle(hold, [{"resource_type": "tool.search.calls", "quantity": "7", "cost": "0.70"}])
     assert other.check("my-agent").remaining == Decimal("0.30")
-    other.close()
-    resumed.close()
 
 
-def test_remote_transport_is_not_here_yet() -> None:
+def test_budget_status_lists_the_policies_over_the_agent(client: CaracalClient) -> None:
+    child = client.register_agent("child", "user@example.com", parent="my-agent")
+    client.create_policy(child.agent_id, "0.50", "total")
+    assert client.get_agent("child") == child
+    with client.budget_check("child", estimated_cost="0.30"):
+        client.emit_event(child.agent_id, "tool.search.calls", 2)
+    statuses = client.budget_status("child")
+    assert [(s.policy.agent_id, s.policy.limit, s.spent, s.held, s.remaining) for s in statuses] == [
+        (child.agent_id, Decimal("0.50"), Decimal("0.20"), Decimal(0), Decimal("0.30")),
+        (
+            client.get_agent("my-agent").agent_id,
+            Decimal("1.00"),
+            Decimal("0.20"),
+            Decimal(0),
+            Decimal("0.80"),
+        ),
+    ]
+    with pytest.raises(AgentNotFoundError):
+        client.budget_status("nobody")
+
+
+def test_emit_for_another_agent_inside_a_block_is_not_charged_to_its_hold(client: CaracalClient) -> None:
+    other = client.register_agent("other-agent", "user@example.com")
+    client.create_policy("other-agent", "1.00")
+    with client.budget_check("my-agent", estimated_cost="0.50") as scope:
+        mine = client.emit_event(client.get_agent("my-agent").agent_id, "tool.search.calls", 1)
+        theirs = client.emit_event("other-agent", "tool.search.calls", 1)
+    assert scope.hold is not None and mine.hold_id == scope.hold.hold_id
+    assert theirs.hold_id is None and theirs.agent_id == other.agent_id
+    assert scope.charges == [mine]
+
+
+def test_settle_and_release_by_hand(client: CaracalClient) -> None:
+    hold = client.reserve("my-agent", Decimal("0.40"), ttl=timedelta(minutes=5))
+    assert (hold.amount, hold.decision.allowed) == (Decimal("0.40"), True)
+    assert client.check("my-agent").held == Decimal("0.40")
+    settlement = client.settle(
+        hold.hold_id,
+        [
+            {
+                "resource_type": "tool.search.calls",
+                "quantity": 5,
+                "cost": Decimal("0.50"),
+                "metadata": {"n": 1},
+            }
+        ],
+    )
+    assert (settlement.total, settlement.held, settlement.over_hold) == (
+        Decimal("0.50"),
+        Decimal("0.40"),
+        True,
+    )
+    assert settlement.charges[0].cost == Decimal("0.50") and settlement.charges[0].metadata is not None
+    with pytest.raises(HoldNotFoundError):
+        client.settle(hold)
+    second = client.reserve("my-agent", "0.10")
+    assert client.release(second) is True
+    assert client.release(second) is False
+    assert client.check("my-agent", "0.50").allowed is True
+    assert client.check("my-agent", "0.51").allowed is False
+
+
+def test_constructor_arguments_are_checked(caracal_home: Path) -> None:
     with pytest.raises(ConfigurationError):
-        CaracalClient(base_url="http://127.0.0.1:1", api_key="k")
+        CaracalClient(base_url="http://127.0.0.1:1")  # no api_key
+    with pytest.raises(ConfigurationError):
+        CaracalClient(api_key="ck_x")  # no base_url
+    with pytest.raises(ConfigurationError):
+        CaracalClient(caracal_home, base_url="http://127.0.0.1:1", api_key="ck_x")
+    with pytest.raises(ConfigurationError):
+        CaracalClient(timeout=3)  # a remote setting
+    embedded = CaracalClient(caracal_home)
+    assert isinstance(embedded, CaracalClient) and embedded.home.home == caracal_home
+    embedded.close()
 
 
-def test_bad_calls_raise_caracal_errors_and_change_nothing(client: CaracalClient) -> None:
-    size = client.home.ledger_path.stat().st_size if client.home.ledger_path.exists() else 0
+def test_bad_calls_raise_caracal_errors_and_change_nothing(sdk: Transport, client: CaracalClient) -> None:
+    size = ledger_size(sdk)
     for call in (
         lambda: client.reserve("my-agent", "-1"),
         lambda: client.reserve("my-agent", "NaN"),
@@ -185,55 +279,68 @@ def test_bad_calls_raise_caracal_errors_and_change_nothing(client: CaracalClient
         with pytest.raises(CaracalError):
             call()
     assert client.release("hold-unknown") is False
-    assert (client.home.ledger_path.stat().st_size if client.home.ledger_path.exists() else 0) == size
+    assert ledger_size(sdk) == size
 
 
-def test_config_toml_is_read(caracal_home: Path) -> None:
+def test_config_toml_is_read(sdk: Transport, caracal_home: Path) -> None:
     (caracal_home / "config.toml").write_text(
         "[holds]\ndefault_ttl = 42\n[pricing]\nuse_llm_prices = false\n"
     )
-    client = CaracalClient()
+    client = sdk.client()  # remote: the server reads the home's config.toml
     client.register_agent("a", "o@example.com")
     client.create_policy("a", "5")
+    before = datetime.now(timezone.utc)
     hold = client.reserve("a", "1")
-    assert 41 <= (hold.expires_at - client.enforcer.now()).total_seconds() <= 42
+    after = datetime.now(timezone.utc)
+    assert before + timedelta(seconds=42) <= hold.expires_at <= after + timedelta(seconds=42)
     with pytest.raises(UnknownPriceError):  # LLM prices switched off by the file
         client.emit_event("a", "openai.gpt4.input_tokens", 10)
-    client.close()
 
 
+@pytest.mark.embedded_only(
+    "the embedded client reads config.toml itself; a remote client reads no local file"
+)
 @pytest.mark.parametrize(
     "text",
     ["[holds]\ndefault_ttl = 'soon'\n", "[holds]\ndefault_tll = 5\n", "[nope]\n", "not toml at all ["],
 )
-def test_a_bad_config_toml_fails_closed_with_a_clear_error(caracal_home: Path, text: str) -> None:
+def test_a_bad_config_toml_fails_closed_with_a_clear_error(
+    sdk: Transport, caracal_home: Path, text: str
+) -> None:
     (caracal_home / "config.toml").write_text(text)
     with pytest.raises(ConfigurationError) as error:
         CaracalClient()
     assert "config.toml" in str(error.value)
 
 
-def test_a_corrupt_ledger_denies_every_reservation(caracal_home: Path, client: CaracalClient) -> None:
+@pytest.mark.embedded_only(
+    "a server refuses to start on a corrupt ledger (server tests); a client of a server that is not there "
+    "is denied (test_remote.py)"
+)
+def test_a_corrupt_ledger_denies_every_reservation(
+    sdk: Transport, caracal_home: Path, client: CaracalClient
+) -> None:
     client.emit_event("my-agent", "tool.search.calls", 1)
     client.close()
+    sdk.stop()
     ledger = caracal_home / "data" / "ledger.jsonl"
     with ledger.open("ab") as handle:
         handle.write(b'{"event_id": "garbage"}\n')
-    fresh = CaracalClient()
+    fresh = sdk.client()
     ran = []
     with pytest.raises(CaracalError), fresh.budget_check("my-agent", estimated_cost="0.10"):
         ran.append(True)
     assert ran == []
-    fresh.home.close()
 
 
-def test_a_held_lock_times_out_and_denies(caracal_home: Path, client: CaracalClient) -> None:
+def test_a_held_lock_times_out_and_denies(sdk: Transport, caracal_home: Path, client: CaracalClient) -> None:
     import fcntl
     import os
 
     client.check("my-agent")
     (caracal_home / "config.toml").write_text("[ledger]\nlock_timeout = 0.2\n")
-    impatient = CaracalClient()
+    sdk.restart()
+    impatient = sdk.client()
     lock = os.open(caracal_home / "data" / "ledger.jsonl.lock", os.O_RDWR)
     fcntl.flock(lock, fcntl.LOCK_EX)  # another process stuck holding the lock
     try:
@@ -242,4 +349,16 @@ def test_a_held_lock_times_out_and_denies(caracal_home: Path, client: CaracalCli
         assert "lock" in str(denied.value)
     finally:
         os.close(lock)
-    impatient.close()
+
+
+def test_agent_names_with_slashes_and_odd_characters(client: CaracalClient) -> None:
+    for name in ("team/bot", "a b?c#d%2F", ".."):
+        agent = client.register_agent(name, "user@example.com")
+        client.create_policy(name, "1.00")
+        assert client.get_agent(name) == agent
+        assert [status.policy.agent_id for status in client.budget_status(name)] == [agent.agent_id]
+        with client.budget_check(name, estimated_cost="0.20") as scope:
+            client.emit_event(name, "tool.search.calls", 1)
+        assert scope.spent == Decimal("0.10") and scope.settlement is not None
+    with pytest.raises(AgentNotFoundError):
+        client.get_agent("team/nobody")

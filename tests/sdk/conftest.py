@@ -1,0 +1,106 @@
+"""The SDK tests run once per transport: embedded (the local home) and remote (a server on that home).
+
+A test takes the ``sdk`` fixture (a :class:`Transport`) and makes its clients with ``sdk.client()``. Tests
+that are about the embedded client's own machinery (its files, its config, its process) carry
+``@pytest.mark.embedded_only("why")``: their remote run is skipped with that reason, so the gap shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from caracal.sdk.client import CaracalClient
+from caracal.server.app import create_app
+from caracal.server.runner import ServerThread
+from caracal.server.service import Service
+
+TRANSPORTS = ("embedded", "remote")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "embedded_only(reason): an SDK test about the embedded client only (remote run skipped)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sdk" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("embedded_only")
+    params = [
+        pytest.param(kind, marks=pytest.mark.skip(reason=f"embedded only: {marker.args[0]}"))
+        if marker is not None and kind == "remote"
+        else kind
+        for kind in TRANSPORTS
+    ]
+    metafunc.parametrize("sdk", params, indirect=True)
+
+
+class Transport:
+    """Clients of one transport on the test's home. The remote server starts on the first ``client()``
+    (so a test can write ``config.toml`` first) and serves the home with the admin key."""
+
+    def __init__(self, kind: str, home: Path):
+        self.kind = kind
+        self.home = home
+        self.service: Service | None = None
+        self.server: ServerThread | None = None
+        self.admin_token: str | None = None
+        self._port = 0
+        self._clients: list[CaracalClient] = []
+
+    @property
+    def remote(self) -> bool:
+        return self.kind == "remote"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "data" / "ledger.jsonl"
+
+    def client(self, api_key: str | None = None) -> CaracalClient:
+        if self.kind == "embedded":
+            client = CaracalClient()
+        else:
+            server = self.start()
+            client = CaracalClient(base_url=server.base_url, api_key=api_key or self.admin_token)
+        self._clients.append(client)
+        return client
+
+    def start(self) -> ServerThread:
+        if self.server is None:
+            self.service = Service(self.home)
+            token = self.service.keys.ensure_admin_key(self.home / "keys" / "admin.key")
+            if token is not None:
+                self.admin_token = token
+            app = create_app(self.service, own_service=True)
+            self.server = ServerThread(app, port=self._port).start()
+            self._port = self.server.port  # a restart comes back on the same address
+        return self.server
+
+    def restart(self) -> None:
+        """Remote: stop the server (closing its service) and start a new one on the same home and port.
+        Embedded: nothing (each client is its own "process")."""
+        if self.server is not None:
+            self.stop()
+            self.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+            self.service = None
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.stop()
+
+
+@pytest.fixture
+def sdk(request: pytest.FixtureRequest, caracal_home: Path) -> Iterator[Transport]:
+    transport = Transport(request.param, caracal_home)
+    yield transport
+    transport.close()
