@@ -54,7 +54,7 @@ def test_openapi_lists_every_route(server: Live) -> None:
     routes = [route for route in api.router.routes if isinstance(route, APIRoute)]
     assert len(routes) == len(api.router.routes)
     for route in routes:
-        path = route.path
+        path = route.path_format
         methods = {method.lower() for method in route.methods or ()}
         assert path in document["paths"], path
         assert methods <= set(document["paths"][path]), (path, methods)

@@ -183,8 +183,8 @@ def routes_of_the_app() -> set[tuple[str, str]]:
     for route in api.router.routes:
         assert isinstance(route, APIRoute), route
         for method in route.methods or ():
-            if route.path.startswith(f"{API}/"):
-                found.add((method, route.path))
+            if route.path_format.startswith(f"{API}/"):
+                found.add((method, route.path_format))
     return found
 
 

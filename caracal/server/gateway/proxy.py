@@ -156,54 +156,53 @@ class Gateway:
         )
         service.metrics.decisions.labels("gateway", "allowed").inc()
         service.metrics.holds.labels("placed").inc()
-        call = _Call(self, route, upstream, hold, bound, model)
-        headers = _upstream_headers(route, provider_key, request)
         started = time.perf_counter()
+        call = _Call(self, route, upstream, hold, bound, model, started)
+        headers = _upstream_headers(route, provider_key, request)
         try:
             response = await self.session().post(
                 upstream.base_url + route.path, data=orjson.dumps(forward), headers=headers
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            call.release("unreachable", started)
+        except _NOT_SENT as exc:
+            call.release("unreachable")
             raise UpstreamError(
                 f"the upstream {upstream.base_url} could not be reached ({type(exc).__name__}: {exc}); "
-                f"the hold was released and nothing was billed"
+                f"nothing was sent, the hold was released and nothing was billed"
             ) from None
-        except BaseException:
-            call.release("cancelled", started)
-            raise
+        except BaseException as exc:
+            raise call.failed(exc, upstream) from None
         if response.status >= 400:
             try:
                 content = await response.read()
             finally:
                 response.release()
-                call.release(f"http_{response.status}", started)
-            return Response(content, response.status, media_type=response.content_type)
+                call.release(f"http_{response.status}")
+            if response.status in (401, 403):
+                raise UpstreamError(
+                    f"the {upstream.api} upstream refused the gateway's provider key (HTTP "
+                    f"{response.status}): the operator must check ${upstream.api_key_env} or "
+                    f"gateway.{upstream.api}.api_key on the server; the hold was released"
+                )
+            return Response(content, response.status, _passed_headers(response), response.content_type)
         if forward.get("stream") is True:
             return StreamingResponse(
-                call.stream(response, started),
+                call.stream(response),
                 response.status,
-                media_type=response.headers.get("content-type", "text/event-stream"),
-                headers={"cache-control": "no-cache"},
+                {**_passed_headers(response), "cache-control": "no-cache"},
+                response.headers.get("content-type", "text/event-stream"),
             )
         try:
             content = await response.read()
         except BaseException as exc:
-            call.settle(billable(None, bound, None), started, "failed")
-            if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
-                raise UpstreamError(
-                    f"the upstream {upstream.base_url} failed while answering ({type(exc).__name__}); the "
-                    f"call was billed at its worst case because the provider may have processed it"
-                ) from None
-            raise
+            raise call.failed(exc, upstream) from None
         finally:
             response.release()
         try:
             usage = usage_from_response(route.api, orjson.loads(content))
         except orjson.JSONDecodeError:
             usage = None
-        call.settle(billable(usage, bound, None), started, "ok")
-        return Response(content, response.status, media_type=response.content_type)
+        call.settle(billable(usage, bound, None), "ok")
+        return Response(content, response.status, _passed_headers(response), response.content_type)
 
     def _agent_of(self, principal: Principal, request: Request) -> str:
         if principal.agent_id is not None:
@@ -228,6 +227,7 @@ class _Call:
         hold: Hold,
         bound: Bound,
         model: str,
+        started: float,
     ):
         self.gateway = gateway
         self.route = route
@@ -235,25 +235,26 @@ class _Call:
         self.hold = hold
         self.bound = bound
         self.model = model
+        self.started = started
         self.closed = False
 
-    def release(self, outcome: str, started: float) -> None:
+    def release(self, outcome: str) -> None:
         if self.closed:
             return
         self.closed = True
         service = self.gateway.service
-        self._observe(outcome, started)
+        self._observe(outcome)
         service.metrics.holds.labels("released").inc()
         future = service.committer.submit(service.enforcer.release_op(self.hold.hold_id), defer=CLOSE_DEFER)
         future.add_done_callback(self._log_failure("release"))
 
-    def settle(self, usage: Usage, started: float, outcome: str) -> None:
+    def settle(self, usage: Usage, outcome: str) -> None:
         """Queue the settlement (see the module docstring); failures are logged and counted."""
         if self.closed:
             return
         self.closed = True
         service = self.gateway.service
-        self._observe(outcome, started)
+        self._observe(outcome)
         try:
             charges = usage_charges(
                 service.home.prices.pricebook(),
@@ -280,9 +281,22 @@ class _Call:
         )
         future.add_done_callback(self._log_failure("settle"))
 
-    def _observe(self, outcome: str, started: float) -> None:
+    def failed(self, exc: BaseException, upstream: UpstreamSettings) -> BaseException:
+        """The upstream failed after the request was sent (a timeout, a dropped connection, a cancelled
+        handler): the provider may have processed it and may bill it, so the call is billed at its worst
+        case (fail closed). Returns the exception to raise."""
+        self.settle(billable(None, self.bound, None), "failed")
+        if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            return UpstreamError(
+                f"the upstream {upstream.base_url} failed after the request was sent ({type(exc).__name__}"
+                f"{': ' + str(exc) if str(exc) else ''}); the call was billed at its worst case because "
+                f"the provider may have processed it"
+            )
+        return exc
+
+    def _observe(self, outcome: str) -> None:
         self.gateway.service.metrics.upstream.labels(self.route.api, outcome).observe(
-            time.perf_counter() - started
+            time.perf_counter() - self.started
         )
 
     def _log_failure(self, what: str) -> Callable[[Future[Any]], None]:
@@ -296,7 +310,7 @@ class _Call:
 
         return check
 
-    async def stream(self, response: aiohttp.ClientResponse, started: float) -> AsyncIterator[bytes]:
+    async def stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """Pass the upstream's stream through chunk by chunk; settle when it ends, however it ends."""
         meter = StreamMeter()
         outcome = "cancelled"  # a client disconnect ends the generator without reaching the lines below
@@ -310,7 +324,24 @@ class _Call:
             raise  # the client's connection is dropped too, so it sees the failure instead of a clean end
         finally:
             response.release()
-            self.settle(billable(meter.usage(), self.bound, meter.consumed_output_bound()), started, outcome)
+            self.settle(billable(meter.usage(), self.bound, meter.consumed_output_bound()), outcome)
+
+
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+"""Upstream failures that happen before any byte of the request is sent: only these release the hold."""
+
+_PASSED_RESPONSE_HEADERS = frozenset(("retry-after", "x-request-id", "request-id", "openai-processing-ms"))
+_PASSED_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def _passed_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """The provider's response headers a client uses (retry-after for backoff, request ids, rate limits);
+    never its cookies, encodings or lengths (the gateway sets its own)."""
+    return {
+        name: value
+        for name, value in response.headers.items()
+        if (lower := name.lower()) in _PASSED_RESPONSE_HEADERS or lower.startswith(_PASSED_RESPONSE_PREFIXES)
+    }
 
 
 def _provider_key(upstream: UpstreamSettings) -> str:
