@@ -51,6 +51,9 @@ def create_app(
             "append-only ledger. Authenticate with `Authorization: Bearer <key>` (or `x-api-key`)."
         ),
         lifespan=lifespan,
+        # Prometheus at /metrics is Caracal's telemetry; FastAPI's OpenTelemetry hooks would only cost time
+        # on every request (an older FastAPI takes this as an unused extra setting).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from caracal.config import caracal_home
+from caracal.core.fileio import open_for_reading
 from caracal.core.identity import (
     ACTIVE,
     SUSPENDED,
@@ -333,7 +334,7 @@ class AgentRegistry:
             return cached.snapshot
         started_ns = time.time_ns()
         try:
-            with open(self.path, "rb") as file:
+            with open_for_reading(self.path) as file:
                 st = os.fstat(file.fileno())  # the stat of exactly the bytes read (renames replace inodes)
                 data = file.read()
         except FileNotFoundError:

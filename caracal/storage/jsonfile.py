@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from caracal.core.fileio import flock_within, write_atomically
+from caracal.core.fileio import flock_within, open_for_reading, write_atomically
 from caracal.core.validation import dumps
 from caracal.exceptions import RegistryError
 
@@ -86,7 +86,8 @@ class JsonDocument:
     def _read_bytes(self) -> bytes | None:
         """The file's bytes, None when it does not exist."""
         try:
-            return self.path.read_bytes()
+            with open_for_reading(self.path) as file:
+                return file.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
