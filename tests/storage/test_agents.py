@@ -480,7 +480,7 @@ class ParseCounter:
         self.parses = 0
         self.opens = 0
         parse = AgentRegistry._parse
-        real_open = open
+        real_open = agents_module.open_for_reading
 
         def counting_parse(registry: AgentRegistry, data: bytes) -> Any:
             self.parses += 1
@@ -491,7 +491,7 @@ class ParseCounter:
             return real_open(*args, **kwargs)
 
         monkeypatch.setattr(AgentRegistry, "_parse", counting_parse)
-        monkeypatch.setattr(agents_module, "open", counting_open, raising=False)
+        monkeypatch.setattr(agents_module, "open_for_reading", counting_open)
 
 
 def test_repeated_reads_of_an_unchanged_file_cost_one_stat(
