@@ -1,0 +1,112 @@
+"""``caracal serve`` as an operator runs it: a real process on 127.0.0.1, used over HTTP, stopped with
+SIGTERM. What was recorded through it must be on disk, verified and checkpointed after a graceful stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from caracal.core.checkpoint import CheckpointStore
+from caracal.core.ledger import LedgerReader
+from caracal.core.verify import verify_ledger
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_health(base_url: str, process: subprocess.Popen[str]) -> None:
+    """Until the server answers /healthz (or the process dies, which fails the test with its output)."""
+    deadline = time.monotonic() + 60  # a bound on waiting, not a performance assertion
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"caracal serve exited with {process.returncode}: {process.stderr.read()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    pytest.fail("caracal serve did not answer /healthz")
+
+
+@pytest.fixture
+def served(caracal_home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CARACAL_HOME": str(caracal_home)},
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base_url, process)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_records_over_http_and_stops_gracefully(
+    caracal_home: Path, served: tuple[str, subprocess.Popen[str]]
+) -> None:
+    base_url, process = served
+    admin = (caracal_home / "keys" / "admin.key").read_text().strip()
+    client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {admin}"})
+    assert client.post("/api/v1/agents", json={"name": "bot", "owner": "ops@example.com"}).status_code == 201
+    assert client.post("/api/v1/policies", json={"agent_id": "bot", "limit": "5"}).status_code == 201
+    hold = client.post("/api/v1/holds", json={"agent_id": "bot", "amount": "2"}).json()
+    settled = client.post(
+        f"/api/v1/holds/{hold['hold_id']}/settle",
+        json={"charges": [{"resource_type": "tool.calls", "quantity": "1", "cost": "1.25"}]},
+    )
+    assert settled.status_code == 200
+    denied = client.post("/api/v1/holds", json={"agent_id": "bot", "amount": "4"})
+    assert denied.status_code == 402 and denied.json()["error"]["decision"]["remaining"] == "3.75"
+    assert httpx.get(f"{base_url}/api/v1/agents").status_code == 401  # no key
+
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says why it stopped
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+
+    ledger = caracal_home / "data" / "ledger.jsonl"
+    events = list(LedgerReader(ledger))
+    assert [e.kind for e in events] == ["hold", None, "release"]
+    assert verify_ledger(ledger).ok
+    latest = CheckpointStore(ledger.with_name("ledger.jsonl.checkpoints")).latest()
+    assert latest is not None and latest.size == 3  # the graceful shutdown checkpointed what it served
+
+
+def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -> None:
+    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
+    key_file = caracal_home / "keys" / "admin.key"
+    (caracal_home / "data" / "apikeys.json").unlink()  # a home from before API keys existed
+    key_file.unlink()
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process)
+        token = key_file.read_text().strip()
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/agents", headers={"x-api-key": token})
+        assert answer.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert "created the admin API key" in process.stderr.read()  # type: ignore[union-attr]
