@@ -250,6 +250,17 @@ def test_request_output_cap_is_kept_and_bounds_the_hold(env: GatewayEnv) -> None
     )
 
 
+def test_reasoning_models_get_the_cap_as_max_completion_tokens(env: GatewayEnv) -> None:
+    # o-series and gpt-5 models refuse max_tokens; their cap goes in the field they accept.
+    env.set_price("openai", "o3-mini", "0.001", "0.002")
+    agent, marker = env.agent(), nonce()
+    response = env.post(CHAT, chat(marker, model="o3-mini"), agent=agent)
+    assert response.status_code == 200, response.text
+    [seen] = env.upstream_requests(marker)
+    assert seen.body["max_completion_tokens"] == MAX_OUTPUT_TOKENS and "max_tokens" not in seen.body
+    env.closed_entries(agent.agent_id)
+
+
 def test_embeddings_are_passed_through_and_settled(env: GatewayEnv) -> None:
     agent, marker = env.agent(), nonce()
     body = {"model": EMBEDDING, "input": [f"alpha beta {marker}", "gamma delta epsilon"]}

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -88,7 +88,9 @@ _ROUTES = {
         "openai-chat",
         "openai",
         "/chat/completions",
-        lambda body, cap, images: bound_openai_chat(body, max_output_tokens=cap, image_tokens=images),
+        lambda body, cap, images: bound_openai_chat(
+            body, max_output_tokens=cap, image_tokens=images, output_cap_field=_output_cap_field(body)
+        ),
     ),
     "/v1/embeddings": _Route(
         "openai-embeddings",
@@ -103,6 +105,21 @@ _ROUTES = {
         lambda body, cap, images: bound_anthropic_messages(body, max_output_tokens=cap, image_tokens=images),
     ),
 }
+
+
+REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+"""OpenAI models that think before they answer: they refuse ``max_tokens`` (the cap is injected as
+``max_completion_tokens``), and their reasoning tokens are billed but never streamed, so a stream that ends
+without a usage report is billed at the whole output bound rather than at what was seen."""
+
+
+def _is_reasoning(model: object) -> bool:
+    return isinstance(model, str) and model.startswith(REASONING_MODEL_PREFIXES)
+
+
+def _output_cap_field(body: object) -> Literal["max_tokens", "max_completion_tokens"]:
+    reasoning = isinstance(body, dict) and _is_reasoning(body.get("model"))
+    return "max_completion_tokens" if reasoning else "max_tokens"
 
 
 class Gateway:
@@ -351,7 +368,8 @@ class _Passthrough(Response):
                 self.upstream.release()  # back to the pool
             else:
                 self.upstream.close()  # the provider sees the connection drop and stops generating
-            usage = billable(meter.usage(), self.call.bound, meter.consumed_output_bound())
+            seen = None if _is_reasoning(self.call.model) else meter.consumed_output_bound()
+            usage = billable(meter.usage(), self.call.bound, seen)
             self.call.settle(usage, outcome)
 
 
