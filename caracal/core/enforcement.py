@@ -499,6 +499,18 @@ class Enforcer:
         with self._state_lock:
             return evaluate(self.directory, self.catch_up(), agent_id, value, currency, self.now())
 
+    def status(self, agent: str) -> list[PolicyStatus]:
+        """Every active policy over the agent (its own, then its ancestors'): spent, held, what remains."""
+        agent_id = self.directory.agent_id(agent)
+        with self._state_lock:
+            state = self.catch_up()
+            now = self.now()
+            return [
+                policy_status(policy, state, now)
+                for _member, policies in self.directory.policies(self.directory.chain(agent_id))
+                for policy in policies
+            ]
+
     def reserve(
         self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
     ) -> Hold:

@@ -18,7 +18,6 @@ from caracal.core.enforcement import (
     Hold,
     PolicyStatus,
     Settlement,
-    policy_status,
 )
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerEvent
@@ -130,16 +129,7 @@ class EmbeddedClient(CaracalClient):
         return self.enforcer.release(hold.hold_id if isinstance(hold, Hold) else hold)
 
     def budget_status(self, agent_id: str) -> list[PolicyStatus]:
-        enforcer = self.enforcer
-        agent = self._home.agents.get(agent_id)
-        state = enforcer.catch_up()
-        now = enforcer.now()
-        directory = self._home.directory
-        return [
-            policy_status(policy, state, now)
-            for _member, policies in directory.policies(directory.chain(agent.agent_id))
-            for policy in policies
-        ]
+        return self.enforcer.status(self._home.agents.get(agent_id).agent_id)
 
     # ------------------------------------------------------------------ metering
 

@@ -30,7 +30,6 @@ from starlette.responses import Response
 
 from caracal.core.apikeys import Principal
 from caracal.core.checkpoint import load_public_key
-from caracal.core.enforcement import policy_status
 from caracal.core.ledger import LedgerEvent, LedgerQuery
 from caracal.core.validation import parse_timestamp
 from caracal.core.verify import prove_consistency, prove_inclusion, verify_ledger
@@ -150,16 +149,7 @@ def budget_status(agent: AgentRef, request: Request, caller: Caller) -> Response
     service = service_of(request)
     agent_id = service.home.directory.agent_id(agent)
     require_reading(service, caller, agent_id)
-    enforcer = service.enforcer
-    state = enforcer.catch_up()
-    now = enforcer.now()
-    chain = service.home.directory.chain(agent_id)
-    statuses = [
-        policy_status(policy, state, now).to_dict()
-        for _member, policies in service.home.directory.policies(chain)
-        for policy in policies
-    ]
-    return json_response(statuses)
+    return json_response([status.to_dict() for status in service.enforcer.status(agent_id)])
 
 
 @router.post("/agents/{agent}/suspend", tags=["agents"], summary="Suspend an agent and its subtree (admin)")
