@@ -90,12 +90,14 @@ CONFIG_TEMPLATE = """\
 #   data/agents.json                 agents: id, unique name, owner, parent, metadata, status
 #   data/policies.json               budget policies with every revision (the audit trail)
 #   data/prices.json                 the user's price history
+#   data/apikeys.json                API keys of the server (hashes only; owner-only)
 #                                    (each registry with its .lock and rolling .bak.N copies)
 #   data/ledger.jsonl.*              other sidecars are caches, rebuilt from the ledger when missing
 #   keys/checkpoint.key              Ed25519 key signing the checkpoints; owner-only (0600). Kept out of
 #                                    data/ on purpose: whoever can rewrite the ledger must not be able to
 #                                    re-sign it. Back it up separately.
 #   keys/checkpoint.key.pub          its public key, for auditors (`caracal ledger verify --public-key`)
+#   keys/admin.key                   the server's admin API key (owner-only); agent keys: `caracal agent key`
 #   backups/<time>/                  copies of data/ made by `caracal backup create`
 
 [ledger]
@@ -127,6 +129,36 @@ tiered_llm_prices = "refuse"
 # How long, in seconds, a budget hold lives when the caller gives no TTL (`budget_check`, `reserve`);
 # an expired hold no longer counts against the budget.
 default_ttl = {default_ttl}
+
+[server]
+# `caracal serve`: where it listens (--host / --port override these), and the largest request body it
+# reads, in bytes (larger ones get 413 before any handler sees them).
+host = "127.0.0.1"
+port = 8787
+max_body_bytes = 1048576
+
+[gateway]
+# The output cap injected into LLM calls that name none (max_tokens), so their worst case is bounded.
+max_output_tokens = 4096
+# Tokens held per image in a request (an image's URL or data does not bound its tokens).
+image_tokens = 2000
+# Seconds a gateway call's hold lives (longer than upstream_timeout: a call in flight keeps its hold).
+hold_ttl = 900
+# Longest upstream call, in seconds (to the end of a stream).
+upstream_timeout = 600
+
+# Where the gateway forwards calls, and the provider keys it uses (agents never see them). The key is
+# api_key if set, else the environment variable named by api_key_env, read at each call. provider is the
+# pricebook provider of the models: <provider>.<model>.input_tokens.
+[gateway.openai]
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+provider = "openai"
+
+[gateway.anthropic]
+base_url = "https://api.anthropic.com/v1"
+api_key_env = "ANTHROPIC_API_KEY"
+provider = "anthropic"
 """
 
 

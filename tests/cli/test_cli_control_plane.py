@@ -24,10 +24,12 @@ from click.testing import CliRunner, Result
 
 from caracal.cli import backup as backup_module
 from caracal.cli.main import main
+from caracal.config import Settings, load_settings
 from caracal.core.enforcement import DEFAULT_TTL
 from caracal.core.ledger import LedgerWriter
 from caracal.core.validation import format_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
+from caracal.exceptions import ConfigurationError
 from caracal.sdk.client import CaracalClient
 from caracal.storage.prices import PriceRegistry
 
@@ -194,6 +196,38 @@ def test_config_is_documented_and_its_values_are_the_code_defaults(caracal_home:
     assert config["pricing"]["use_llm_prices"] == prices["use_llm_prices"].default
     assert config["pricing"]["tiered_llm_prices"] == prices["tiered_llm_prices"].default
     assert config["holds"]["default_ttl"] == DEFAULT_TTL.total_seconds()
+    written = load_settings(caracal_home)  # the server and gateway sections state the code's defaults
+    assert written == Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nport = 0\n", "server.port must be between 1 and 65535"),
+        ("[server]\nport = \"8787\"\n", "server.port must be int"),
+        ("[gateway]\nmax_output_tokens = -1\n", "must not be negative"),
+        ("[gateway]\nmax_output_tokens = 0\n", "gateway.max_output_tokens must be more than 0"),
+        ("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes must be more than 0"),
+        ("[gateway.openai]\nbase_url = \"api.openai.com\"\n", "must start with http:// or https://"),
+        ("[gateway.openai]\napi_kye = \"sk\"\n", "unknown setting gateway.openai.api_kye"),
+        ("[gateway.mistral]\nbase_url = \"https://x\"\n", "unknown setting gateway.mistral"),
+        ("[gateway.anthropic]\napi_key = \"\"\n", "must be a non-empty string"),
+    ],
+)
+def test_bad_server_and_gateway_settings_fail_closed(caracal_home: Path, text: str, message: str) -> None:
+    (caracal_home / "config.toml").write_text(text)
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(caracal_home)
+
+
+def test_gateway_upstreams_take_their_defaults_where_the_file_is_silent(caracal_home: Path) -> None:
+    (caracal_home / "config.toml").write_text(
+        '[gateway.openai]\nbase_url = "http://127.0.0.1:9999/v1/"\napi_key = "sk-test"\n'
+    )
+    settings = load_settings(caracal_home)
+    assert settings.openai.base_url == "http://127.0.0.1:9999/v1"  # the trailing slash is dropped
+    assert settings.openai.api_key == "sk-test" and settings.openai.api_key_env == "OPENAI_API_KEY"
+    assert settings.anthropic == Settings().anthropic
 
 
 def test_a_second_init_keeps_everything(caracal_home: Path, populated: dict[str, str]) -> None:
