@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -323,7 +324,7 @@ def parse_timestamp(value: object, name: str, error: type[Exception]) -> datetim
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         try:
-            moment = datetime.fromisoformat(text)
+            moment = datetime.fromisoformat(_six_digit_fraction(text))
         except ValueError:
             _fail(error, f"{name} must be an ISO 8601 timestamp such as 2026-01-31T12:00:00Z, got {value!r}")
     else:
@@ -334,6 +335,17 @@ def parse_timestamp(value: object, name: str, error: type[Exception]) -> datetim
         return moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
         _fail(error, f"{name} is out of range: {value!r}")
+
+
+_FRACTION = re.compile(r"(?<=\d\d:\d\d:\d\d\.)(\d{1,5})(?!\d)")
+
+
+def _six_digit_fraction(text: str) -> str:
+    """Python 3.10's ``fromisoformat`` reads only 3- or 6-digit fractions of a second (3.11 reads any):
+    pad a shorter one with zeros so both versions accept the same timestamps."""
+    if sys.version_info >= (3, 11):
+        return text
+    return _FRACTION.sub(lambda match: match.group(1).ljust(6, "0"), text, count=1)
 
 
 def format_timestamp(moment: datetime) -> str:

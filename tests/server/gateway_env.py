@@ -74,6 +74,11 @@ DEFAULT_USER_PRICED = tuple(
 """``(provider, model)`` pairs given user prices (:data:`INPUT_PRICE`, :data:`OUTPUT_PRICE`) in every home:
 the fake's behaviour-suffixed model names, which genai-prices does not know."""
 
+try:
+    import genai_prices  # noqa: F401
+except ImportError:  # Python 3.10: no LLM prices are bundled, so the plain model names are user-priced too
+    DEFAULT_USER_PRICED += (("openai", GPT), ("openai", EMBEDDING), ("anthropic", CLAUDE))
+
 
 def nonce() -> str:
     return uuid.uuid4().hex
