@@ -43,7 +43,7 @@ def create_app(
             if own_service:
                 service.close()
 
-    app = FastAPI(
+    app = _CaracalApp(
         title="Caracal",
         version=__version__,
         description=(
@@ -91,7 +91,21 @@ def create_app(
     gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
+    app.gateway_app = _BodyLimit(_Observed(gateway, service), max_body_bytes)
     return app
+
+
+class _CaracalApp(FastAPI):
+    """FastAPI for the REST API; the LLM gateway's paths go straight to the gateway, wrapped only in the
+    body limit and the latency histogram (see :func:`caracal.server.gateway.proxy.install`)."""
+
+    gateway_app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in proxy.PATHS:
+            await self.gateway_app(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 class _BodyLimit:
@@ -179,7 +193,8 @@ class _Observed:
             await self.app(scope, receive, observing_send)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            path = scope["path"]
+            template = getattr(route, "path", path if path in proxy.PATHS else "unmatched")
             self.histogram.labels(template, scope["method"], f"{status[0] // 100}xx").observe(
                 time.perf_counter() - started
             )

@@ -860,3 +860,21 @@ def test_upstream_error_for_a_stream_request_is_a_plain_error_and_released(
     assert response.headers["content-type"].startswith("application/json")
     assert "fake upstream failure" in response.text
     assert_released(env, agent)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_is_413_before_anything_is_held(env: GatewayEnv, chunked: bool) -> None:
+    agent = env.agent()
+    body = orjson.dumps(chat("x" * (1 << 20)))  # over the 1 MiB default limit
+    content: Any = iter([body[i : i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    response = env.client.post(
+        CHAT, content=content, headers={**agent.auth(), "content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "InvalidRequestError"
+    assert env.entries(agent.agent_id) == []
+
+
+def test_gateway_paths_answer_other_methods_with_405(env: GatewayEnv) -> None:
+    response = env.client.get(CHAT, headers=env.agent().auth())
+    assert response.status_code == 405 and response.headers["allow"] == "POST"

@@ -42,7 +42,6 @@ import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from caracal.config import UpstreamSettings
 from caracal.core.apikeys import Principal
@@ -55,7 +54,7 @@ from caracal.exceptions import (
     UpstreamError,
 )
 from caracal.server.auth import authenticate
-from caracal.server.errors import error_response
+from caracal.server.errors import error_response, json_response
 from caracal.server.gateway.estimate import (
     Bound,
     bound_anthropic_messages,
@@ -143,6 +142,15 @@ class Gateway:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """ASGI entry for :data:`PATHS`."""
+        if scope["method"] != "POST":
+            body = {"error": {"type": "HTTPError", "code": "http_405", "message": "use POST"}}
+            response: Response = json_response(body, 405, {"allow": "POST"})
+        else:
+            response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -414,16 +422,16 @@ def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dic
     return headers
 
 
-def install(app: FastAPI, service: Service) -> Gateway:
-    """Add the gateway's routes to ``app``.
+PATHS = frozenset(_ROUTES)
+"""The gateway's paths: the application hands requests for them straight to :meth:`Gateway.__call__`."""
 
-    They are plain Starlette routes, ahead of the REST API's: the request body is the provider's, read
-    once with orjson, so FastAPI's per-request validation machinery would only add latency. The OpenAPI
-    document describes them anyway (bodies as the providers define them).
-    """
+
+def install(app: FastAPI, service: Service) -> Gateway:
+    """The gateway of ``app``, and its operations in ``app``'s OpenAPI document (bodies as the providers
+    define them). The application routes :data:`PATHS` to the gateway itself (see
+    :mod:`caracal.server.app`), ahead of FastAPI's middleware and routing: the body is the provider's, read
+    once with orjson, so that machinery would only add latency to every LLM call."""
     gateway = Gateway(service)
-    for path in _ROUTES:
-        app.router.routes.insert(0, Route(path, gateway.handle, methods=["POST"]))
     build_schema = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -467,4 +475,4 @@ def _openapi_operation(route: _Route) -> dict[str, Any]:
     }
 
 
-__all__ = ["AGENT_HEADER", "Gateway", "install"]
+__all__ = ["AGENT_HEADER", "PATHS", "Gateway", "install"]
