@@ -718,8 +718,7 @@ class Enforcer:
             closed.extend(h.hold_id for h in expired)
             return [_release(h.agent_id, h.currency, h.hold_id, now, "expired") for h in expired]
 
-        self.writer.transact(decide)
-        return closed
+        return self.run(Operation(decide, lambda _events: closed))
 
     def now(self) -> datetime:
         """The enforcer's clock (injected in tests)."""

@@ -278,17 +278,13 @@ class LedgerWriter:
         process) can append between the moment ``decide`` looks at the ledger (for example through a
         :class:`LedgerTail` it polls) and the moment its items are on disk. ``decide`` returns items as for
         :meth:`append_events` (or None/empty to append nothing); if it raises, nothing is appended and the
-        exception propagates. The lock is held while it runs: keep it short.
+        exception propagates. The lock is held while it runs: keep it short. (A group of one: see
+        :meth:`transact_group`.)
         """
-        self._lock()
-        try:
-            self._ensure_usable()
-            self._sync()
-            items = decide()
-            drafts = self._drafts(items or ())
-            return self._append_locked(drafts) if drafts else []
-        finally:
-            self._unlock()
+        result = self.transact_group([decide], lambda _events: None)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _drafts(self, items: Iterable[Mapping[str, Any]]) -> list[_Draft]:
         """Validate items (all or nothing) into drafts; errors name the item's index."""

@@ -16,8 +16,10 @@ For each call, in this order:
 4. **Forward** to the configured upstream. Streams are passed through chunk by chunk and metered on the way
    (:class:`.usage.StreamMeter`); OpenAI streams are asked to include usage.
 5. **Settle** from the provider's reported usage (:func:`.usage.billable`: when none was reported, e.g. the
-   client disconnected or the upstream failed mid-stream, the safe upper bound of what could have been
-   consumed). An upstream error response or an unreachable upstream releases the hold: nothing was billed.
+   client disconnected, the upstream failed mid-stream or timed out after the request was sent, the safe
+   upper bound of what could have been consumed). An upstream error response, or an upstream that could
+   not be reached at all (nothing sent), releases the hold: nothing was billed. The provider refusing the
+   gateway's own key is a 502 for the agent (its Caracal key was fine), never the provider's message.
 
 The settlement is queued to the group committer as the response completes rather than awaited before it:
 the client does not wait for that fsync, and the hold keeps the money reserved until the settlement lands
