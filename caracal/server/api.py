@@ -3,11 +3,11 @@ check/reserve/settle/release, budget, and the ledger (entries, summaries, verifi
 RFC 9162 proofs with hex hashes).
 
 Every endpoint needs a key (see :mod:`caracal.server.auth` for who may do what); the key is checked before
-the request body is parsed (:class:`AuthenticatedRoute`), so a request without a valid key gets 401 whatever
-it carries. Request bodies are
-validated twice: their shape by the models below (which is what the OpenAPI document shows), their values
-by the same core functions the embedded client uses, so both transports accept and refuse the same input.
-Money is a decimal string (``"0.25"``) or an integer, never a JSON float.
+the request body is parsed (:class:`AuthenticatedRoute`), so a request without a valid key gets 401
+whatever it carries. Request bodies are validated twice: their shape by the models below (which is what the
+OpenAPI document shows), their values by the same core functions the embedded client uses, so both
+transports accept and refuse the same input. Money is a decimal string (``"0.25"``) or an integer, never a
+JSON float.
 
 Writes to the ledger go through the group committer (:meth:`Service.run`); registry changes (agents,
 policies, prices) are small synchronous file transactions run in the thread pool.
