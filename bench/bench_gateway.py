@@ -36,7 +36,6 @@ from caracal.core.ledger import LedgerReader  # noqa: E402
 from caracal.core.windows import parse_window  # noqa: E402
 from caracal.server.gateway.estimate import bound_openai_chat  # noqa: E402
 from caracal.server.gateway.pricing import hold_amount  # noqa: E402
-from caracal.storage.apikeys import ApiKeyRegistry  # noqa: E402
 from caracal.storage.home import EmbeddedHome  # noqa: E402
 
 FAKE = """
@@ -77,12 +76,11 @@ def make_home(home: Path, upstream: str, limit: str) -> tuple[str, str]:
         f'[gateway.openai]\nbase_url = "{upstream}/v1"\napi_key = "{PROVIDER_KEY}"\n', encoding="utf-8"
     )
     embedded = EmbeddedHome(home)
-    keys = ApiKeyRegistry(embedded.data / "apikeys.json")
     tokens = []
     for name in ("bench", "tight"):
         agent = embedded.agents.register(name, "bench@example.com")
         embedded.policies.create(agent.agent_id, limit, parse_window("daily", None, "UTC"), "USD")
-        tokens.append(keys.create("agent", agent.agent_id)[1])
+        tokens.append(embedded.keys.create("agent", agent.agent_id)[1])
     for kind, price in (("input_tokens", PRICE_IN), ("output_tokens", PRICE_OUT)):
         embedded.prices.set(f"openai.{MODEL}.{kind}", price, "USD")
     embedded.close()

@@ -14,13 +14,13 @@ import orjson
 from caracal.cli.ledger import json_option
 from caracal.cli.policies import POLICY_HEADERS, agent_names, policy_rows
 from caracal.cli.render import emit_json, handle_errors, parse_json_object, table
-from caracal.core.apikeys import ApiKey
+from caracal.core.apikeys import TOKEN_WARNING, ApiKey
 from caracal.core.identity import Agent
 from caracal.core.policy import Policy
 from caracal.core.validation import format_timestamp
 from caracal.exceptions import InvalidAgentError
 from caracal.sdk.client import CaracalClient
-from caracal.storage.apikeys import ApiKeyRegistry, default_apikeys_path
+from caracal.storage.apikeys import ApiKeyRegistry
 
 
 def show_agent(agent: Agent, parent_name: str | None = None, title: str | None = None) -> None:
@@ -170,11 +170,9 @@ def activate_command(as_json: bool, agent_ref: str) -> None:
 
 # ------------------------------------------------------------------------------------------- API keys
 
-TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
-
 
 def _key_registry(client: CaracalClient) -> ApiKeyRegistry:
-    return ApiKeyRegistry(default_apikeys_path(client.home.home))
+    return client.home.keys
 
 
 def _key_owner(key: ApiKey, names: dict[str, str]) -> str:

@@ -29,7 +29,6 @@ from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.validation import dumps
 from caracal.exceptions import CaracalError
-from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path
 from caracal.storage.home import EmbeddedHome
 
 # --------------------------------------------------------------------------------------------- --home
@@ -274,12 +273,11 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
 
     def admin_key() -> tuple[str, str]:
         # Only the key's hash goes into data/apikeys.json; the token is in this file alone (never printed).
-        registry = ApiKeyRegistry(default_apikeys_path(home.home))
-        key_file = default_admin_key_path(home.home)
-        if registry.ensure_admin_key(key_file) is not None:
-            key = [k for k in registry.list() if k.role == "admin"][-1]
+        key_file = home.admin_key_path
+        created = home.keys.ensure_admin_key(key_file) is not None
+        key = [k for k in home.keys.list() if k.role == "admin"][-1]
+        if created:
             return "created", f"key id {key.key_id} for the HTTP API; the token is in this file only (0600)"
-        key = [k for k in registry.list() if k.role == "admin"][-1]
         detail = f"key id {key.key_id}"
         if not key_file.exists():
             detail += (
@@ -311,7 +309,7 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         ),
     )
     step("prices", home.prices.path, prices)
-    step("admin API key", default_admin_key_path(home.home), admin_key)
+    step("admin API key", home.admin_key_path, admin_key)
     return items
 
 

@@ -16,9 +16,15 @@ import click
 
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
 from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
-from caracal.core.checkpoint import CheckpointStore, load_public_key
+from caracal.core.checkpoint import CheckpointStore, matches_signed
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
-from caracal.core.verify import VerificationReport, prove_consistency, prove_inclusion, verify_ledger
+from caracal.core.verify import (
+    VerificationReport,
+    default_public_key,
+    prove_consistency,
+    prove_inclusion,
+    verify_ledger,
+)
 from caracal.exceptions import CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry
 from caracal.storage.home import open_ledger_writer
@@ -235,8 +241,7 @@ def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, 
     path = resolve(ledger)
     if not path.exists():
         fail(f"no ledger at {path}")
-    key_path = public_key or default_signing_key_path()
-    key = load_public_key(key_path) if key_path.exists() else None
+    key = default_public_key(public_key)
     size = path.stat().st_size
     if quiet or as_json or size < _PROGRESS_MIN_BYTES:
         report = verify_ledger(path, public_key=key)
@@ -329,7 +334,7 @@ def proof_command(
     path = resolve(ledger)
     if (event_id is None) == (from_size is None):
         raise ProofError("give either --event-id (inclusion proof) or --from-size (consistency proof)")
-    signed = {c.size: c.root for c in CheckpointStore(path.with_name(path.name + ".checkpoints"))}
+    signed = CheckpointStore(path.with_name(path.name + ".checkpoints")).roots()
     if event_id is not None:
         inclusion = prove_inclusion(path, event_id, size)
         inclusion.verify()
@@ -341,9 +346,7 @@ def proof_command(
             "leafHash": base64.b64encode(inclusion.leaf_hash).decode(),
             "root": base64.b64encode(inclusion.root).decode(),
             "proof": _b64(inclusion.proof),
-            "matches_signed_checkpoint": signed.get(inclusion.size) == inclusion.root
-            if inclusion.size in signed
-            else None,
+            "matches_signed_checkpoint": matches_signed(signed, inclusion.size, inclusion.root),
         }
     else:
         assert from_size is not None

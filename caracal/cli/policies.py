@@ -89,10 +89,9 @@ def create_command(
     currency: str,
 ) -> None:
     """Create an active budget policy for an agent."""
-    kind = window if window is not None else ("rolling" if rolling is not None else "daily")
     with CaracalClient() as client:
         policy = client.create_policy(
-            agent_ref, limit, kind, currency=currency, timezone=timezone, rolling=rolling
+            agent_ref, limit, window, currency=currency, timezone=timezone, rolling=rolling
         )
         name = client.get_agent(policy.agent_id).name
     if as_json:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from caracal.cli.render import handle_errors
-from caracal.config import caracal_home, load_settings
+from caracal.config import caracal_home
 
 
 @click.command("serve")
@@ -37,12 +37,12 @@ def serve_command(host: str | None, port: int | None, log_level: str) -> None:
     from caracal.server.service import Service
 
     home = caracal_home()
-    settings = load_settings(home)
     service = Service(home)
-    created = service.keys.ensure_admin_key(service.admin_key_path)
-    if created is not None:
-        click.echo(f"created the admin API key in {service.admin_key_path} (owner-only)", err=True)
-    app = create_app(service, max_body_bytes=settings.max_body_bytes, own_service=True)
+    settings = service.home.settings
+    key_file = service.home.admin_key_path
+    if service.keys.ensure_admin_key(key_file) is not None:
+        click.echo(f"created the admin API key in {key_file} (owner-only)", err=True)
+    app = create_app(service, own_service=True)
     listen_host = host or settings.host
     listen_port = port or settings.port
     click.echo(f"Caracal {home} serving on http://{listen_host}:{listen_port} (docs at /docs)", err=True)

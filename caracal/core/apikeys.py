@@ -61,6 +61,10 @@ API_KEY_FIELDS: Final = ("key_id", "role", "agent_id", "label", "created_at", "r
 # ------------------------------------------------------------------------------------------------ tokens
 
 
+TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
+"""Said wherever a new token is shown (CLI, API): it is the only time anyone sees it."""
+
+
 def generate_token() -> tuple[str, str]:
     """A new random ``(key_id, token)``; the token is shown to its owner once and never stored."""
     key_id = secrets.token_hex(6)

@@ -166,6 +166,11 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return key
 
 
+def matches_signed(roots: dict[int, bytes], size: int, root: bytes) -> bool | None:
+    """Whether ``root`` is the signed root of a tree of ``size`` (None: no checkpoint of that size)."""
+    return roots[size] == root if size in roots else None
+
+
 class CheckpointStore:
     """The JSON Lines file of checkpoints beside a ledger. Appends are fsynced before they return."""
 
@@ -204,6 +209,10 @@ class CheckpointStore:
             except orjson.JSONDecodeError as exc:
                 raise CheckpointError(f"{self.path} line {number} is not valid JSON: {exc}") from exc
             yield Checkpoint.from_dict(record)
+
+    def roots(self) -> dict[int, bytes]:
+        """The signed root of each checkpointed tree size."""
+        return {checkpoint.size: checkpoint.root for checkpoint in self}
 
     def latest(self) -> Checkpoint | None:
         """The last complete checkpoint, reading only the end of the file (opening a writer needs it)."""

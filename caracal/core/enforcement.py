@@ -527,7 +527,7 @@ class Enforcer:
         runs)."""
         value = _amount(amount, "amount")
         check_currency(currency, InvalidAmountError)
-        duration = _ttl(ttl)
+        duration = parse_ttl(ttl)
         agent_id = self.directory.agent_id(agent)
         hold_id = f"hold-{uuid.uuid4()}"
         outcome: list[Decision] = []
@@ -674,17 +674,21 @@ class Enforcer:
 
         return Operation(decide, list)
 
+    def open_hold(self, hold_id: str) -> OpenHold:
+        """The open hold ``hold_id`` (caught up); :class:`HoldNotFoundError` if it is closed or unknown."""
+        hold = self.catch_up().hold(hold_id)
+        if hold is None:
+            raise HoldNotFoundError(
+                f"no open hold {hold_id!r}: it was settled or released already, or never existed"
+            )
+        return hold
+
     def _open_hold(self, hold_id: str) -> tuple[OpenHold, Decimal, datetime]:
         """Caught up, under the state lock: the open hold, what was charged against it so far, and now.
         Raises :class:`HoldNotFoundError` if the hold is closed or unknown."""
         with self._state_lock:
-            state = self.catch_up()
-            hold = state.hold(hold_id)
-            if hold is None:
-                raise HoldNotFoundError(
-                    f"no open hold {hold_id!r}: it was settled or released already, or never existed"
-                )
-            return hold, state.charged_against(hold_id), self.now()
+            hold = self.open_hold(hold_id)
+            return hold, self._state.charged_against(hold_id), self.now()
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
@@ -780,7 +784,9 @@ def _amount(value: object, name: str) -> Decimal:
     return parse_amount(value, name, InvalidAmountError)
 
 
-def _ttl(ttl: timedelta | float) -> timedelta:
+def parse_ttl(ttl: object) -> timedelta:
+    """A hold's time to live: a timedelta or a number of seconds, more than 0 and at most :data:`MAX_TTL`
+    (:class:`InvalidAmountError` otherwise)."""
     if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
         raise InvalidAmountError(f"ttl must be a timedelta or a number of seconds, got {ttl!r}")
     if not isinstance(ttl, timedelta) and not 0 < ttl <= MAX_TTL.total_seconds():  # NaN, inf, huge too
@@ -802,5 +808,6 @@ __all__ = [
     "PolicyStatus",
     "Settlement",
     "evaluate",
+    "parse_ttl",
     "policy_status",
 ]

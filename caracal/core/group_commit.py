@@ -35,7 +35,6 @@ logger = logging.getLogger("caracal.group_commit")
 
 _Item = tuple[Operation[Any], "Future[Any]", float]
 """An operation, its caller's future, and its deadline (0.0: not deferred)."""
-_TIMED_OUT: Any = object()
 
 GroupObserver = Callable[[int, float], None]
 """Called after each group with its size and the seconds it took (lock, decisions, write, fsync)."""
@@ -83,39 +82,41 @@ class GroupCommitter:
         self._thread.join()
 
     def _loop(self) -> None:
-        waiting: list[_Item] = []  # in submission order
-        earliest = 0.0  # the first deadline among waiting deferred items (0: nothing deferred waits)
-        stop = False
-        while not stop:
-            urgent = False
-            timeout = max(earliest - time.monotonic(), 0.0) if waiting else None
+        waiting: list[_Item] = []  # submitted and not yet run, in submission order
+        stopping = False
+        while waiting or not stopping:
+            if not stopping:
+                # Block for the next operation; while only deferred ones wait, until the first deadline.
+                timeout = max(min(item[2] for item in waiting) - time.monotonic(), 0.0) if waiting else None
+                stopping = self._collect(waiting, timeout)
+            if stopping or self._due(waiting):
+                group, waiting = waiting[: self.max_group], waiting[self.max_group :]
+                if group:
+                    self._run(group)
+
+    def _collect(self, waiting: list[_Item], timeout: float | None) -> bool:
+        """Move what is queued into ``waiting`` (waiting up to ``timeout`` for the first item, at most
+        ``max_group`` in all); True once :meth:`close` was called (nothing can be queued after that)."""
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        while item is not None:
+            waiting.append(item)
+            if len(waiting) >= self.max_group:
+                return False
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get_nowait()
             except queue.Empty:
-                item = _TIMED_OUT
-            while True:
-                if item is None:
-                    stop = True
-                elif item is not _TIMED_OUT:
-                    waiting.append(item)
-                    if item[2] == 0.0:
-                        urgent = True
-                    elif earliest == 0.0 or item[2] < earliest:
-                        earliest = item[2]
-                if stop or len(waiting) >= self.max_group:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if waiting and (urgent or stop or len(waiting) >= self.max_group or time.monotonic() >= earliest):
-                group, waiting, earliest = waiting[: self.max_group], waiting[self.max_group :], 0.0
-                for _, _, deadline in waiting:
-                    if deadline and (earliest == 0.0 or deadline < earliest):
-                        earliest = deadline
-                self._run(group)
-        if waiting:
-            self._run(waiting)
+                return False
+        return True
+
+    def _due(self, waiting: list[_Item]) -> bool:
+        """Run now: the group is full, or an operation does not defer (deadline 0), or a deadline passed."""
+        if len(waiting) >= self.max_group:
+            return True
+        now = time.monotonic()
+        return any(deadline <= now for _, _, deadline in waiting)
 
     def _run(self, group: list[_Item]) -> None:
         started = time.perf_counter()

@@ -906,8 +906,15 @@ class SpendTotals:
         self.cost += event.cost
 
 
-def _as_utc(value: datetime | date | str | None, name: str, *, end: bool = False) -> datetime | None:
-    """A query bound as an aware UTC datetime; a bare date is the start (for ``end``, the end) of that day."""
+def query_bound(
+    value: datetime | date | str | None,
+    name: str,
+    error: type[Exception] = LedgerReadError,
+    *,
+    end: bool = False,
+) -> datetime | None:
+    """A query bound as an aware UTC datetime; a bare date is the start (for ``end``, the end) of that day.
+    ``error`` is raised for something that is not a time."""
     if value is None:
         return None
     if isinstance(value, date) and not isinstance(value, datetime):
@@ -918,8 +925,8 @@ def _as_utc(value: datetime | date | str | None, name: str, *, end: bool = False
         except ValueError:
             pass
         else:
-            return _as_utc(day, name, end=end)
-    return parse_timestamp(value, name, LedgerReadError)
+            return query_bound(day, name, error, end=end)
+    return parse_timestamp(value, name, error)
 
 
 class LedgerReader:
@@ -1009,8 +1016,8 @@ class LedgerQuery(LedgerReader):
     ) -> Iterator[LedgerEvent]:
         """Stream the events that match every given filter; only charges (spend) unless ``charges_only``
         is False: holds and releases are not spend, so sums built on this must never see them."""
-        start = _as_utc(start_time, "start_time")
-        end = _as_utc(end_time, "end_time", end=True)
+        start = query_bound(start_time, "start_time")
+        end = query_bound(end_time, "end_time", end=True)
         if start is not None and end is not None and start > end:
             raise LedgerReadError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}")
         for event in self.iter_events():

@@ -131,12 +131,13 @@ class VerificationReport:
         }
 
 
-def default_public_key() -> Ed25519PublicKey | None:
-    """The public half of the configured signing key, or None when there is no key yet."""
+def default_public_key(path: str | os.PathLike[str] | None = None) -> Ed25519PublicKey | None:
+    """The public half of the signing key at ``path`` (default: the configured one), or None when there is
+    no key there yet."""
     from caracal.config import default_signing_key_path
 
-    path = default_signing_key_path()
-    return load_public_key(path) if path.exists() else None
+    key_path = Path(path) if path is not None else default_signing_key_path()
+    return load_public_key(key_path) if key_path.exists() else None
 
 
 def verify_ledger(

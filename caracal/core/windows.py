@@ -222,6 +222,13 @@ def parse_window(window: str, rolling: str | None = None, timezone: str = "UTC")
     return WindowSpec.calendar(kind, timezone)
 
 
+def policy_window(window: str | None, rolling: str | None = None, timezone: str = "UTC") -> WindowSpec:
+    """:func:`parse_window` with the policy default: without a ``window``, rolling when a ``rolling``
+    duration is given, else daily (what ``create_policy`` in the CLI, the SDK and the API accept)."""
+    kind = window if window is not None else ("rolling" if rolling is not None else "daily")
+    return parse_window(kind, rolling, timezone)
+
+
 def parse_duration(text: str) -> timedelta:
     """A rolling-window duration from text such as ``30m``, ``24h``, ``7d`` or ``1h30m``.
 

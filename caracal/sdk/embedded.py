@@ -24,7 +24,7 @@ from caracal.core.ledger import LedgerEvent
 from caracal.core.metering import Meter
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
-from caracal.core.windows import parse_window
+from caracal.core.windows import policy_window
 from caracal.exceptions import ConfigurationError
 from caracal.sdk.client import CaracalClient
 from caracal.storage.home import EmbeddedHome
@@ -103,9 +103,8 @@ class EmbeddedClient(CaracalClient):
         rolling: str | None = None,
     ) -> Policy:
         agent = self._home.agents.get(agent_id)
-        kind = window if window is not None else ("rolling" if rolling is not None else "daily")
         return self._home.policies.create(
-            agent.agent_id, limit, parse_window(kind, rolling, timezone), currency
+            agent.agent_id, limit, policy_window(window, rolling, timezone), currency
         )
 
     def set_price(self, resource_type: str, unit_price: object, currency: str = "USD") -> Price:
@@ -129,7 +128,7 @@ class EmbeddedClient(CaracalClient):
         return self.enforcer.release(hold.hold_id if isinstance(hold, Hold) else hold)
 
     def budget_status(self, agent_id: str) -> list[PolicyStatus]:
-        return self.enforcer.status(self._home.agents.get(agent_id).agent_id)
+        return self.enforcer.status(agent_id)
 
     # ------------------------------------------------------------------ metering
 

@@ -36,7 +36,7 @@ import orjson
 
 from caracal import __version__
 from caracal import exceptions as _exceptions
-from caracal.core.enforcement import MAX_TTL, Decision, Hold, PolicyStatus, Settlement
+from caracal.core.enforcement import Decision, Hold, PolicyStatus, Settlement, parse_ttl
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerEvent
 from caracal.core.policy import Policy
@@ -389,12 +389,11 @@ def _error(url: str, status: int, data: Any, response: httpx.Response) -> Caraca
                 return kind(message)
             except TypeError:
                 pass  # a class whose constructor needs more: fall back to the status
-        fallback = _STATUS_ERRORS.get(status)
-        if fallback is not None:
-            return fallback(message)
+    else:
+        message = f"the server at {url} answered HTTP {status}: {_preview(response)}"
     fallback = _STATUS_ERRORS.get(status)
     if fallback is not None:
-        return fallback(f"the server at {url} answered HTTP {status}: {_preview(response)}")
+        return fallback(message)
     return ServerUnreachableError(
         f"the server at {url} answered HTTP {status} without a Caracal error ({_preview(response)}); is "
         f"base_url the address of a Caracal server? denied (fail closed)"
@@ -434,12 +433,7 @@ def _money(value: object, name: str, error: type[Exception]) -> str:
 
 def _ttl_seconds(ttl: object) -> int:
     """The hold's TTL in whole seconds (the API's unit), rounded up; refused like the embedded client."""
-    if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
-        raise InvalidAmountError(f"ttl must be a timedelta or a number of seconds, got {ttl!r}")
-    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if not 0 < seconds <= MAX_TTL.total_seconds():  # NaN and infinities too
-        raise InvalidAmountError(f"ttl must be more than 0 and at most {MAX_TTL}, got {ttl!r} seconds")
-    return math.ceil(seconds)
+    return math.ceil(parse_ttl(ttl).total_seconds())
 
 
 def _charge(index: int, charge: Mapping[str, Any]) -> dict[str, Any]:

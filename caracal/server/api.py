@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import date, datetime, time, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -28,20 +28,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from caracal.core.apikeys import Principal
-from caracal.core.checkpoint import load_public_key
-from caracal.core.ledger import LedgerEvent, LedgerQuery
-from caracal.core.validation import parse_timestamp
-from caracal.core.verify import prove_consistency, prove_inclusion, verify_ledger
-from caracal.core.windows import parse_window
+from caracal.core.apikeys import TOKEN_WARNING, Principal
+from caracal.core.checkpoint import matches_signed, public_key_path
+from caracal.core.ledger import LedgerEvent, LedgerQuery, query_bound
+from caracal.core.verify import default_public_key, prove_consistency, prove_inclusion, verify_ledger
+from caracal.core.windows import policy_window
 from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
-    HoldNotFoundError,
     InvalidRequestError,
     PermissionDeniedError,
 )
-from caracal.server.auth import authenticate, require_acting_for, require_admin, require_reading
+from caracal.server.auth import authenticate, require_admin, require_reading
 from caracal.server.errors import json_response
 from caracal.server.service import Service
 
@@ -166,8 +164,6 @@ def activate_agent(agent: AgentRef, request: Request, caller: Caller) -> Respons
 
 # -------------------------------------------------------------------------------------------- API keys
 
-TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
-
 
 class KeyCreate(Body):
     label: Annotated[StrictStr | None, Field(None, min_length=1, max_length=256)]
@@ -216,9 +212,8 @@ def create_policy(body: PolicyCreate, request: Request, caller: Caller) -> Respo
     require_admin(caller)
     home = service_of(request).home
     agent = home.agents.get(body.agent_id)
-    kind = body.window if body.window is not None else ("rolling" if body.rolling is not None else "daily")
     policy = home.policies.create(
-        agent.agent_id, body.limit, parse_window(kind, body.rolling, body.timezone), body.currency
+        agent.agent_id, body.limit, policy_window(body.window, body.rolling, body.timezone), body.currency
     )
     return json_response(policy.to_dict(), 201)
 
@@ -272,12 +267,8 @@ def deactivate_policy(
     policy_id: PolicyRef, request: Request, caller: Caller, body: PolicyRevision | None = None
 ) -> Response:
     require_admin(caller)
-    policies = service_of(request).home.policies
-    current = policies.get(policy_id)
-    if not current.active:
-        return json_response(current.to_dict())
     reason = body.reason if body is not None else None
-    return json_response(policies.deactivate(policy_id, reason=reason).to_dict())
+    return json_response(service_of(request).home.policies.deactivate(policy_id, reason=reason).to_dict())
 
 
 @router.post(
@@ -287,12 +278,8 @@ def activate_policy(
     policy_id: PolicyRef, request: Request, caller: Caller, body: PolicyRevision | None = None
 ) -> Response:
     require_admin(caller)
-    policies = service_of(request).home.policies
-    current = policies.get(policy_id)
-    if current.active:
-        return json_response(current.to_dict())
     reason = body.reason if body is not None else None
-    return json_response(policies.activate(policy_id, reason=reason).to_dict())
+    return json_response(service_of(request).home.policies.activate(policy_id, reason=reason).to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- prices
@@ -337,7 +324,7 @@ class EventCreate(Body):
 async def create_event(body: EventCreate, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     agent_id = service.home.directory.agent_id(body.agent_id)
-    require_acting_for(caller, agent_id)
+    caller.require_act_for(agent_id)
     if body.hold_id is not None:
         _require_hold_of(service, body.hold_id, caller)
     operation = service.meter.emit_op(
@@ -380,7 +367,7 @@ class HoldCreate(Body):
 async def reserve(body: HoldCreate, request: Request, caller: Caller) -> Response:
     service = service_of(request)
     agent_id = service.home.directory.agent_id(body.agent_id)
-    require_acting_for(caller, agent_id)
+    caller.require_act_for(agent_id)
     ttl = service.home.settings.default_ttl if body.ttl is None else body.ttl
     try:
         hold = await service.run(service.enforcer.reserve_op(agent_id, body.amount, body.currency, ttl))
@@ -419,7 +406,7 @@ async def release(hold_id: HoldRef, request: Request, caller: Caller) -> Respons
     service = service_of(request)
     hold = service.enforcer.catch_up().hold(hold_id)
     if hold is not None:
-        require_acting_for(caller, hold.agent_id)
+        caller.require_act_for(hold.agent_id)
     released = await service.run(service.enforcer.release_op(hold_id))
     if released:
         service.metrics.holds.labels("released").inc()
@@ -439,22 +426,9 @@ Bound = Annotated[
 ]
 
 
-def _bound(value: str | None, name: str, *, end: bool = False) -> datetime | None:
-    """A time filter as an aware UTC datetime; 400 (not a ledger error) when it is not a time."""
-    if value is None:
-        return None
-    if len(value) == 10:
-        try:
-            day = date.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            return datetime.combine(day, time.max if end else time.min, tzinfo=timezone.utc)
-    return parse_timestamp(value, name, InvalidRequestError)
-
-
 def _window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
-    start, stop = _bound(since, "since"), _bound(until, "until", end=True)
+    start = query_bound(since, "since", InvalidRequestError)
+    stop = query_bound(until, "until", InvalidRequestError, end=True)
     if start is not None and stop is not None and start > stop:
         raise InvalidRequestError(f"since ({start.isoformat()}) is after until ({stop.isoformat()})")
     return start, stop
@@ -536,15 +510,13 @@ def ledger_summary(
 async def ledger_verify(request: Request, caller: Caller) -> Response:
     require_admin(caller)
     service = service_of(request)
-    key_path = service.home.key_path
-    key = load_public_key(key_path) if key_path.exists() else None
+    key = default_public_key(service.home.key_path)
     report = await run_in_threadpool(verify_ledger, service.home.ledger_path, public_key=key)
     return json_response(report.to_dict())
 
 
 def _checkpoint_dict(service: Service, checkpoint: Any) -> dict[str, Any]:
-    key_path = service.home.key_path
-    public = key_path.with_name(key_path.name + ".pub")
+    public = public_key_path(service.home.key_path)
     return {
         **checkpoint.to_dict(),
         "root_hex": checkpoint.root.hex(),
@@ -572,10 +544,6 @@ def sign_checkpoint(request: Request, caller: Caller) -> Response:
 TreeSize = Annotated[int, Query(ge=1, le=2**62)]
 
 
-def _signed_roots(service: Service) -> dict[int, bytes]:
-    return {checkpoint.size: checkpoint.root for checkpoint in service.enforcer.writer.checkpoints}
-
-
 @router.get(
     "/ledger/proofs/inclusion",
     tags=["ledger"],
@@ -588,7 +556,7 @@ def inclusion_proof(
     service = service_of(request)
     proof = prove_inclusion(service.home.ledger_path, event_id, tree_size)
     proof.verify()
-    signed = _signed_roots(service)
+    signed = service.enforcer.writer.checkpoints.roots()
     return json_response(
         {
             "type": "inclusion",
@@ -598,7 +566,7 @@ def inclusion_proof(
             "leaf_hash": proof.leaf_hash.hex(),
             "root": proof.root.hex(),
             "proof": [node.hex() for node in proof.proof],
-            "matches_signed_checkpoint": signed[proof.size] == proof.root if proof.size in signed else None,
+            "matches_signed_checkpoint": matches_signed(signed, proof.size, proof.root),
         }
     )
 
@@ -615,7 +583,7 @@ def consistency_proof(
     service = service_of(request)
     proof = prove_consistency(service.home.ledger_path, first, second)
     proof.verify()
-    signed = _signed_roots(service)
+    signed = service.enforcer.writer.checkpoints.roots()
     return json_response(
         {
             "type": "consistency",
@@ -624,24 +592,15 @@ def consistency_proof(
             "first_root": proof.root1.hex(),
             "second_root": proof.root2.hex(),
             "proof": [node.hex() for node in proof.proof],
-            "first_matches_signed_checkpoint": signed[proof.size1] == proof.root1
-            if proof.size1 in signed
-            else None,
-            "second_matches_signed_checkpoint": signed[proof.size2] == proof.root2
-            if proof.size2 in signed
-            else None,
+            "first_matches_signed_checkpoint": matches_signed(signed, proof.size1, proof.root1),
+            "second_matches_signed_checkpoint": matches_signed(signed, proof.size2, proof.root2),
         }
     )
 
 
 def _require_hold_of(service: Service, hold_id: str, caller: Principal) -> None:
     """The hold must be open (404 otherwise) and the caller must act for its agent (403)."""
-    hold = service.enforcer.catch_up().hold(hold_id)
-    if hold is None:
-        raise HoldNotFoundError(
-            f"no open hold {hold_id!r}: it was settled or released already, or never existed"
-        )
-    require_acting_for(caller, hold.agent_id)
+    caller.require_act_for(service.enforcer.open_hold(hold_id).agent_id)
 
 
 __all__ = ["router"]

@@ -22,17 +22,16 @@ from caracal import __version__
 from caracal.exceptions import CaracalError, InvalidRequestError
 from caracal.server import api
 from caracal.server.auth import authenticate, require_admin
-from caracal.server.errors import error_response, json_response
+from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
 from caracal.server.service import Service
 
-DEFAULT_MAX_BODY = 1 << 20
 
-
-def create_app(
-    service: Service, *, max_body_bytes: int = DEFAULT_MAX_BODY, own_service: bool = False
-) -> FastAPI:
-    """The application over ``service``; with ``own_service`` it closes the service at shutdown."""
+def create_app(service: Service, *, max_body_bytes: int | None = None, own_service: bool = False) -> FastAPI:
+    """The application over ``service``; with ``own_service`` it closes the service at shutdown. The body
+    limit is the home's ``server.max_body_bytes`` unless given."""
+    if max_body_bytes is None:
+        max_body_bytes = service.home.settings.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -74,8 +73,7 @@ def create_app(
     async def http_error(_request: Request, exc: HTTPException) -> Response:
         if isinstance(exc, _BodyTooLarge):
             return _too_large(exc.limit)
-        body = {"error": {"type": "HTTPError", "code": f"http_{exc.status_code}", "message": str(exc.detail)}}
-        return json_response(body, exc.status_code, dict(exc.headers or {}))
+        return http_error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: the ledger is open and writable")
     def healthz() -> Response:
@@ -159,13 +157,16 @@ class _BodyTooLarge(HTTPException):
     (it turns any other exception into "400 error parsing the body") and the app answers 413."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"the request body is larger than the server's limit of {limit} bytes")
+        super().__init__(413, _too_large_message(limit))
         self.limit = limit
 
 
+def _too_large_message(limit: int) -> str:
+    return f"the request body is larger than the server's limit of {limit} bytes"
+
+
 def _too_large(limit: int) -> Response:
-    exc = InvalidRequestError(f"the request body is larger than the server's limit of {limit} bytes")
-    response = error_response(exc)
+    response = error_response(InvalidRequestError(_too_large_message(limit)))
     response.status_code = 413
     return response
 
@@ -200,4 +201,4 @@ class _Observed:
             )
 
 
-__all__ = ["DEFAULT_MAX_BODY", "create_app"]
+__all__ = ["create_app"]

@@ -35,14 +35,9 @@ def require_admin(principal: Principal) -> None:
         raise PermissionDeniedError("this endpoint needs the admin key; agent keys cannot use it")
 
 
-def require_acting_for(principal: Principal, agent_id: str) -> None:
-    """A write on behalf of ``agent_id``: the admin, or that agent's own key."""
-    principal.require_act_for(agent_id)
-
-
 def require_reading(service: Service, principal: Principal, agent_id: str) -> None:
     """A read about ``agent_id``: the admin, that agent's key, or the key of one of its ancestors."""
     principal.require_read(service.home.directory.chain(agent_id))
 
 
-__all__ = ["authenticate", "require_acting_for", "require_admin", "require_reading", "token_of"]
+__all__ = ["authenticate", "require_admin", "require_reading", "token_of"]

@@ -72,20 +72,21 @@ def _code(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
 
 
-def error_body(exc: CaracalError, **extra: Any) -> dict[str, Any]:
+def error_response(exc: CaracalError) -> Response:
     name = type(exc).__name__
-    body: dict[str, Any] = {"type": name, "code": _code(name), "message": str(exc), **extra}
+    body: dict[str, Any] = {"type": name, "code": _code(name), "message": str(exc)}
     decision = getattr(exc, "decision", None)
     if decision is not None:
         body["decision"] = decision.to_dict()
-    return {"error": body}
-
-
-def error_response(exc: CaracalError, headers: dict[str, str] | None = None) -> Response:
     status = status_of(exc)
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return json_response(error_body(exc), status, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return json_response({"error": body}, status, headers)
+
+
+def http_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An HTTP-level refusal that is no Caracal error (unknown path, wrong method), in the same shape."""
+    body = {"type": "HTTPError", "code": f"http_{status}", "message": message}
+    return json_response({"error": body}, status, headers)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -93,4 +94,4 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(dumps(data), status, headers, media_type="application/json")
 
 
-__all__ = ["error_body", "error_response", "json_response", "status_of"]
+__all__ = ["error_response", "http_error_response", "json_response", "status_of"]

@@ -20,7 +20,6 @@ from caracal.core.group_commit import GroupCommitter
 from caracal.core.metering import Meter
 from caracal.exceptions import CaracalError
 from caracal.server.metrics import Metrics
-from caracal.storage.apikeys import ApiKeyRegistry
 from caracal.storage.home import EmbeddedHome
 
 T = TypeVar("T")
@@ -40,8 +39,7 @@ class Service:
         self.meter = Meter(self.enforcer, self.home.prices.pricebook)
         self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
         self.metrics.holds_open.set_function(lambda: self.enforcer.catch_up().open_hold_count)
-        self.keys = ApiKeyRegistry(self.home.data / "apikeys.json")
-        self.admin_key_path = self.home.home / "keys" / "admin.key"
+        self.keys = self.home.keys
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="caracal-expire-holds", daemon=True)
         self._sweeper.start()
@@ -49,9 +47,6 @@ class Service:
     async def run(self, operation: Operation[T]) -> T:
         """Record ``operation`` through the group committer; returns once its entries are fsynced."""
         return await asyncio.wrap_future(self.committer.submit(operation))
-
-    def run_sync(self, operation: Operation[T]) -> T:
-        return self.committer.run(operation)
 
     def _sweep(self) -> None:
         while not self._stop.wait(EXPIRE_EVERY):

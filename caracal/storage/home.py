@@ -5,7 +5,9 @@ Layout (``$CARACAL_HOME``, else ``~/.caracal``)::
     config.toml                 documented settings (written by ``caracal init``)
     data/ledger.jsonl (+ sidecars)
     data/agents.json  data/policies.json  data/prices.json   (each with .lock and .bak.N)
+    data/apikeys.json             API keys of the server (hashes only)
     keys/checkpoint.key (0600) and keys/checkpoint.key.pub
+    keys/admin.key (0600)         the server's admin API key
 
 :class:`RegistryDirectory` answers enforcement's questions (who is this agent, who are its ancestors, is it
 active, what are its policies) from the registries, with the caching that keeps a budget check cheap.
@@ -29,6 +31,7 @@ from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
 from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, InvalidAgentError
 from caracal.storage.agents import AgentRegistry
+from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path
 from caracal.storage.policies import PolicyRegistry
 from caracal.storage.prices import PriceRegistry
 
@@ -111,6 +114,8 @@ class EmbeddedHome:
             use_llm_prices=self.settings.use_llm_prices,
             tiered_llm_prices=self.settings.tiered_llm_prices,  # type: ignore[arg-type]  # checked by load_settings
         )
+        self.keys = ApiKeyRegistry(default_apikeys_path(self.home))
+        self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()

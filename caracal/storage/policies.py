@@ -75,17 +75,23 @@ class PolicyRegistry:
         return self._revise(policy_id, reason or "limit changed", limit=check_limit(limit))
 
     def deactivate(self, policy_id: str, *, reason: str | None = None) -> Policy:
-        return self._revise(policy_id, reason or "deactivated", active=False)
+        """The next revision, inactive; a policy already inactive is returned as it is (no revision)."""
+        return self._revise(policy_id, reason or "deactivated", unless_already=True, active=False)
 
     def activate(self, policy_id: str, *, reason: str | None = None) -> Policy:
-        return self._revise(policy_id, reason or "activated", active=True)
+        """The next revision, active; a policy already active is returned as it is (no revision)."""
+        return self._revise(policy_id, reason or "activated", unless_already=True, active=True)
 
-    def _revise(self, policy_id: str, reason: str, **changes: Any) -> Policy:
+    def _revise(self, policy_id: str, reason: str, *, unless_already: bool = False, **changes: Any) -> Policy:
+        """Append a revision with ``changes``; with ``unless_already``, a policy that already has them is
+        returned as it is (idempotent)."""
         with self.document.transaction() as document:
             revisions = document.setdefault("policies", {}).get(policy_id)
             if not revisions:
                 raise PolicyNotFoundError(f"no policy {policy_id!r}; list them with 'caracal policy list'")
             current = Policy.from_dict(revisions[-1])
+            if unless_already and all(getattr(current, name) == value for name, value in changes.items()):
+                return current
             revised = current.revised(format_timestamp(self._clock()), reason, **changes)
             revisions.append(revised.to_dict())
         return revised

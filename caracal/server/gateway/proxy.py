@@ -47,7 +47,7 @@ from starlette.responses import Response
 
 from caracal.config import UpstreamSettings
 from caracal.core.apikeys import Principal
-from caracal.core.enforcement import Hold
+from caracal.core.enforcement import Hold, Operation
 from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
@@ -56,7 +56,7 @@ from caracal.exceptions import (
     UpstreamError,
 )
 from caracal.server.auth import authenticate
-from caracal.server.errors import error_response, json_response
+from caracal.server.errors import error_response, http_error_response
 from caracal.server.gateway.estimate import (
     Bound,
     bound_anthropic_messages,
@@ -148,8 +148,7 @@ class Gateway:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """ASGI entry for :data:`PATHS`."""
         if scope["method"] != "POST":
-            body = {"error": {"type": "HTTPError", "code": "http_405", "message": "use POST"}}
-            response: Response = json_response(body, 405, {"allow": "POST"})
+            response = http_error_response(405, "use POST", {"allow": "POST"})
         else:
             response = await self.handle(Request(scope, receive))
         await response(scope, receive, send)
@@ -197,7 +196,7 @@ class Gateway:
                 f"nothing was sent, the hold was released and nothing was billed"
             ) from None
         except BaseException as exc:
-            raise call.failed(exc, upstream) from None
+            raise call.failed(exc) from None
         if response.status >= 400:
             try:
                 content = await response.read()
@@ -216,7 +215,7 @@ class Gateway:
         try:
             content = await response.read()
         except BaseException as exc:
-            raise call.failed(exc, upstream) from None
+            raise call.failed(exc) from None
         finally:
             response.release()
         try:
@@ -261,22 +260,14 @@ class _Call:
         self.closed = False
 
     def release(self, outcome: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        service = self.gateway.service
-        self._observe(outcome)
-        service.metrics.holds.labels("released").inc()
-        future = service.committer.submit(service.enforcer.release_op(self.hold.hold_id), defer=CLOSE_DEFER)
-        future.add_done_callback(self._log_failure("release"))
+        if not self.closed:
+            self._close(outcome, "release", self.gateway.service.enforcer.release_op(self.hold.hold_id))
 
     def settle(self, usage: Usage, outcome: str) -> None:
         """Queue the settlement (see the module docstring); failures are logged and counted."""
         if self.closed:
             return
-        self.closed = True
         service = self.gateway.service
-        self._observe(outcome)
         try:
             charges = usage_charges(
                 service.home.prices.pricebook(),
@@ -297,40 +288,38 @@ class _Call:
                     "metadata": {"gateway": self.route.api, "pricing_error": str(exc)[:500]},
                 }
             ]
-        service.metrics.holds.labels("settled").inc()
-        future = service.committer.submit(
-            service.enforcer.settle_op(self.hold.hold_id, charges), defer=CLOSE_DEFER
-        )
-        future.add_done_callback(self._log_failure("settle"))
+        self._close(outcome, "settle", service.enforcer.settle_op(self.hold.hold_id, charges))
 
-    def failed(self, exc: BaseException, upstream: UpstreamSettings) -> BaseException:
+    def failed(self, exc: BaseException) -> BaseException:
         """The upstream failed after the request was sent (a timeout, a dropped connection, a cancelled
         handler): the provider may have processed it and may bill it, so the call is billed at its worst
         case (fail closed). Returns the exception to raise."""
         self.settle(billable(None, self.bound, None), "failed")
         if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+            cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return UpstreamError(
-                f"the upstream {upstream.base_url} failed after the request was sent ({type(exc).__name__}"
-                f"{': ' + str(exc) if str(exc) else ''}); the call was billed at its worst case because "
-                f"the provider may have processed it"
+                f"the upstream {self.upstream.base_url} failed after the request was sent ({cause}); the "
+                f"call was billed at its worst case because the provider may have processed it"
             )
         return exc
 
-    def _observe(self, outcome: str) -> None:
-        self.gateway.service.metrics.upstream.labels(self.route.api, outcome).observe(
-            time.perf_counter() - self.started
-        )
-
-    def _log_failure(self, what: str) -> Callable[[Future[Any]], None]:
+    def _close(self, outcome: str, what: Literal["settle", "release"], operation: Operation[Any]) -> None:
+        """Record the upstream's outcome and queue the operation that closes the hold (deferred: nobody
+        waits for it); a failure to record it is logged and counted."""
+        self.closed = True
+        metrics = self.gateway.service.metrics
+        metrics.upstream.labels(self.route.api, outcome).observe(time.perf_counter() - self.started)
+        metrics.holds.labels("settled" if what == "settle" else "released").inc()
+        future = self.gateway.service.committer.submit(operation, defer=CLOSE_DEFER)
         hold_id = self.hold.hold_id
 
-        def check(future: Future[Any]) -> None:
-            exc = future.exception()
+        def check(done: Future[Any]) -> None:
+            exc = done.exception()
             if exc is not None:
-                self.gateway.service.metrics.close_failures.labels(what).inc()
+                metrics.close_failures.labels(what).inc()
                 logger.error("could not %s gateway hold %s: %s", what, hold_id, exc)
 
-        return check
+        future.add_done_callback(check)
 
 
 class _Passthrough(Response):
