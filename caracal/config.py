@@ -99,13 +99,15 @@ class Settings:
 _SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl"}
 """Settings whose attribute name differs from their key in the file."""
 
-_POSITIVE = (
-    ("server", "max_body_bytes", "max_body_bytes"),
-    ("gateway", "max_output_tokens", "max_output_tokens"),
-    ("gateway", "hold_ttl", "gateway_hold_ttl"),
-    ("gateway", "upstream_timeout", "upstream_timeout"),
+_POSITIVE = frozenset(
+    {
+        ("server", "max_body_bytes"),
+        ("gateway", "max_output_tokens"),
+        ("gateway", "hold_ttl"),
+        ("gateway", "upstream_timeout"),
+    }
 )
-"""Settings where 0 would make the server refuse everything (or nothing): (section, key, attribute)."""
+"""Settings where 0 would make the server refuse everything (or nothing)."""
 
 _UPSTREAM_KEYS: dict[str, tuple[type, ...]] = {
     "base_url": (str,),
@@ -169,6 +171,8 @@ def load_settings(home: Path | None = None) -> Settings:
                 )
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ConfigurationError(f"{path}: {section}.{key} must not be negative, got {value!r}")
+            if value == 0 and (section, key) in _POSITIVE:
+                raise ConfigurationError(f"{path}: {section}.{key} must be more than 0")
             if isinstance(value, dict):
                 values[key] = _upstream(path, key, value)
                 continue
@@ -178,9 +182,6 @@ def load_settings(home: Path | None = None) -> Settings:
         raise ConfigurationError(f'{path}: pricing.tiered_llm_prices must be "refuse" or "base"')
     if not 0 < int(values.get("port", 1)) < 65536:  # type: ignore[call-overload]
         raise ConfigurationError(f"{path}: server.port must be between 1 and 65535")
-    for section, key, name in _POSITIVE:
-        if name in values and not values[name]:
-            raise ConfigurationError(f"{path}: {section}.{key} must be more than 0")
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -54,12 +54,7 @@ _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _TOKEN = re.compile(r"ck_([0-9a-f]{12})_([A-Za-z0-9_-]{16,184})")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
-API_KEY_FIELDS: Final = ("key_id", "role", "agent_id", "label", "created_at", "revoked_at", "token_sha256")
-"""The fields of a stored record, in the order :meth:`ApiKey.to_dict` writes them."""
-
-
 # ------------------------------------------------------------------------------------------------ tokens
-
 
 TOKEN_WARNING = "store this token now: it cannot be shown again (only its hash is kept)"
 """Said wherever a new token is shown (CLI, API): it is the only time anyone sees it."""

@@ -5,7 +5,7 @@ Invariants:
 
 - **Hashes only.** A record holds ``sha256(token)`` (:mod:`caracal.core.apikeys`); the plaintext token is
   returned once by :meth:`ApiKeyRegistry.create` and never written here. The file (and its backups) are
-  made owner-only (0600) after each write all the same: they say who has keys.
+  written owner-only (0600) all the same: they say who has keys.
 - **Atomic, serialized, backed up.** Every change is one :meth:`JsonDocument.transaction` (exclusive
   ``flock`` from the read to the atomic write, rolling ``.bak.N``): concurrent creates from threads or
   processes never lose a key, and :meth:`ApiKeyRegistry.ensure_admin_key` run twice at once makes exactly
@@ -99,7 +99,11 @@ class ApiKeyRegistry:
         lock_timeout: float = 10.0,
     ):
         self._document = JsonDocument(
-            path, default=lambda: {"keys": {}}, backup_count=backup_count, lock_timeout=lock_timeout
+            path,
+            default=lambda: {"keys": {}},
+            backup_count=backup_count,
+            lock_timeout=lock_timeout,
+            mode=0o600,  # written owner-only from the start, backups too
         )
         self.path = self._document.path
         self._clock = clock
@@ -124,7 +128,6 @@ class ApiKeyRegistry:
         """
         with self._transaction() as keys:
             key, token = self._new_key(keys, role, agent_id, label, clock)
-        self._restrict_mode()
         return key, token
 
     def revoke(self, key_id: str, *, clock: Clock | None = None) -> ApiKey:
@@ -137,7 +140,6 @@ class ApiKeyRegistry:
                 return key
             key = replace(key, revoked_at=(clock or self._clock)())
             keys[key.key_id] = key
-        self._restrict_mode()
         return key
 
     def ensure_admin_key(self, key_file: Path, *, clock: Clock | None = None) -> str | None:
@@ -155,12 +157,10 @@ class ApiKeyRegistry:
             key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
                 write_atomically(key_file, (token + "\n").encode("ascii"), mode=0o600)
-                os.chmod(key_file, 0o600)  # also when an old file was replaced under a looser umask
             except OSError as exc:
                 raise RegistryError(
                     f"cannot write the admin key to {key_file}: {exc.strerror or exc}"
                 ) from exc
-        self._restrict_mode()
         return token
 
     # ------------------------------------------------------------------------------------------------ reads
@@ -295,9 +295,3 @@ class ApiKeyRegistry:
             for key_id, key in keys.items():  # only changed records are rewritten: unknown fields survive
                 if before.get(key_id) is not key:
                     records[key_id] = key.to_dict()
-
-    def _restrict_mode(self) -> None:
-        """Owner-only files: :class:`JsonDocument` writes with the default mode, so tighten after."""
-        for path in [self.path, *self.path.parent.glob(f"{self.path.name}.bak.*")]:
-            with contextlib.suppress(OSError):
-                os.chmod(path, 0o600)

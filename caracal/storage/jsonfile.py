@@ -47,8 +47,10 @@ class JsonDocument:
         default: Callable[[], dict[str, Any]] = dict,
         backup_count: int = 3,
         lock_timeout: float = 10.0,
+        mode: int = 0o644,
     ):
         self.path = Path(path)
+        self.mode = mode
         self.default = default
         self.backup_count = backup_count
         self.lock_timeout = lock_timeout
@@ -129,8 +131,9 @@ class JsonDocument:
                     older = self.path.with_name(f"{self.path.name}.bak.{index}")
                     if older.exists():
                         os.replace(older, self.path.with_name(f"{self.path.name}.bak.{index + 1}"))
-                write_atomically(self.path.with_name(f"{self.path.name}.bak.1"), self.path.read_bytes())
-            write_atomically(self.path, data)
+                backup = self.path.with_name(f"{self.path.name}.bak.1")
+                write_atomically(backup, self.path.read_bytes(), mode=self.mode)
+            write_atomically(self.path, data, mode=self.mode)
         except OSError as exc:
             raise RegistryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
