@@ -141,6 +141,19 @@ def update_command(as_json: bool, policy_id: str, limit: str, reason: str | None
     _revised(policy, names, as_json, f"updated policy {policy.policy_id} (revision {policy.revision})")
 
 
+def _set_active(
+    policy_id: str, active: bool, reason: str | None, as_json: bool, changed: str, unchanged: str
+) -> None:
+    """(De)activate a policy; the registry leaves one already in that state as it is (no revision)."""
+    with CaracalClient() as client:
+        policies = client.home.policies
+        before = policies.get(policy_id).revision
+        policy = (policies.activate if active else policies.deactivate)(policy_id, reason=reason)
+        names = agent_names(client)
+    note = changed if policy.revision != before else unchanged
+    _revised(policy, names, as_json, f"policy {policy.policy_id} {note}")
+
+
 @policy_group.command("deactivate")
 @json_option
 @click.argument("policy_id")
@@ -148,12 +161,7 @@ def update_command(as_json: bool, policy_id: str, limit: str, reason: str | None
 @handle_errors
 def deactivate_command(as_json: bool, policy_id: str, reason: str | None) -> None:
     """Deactivate a policy (adds a revision). An agent left without an active policy is denied."""
-    with CaracalClient() as client:
-        current = client.home.policies.get(policy_id)
-        policy = current if not current.active else client.home.policies.deactivate(policy_id, reason=reason)
-        names = agent_names(client)
-    note = "was already inactive; nothing changed" if policy is current else "is now inactive"
-    _revised(policy, names, as_json, f"policy {policy.policy_id} {note}")
+    _set_active(policy_id, False, reason, as_json, "is now inactive", "was already inactive; nothing changed")
 
 
 @policy_group.command("activate")
@@ -163,12 +171,7 @@ def deactivate_command(as_json: bool, policy_id: str, reason: str | None) -> Non
 @handle_errors
 def activate_command(as_json: bool, policy_id: str, reason: str | None) -> None:
     """Activate a deactivated policy again (adds a revision)."""
-    with CaracalClient() as client:
-        current = client.home.policies.get(policy_id)
-        policy = current if current.active else client.home.policies.activate(policy_id, reason=reason)
-        names = agent_names(client)
-    note = "was already active; nothing changed" if policy is current else "is active again"
-    _revised(policy, names, as_json, f"policy {policy.policy_id} {note}")
+    _set_active(policy_id, True, reason, as_json, "is active again", "was already active; nothing changed")
 
 
 @policy_group.command("history")
