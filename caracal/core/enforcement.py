@@ -465,7 +465,9 @@ class Enforcer:
                     self._tail.last_event_id = last_event_id
 
         try:
-            outcomes = self.writer.transact_group([op.decide for op in operations], staged, written)
+            outcomes = self.writer.transact_group(
+                [op.decide for op in operations], staged, written, caught_up=self.catch_up
+            )
         except CaracalError as exc:
             if folded:
                 self._rebuild()

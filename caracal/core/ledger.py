@@ -412,6 +412,7 @@ class LedgerWriter:
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
         written: Callable[[int, int, int], None] | None = None,
+        caught_up: Callable[[], None] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
@@ -427,12 +428,20 @@ class LedgerWriter:
         from them. After a successful write, ``written(start, end, last_event_id)`` is called, still under
         the lock: the batch's lines span bytes ``start`` to ``end`` of the file (a reader that has folded
         them in through ``staged`` can skip them instead of reading them back).
+
+        ``caught_up()``, if given, runs under the lock once the writer has read what other writers appended
+        and before the first decision: a caller folds those lines into what it derives from the ledger
+        there, so that no decision (however it is written) is taken on a stale view and ``staged`` always
+        continues exactly where the file ends. If it raises, nothing is appended and the exception
+        propagates.
         """
         results: list[list[LedgerEvent] | Exception] = []
         self._lock()
         try:
             self._ensure_usable()
             self._sync()
+            if caught_up is not None:
+                caught_up()
             next_id, prev = self._last_id + 1, self._last_leaf
             events: list[LedgerEvent] = []
             leaves: list[bytes] = []
