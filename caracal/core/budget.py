@@ -11,17 +11,24 @@ time that does not grow with the ledger:
   a backdated timestamp cannot move spend out of the current window.
 - **Rolling windows** start inside a minute; the whole boundary minute is counted. The error is on the safe
   side: spend is never under-counted, so a budget can only be enforced slightly early, never late.
-- **Holds** are open from their ``hold`` entry until a ``release`` entry for the same id, and count only
-  until their ``expires_at`` (a crashed worker cannot pin a budget). They are indexed per subtree member,
-  so summing them costs O(live holds of that subtree).
+- **Holds** are open from their ``hold`` entry until a ``release`` entry for the same id. A hold whose
+  expiry means ``release`` (the default) counts only until its ``expires_at`` (a crashed worker cannot pin
+  a budget); one whose expiry means ``charge`` keeps counting until it is closed, because expiring it
+  charges it (freeing the money first and charging it later would let it be spent twice). They are
+  indexed per subtree member, so summing them costs O(live holds of that subtree).
+- **Clock skew cannot stretch a hold.** A hold stamped later than the reader's clock when the reader
+  first folds it in (written by a clock that ran ahead) expires one TTL (``expires_at - timestamp``)
+  after that moment instead of at its own ``expires_at``: a clock a day ahead cannot pin a budget for a
+  day. The reader's moment is passed in (``seen_at``), so the state stays pure.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -75,6 +82,13 @@ class OpenHold:
     expires_at: datetime
     members: tuple[str, ...]
     """The agent and its ancestors: every subtree whose budgets this hold counts against."""
+    charge_on_expiry: bool = False
+    """Its expiry means "charge what is left of it" (``on_expiry: charge``), not "release it"."""
+
+    def counts_at(self, now: datetime) -> bool:
+        """Whether the hold still reserves money at ``now`` (if open): until its expiry, or, when its expiry
+        means charge, until it is closed."""
+        return self.charge_on_expiry or self.expires_at > now
 
 
 class BudgetState:
@@ -91,11 +105,14 @@ class BudgetState:
         self._holds_by_member: dict[str, set[str]] = {}
         self._charged: dict[str, Decimal] = {}  # per hold: what has been charged against it
         self._by_key: dict[str, LedgerEvent] = {}  # idempotency key -> the first charge recorded with it
+        self._charge_expiries: list[tuple[datetime, str]] = []  # min-heap over charge-on-expiry holds
         self.last_event_id = 0
         self._last_minute = 0
 
-    def apply(self, event: LedgerEvent) -> None:
-        """Fold one entry in; entries must come in ledger order, each exactly once."""
+    def apply(self, event: LedgerEvent, seen_at: datetime | None = None) -> None:
+        """Fold one entry in; entries must come in ledger order, each exactly once. ``seen_at`` is the
+        reader's clock as it reads the entry (None: trust the entry's own clock; see the module docstring
+        on skew)."""
         if event.event_id != self.last_event_id + 1:
             raise LedgerCorruptError(
                 f"budget state expected event {self.last_event_id + 1}, got {event.event_id}",
@@ -122,17 +139,19 @@ class BudgetState:
             # hold; closing it first keeps the per-member index consistent with the open holds.
             self._close(event.hold_id)
             members = self._chain_of(event.agent_id)
+            expires_at = parse_timestamp(event.expires_at, "expires_at", LedgerCorruptError)
+            if seen_at is not None:
+                expires_at = unskewed_expiry(event.time, expires_at, seen_at)
             hold = OpenHold(
                 event.hold_id,
                 event.agent_id,
                 event.cost,
                 event.currency,
-                parse_timestamp(event.expires_at, "expires_at", LedgerCorruptError),
+                expires_at,
                 members,
+                event.on_expiry == "charge",
             )
-            self._holds[hold.hold_id] = hold
-            for member in members:
-                self._holds_by_member.setdefault(member, set()).add(hold.hold_id)
+            self._open(hold)
         elif kind == "release":
             assert event.hold_id is not None
             self._close(event.hold_id)
@@ -154,6 +173,7 @@ class BudgetState:
                     h.currency,
                     format_timestamp(h.expires_at),
                     list(h.members),
+                    "charge" if h.charge_on_expiry else "release",
                 ]
                 for h in self._holds.values()
             ],
@@ -171,14 +191,12 @@ class BudgetState:
             if len(minutes) != len(totals) or minutes != sorted(set(minutes)):
                 raise ValueError("a spend series in the snapshot is not in order")
             state._spend[(agent, currency)] = SpendSeries(list(minutes), [Decimal(t) for t in totals])
-        for hold_id, agent, amount, currency, expires, members in data["holds"]:
+        for hold_id, agent, amount, currency, expires, members, *on_expiry in data["holds"]:
             hold = OpenHold(
                 hold_id, agent, Decimal(amount), currency, parse_timestamp(expires, "expires_at", ValueError),
-                tuple(members),
+                tuple(members), on_expiry == ["charge"],
             )  # fmt: skip
-            state._holds[hold_id] = hold
-            for member in hold.members:
-                state._holds_by_member.setdefault(member, set()).add(hold_id)
+            state._open(hold)
         state._charged = {hold_id: Decimal(amount) for hold_id, amount in data["charged"].items()}
         for record in data["keys"]:
             event = LedgerEvent.from_dict(record)
@@ -186,9 +204,16 @@ class BudgetState:
                 state._by_key[event.idempotency_key] = event
         return state
 
-    def apply_all(self, events: Iterable[LedgerEvent]) -> None:
+    def apply_all(self, events: Iterable[LedgerEvent], seen_at: datetime | None = None) -> None:
         for event in events:
-            self.apply(event)
+            self.apply(event, seen_at)
+
+    def _open(self, hold: OpenHold) -> None:
+        self._holds[hold.hold_id] = hold
+        for member in hold.members:
+            self._holds_by_member.setdefault(member, set()).add(hold.hold_id)
+        if hold.charge_on_expiry:
+            heapq.heappush(self._charge_expiries, (hold.expires_at, hold.hold_id))
 
     def _close(self, hold_id: str) -> None:
         hold = self._holds.pop(hold_id, None)
@@ -223,7 +248,8 @@ class BudgetState:
         return series.since(minute)
 
     def held(self, agent_id: str, currency: str, now: datetime) -> Decimal:
-        """What live (unexpired, unreleased) holds against the agent's subtree reserve in ``currency``.
+        """What live holds (unreleased, and unexpired unless their expiry means charge) against the agent's
+        subtree reserve in ``currency``.
 
         A hold counts for its amount less what has already been charged against it (the charged part is
         counted as spend), never below zero.
@@ -231,7 +257,7 @@ class BudgetState:
         total = _ZERO
         for hold_id in self._holds_by_member.get(agent_id, ()):
             hold = self._holds[hold_id]
-            if hold.currency == currency and hold.expires_at > now:
+            if hold.currency == currency and hold.counts_at(now):
                 remaining = hold.amount - self._charged.get(hold_id, _ZERO)
                 if remaining > 0:
                     total += remaining
@@ -254,8 +280,34 @@ class BudgetState:
         return len(self._holds)
 
     def expired_holds(self, now: datetime) -> list[OpenHold]:
-        """Open holds whose expiry has passed (they count for nothing; ``expire`` closes them on record)."""
+        """Open holds whose expiry has passed (``expire`` closes them on record: a release, or for a
+        charge-on-expiry hold a charge of what is left of it and a release)."""
         return [hold for hold in self._holds.values() if hold.expires_at <= now]
+
+    def charge_due(self, now: datetime) -> bool:
+        """Whether an open charge-on-expiry hold has expired (it still reserves its money, and must be
+        charged and closed). Cheap (a heap), so every group of writes can ask."""
+        heap = self._charge_expiries
+        while heap:
+            expires_at, hold_id = heap[0]
+            hold = self._holds.get(hold_id)
+            if hold is not None and hold.charge_on_expiry and hold.expires_at == expires_at:
+                return expires_at <= now
+            heapq.heappop(heap)  # closed (or replaced) since it was pushed
+        return False
 
     def open_holds(self, agent_id: str) -> list[OpenHold]:
         return [self._holds[h] for h in sorted(self._holds_by_member.get(agent_id, ()))]
+
+
+def unskewed_expiry(recorded: datetime, expires_at: datetime, seen_at: datetime) -> datetime:
+    """When a hold recorded at ``recorded`` (by its writer's clock) and first seen by this reader at
+    ``seen_at`` stops counting: its ``expires_at``, but never later than one TTL after the reader saw it.
+
+    A writer whose clock ran ahead stamps both ``recorded`` and ``expires_at`` ahead; the difference (the
+    TTL) is still right, so it is measured from ``seen_at`` instead. A hold the reader sees after it was
+    recorded (the normal case, or a replay) keeps its own ``expires_at``, which is earlier.
+    """
+    if recorded <= seen_at:
+        return expires_at
+    return min(expires_at, seen_at + max(expires_at - recorded, timedelta(0)))

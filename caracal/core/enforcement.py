@@ -10,6 +10,19 @@ it runs inside :meth:`LedgerWriter.transact`, under the ledger's exclusive lock,
 entry other writers appended (a :class:`LedgerTail`), and the hold it records is on disk before the lock
 is released. Holds, settlements and releases are ledger entries, so they survive restarts and every
 process sees the same holds.
+
+**What a hold's expiry means** is chosen when it is taken (``on_expiry``): ``release`` (the default: the
+holder crashed before spending; the money is freed) or ``charge`` (the money may have been spent, e.g. a
+gateway call that may have reached the provider: the hold keeps counting after its expiry, and expiring it
+records a charge of what is left of it on :data:`ESTIMATED_RESOURCE`, marked ``estimated``, plus the
+release, in one append). Expired holds are closed by :meth:`Enforcer.expire` (the server runs it at start
+and periodically) and, for charge-on-expiry holds, by *every* group of writes of any process
+(:meth:`Enforcer.run_group`): such a hold ends billed as soon as anything writes to the ledger again.
+
+**A settle above its hold** (usage beyond the worst case the hold was sized for) is recorded, because the
+provider bills it, and flagged: ``over_hold`` in the charges' metadata, a WARNING log naming the agent,
+the hold and both amounts, and the ``on_over_hold`` observer (the server counts it in a metric and can
+suspend the agent: ``[enforcement] suspend_over_hold_factor``).
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import orjson
 
 from caracal.core.budget import BudgetState, OpenHold
-from caracal.core.events import line_ending_at, line_event_id
+from caracal.core.events import EXPIRY_MEANINGS, line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
 from caracal.core.policy import Policy
@@ -36,6 +49,9 @@ from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import BudgetExceededError, CaracalError, HoldNotFoundError, InvalidAmountError
 
 HOLD_RESOURCE = "caracal.hold"
+ESTIMATED_RESOURCE = "caracal.estimated.expired_hold"
+"""The resource of the charge that closes an expired charge-on-expiry hold: one unit, costing what was
+left of the hold (its bound, marked ``estimated`` in the metadata), so ledger summaries show it apart."""
 SNAPSHOT_EVERY = 10_000
 """Entries folded in between two saves of the budget snapshot (and one more on close)."""
 logger = logging.getLogger("caracal.enforcement")
@@ -131,11 +147,18 @@ class PolicyStatus:
     window_start: datetime | None
     resets_at: datetime | None
 
+    @property
+    def over_limit(self) -> bool:
+        """Spent and held exceed the limit (``remaining`` is negative): usage beyond a hold's bound was
+        recorded. Nothing more is allowed until the window resets or the limit is raised."""
+        return self.remaining < 0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.to_dict(),
             **{name: _wire(getattr(self, name)) for name in ("spent", "held", "remaining", "window_start")},
             "resets_at": _wire(self.resets_at),
+            "over_limit": self.over_limit,
         }
 
     @classmethod
@@ -281,6 +304,8 @@ class Operation(Generic[T]):
 
     decide: Callable[[], list[Mapping[str, Any]] | None]
     finish: Callable[[list[LedgerEvent]], T]
+    closes_expired: bool = False
+    """It is :meth:`Enforcer.expire`'s (a group that starts with it needs no other sweep)."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +318,8 @@ class Hold:
     currency: str
     expires_at: datetime
     decision: Decision
+    on_expiry: str = "release"
+    """What its expiry means: ``release`` or ``charge`` (see the module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -301,6 +328,7 @@ class Hold:
             "amount": str(self.amount),
             "currency": self.currency,
             "expires_at": format_timestamp(self.expires_at),
+            "on_expiry": self.on_expiry,
             "decision": self.decision.to_dict(),
         }
 
@@ -313,6 +341,7 @@ class Hold:
             str(data["currency"]),
             parse_timestamp(data["expires_at"], "expires_at", InvalidAmountError),
             Decision.from_dict(data["decision"]),
+            str(data.get("on_expiry", "release")),
         )
 
 
@@ -350,14 +379,35 @@ class Settlement:
         )
 
 
+@dataclass(frozen=True)
+class OverHold:
+    """Money charged against a hold beyond its amount (reported to :class:`Enforcer`'s ``on_over_hold``)."""
+
+    agent_id: str
+    hold_id: str
+    held: Decimal
+    charged: Decimal
+    currency: str
+
+
 class Enforcer:
-    """Check, reserve, settle and release against one ledger, atomically across threads and processes."""
+    """Check, reserve, settle and release against one ledger, atomically across threads and processes.
+
+    ``on_over_hold`` (optional) is called after a settle or charge that took a hold's charges past its
+    amount has been recorded; its errors are logged, never raised (the charge is on record either way).
+    """
 
     def __init__(
-        self, writer: LedgerWriter, directory: Directory, clock: Callable[[], datetime] | None = None
+        self,
+        writer: LedgerWriter,
+        directory: Directory,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        on_over_hold: Callable[[OverHold], None] | None = None,
     ):
         self.writer = writer
         self.directory = directory
+        self.on_over_hold = on_over_hold
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._tail = LedgerTail(writer.ledger_path)
         self._state = BudgetState(directory.chain)
@@ -375,7 +425,8 @@ class Enforcer:
             if events and events[0].event_id <= self._state.last_event_id:
                 # Folded in already when a group commit staged them (see run_group).
                 events = [e for e in events if e.event_id > self._state.last_event_id]
-            self._state.apply_all(events)
+            if events:
+                self._state.apply_all(events, self.now())  # the reader's clock bounds skewed holds
             if self._state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
                 self.save_snapshot()
             return self._state
@@ -448,6 +499,13 @@ class Enforcer:
         """
         if not operations:
             return []
+        if not operations[0].closes_expired:
+            # First, under the same lock hold: bill expired charge-on-expiry holds (a heap peek when none is
+            # due), so they end billed whichever process writes next (see the module docstring).
+            sweep = self.run_group([self._expire_op([], only_if_charge_due=True), *operations])
+            if isinstance(sweep[0], Exception):
+                logger.warning("could not close expired holds: %s", sweep[0])
+            return sweep[1:]
 
         folded: list[bool] = []
 
@@ -514,22 +572,40 @@ class Enforcer:
             ]
 
     def reserve(
-        self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
+        self,
+        agent: str,
+        amount: object,
+        currency: str = "USD",
+        ttl: timedelta | float = DEFAULT_TTL,
+        *,
+        on_expiry: str = "release",
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         """Atomically check ``amount`` against every policy of the agent and its ancestors and hold it.
 
-        Raises :class:`BudgetExceededError` (with the :class:`Decision`) when denied; nothing is held then.
+        ``on_expiry`` says what the hold's expiry means (``release`` or ``charge``: see the module
+        docstring); ``metadata`` is recorded on the hold entry (e.g. what the amount bounds). Raises
+        :class:`BudgetExceededError` (with the :class:`Decision`) when denied; nothing is held then.
         """
-        return self.run(self.reserve_op(agent, amount, currency, ttl))
+        return self.run(self.reserve_op(agent, amount, currency, ttl, on_expiry=on_expiry, metadata=metadata))
 
     def reserve_op(
-        self, agent: str, amount: object, currency: str = "USD", ttl: timedelta | float = DEFAULT_TTL
+        self,
+        agent: str,
+        amount: object,
+        currency: str = "USD",
+        ttl: timedelta | float = DEFAULT_TTL,
+        *,
+        on_expiry: str = "release",
+        metadata: Mapping[str, Any] | None = None,
     ) -> Operation[Hold]:
         """:meth:`reserve` as an :class:`Operation` (input is validated now; the decision is taken when it
         runs)."""
         value = _amount(amount, "amount")
         check_currency(currency, InvalidAmountError)
         duration = parse_ttl(ttl)
+        if on_expiry not in EXPIRY_MEANINGS:
+            raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
         agent_id = self.directory.agent_id(agent)
         hold_id = f"hold-{uuid.uuid4()}"
         outcome: list[Decision] = []
@@ -553,6 +629,8 @@ class Enforcer:
                     "kind": "hold",
                     "hold_id": hold_id,
                     "expires_at": now + duration,
+                    "on_expiry": None if on_expiry == "release" else on_expiry,  # absent reads as release
+                    "metadata": None if metadata is None else dict(metadata),
                     "timestamp": now,
                 }
             ]
@@ -561,7 +639,7 @@ class Enforcer:
             decision = outcome[0]
             if not decision.allowed:
                 raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
-            return Hold(hold_id, agent_id, value, currency, expires[0], decision)
+            return Hold(hold_id, agent_id, value, currency, expires[0], decision, on_expiry)
 
         return Operation(decide, finish)
 
@@ -610,7 +688,12 @@ class Enforcer:
             return entries
 
         def finish(events: list[LedgerEvent]) -> Settlement:
-            return replace(result[0], charges=[e for e in events if e.is_charge])
+            settlement = replace(result[0], charges=[e for e in events if e.is_charge])
+            if settlement.over_hold and events:
+                self._report_over_hold(
+                    events[0].agent_id, hold_id, settlement.held, settlement.total, events[0].currency
+                )
+            return settlement
 
         return Operation(decide, finish)
 
@@ -646,6 +729,7 @@ class Enforcer:
         if item.get("kind", "charge") != "charge" or "expires_at" in item:
             raise InvalidAmountError("a charge cannot set 'kind' or 'expires_at': it is always a charge")
         cost = _amount(item.get("cost"), "charge cost")
+        overs: list[OverHold] = []
 
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
@@ -662,7 +746,10 @@ class Enforcer:
                         f"the charge's {name} {item[name]!r} is not its hold's ({expected!r}); hold "
                         f"{hold_id} can only be charged for its agent in its currency"
                     )
-            metadata = _flagged(item.get("metadata"), already + cost > hold.amount, now >= hold.expires_at)
+            over = already + cost > hold.amount
+            if over:
+                overs.append(OverHold(hold.agent_id, hold_id, hold.amount, already + cost, hold.currency))
+            metadata = _flagged(item.get("metadata"), over, now >= hold.expires_at)
             return [
                 {
                     **item,
@@ -674,7 +761,28 @@ class Enforcer:
                 }
             ]
 
-        return Operation(decide, list)
+        def finish(events: list[LedgerEvent]) -> list[LedgerEvent]:
+            if events and overs:
+                over = overs[0]
+                self._report_over_hold(over.agent_id, over.hold_id, over.held, over.charged, over.currency)
+            return list(events)
+
+        return Operation(decide, finish)
+
+    def _report_over_hold(
+        self, agent_id: str, hold_id: str, held: Decimal, charged: Decimal, currency: str
+    ) -> None:
+        """Make a charge beyond its hold loud (it is recorded already): a WARNING and the observer."""
+        logger.warning(
+            "agent %s was charged %s %s against hold %s, which held %s %s: usage beyond the bound the hold "
+            "was sized for (recorded: the money was spent)",
+            _name(self.directory, agent_id), charged, currency, hold_id, held, currency,
+        )  # fmt: skip
+        if self.on_over_hold is not None:
+            try:
+                self.on_over_hold(OverHold(agent_id, hold_id, held, charged, currency))
+            except Exception:
+                logger.exception("the over-hold observer failed for hold %s", hold_id)
 
     def open_hold(self, hold_id: str) -> OpenHold:
         """The open hold ``hold_id`` (caught up); :class:`HoldNotFoundError` if it is closed or unknown."""
@@ -712,19 +820,38 @@ class Enforcer:
         return Operation(decide, lambda _events: released[0])
 
     def expire(self) -> list[str]:
-        """Write release entries for every hold past its expiry (they already count for nothing; this
-        closes them in the record). Returns the ids closed."""
-        closed: list[str] = []
+        """Close every hold past its expiry, in one append; returns the ids closed.
+
+        A hold whose expiry means release gets a release entry (it already counts for nothing; this closes
+        it in the record). One whose expiry means charge gets a charge of what is left of it (its amount
+        less what was charged against it) on :data:`ESTIMATED_RESOURCE`, marked ``estimated`` with the
+        reason in its metadata, then its release: the money may have been spent, so it ends billed at its
+        bound, never freed.
+        """
+        return self.run(self._expire_op([]))
+
+    def _expire_op(self, closed: list[str], *, only_if_charge_due: bool = False) -> Operation[list[str]]:
+        """:meth:`expire` as an :class:`Operation`; with ``only_if_charge_due`` it appends nothing unless a
+        charge-on-expiry hold has expired (what every group of writes runs first)."""
 
         def decide() -> list[Mapping[str, Any]]:
             with self._state_lock:
                 state = self.catch_up()
                 now = self.now()
+                if only_if_charge_due and not state.charge_due(now):
+                    return []
                 expired = state.expired_holds(now)
+                left = {h.hold_id: h.amount - state.charged_against(h.hold_id) for h in expired}
             closed.extend(h.hold_id for h in expired)
-            return [_release(h.agent_id, h.currency, h.hold_id, now, "expired") for h in expired]
+            entries: list[Mapping[str, Any]] = []
+            for hold in expired:
+                if hold.charge_on_expiry and left[hold.hold_id] > 0:
+                    entries.append(_estimated_charge(hold, left[hold.hold_id], now))
+                why = "expired_charged" if hold.charge_on_expiry else "expired"
+                entries.append(_release(hold.agent_id, hold.currency, hold.hold_id, now, why))
+            return entries
 
-        return self.run(Operation(decide, lambda _events: closed))
+        return Operation(decide, lambda _events: closed, closes_expired=True)
 
     def now(self) -> datetime:
         """The enforcer's clock (injected in tests)."""
@@ -782,6 +909,25 @@ def _release(agent_id: str, currency: str, hold_id: str, now: datetime, why: str
     }
 
 
+def _estimated_charge(hold: OpenHold, cost: Decimal, now: datetime) -> dict[str, Any]:
+    """The charge that bills an expired charge-on-expiry hold at what was left of it."""
+    return {
+        "agent_id": hold.agent_id,
+        "resource_type": ESTIMATED_RESOURCE,
+        "quantity": Decimal(1),
+        "cost": cost,
+        "currency": hold.currency,
+        "hold_id": hold.hold_id,
+        "metadata": {
+            "estimated": True,
+            "reason": "the hold expired before it was settled and its expiry means charge (the money may "
+            "have been spent): billed at what was left of its bound",
+            "expired_at": format_timestamp(hold.expires_at),
+        },
+        "timestamp": now,
+    }
+
+
 def _amount(value: object, name: str) -> Decimal:
     return parse_amount(value, name, InvalidAmountError)
 
@@ -801,7 +947,9 @@ def parse_ttl(ttl: object) -> timedelta:
 
 __all__ = [
     "DEFAULT_TTL",
+    "ESTIMATED_RESOURCE",
     "HOLD_RESOURCE",
+    "OverHold",
     "Decision",
     "Directory",
     "Enforcer",

@@ -13,8 +13,11 @@ One event is one line of ``ledger.jsonl``: compact JSON, UTF-8, ``\\n``-terminat
   written before the chain existed may lack it.
 - The control plane adds optional fields, omitted when unset: ``kind`` (``charge`` when absent; ``hold``
   reserves ``cost`` for an agent until ``expires_at``; ``release`` closes ``hold_id``), ``hold_id`` (on a
-  hold, a release, or a charge made against a hold) and ``idempotency_key`` (one charge per key).
-  Only charges are spend: holds and releases never count in sums.
+  hold, a release, or a charge made against a hold), ``idempotency_key`` (one charge per key) and, on a
+  hold, ``on_expiry``: what its expiry means, ``release`` (the default, and how a hold without the field
+  reads) or ``charge`` (the hold keeps counting after its expiry until it is closed, and expiring it
+  charges what is left of it, marked estimated: used where the money may have been spent, e.g. a gateway
+  call that may have reached the provider). Only charges are spend: holds and releases never count in sums.
 - Readers ignore fields they do not know, so later versions may add fields.
 
 Parsing is strict: a complete line that is not a valid event is corruption, never skipped, because a
@@ -47,7 +50,9 @@ from caracal.exceptions import InvalidLedgerEventError, LedgerCorruptError
 READ_CHUNK = 1 << 20
 
 ENTRY_KINDS = frozenset({"charge", "hold", "release"})
-_EXTENSIONS = ("kind", "hold_id", "idempotency_key", "expires_at")
+EXPIRY_MEANINGS = frozenset({"release", "charge"})
+"""What a hold's expiry means (its ``on_expiry`` field; absent reads as ``release``)."""
+_EXTENSIONS = ("kind", "hold_id", "idempotency_key", "expires_at", "on_expiry")
 """The control plane's optional fields, in line order (after ``metadata``, before ``prev_hash``)."""
 
 
@@ -72,6 +77,7 @@ class LedgerEvent:
     hold_id: str | None = None
     idempotency_key: str | None = None
     expires_at: str | None = None
+    on_expiry: str | None = None
 
     @property
     def is_charge(self) -> bool:
@@ -188,14 +194,14 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
         raise error(f"prev_hash must be 64 hex digits, got {prev_hash!r}")
     agent_id, resource_type, quantity, cost, currency = fields
     extensions = check_extensions(data.get("kind"), data.get("hold_id"), data.get("idempotency_key"),
-                                  data.get("expires_at"))  # fmt: skip
+                                  data.get("expires_at"), data.get("on_expiry"))  # fmt: skip
     return (event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash,
             *extensions)  # fmt: skip
 
 
 def check_extensions(
-    kind: object, hold_id: object, idempotency_key: object, expires_at: object
-) -> tuple[str | None, str | None, str | None, str | None]:
+    kind: object, hold_id: object, idempotency_key: object, expires_at: object, on_expiry: object = None
+) -> tuple[str | None, str | None, str | None, str | None, str | None]:
     """Validate the control plane's optional fields (see the module docstring); raise
     :class:`InvalidLedgerEventError` naming the bad one."""
     error = InvalidLedgerEventError
@@ -211,7 +217,12 @@ def check_extensions(
         parse_timestamp(expires_at, "expires_at", error)
     if kind in ("hold", "release") and hold_id is None:
         raise error(f"a {kind} entry needs a hold_id")
-    return kind, hold_id, idempotency_key, expires_at  # type: ignore[return-value]
+    if on_expiry is not None:
+        if on_expiry not in EXPIRY_MEANINGS:
+            raise error(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
+        if kind != "hold":
+            raise error("on_expiry is only for hold entries")
+    return kind, hold_id, idempotency_key, expires_at, on_expiry  # type: ignore[return-value]
 
 
 # The exact shape of a line as LedgerWriter writes it when it carries no metadata and only plain printable

@@ -116,9 +116,10 @@ _APPEND_FIELDS = frozenset(
         "hold_id",
         "idempotency_key",
         "expires_at",
+        "on_expiry",
     }
 )
-_NO_EXTENSIONS: tuple[None, None, None, None] = (None, None, None, None)
+_NO_EXTENSIONS: tuple[None, None, None, None, None] = (None, None, None, None, None)
 _EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "before" the first line
 _TAIL_PROBE = 1 << 16
 
@@ -133,12 +134,12 @@ def sidecar_path(ledger_path: Path, suffix: str) -> Path:
 
 
 _Fields = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
-_Extensions = tuple["str | None", "str | None", "str | None", "str | None"]
+_Extensions = tuple["str | None", "str | None", "str | None", "str | None", "str | None"]
 _Draft = tuple[_Fields, _Extensions, bytes]
 """A validated event without its id and chain hash (known only under the lock): its fields (agent_id,
 timestamp, resource_type, quantity, cost, currency, metadata), its control-plane extensions (kind, hold_id,
-idempotency_key, expires_at) and all of them already serialized as the middle of its JSON line, so that the
-work done under the lock is only splicing in the id and the hash."""
+idempotency_key, expires_at, on_expiry) and all of them already serialized as the middle of its JSON line,
+so that the work done under the lock is only splicing in the id and the hash."""
 
 
 class LedgerWriter:
@@ -362,6 +363,7 @@ class LedgerWriter:
         hold_id: object = None,
         idempotency_key: object = None,
         expires_at: object = None,
+        on_expiry: object = None,
     ) -> _Draft:
         """Validate one event's fields (``now`` stands in for a missing timestamp; None: read the clock)."""
         error = InvalidLedgerEventError
@@ -383,14 +385,16 @@ class LedgerWriter:
             check_currency(currency, error),
             None if metadata is None else check_metadata(metadata, error),
         )
-        if kind is None and hold_id is None and idempotency_key is None and expires_at is None:
+        if kind is None and hold_id is None and idempotency_key is None and expires_at is None and (
+            on_expiry is None
+        ):
             extensions: _Extensions = _NO_EXTENSIONS
             return fields, extensions, line_body(*fields)
         else:
             if isinstance(expires_at, datetime):
                 expires_at = format_timestamp(parse_timestamp(expires_at, "expires_at", error))
             extensions = check_extensions(
-                None if kind == "charge" else kind, hold_id, idempotency_key, expires_at
+                None if kind == "charge" else kind, hold_id, idempotency_key, expires_at, on_expiry
             )
         # The event's line is '{"event_id":N,' + body + ',"prev_hash":"H"}', in LedgerEvent.to_dict order.
         return fields, extensions, line_body(*fields, extensions)
@@ -412,7 +416,7 @@ class LedgerWriter:
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
         written: Callable[[int, int, int], None] | None = None,
-        caught_up: Callable[[], None] | None = None,
+        caught_up: Callable[[], object] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
