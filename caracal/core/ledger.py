@@ -385,8 +385,12 @@ class LedgerWriter:
             check_currency(currency, error),
             None if metadata is None else check_metadata(metadata, error),
         )
-        if kind is None and hold_id is None and idempotency_key is None and expires_at is None and (
-            on_expiry is None
+        if (
+            kind is None
+            and hold_id is None
+            and idempotency_key is None
+            and expires_at is None
+            and on_expiry is None
         ):
             extensions: _Extensions = _NO_EXTENSIONS
             return fields, extensions, line_body(*fields)
