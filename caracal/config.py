@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 
 from caracal.exceptions import ConfigurationError
@@ -82,6 +83,12 @@ class Settings:
     use_llm_prices: bool = True
     tiered_llm_prices: str = "refuse"
     default_ttl: float = 300.0
+    suspend_over_hold_factor: float | None = None
+    """Suspend an agent when a settle or charge takes a hold past this many times its amount (off when
+    unset): usage far beyond the bound is an anomaly (a runaway or a misbehaving upstream)."""
+    default_estimate: Decimal | None = None
+    """What ``budget_check`` without an ``estimated_cost`` reserves (embedded client); unset: it only
+    checks that budget remains."""
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 1 << 20
@@ -105,6 +112,7 @@ _POSITIVE = frozenset(
         ("gateway", "max_output_tokens"),
         ("gateway", "hold_ttl"),
         ("gateway", "upstream_timeout"),
+        ("holds", "suspend_over_hold_factor"),
     }
 )
 """Settings where 0 would make the server refuse everything (or nothing)."""
@@ -125,7 +133,8 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "lock_timeout": (int, float),
     },
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
-    "holds": {"default_ttl": (int, float)},
+    "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
+    "sdk": {"default_estimate": (str,)},
     "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,)},
     "gateway": {
         "max_output_tokens": (int,),
@@ -176,6 +185,9 @@ def load_settings(home: Path | None = None) -> Settings:
             if isinstance(value, dict):
                 values[key] = _upstream(path, key, value)
                 continue
+            if (section, key) == ("sdk", "default_estimate"):
+                values[key] = _money(path, f"{section}.{key}", str(value))
+                continue
             name = _SETTING_NAMES.get((section, key)) or str(key)
             values[name] = value
     if values.get("tiered_llm_prices", "refuse") not in ("refuse", "base"):
@@ -183,6 +195,19 @@ def load_settings(home: Path | None = None) -> Settings:
     if not 0 < int(values.get("port", 1)) < 65536:  # type: ignore[call-overload]
         raise ConfigurationError(f"{path}: server.port must be between 1 and 65535")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _money(path: Path, name: str, text: str) -> Decimal:
+    """A positive, finite decimal amount written as a string (``"0.10"``: never a float)."""
+    try:
+        amount = Decimal(text.strip())
+    except ArithmeticError:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount <= 0:
+        raise ConfigurationError(
+            f'{path}: {name} must be a positive amount as a string, like "0.10"; got {text!r}'
+        )
+    return amount
 
 
 def _upstream(path: Path, api: str, table: dict[str, object]) -> UpstreamSettings:

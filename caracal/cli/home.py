@@ -126,8 +126,18 @@ tiered_llm_prices = "refuse"
 
 [holds]
 # How long, in seconds, a budget hold lives when the caller gives no TTL (`budget_check`, `reserve`);
-# an expired hold no longer counts against the budget.
+# an expired hold no longer counts against the budget. (Gateway holds are charge-on-expiry: one that
+# expires unsettled, e.g. after a crash, is billed at its bound, marked estimated.)
 default_ttl = {default_ttl}
+# Suspend an agent when a settlement exceeds its hold by more than this factor (usage far beyond the
+# worst case: a runaway loop or a misbehaving upstream). Off when unset. It is always logged (WARNING),
+# counted (caracal_charges_over_hold_total) and shown as "over limit" in `caracal budget status`.
+# suspend_over_hold_factor = 10
+
+[sdk]
+# What `budget_check` without an estimated_cost reserves (embedded client). Unset: it only checks that
+# budget remains, so concurrent workers can overspend together. A string amount in the policy currency.
+# default_estimate = "0.10"
 
 [server]
 # `caracal serve`: where it listens (--host / --port override these), and the largest request body it

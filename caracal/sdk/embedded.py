@@ -66,7 +66,12 @@ class EmbeddedClient(CaracalClient):
     def enforcer(self) -> Enforcer:
         enforcer = self._enforcer
         if enforcer is None:
-            enforcer = self._enforcer = Enforcer(self._home.writer(), self._home.directory, clock=self._clock)
+            enforcer = self._enforcer = Enforcer(
+                self._home.writer(),
+                self._home.directory,
+                clock=self._clock,
+                on_over_hold=self._home.over_hold,
+            )
         return enforcer
 
     @property

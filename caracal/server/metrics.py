@@ -34,6 +34,11 @@ class Metrics:
             registry=r,
         )
         self.holds = Counter("caracal_holds", "Holds by what happened to them.", ["event"], registry=r)
+        self.over_hold = Counter(
+            "caracal_charges_over_hold",
+            "Settlements and charges that took a hold past its amount (usage beyond the bound; recorded).",
+            registry=r,
+        )
         self.holds_open = Gauge(
             "caracal_holds_open", "Holds on record and not yet closed (all writers).", registry=r
         )

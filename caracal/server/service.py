@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from caracal.core.enforcement import Enforcer, Operation
+from caracal.core.enforcement import Enforcer, Operation, OverHold
 from caracal.core.group_commit import GroupCommitter
 from caracal.core.metering import Meter
 from caracal.exceptions import CaracalError
@@ -26,7 +26,9 @@ T = TypeVar("T")
 logger = logging.getLogger("caracal.server")
 
 EXPIRE_EVERY = 30.0
-"""Seconds between two sweeps that close expired holds in the record (they stop counting at expiry anyway)."""
+"""Seconds between two sweeps that close expired holds in the record: releases, and for charge-on-expiry
+holds (the gateway's) a charge at their bound. The server also sweeps once at start, so the holds a killed
+server left behind are billed as soon as it is back."""
 
 
 class Service:
@@ -35,12 +37,15 @@ class Service:
     def __init__(self, home: Path | None = None, *, clock: Callable[[], datetime] | None = None):
         self.home = EmbeddedHome(home)
         self.metrics = Metrics()
-        self.enforcer = Enforcer(self.home.writer(), self.home.directory, clock=clock)
+        self.enforcer = Enforcer(
+            self.home.writer(), self.home.directory, clock=clock, on_over_hold=self._over_hold
+        )
         self.meter = Meter(self.enforcer, self.home.prices.pricebook)
         self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
         self.metrics.holds_open.set_function(lambda: self.enforcer.catch_up().open_hold_count)
         self.keys = self.home.keys
         self._stop = threading.Event()
+        self._expire()
         self._sweeper = threading.Thread(target=self._sweep, name="caracal-expire-holds", daemon=True)
         self._sweeper.start()
 
@@ -50,10 +55,22 @@ class Service:
 
     def _sweep(self) -> None:
         while not self._stop.wait(EXPIRE_EVERY):
-            try:
-                self.enforcer.expire()
-            except CaracalError as exc:
-                logger.warning("could not close expired holds: %s", exc)
+            self._expire()
+
+    def _expire(self) -> None:
+        try:
+            closed = self.enforcer.expire()
+        except CaracalError as exc:
+            logger.warning("could not close expired holds: %s", exc)
+            return
+        if closed:
+            self.metrics.holds.labels("expired").inc(len(closed))
+
+    def _over_hold(self, over: OverHold) -> None:
+        """A charge beyond its hold was recorded: count it, and let the home's policy act on it (it may
+        suspend the agent: ``[enforcement] suspend_over_hold_factor``)."""
+        self.metrics.over_hold.inc()
+        self.home.over_hold(over)
 
     def close(self) -> None:
         """Finish queued operations, save the budget snapshot, checkpoint and close the ledger."""

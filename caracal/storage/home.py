@@ -15,9 +15,12 @@ active, what are its policies) from the registries, with the caching that keeps 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caracal.config import (
     Settings,
@@ -34,6 +37,12 @@ from caracal.storage.agents import AgentRegistry
 from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path
 from caracal.storage.policies import PolicyRegistry
 from caracal.storage.prices import PriceRegistry
+
+if TYPE_CHECKING:
+    from caracal.core.enforcement import OverHold
+
+
+logger = logging.getLogger("caracal.holds")
 
 
 class RegistryDirectory:
@@ -119,6 +128,21 @@ class EmbeddedHome:
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()
+
+    def over_hold(self, over: OverHold) -> None:
+        """A charge beyond its hold was recorded: suspend the agent if ``[holds] suspend_over_hold_factor``
+        is set and the charges exceed the hold by more than that factor (an operator activates it again
+        with ``caracal agent activate``). The enforcers of this home call it (``on_over_hold``)."""
+        factor = self.settings.suspend_over_hold_factor
+        if factor is None or over.charged <= over.held * Decimal(str(factor)):
+            return
+        agent = self.agents.suspend(over.agent_id)
+        logger.warning(
+            "suspended agent %s: charged %s %s against hold %s of %s %s, more than %s times the hold "
+            "([holds] suspend_over_hold_factor); activate it with 'caracal agent activate %s'",
+            agent.name, over.charged, over.currency, over.hold_id, over.held, over.currency, factor,
+            agent.name,
+        )  # fmt: skip
 
     def writer(self) -> LedgerWriter:
         """The home's ledger writer, opened on first use (shared by every operation of this object)."""

@@ -12,7 +12,10 @@ For each call, in this order:
    from the pricebook (:mod:`.pricing`). An unknown price refuses the call (400) before anything is held.
 3. **Hold.** The worst case is reserved, atomically with every other request (group commit). Denied: HTTP
    402 with the policy and what remains, and **no upstream call is made**. Granted: the hold is durable
-   before the request is forwarded.
+   before the request is forwarded. Gateway holds are taken **charge-on-expiry** (``on_expiry: charge``,
+   with the bound in their metadata): if nothing closes one before it expires (the server was killed),
+   the call is billed at its bound, marked estimated. That includes a crash between the hold's fsync and
+   the send: Caracal cannot prove the request was not sent, so it bills rather than forgets.
 4. **Forward** to the configured upstream. Streams are passed through chunk by chunk and metered on the way
    (:class:`.usage.StreamMeter`); OpenAI streams are asked to include usage.
 5. **Settle** from the provider's reported usage (:func:`.usage.billable`: when none was reported, e.g. the
@@ -23,9 +26,10 @@ For each call, in this order:
 
 The settlement is queued to the group committer as the response completes rather than awaited before it:
 the client does not wait for that fsync, and the hold keeps the money reserved until the settlement lands
-(operations run in queue order, so the agent's next call already sees it). A server crash in between leaves
-the hold on record; it expires and the call's actual cost is missing from the ledger, exactly as a crash
-while the upstream was answering would.
+(operations run in queue order, so the agent's next call already sees it). A server crash in between (or
+while the upstream was answering) leaves the hold on record; when it expires, the next start of the
+server (or any later write to the ledger) bills it at its bound, marked ``estimated``: an answered call
+never ends unbilled.
 """
 
 from __future__ import annotations
@@ -178,7 +182,19 @@ class Gateway:
             service.home.prices.pricebook(), upstream.provider, model, bound, enforcer.now()
         )
         hold = await service.run(
-            enforcer.reserve_op(agent_id, amount, currency, self.settings.gateway_hold_ttl)
+            enforcer.reserve_op(
+                agent_id,
+                amount,
+                currency,
+                self.settings.gateway_hold_ttl,
+                on_expiry="charge",  # see the module docstring: a forwarded call ends billed
+                metadata={
+                    "gateway": route.api,
+                    "model": model,
+                    "input_tokens_bound": bound.input_tokens,
+                    "output_tokens_bound": bound.output_tokens,
+                },
+            )
         )
         service.metrics.decisions.labels("gateway", "allowed").inc()
         service.metrics.holds.labels("placed").inc()
