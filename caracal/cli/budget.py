@@ -1,7 +1,8 @@
 """``caracal budget ...``: where an agent stands against its budgets, and whether an amount would pass.
 
 ``status`` lists every active policy of the agent and of each of its ancestors (an agent's spend counts
-against all of them): what is spent and held in the current window, what remains and when it resets.
+against all of them): what is spent and held in the current window, what remains and when it resets. A
+negative remainder (usage beyond a hold's bound was recorded) is shown as is, marked ``OVER LIMIT``.
 ``check`` asks the enforcer the same question an action would (reserving nothing) and exits 1 on a denial.
 """
 
@@ -39,6 +40,7 @@ def status_dict(status: PolicyStatus, names: dict[str, str]) -> dict[str, Any]:
         "spent": status.spent,
         "held": status.held,
         "remaining": status.remaining,
+        "over_limit": status.over_limit,
         "window_start": _stamp(status.window_start),
         "resets_at": _stamp(status.resets_at),
     }
@@ -78,7 +80,7 @@ def status_command(as_json: bool, agent_ref: str) -> None:
                 s.policy.limit,
                 s.spent,
                 s.held,
-                s.remaining,
+                f"{s.remaining} OVER LIMIT" if s.over_limit else s.remaining,
                 s.policy.currency,
                 _stamp(s.resets_at) or "never",
             ]

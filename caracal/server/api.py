@@ -39,7 +39,7 @@ from caracal.exceptions import (
     InvalidRequestError,
     PermissionDeniedError,
 )
-from caracal.server.auth import authenticate, require_admin, require_reading
+from caracal.server.auth import authenticate, require_admin, require_reading, require_writable
 from caracal.server.errors import json_response
 from caracal.server.service import Service
 
@@ -325,6 +325,7 @@ async def create_event(body: EventCreate, request: Request, caller: Caller) -> R
     service = service_of(request)
     agent_id = service.home.directory.agent_id(body.agent_id)
     caller.require_act_for(agent_id)
+    require_writable(service, caller)
     if body.hold_id is not None:
         _require_hold_of(service, body.hold_id, caller)
     operation = service.meter.emit_op(
@@ -368,6 +369,7 @@ async def reserve(body: HoldCreate, request: Request, caller: Caller) -> Respons
     service = service_of(request)
     agent_id = service.home.directory.agent_id(body.agent_id)
     caller.require_act_for(agent_id)
+    require_writable(service, caller)
     ttl = service.home.settings.default_ttl if body.ttl is None else body.ttl
     try:
         hold = await service.run(service.enforcer.reserve_op(agent_id, body.amount, body.currency, ttl))
@@ -407,6 +409,7 @@ async def release(hold_id: HoldRef, request: Request, caller: Caller) -> Respons
     hold = service.enforcer.catch_up().hold(hold_id)
     if hold is not None:
         caller.require_act_for(hold.agent_id)
+    require_writable(service, caller)
     released = await service.run(service.enforcer.release_op(hold_id))
     if released:
         service.metrics.holds.labels("released").inc()
@@ -599,8 +602,10 @@ def consistency_proof(
 
 
 def _require_hold_of(service: Service, hold_id: str, caller: Principal) -> None:
-    """The hold must be open (404 otherwise) and the caller must act for its agent (403)."""
+    """The hold must be open (404 otherwise) and the caller must act for its agent, with a key that may
+    write (403)."""
     caller.require_act_for(service.enforcer.open_hold(hold_id).agent_id)
+    require_writable(service, caller)
 
 
 __all__ = ["router"]

@@ -6,6 +6,8 @@
 - An **agent key** acts only for its own agent: it may record, hold, settle and release for that agent and
   no other; it may *read* (check, budget status, its agents, its ledger entries) its own agent and its
   descendants. Everything else is 403 (401 when the key is missing, unknown or revoked).
+- The key of a **suspended** agent (or of an agent with a suspended ancestor) may read, not write: every
+  write route (events, holds, settle, release, the gateway) answers 403 (:func:`require_writable`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,25 @@ def require_admin(principal: Principal) -> None:
         raise PermissionDeniedError("this endpoint needs the admin key; agent keys cannot use it")
 
 
+def require_writable(service: Service, principal: Principal) -> None:
+    """A write with an agent key: its agent and every ancestor must be active (403 naming the suspended one
+    otherwise). The admin key is not affected (its holds are still denied for a suspended agent)."""
+    if principal.agent_id is None:
+        return
+    directory = service.home.directory
+    suspended = directory.suspended(directory.chain(principal.agent_id))
+    if suspended is not None:
+        name = directory.agent(suspended).name
+        who = f"agent {name} is" if suspended == principal.agent_id else f"its ancestor {name} is"
+        raise PermissionDeniedError(
+            f"API key {principal.key_id} may read but not write: {who} suspended; an operator can "
+            f"activate it with 'caracal agent activate {name}'"
+        )
+
+
 def require_reading(service: Service, principal: Principal, agent_id: str) -> None:
     """A read about ``agent_id``: the admin, that agent's key, or the key of one of its ancestors."""
     principal.require_read(service.home.directory.chain(agent_id))
 
 
-__all__ = ["authenticate", "require_admin", "require_reading", "token_of"]
+__all__ = ["authenticate", "require_admin", "require_reading", "require_writable", "token_of"]

@@ -59,7 +59,7 @@ from caracal.exceptions import (
     GatewayRequestError,
     UpstreamError,
 )
-from caracal.server.auth import authenticate
+from caracal.server.auth import authenticate, require_writable
 from caracal.server.errors import error_response, http_error_response
 from caracal.server.gateway.estimate import (
     Bound,
@@ -243,6 +243,7 @@ class Gateway:
 
     def _agent_of(self, principal: Principal, request: Request) -> str:
         if principal.agent_id is not None:
+            require_writable(self.service, principal)  # a suspended agent's key: 403, nothing forwarded
             return principal.agent_id
         named = request.headers.get(AGENT_HEADER)
         if not named:
