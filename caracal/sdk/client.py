@@ -9,9 +9,11 @@ The original quick start works as written::
     client.emit_event(agent_id="my-agent", resource_type="openai.gpt4.input_tokens", quantity=1000)
 
 ``budget_check`` with an ``estimated_cost`` reserves it before the block runs (raising
-:class:`BudgetExceededError` with the reason, so the block never runs); without one it only checks that
-budget remains. ``emit_event`` inside the block is charged against the block's hold. On exit, also on an
-exception, the hold is settled (if anything was charged) or released. Every error is a ``CaracalError``.
+:class:`BudgetExceededError` with the reason, so the block never runs); without one it reserves the home's
+``[sdk] default_estimate`` if set (embedded client), else it only *checks* that budget remains: nothing is
+reserved, so concurrent workers can overspend together and a block may charge more than was left.
+``emit_event`` inside the block is charged against the block's hold. On exit, also on an exception, the
+hold is settled (if anything was charged) or released. Every error is a ``CaracalError``.
 
 One interface, two transports. ``CaracalClient()`` or ``CaracalClient(home=...)`` works on a local home
 (:class:`caracal.sdk.embedded.EmbeddedClient`); ``CaracalClient(base_url=..., api_key=...)`` talks to
@@ -267,9 +269,15 @@ class CaracalClient:
 
         return decorate
 
+    def _default_estimate(self) -> Decimal | None:
+        """What ``budget_check`` reserves when given no estimate (None: it only checks)."""
+        return None
+
     def _open_scope(
         self, agent_id: str, estimated: object | None, ttl: timedelta | float | None, currency: str
     ) -> BudgetScope:
+        if estimated is None:
+            estimated = self._default_estimate()
         if estimated is None:
             decision = self.check(agent_id, None, currency)
             if not decision.allowed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,10 @@ class EmbeddedClient(CaracalClient):
         return self.meter.emit(
             agent_id, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id
         )
+
+    def _default_estimate(self) -> Decimal | None:
+        """The home's ``[sdk] default_estimate`` (config.toml), or None."""
+        return self._home.settings.default_estimate
 
     def _agent_id_of(self, agent: str) -> str | None:
         return self._home.agents.get(agent).agent_id
