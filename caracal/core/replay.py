@@ -151,9 +151,10 @@ class VerifiedTail:
                     event = parse_line(line, expected)
                 except LedgerCorruptError as exc:
                     raise failed(expected, str(exc)) from None
-                if event.event_id != expected:
+                if event.event_id != expected:  # deleted, inserted or moved lines: name the earliest
                     raise failed(
-                        expected, f"the line after event {expected - 1} holds event {event.event_id}"
+                        max(1, min(expected, event.event_id)),
+                        f"the line after event {expected - 1} holds event {event.event_id}",
                     )
                 if event.prev_hash is not None and event.prev_hash != prev_hex:
                     raise failed(
