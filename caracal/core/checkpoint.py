@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,6 +128,18 @@ class CheckpointSigner:
             return cls(load_private_key(key_path))  # another process created it first: use theirs
         write_atomically(public_key_path(key_path), public_pem, mode=0o644)
         return cls(private_key)
+
+    def cache_key(self, purpose: str) -> bytes:
+        """A 32-byte HMAC key for sealing the caches of ``purpose`` (see :mod:`caracal.core.sealed`).
+
+        Derived from the private key (HMAC-SHA256 with a domain-separated label), so it lives where the
+        signing key lives, in ``keys/``, and never beside the ledger: whoever can edit the data folder
+        cannot forge a cache. One key per purpose, so one cache can never pass for another.
+        """
+        raw = self.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return hmac.new(raw, b"caracal-cache-key-v1:" + purpose.encode(), hashlib.sha256).digest()
 
     def sign(self, size: int, root: bytes, timestamp: str) -> Checkpoint:
         signature = self.private_key.sign(checkpoint_message(size, root, timestamp))

@@ -42,11 +42,19 @@ import orjson
 from caracal.core.budget import BudgetState, OpenHold
 from caracal.core.events import EXPIRY_MEANINGS, line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
-from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
+from caracal.core.ledger import LedgerEvent, LedgerWriter
 from caracal.core.policy import Policy
+from caracal.core.replay import VerifiedTail
+from caracal.core.sealed import SealError, seal, unseal
 from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
-from caracal.exceptions import BudgetExceededError, CaracalError, HoldNotFoundError, InvalidAmountError
+from caracal.exceptions import (
+    BudgetExceededError,
+    CaracalError,
+    HoldNotFoundError,
+    InvalidAmountError,
+    LedgerVerificationError,
+)
 
 HOLD_RESOURCE = "caracal.hold"
 ESTIMATED_RESOURCE = "caracal.estimated.expired_hold"
@@ -409,19 +417,35 @@ class Enforcer:
         self.directory = directory
         self.on_over_hold = on_over_hold
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._tail = LedgerTail(writer.ledger_path)
+        self._tail = self._new_tail()
         self._state = BudgetState(directory.chain)
         self._state_lock = threading.RLock()
         self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
         self._saved_at = 0
+        self._distrust: LedgerVerificationError | None = None
         self._load_snapshot()
+
+    def _new_tail(self) -> VerifiedTail:
+        return VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
 
     # ------------------------------------------------------------------ state
 
     def catch_up(self) -> BudgetState:
-        """Fold in every entry appended since the last call (by any process); returns the state."""
+        """Fold in every entry appended since the last call (by any process); returns the state.
+
+        Every line is checked as it is read (:class:`VerifiedTail`). Once a line fails, this enforcer
+        raises :class:`LedgerVerificationError` for every later call (fail closed: a ledger that does not
+        verify cannot prove any budget) until the process is restarted on a repaired ledger.
+        """
         with self._state_lock:
-            events = self._tail.poll()
+            if self._distrust is not None:
+                raise self._distrust
+            try:
+                events = self._tail.poll()
+            except LedgerVerificationError as exc:
+                self._distrust = exc
+                logger.error("%s", exc)
+                raise
             if events and events[0].event_id <= self._state.last_event_id:
                 # Folded in already when a group commit staged them (see run_group).
                 events = [e for e in events if e.event_id > self._state.last_event_id]
@@ -432,15 +456,18 @@ class Enforcer:
             return self._state
 
     def _load_snapshot(self) -> None:
-        """Resume from the saved state if it still matches the ledger; else replay the ledger from the start.
+        """Resume from the saved state if it is genuine and still matches the ledger; else replay.
 
-        The snapshot is a cache, trusted only when the line at its offset is the event it claims, byte for
-        byte (its hash; the line carries the chain hash of every line before it, so a ledger that was
-        replaced or rewritten never matches by chance). Opening a home then reads only what was appended
-        since, instead of the whole ledger.
+        The snapshot is a cache in the data folder, so it is sealed (:mod:`caracal.core.sealed`) with a key
+        kept in ``keys/``: a forged, edited or foreign snapshot is ignored (and logged) and the ledger is
+        replayed, each line checked. A genuine one is trusted only when the line at its offset is the
+        event it claims, byte for byte (its hash; the line carries the chain hash of every line before it,
+        so a ledger that was replaced or rewritten never matches). Opening a home then reads only what was
+        appended since, instead of the whole ledger.
         """
         try:
-            data = orjson.loads(self.snapshot_path.read_bytes())
+            sealed = self.snapshot_path.read_bytes()
+            data = orjson.loads(unseal(self.writer.cache_key("budget"), "budget", sealed))
             offset, last_event_id = data["offset"], data["state"]["last_event_id"]
             line = line_ending_at(self.writer.ledger_path, offset)
             if line is None or line_event_id(line) != last_event_id:
@@ -448,7 +475,14 @@ class Enforcer:
             if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
                 return
             state = BudgetState.from_snapshot(data["state"], self.directory.chain)
+            tail = self._new_tail()
+            tail.resume(offset, last_event_id, data["tail"])
         except FileNotFoundError:
+            return
+        except SealError as exc:
+            logger.warning(
+                "ignoring the budget snapshot %s: %s; replaying the ledger", self.snapshot_path, exc
+            )
             return
         except (OSError, ValueError, KeyError, TypeError, CaracalError, orjson.JSONDecodeError) as exc:
             logger.warning(
@@ -456,20 +490,22 @@ class Enforcer:
             )
             return
         self._state = state
-        self._tail.offset = offset
-        self._tail.last_event_id = last_event_id
+        self._tail = tail
         self._saved_at = last_event_id
 
     def save_snapshot(self) -> None:
-        """Save the live state beside the ledger (a cache: losing it costs a replay, never data)."""
+        """Save the live state beside the ledger, sealed (a cache: losing it costs a replay, never data)."""
         with self._state_lock:
+            if self._distrust is not None:
+                return  # never seal a state derived from a ledger that failed verification
             offset = self._tail.offset
-            data = {"offset": offset, "state": self._state.to_snapshot()}
+            data = {"offset": offset, "state": self._state.to_snapshot(), "tail": self._tail.to_dict()}
             self._saved_at = self._state.last_event_id
         line = line_ending_at(self.writer.ledger_path, offset)
         data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
         try:
-            write_atomically(self.snapshot_path, orjson.dumps(data), durable=False)
+            sealed = seal(self.writer.cache_key("budget"), "budget", orjson.dumps(data))
+            write_atomically(self.snapshot_path, sealed, durable=False)
         except OSError as exc:
             logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
 
@@ -514,13 +550,12 @@ class Enforcer:
                 folded.append(True)
                 self._state.apply_all(events)
 
-        def written(start: int, end: int, last_event_id: int) -> None:
+        def written(start: int, end: int, last_event_id: int, leaves: list[bytes]) -> None:
             # The state has these lines already (staged): move the tail past them so it does not read back
             # what this process just wrote (reading it would also make the next append's sync slower).
             with self._state_lock:
-                if self._tail.offset == start and self._state.last_event_id == last_event_id:
-                    self._tail.offset = end
-                    self._tail.last_event_id = last_event_id
+                if self._state.last_event_id == last_event_id:
+                    self._tail.skip(start, end, last_event_id, leaves)
 
         try:
             outcomes = self.writer.transact_group(
@@ -545,7 +580,7 @@ class Enforcer:
         """Rebuild the live state from the snapshot and the file (after a failed group write)."""
         with self._state_lock:
             self._state = BudgetState(self.directory.chain)
-            self._tail = LedgerTail(self.writer.ledger_path)
+            self._tail = self._new_tail()
             self._saved_at = 0
             self._load_snapshot()
 

@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
 from caracal.core.events import (
@@ -63,6 +64,7 @@ from caracal.core.events import (
 )
 from caracal.core.fileio import append_durably, fsync_directory, open_for_reading, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
+from caracal.core.sealed import seal, unseal
 from caracal.core.validation import (
     check_currency,
     check_identifier,
@@ -183,6 +185,7 @@ class LedgerWriter:
         self.lock_timeout = float(lock_timeout)
         self._clock = clock
         self._signer = _load_signer(self.ledger_path, signing_key_path)
+        self._cache_keys: dict[str, bytes] = {}
         self.checkpoints = CheckpointStore(sidecar_path(self.ledger_path, "checkpoints"))
 
         self._thread_lock = threading.RLock()
@@ -236,6 +239,18 @@ class LedgerWriter:
         logger.debug("opened ledger %s at event %d", self.ledger_path, self._last_id)
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        """The public half of the key that signs this ledger's checkpoints."""
+        return self._signer.public_key
+
+    def cache_key(self, purpose: str) -> bytes:
+        """The key that seals this ledger's caches of ``purpose`` (it lives with the signing key)."""
+        key = self._cache_keys.get(purpose)
+        if key is None:
+            key = self._cache_keys[purpose] = self._signer.cache_key(purpose)
+        return key
 
     @property
     def last_event_id(self) -> int:
@@ -419,7 +434,7 @@ class LedgerWriter:
         self,
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
-        written: Callable[[int, int, int], None] | None = None,
+        written: Callable[[int, int, int, list[bytes]], None] | None = None,
         caught_up: Callable[[], object] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
@@ -433,9 +448,10 @@ class LedgerWriter:
 
         If the write fails, :class:`LedgerWriteError` is raised and nothing of the batch is acknowledged;
         ``staged`` has seen events that are not in the file, so the caller must rebuild what it derived
-        from them. After a successful write, ``written(start, end, last_event_id)`` is called, still under
-        the lock: the batch's lines span bytes ``start`` to ``end`` of the file (a reader that has folded
-        them in through ``staged`` can skip them instead of reading them back).
+        from them. After a successful write, ``written(start, end, last_event_id, leaves)`` is called, still
+        under the lock: the batch's lines span bytes ``start`` to ``end`` of the file and have these leaf
+        hashes (a reader that has folded them in through ``staged`` can skip them instead of reading them
+        back).
 
         ``caught_up()``, if given, runs under the lock once the writer has read what other writers appended
         and before the first decision: a caller folds those lines into what it derives from the ledger
@@ -470,7 +486,7 @@ class LedgerWriter:
                 start = self._end
                 self._write_encoded(events, leaves, lines)
                 if written is not None:
-                    written(start, self._end, self._last_id)
+                    written(start, self._end, self._last_id, leaves)
             return results
         finally:
             self._unlock()
@@ -763,19 +779,19 @@ class LedgerWriter:
     def _load_state(self) -> None:
         """Start from the saved Merkle frontier if it still matches the file; else from the beginning.
 
-        The state file is a cache: it is trusted only after checking that the line it ends at is the event
-        it claims and hashes to the leaf it records. A wrong cache can only make checkpoints disagree with
-        the file, which ``verify`` reports; it cannot hide tampering.
+        The state file is a cache, sealed with a key kept in ``keys/`` (:mod:`caracal.core.sealed`): a
+        forged or foreign one is ignored and rebuilt. Even a genuine one is trusted only after checking that
+        the line it ends at is the event it claims and hashes to the leaf it records.
         """
         path = sidecar_path(self.ledger_path, "merkle")
         try:
-            state = orjson.loads(path.read_bytes())
+            state = orjson.loads(unseal(self.cache_key("merkle"), "merkle", path.read_bytes()))
             tree = MerkleFrontier.from_dict(state["tree"])
             offset = state["offset"]
             last_leaf = bytes.fromhex(state["last_leaf"])
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:  # SealError is a ValueError
             logger.warning("ignoring unusable Merkle state %s (%s); rebuilding it", path, exc)
             return
         line = line_ending_at(self.ledger_path, offset) if isinstance(offset, int) and tree.size else None
@@ -796,7 +812,8 @@ class LedgerWriter:
             "tree": self._folded_tree().to_dict(),
         }
         try:
-            write_atomically(sidecar_path(self.ledger_path, "merkle"), orjson.dumps(state), durable=False)
+            sealed = seal(self.cache_key("merkle"), "merkle", orjson.dumps(state))
+            write_atomically(sidecar_path(self.ledger_path, "merkle"), sealed, durable=False)
         except OSError as exc:  # a cache: losing it costs a rebuild on the next open, never data
             logger.warning("could not save the Merkle state of %s: %s", self.ledger_path, exc)
 

@@ -35,11 +35,19 @@ class Service:
     """One home served over HTTP. Create it, use it from any thread or the event loop, then :meth:`close`."""
 
     def __init__(self, home: Path | None = None, *, clock: Callable[[], datetime] | None = None):
+        """Open the home and read its ledger up to date, checking every line read (a replay when there is no
+        usable snapshot). A ledger that fails verification raises :class:`LedgerVerificationError` here, so
+        a server never starts on a ledger it cannot trust."""
         self.home = EmbeddedHome(home)
         self.metrics = Metrics()
         self.enforcer = Enforcer(
             self.home.writer(), self.home.directory, clock=clock, on_over_hold=self._over_hold
         )
+        try:
+            self.enforcer.catch_up()
+        except BaseException:
+            self.home.close()
+            raise
         self.meter = Meter(self.enforcer, self.home.prices.pricebook)
         self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
         self.metrics.holds_open.set_function(lambda: self.enforcer.catch_up().open_hold_count)

@@ -30,6 +30,7 @@ from caracal.exceptions import (
     InvalidLedgerEventError,
 )
 from caracal.storage.home import EmbeddedHome
+from tests.caches import read_sealed, write_sealed
 
 UTC = timezone.utc
 NOON = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
@@ -530,8 +531,12 @@ def numbers(enforcer: Enforcer, agent: str) -> tuple[Any, ...]:
     return decision.allowed, decision.policy_id, decision.spent, decision.held, decision.remaining
 
 
-@pytest.mark.parametrize("snapshot", ["saved", "stale", "corrupt", "missing", "other-ledger"])
-def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(env: Env, snapshot: str) -> None:
+@pytest.mark.parametrize(
+    "snapshot", ["saved", "stale", "corrupt", "missing", "other-ledger", "forged", "foreign-key", "unsealed"]
+)
+def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(
+    env: Env, snapshot: str, tmp_path: Path
+) -> None:
     ids = build_some_state(env)
     before = {agent: numbers(env.enforcer, agent) for agent in ("child", "team")}
     env.enforcer.close()  # saves the snapshot beside the ledger
@@ -546,11 +551,22 @@ def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(env: En
     elif snapshot == "missing":
         path.unlink()
     elif snapshot == "other-ledger":  # another ledger's numbers, its line ending at the same offset and id
-        data = json.loads(path.read_bytes())
+        data = read_sealed(path, "budget")
         data["state"]["holds"] = []
         data["state"]["spend"] = []
         data["line_sha256"] = "0" * 64  # but that line was other bytes
-        path.write_text(json.dumps(data))
+        write_sealed(path, "budget", data)
+    else:  # the attack: spend and holds wiped, offset and line hash kept, so only the seal tells
+        data = read_sealed(path, "budget")
+        data["state"]["holds"] = []
+        data["state"]["spend"] = []
+        if snapshot == "forged":  # the seal kept, the payload edited
+            header, _, _payload = path.read_bytes().partition(b"\n")
+            path.write_bytes(header + b"\n" + json.dumps(data).encode())
+        elif snapshot == "foreign-key":  # sealed by another home's key
+            write_sealed(path, "budget", data, key_path=tmp_path / "other-home" / "checkpoint.key")
+        else:  # written as a plain JSON file, as before snapshots were sealed
+            path.write_text(json.dumps(data))
     env.home.close()
 
     fresh = env.reopen()

@@ -31,6 +31,7 @@ from caracal.exceptions import (
     LedgerLockTimeoutError,
     LedgerWriteError,
 )
+from tests.caches import read_sealed, write_sealed
 
 STORED_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=timezone.utc)
@@ -622,7 +623,7 @@ def test_a_tail_truncated_below_the_last_checkpoint_is_refused(ledger_path: Path
 
 def damage_state(path: Path, how: str) -> None:
     state_path = sidecar_path(path, "merkle")
-    state = orjson.loads(state_path.read_bytes())
+    state = read_sealed(state_path, "merkle")
     if how == "deleted":
         state_path.unlink()
         return
@@ -645,6 +646,8 @@ def damage_state(path: Path, how: str) -> None:
         state["offset"] = "12"
     elif how == "offset-at-an-earlier-line":
         state["offset"] = len(lines(path)[0]) + 1
+    elif how == "unsealed":  # a forged frontier that matches the file's last line, written without the key
+        state["tree"]["nodes"] = ["11" * 32 for _ in state["tree"]["nodes"]]
     elif how == "wrong-leaf":
         state["last_leaf"] = "00" * 32
     elif how == "leaf-not-hex":
@@ -655,7 +658,10 @@ def damage_state(path: Path, how: str) -> None:
         state["tree"] = {"size": 3, "nodes": ["xx"]}
     else:  # pragma: no cover
         raise AssertionError(how)
-    state_path.write_bytes(orjson.dumps(state))
+    if how != "unsealed":
+        write_sealed(state_path, "merkle", state)
+    else:
+        state_path.write_bytes(orjson.dumps(state))
 
 
 @pytest.mark.parametrize(
@@ -674,6 +680,7 @@ def damage_state(path: Path, how: str) -> None:
         "leaf-not-hex",
         "tree-missing",
         "tree-garbage",
+        "unsealed",
     ],
 )
 def test_a_damaged_merkle_state_is_rebuilt_from_the_file(ledger_path: Path, how: str) -> None:
@@ -687,7 +694,7 @@ def test_a_damaged_merkle_state_is_rebuilt_from_the_file(ledger_path: Path, how:
         assert writer.root() == expected_root(ledger_path)
     assert_sound(ledger_path)
     # The rebuilt state is saved again, and is good enough for the next writer.
-    state = orjson.loads(sidecar_path(ledger_path, "merkle").read_bytes())
+    state = read_sealed(sidecar_path(ledger_path, "merkle"), "merkle")
     assert state["offset"] == ledger_path.stat().st_size
     with open_writer(ledger_path) as writer:
         assert writer.root() == expected_root(ledger_path)
@@ -711,6 +718,6 @@ def test_a_lost_merkle_state_is_written_again_on_open(ledger_path: Path) -> None
     build(ledger_path, 5)
     sidecar_path(ledger_path, "merkle").unlink()
     open_writer(ledger_path).close()  # no append, no new checkpoint
-    state = orjson.loads(sidecar_path(ledger_path, "merkle").read_bytes())
+    state = read_sealed(sidecar_path(ledger_path, "merkle"), "merkle")
     assert state["offset"] == ledger_path.stat().st_size
     assert bytes.fromhex(state["last_leaf"]) == leaf_hash(lines(ledger_path)[-1])

@@ -1,0 +1,240 @@
+"""Reading the ledger to decide budgets, trusting only what checks out.
+
+Enforcement derives every budget from the ledger's lines, so a line an attacker edited (a cost set to 0, a
+charge deleted, another home's ledger dropped in) must not be believed. :class:`VerifiedTail` follows a
+ledger like :class:`caracal.core.ledger.LedgerTail` and checks every line as it reads it:
+
+1. ids run on without a gap (a deleted, inserted or reordered line breaks this);
+2. each line's ``prev_hash`` is the leaf hash of the line before it (an edited line breaks the next
+   line's chain);
+3. whenever the tree reaches the size of a signed checkpoint, the RFC 9162 root of the lines read so far
+   equals the signed root, and every checkpoint must carry a valid signature of this home's key (an edit
+   that recomputed the chain, or a foreign ledger, is caught at the first checkpoint after it);
+4. the ledger holds at least as many lines as every checkpoint covers (a truncated tail is caught).
+
+A problem raises :class:`LedgerVerificationError` naming the first event known to be bad; the enforcer then
+denies every decision until a person has run ``caracal ledger verify`` and repaired the ledger (fail
+closed). Lines after the last checkpoint are protected by the chain only: an edit there that recomputes the
+chain is found by the next checkpoint that covers it.
+
+Memory does not grow with the ledger: the tree is kept as its frontier (at most 64 hashes), leaf hashes
+wait in a bounded buffer until a checkpoint needs the root, and only checkpoints ahead of the tail are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from caracal.core.checkpoint import Checkpoint, CheckpointStore
+from caracal.core.events import LedgerEvent, iter_lines, parse_line
+from caracal.core.fileio import open_for_reading
+from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier
+from caracal.exceptions import (
+    CheckpointError,
+    LedgerCorruptError,
+    LedgerReadError,
+    LedgerVerificationError,
+)
+
+_FOLD_EVERY = 1 << 16
+"""Leaf hashes buffered before they are folded into the frontier (bounds the buffer's memory)."""
+
+
+def failed(event_id: int, reason: str) -> LedgerVerificationError:
+    """The error every decision gets while the ledger does not verify."""
+    return LedgerVerificationError(
+        f"the ledger failed verification at event {event_id}: {reason}. Budgets cannot be proven, so every "
+        f"action is denied; run 'caracal ledger verify' and restore the ledger from a backup",
+        first_bad_event_id=event_id,
+    )
+
+
+class VerifiedTail:
+    """Follows a ledger as it grows, checking each line (see the module docstring) before returning it.
+
+    ``offset`` and ``last_event_id`` say where it stands, as for ``LedgerTail``; :meth:`to_dict` and
+    :meth:`resume` carry the rest of its position (the chain hash and the Merkle frontier) through the
+    budget snapshot, so a process that resumes from a snapshot goes on checking from there.
+    """
+
+    def __init__(
+        self, ledger_path: str | os.PathLike[str], checkpoints: CheckpointStore, key: Ed25519PublicKey
+    ):
+        self.ledger_path = Path(ledger_path)
+        self.offset = 0
+        self.last_event_id = 0
+        self._checkpoints = checkpoints
+        self._key = key
+        self._last_leaf = EMPTY_ROOT
+        self._tree = MerkleFrontier()
+        self._unhashed: list[bytes] = []
+        self._pending: list[int] = []  # sizes of signed checkpoints ahead of the tail, ascending
+        self._roots: dict[int, bytes] = {}
+        self._checkpoints_read = -1  # size of the checkpoint file when last read (-1: never)
+        self._matched = 0  # the largest checkpoint size whose root matched
+
+    # ------------------------------------------------------------------ position
+
+    def to_dict(self) -> dict[str, Any]:
+        """The position beyond ``offset``/``last_event_id``: the chain hash and the frontier."""
+        return {"last_leaf": self._last_leaf.hex(), "tree": self._folded().to_dict()}
+
+    def resume(self, offset: int, last_event_id: int, data: Mapping[str, Any]) -> None:
+        """Continue from a saved position (trusted: it comes from a sealed snapshot). Raises ValueError or
+        ProofError when ``data`` is malformed, and changes nothing then."""
+        tree = MerkleFrontier.from_dict(data["tree"])
+        last_leaf = bytes.fromhex(data["last_leaf"])
+        if tree.size != last_event_id or len(last_leaf) != 32:
+            raise ValueError("the saved tail position does not match its event id")
+        self.offset, self.last_event_id = offset, last_event_id
+        self._tree, self._unhashed, self._last_leaf = tree, [], last_leaf
+        self._matched = last_event_id
+        self._pending, self._roots, self._checkpoints_read = [], {}, -1
+
+    def skip(self, start: int, end: int, last_event_id: int, leaves: list[bytes]) -> None:
+        """Move past lines this process wrote itself (bytes ``start``..``end``, with these leaf hashes):
+        they were built from what the tail had checked, so they are not read back."""
+        if start != self.offset or last_event_id != self.last_event_id + len(leaves):
+            return  # another writer's lines came first: the next poll reads everything in order
+        self.offset, self.last_event_id = end, last_event_id
+        self._add_leaves(leaves)
+
+    # ------------------------------------------------------------------ reading
+
+    def poll(self) -> list[LedgerEvent]:
+        """Every complete line appended since the last call, checked, as events in order."""
+        try:
+            size = os.stat(self.ledger_path).st_size
+        except FileNotFoundError:
+            size = 0
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+        if size < self.offset:
+            raise failed(
+                self.last_event_id,
+                f"the ledger shrank from {self.offset} to {size} bytes (it was truncated or replaced)",
+            )
+        if size == self.offset:
+            return []  # the common case on a budget check: one stat, nothing to read
+        self._read_checkpoints()
+        events = self._read_lines()
+        if self._pending and self._pending[-1] > self.last_event_id:
+            covered = self._pending[-1]
+            raise failed(
+                self.last_event_id + 1,
+                f"the ledger holds {self.last_event_id} events but a signed checkpoint covers {covered}: "
+                f"events {self.last_event_id + 1}..{covered} were removed from its tail",
+            )
+        return events
+
+    def _read_lines(self) -> list[LedgerEvent]:
+        try:
+            handle = open_for_reading(self.ledger_path)
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+        events: list[LedgerEvent] = []
+        expected = self.last_event_id + 1
+        prev_hex = self._last_leaf.hex()
+        sha256 = hashlib.sha256
+        next_checkpoint = self._pending[0] if self._pending else 0
+        unhashed = self._unhashed
+        with handle:
+            for start, line in iter_lines(handle, self.offset):
+                try:
+                    event = parse_line(line, expected)
+                except LedgerCorruptError as exc:
+                    raise failed(expected, str(exc)) from None
+                if event.event_id != expected:  # deleted, inserted or moved lines: name the earliest
+                    raise failed(
+                        max(1, min(expected, event.event_id)),
+                        f"the line after event {expected - 1} holds event {event.event_id}",
+                    )
+                if event.prev_hash is not None and event.prev_hash != prev_hex:
+                    raise failed(
+                        max(expected - 1, 1),
+                        f"event {expected} does not chain to event {expected - 1}: one of them was modified",
+                    )
+                leaf = sha256(b"\x00" + line).digest()
+                prev_hex = leaf.hex()
+                unhashed.append(leaf)
+                events.append(event)
+                # Advance only over checked lines: a failure leaves the tail before the bad line.
+                self.offset, self.last_event_id, self._last_leaf = start + len(line) + 1, expected, leaf
+                if expected == next_checkpoint:
+                    self._check_checkpoint(expected)
+                    next_checkpoint = self._pending[0] if self._pending else 0
+                elif len(unhashed) >= _FOLD_EVERY:
+                    self._folded()
+                expected += 1
+        return events
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _add_leaves(self, leaves: list[bytes]) -> None:
+        if leaves:
+            self._last_leaf = leaves[-1]
+        self._unhashed += leaves
+        # Checkpoints this skip passed over were written with these lines, by this process: nothing to check.
+        index = bisect.bisect_right(self._pending, self.last_event_id)
+        for size in self._pending[:index]:
+            del self._roots[size]
+        del self._pending[:index]
+        if len(self._unhashed) >= _FOLD_EVERY:
+            self._folded()
+
+    def _folded(self) -> MerkleFrontier:
+        if self._unhashed:
+            self._tree.extend(self._unhashed)
+            self._unhashed.clear()  # in place: the read loop holds a reference to this list
+        return self._tree
+
+    def _check_checkpoint(self, size: int) -> None:
+        root = self._folded().root()
+        signed = self._roots.pop(size)
+        self._pending.pop(0)
+        if root != signed:
+            raise failed(
+                self._matched + 1,
+                f"the first {size} events do not hash to the root of the signed checkpoint at size {size}: "
+                f"an event after {self._matched} was rewritten, or the ledger was replaced",
+            )
+        self._matched = size
+
+    def _read_checkpoints(self) -> None:
+        """Learn the signed checkpoints ahead of the tail (re-read only when the file changed)."""
+        path = self._checkpoints.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the checkpoints {path}: {exc.strerror}") from exc
+        if size == self._checkpoints_read:
+            return
+        try:
+            checkpoints: list[Checkpoint] = list(self._checkpoints) if size else []
+        except CheckpointError as exc:
+            raise failed(self.last_event_id + 1, f"the checkpoint file is unreadable ({exc})") from None
+        self._checkpoints_read = size
+        here = self.last_event_id
+        for checkpoint in checkpoints:
+            if checkpoint.size <= here or checkpoint.size in self._roots:
+                continue
+            try:
+                checkpoint.verify(self._key)
+            except CheckpointError as exc:
+                raise failed(
+                    here + 1, f"{exc}: the checkpoint file was edited, or belongs to another home"
+                ) from None
+            self._roots[checkpoint.size] = checkpoint.root
+            bisect.insort(self._pending, checkpoint.size)
+
+
+__all__ = ["VerifiedTail", "failed"]
