@@ -535,13 +535,12 @@ class Enforcer:
         """
         if not operations:
             return []
-        if not operations[0].closes_expired:
-            # First, under the same lock hold: bill expired charge-on-expiry holds (a heap peek when none is
-            # due), so they end billed whichever process writes next (see the module docstring).
-            sweep = self.run_group([self._expire_op([], only_if_charge_due=True), *operations])
-            if isinstance(sweep[0], Exception):
-                logger.warning("could not close expired holds: %s", sweep[0])
-            return sweep[1:]
+        # First, under the same lock hold: bill expired charge-on-expiry holds (a heap peek when none is
+        # due), so they end billed whichever process writes next (see the module docstring).
+        swept = not operations[0].closes_expired
+        decides = [op.decide for op in operations]
+        if swept:
+            decides.insert(0, self._sweep_decide)
 
         folded: list[bool] = []
 
@@ -558,13 +557,15 @@ class Enforcer:
                     self._tail.skip(start, end, last_event_id, leaves)
 
         try:
-            outcomes = self.writer.transact_group(
-                [op.decide for op in operations], staged, written, caught_up=self.catch_up
-            )
+            outcomes = self.writer.transact_group(decides, staged, written, caught_up=self.catch_up)
         except CaracalError as exc:
             if folded:
                 self._rebuild()
             return [exc] * len(operations)
+        if swept:
+            sweep = outcomes.pop(0)
+            if isinstance(sweep, Exception):
+                logger.warning("could not close expired holds: %s", sweep)
         results: list[Any] = []
         for operation, outcome in zip(operations, outcomes, strict=True):
             if isinstance(outcome, Exception):
@@ -865,28 +866,40 @@ class Enforcer:
         """
         return self.run(self._expire_op([]))
 
-    def _expire_op(self, closed: list[str], *, only_if_charge_due: bool = False) -> Operation[list[str]]:
-        """:meth:`expire` as an :class:`Operation`; with ``only_if_charge_due`` it appends nothing unless a
-        charge-on-expiry hold has expired (what every group of writes runs first)."""
+    def _expire_op(self, closed: list[str]) -> Operation[list[str]]:
+        """:meth:`expire` as an :class:`Operation` (the ids it closes are put in ``closed``)."""
 
         def decide() -> list[Mapping[str, Any]]:
             with self._state_lock:
-                state = self.catch_up()
-                now = self.now()
-                if only_if_charge_due and not state.charge_due(now):
-                    return []
-                expired = state.expired_holds(now)
-                left = {h.hold_id: h.amount - state.charged_against(h.hold_id) for h in expired}
+                expired, entries = self._expiry_entries(self.catch_up(), self.now())
             closed.extend(h.hold_id for h in expired)
-            entries: list[Mapping[str, Any]] = []
-            for hold in expired:
-                if hold.charge_on_expiry and left[hold.hold_id] > 0:
-                    entries.append(_estimated_charge(hold, left[hold.hold_id], now))
-                why = "expired_charged" if hold.charge_on_expiry else "expired"
-                entries.append(_release(hold.agent_id, hold.currency, hold.hold_id, now, why))
             return entries
 
         return Operation(decide, lambda _events: closed, closes_expired=True)
+
+    def _sweep_decide(self) -> list[Mapping[str, Any]]:
+        """The decision every group of writes runs first (:meth:`run_group`): nothing unless a
+        charge-on-expiry hold has expired, then what :meth:`expire` would append. The state was just caught
+        up under the lock (the group's ``caught_up``), so when nothing is due a heap peek is all it costs."""
+        with self._state_lock:
+            now = self.now()
+            if not self._state.charge_due(now):
+                return []
+            return self._expiry_entries(self._state, now)[1]
+
+    @staticmethod
+    def _expiry_entries(state: BudgetState, now: datetime) -> tuple[list[OpenHold], list[Mapping[str, Any]]]:
+        """The expired holds and the entries that close them: a release each, preceded for a
+        charge-on-expiry hold by the estimated charge of what is left of it."""
+        expired = state.expired_holds(now)
+        entries: list[Mapping[str, Any]] = []
+        for hold in expired:
+            left = hold.amount - state.charged_against(hold.hold_id)
+            if hold.charge_on_expiry and left > 0:
+                entries.append(_estimated_charge(hold, left, now))
+            why = "expired_charged" if hold.charge_on_expiry else "expired"
+            entries.append(_release(hold.agent_id, hold.currency, hold.hold_id, now, why))
+        return expired, entries
 
     def now(self) -> datetime:
         """The enforcer's clock (injected in tests)."""
