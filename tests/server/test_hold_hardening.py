@@ -5,17 +5,21 @@ write (403 on every write route, the gateway included), and a settle beyond its 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from caracal.core.ledger import LedgerReader
+from caracal.server.runner import ServerThread
 from tests.server.conftest import Live, start
-from tests.server.gateway_env import CHAT, GPT, behaviour_model, nonce, start_gateway
+from tests.server.gateway_env import CHAT, GPT, behaviour_model, nonce, split, start_gateway
 
 API = "/api/v1"
 
@@ -125,3 +129,47 @@ def test_suspend_over_hold_factor_suspends_the_agent(tmp_path: Path) -> None:
         refused(server.post(f"{API}/holds", "worker", json={"agent_id": "worker", "amount": "1"}), "worker")
     finally:
         live.close()
+
+
+async def overreporting_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An OpenAI-compatible upstream that reports 1M output tokens whatever the request's cap."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = {
+        "id": "chatcmpl-over",
+        "object": "chat.completion",
+        "model": "gpt-over",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1_000_000, "total_tokens": 1_000_001},
+    }
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def test_an_upstream_reporting_far_more_than_the_cap_is_billed_and_loud(
+    caracal_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        ServerThread(overreporting_upstream) as upstream,
+        start_gateway(caracal_home / "gw", upstream_url=upstream.base_url) as env,
+    ):
+        env.set_price("openai", "gpt-over", "0.0000025", "0.0000125")
+        agent = env.agent(limit="1.00")
+        body = {"model": "gpt-over", "max_tokens": 5, "messages": [{"role": "user", "content": nonce()}]}
+        with caplog.at_level(logging.WARNING, logger="caracal.enforcement"):
+            assert env.post(CHAT, body, agent=agent).status_code == 200
+            _holds, charges, _releases = split(env.closed_entries(agent.agent_id))
+        assert sum(c.cost for c in charges) == Decimal("12.5000025")  # billed in full: the provider bills it
+        assert all(c.metadata and c.metadata["over_hold"] is True for c in charges)
+        warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        assert agent.name in warning and "12.5000025" in warning and "against hold" in warning
+        metrics = env.client.get("/metrics", headers={"Authorization": f"Bearer {env.admin_token}"}).text
+        assert "caracal_charges_over_hold_total 1.0" in metrics
+        status = env.client.get(f"{API}/agents/{agent.agent_id}/budget", headers=agent.auth()).json()
+        assert status[0]["over_limit"] is True and Decimal(status[0]["remaining"]) < 0
+        denied = env.post(CHAT, body, agent=agent)
+        assert denied.status_code == 402  # over its limit: nothing more is forwarded
