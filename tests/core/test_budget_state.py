@@ -337,6 +337,7 @@ class ModelHold:
     amount: Decimal
     expires_at: datetime
     charged: Decimal = Decimal(0)
+    charge_on_expiry: bool = False
 
 
 @dataclass
@@ -413,7 +414,7 @@ class EnforcementMachine(RuleBasedStateMachine):
             (
                 max(h.amount - h.charged, D(0))
                 for h in self.open.values()
-                if h.agent in agents and h.expires_at > self.clock.now
+                if h.agent in agents and (h.charge_on_expiry or h.expires_at > self.clock.now)
             ),
             D(0),
         )
@@ -439,6 +440,23 @@ class EnforcementMachine(RuleBasedStateMachine):
             return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         return None if policy.window.kind == "rolling" else midnight(now) + timedelta(days=1)
 
+    def close_expired(self) -> set[str]:
+        """What expire() does: close every expired hold; a charge-on-expiry one is first charged what is
+        left of it (estimated)."""
+        now = self.clock.now
+        due = {hold_id for hold_id, hold in self.open.items() if hold.expires_at <= now}
+        for hold_id in due:
+            hold = self.open.pop(hold_id)
+            left = hold.amount - hold.charged
+            if hold.charge_on_expiry and left > 0:
+                self.charges.append(ModelCharge(hold.agent, now, left, False))
+        return due
+
+    def sweep(self) -> None:
+        """What every group of writes does first: expire() if a charge-on-expiry hold has expired."""
+        if any(h.charge_on_expiry and h.expires_at <= self.clock.now for h in self.open.values()):
+            self.close_expired()
+
     # ------------------------------------------------------------------ rules
 
     @rule(seconds=st.sampled_from([1, 29, 30, 59, 60, 61, 119, 300, 900, 1800, 3600, 7200, 4 * 3600]))
@@ -450,12 +468,15 @@ class EnforcementMachine(RuleBasedStateMachine):
         agent=st.sampled_from(["a", "b", "team"]),
         cents=st.integers(1, 900),
         ttl=st.sampled_from([30, 60, 300, 3600]),
+        charge_on_expiry=st.booleans(),
     )
-    def reserve(self, agent: str, cents: int, ttl: int) -> str:
+    def reserve(self, agent: str, cents: int, ttl: int, charge_on_expiry: bool = False) -> str:
         amount = D(cents) / 100
+        self.sweep()
         allowed, policy, numbers = self.expected(agent, amount)
+        on_expiry = "charge" if charge_on_expiry else "release"
         try:
-            hold = self.enforcer.reserve(agent, amount, ttl=ttl)
+            hold = self.enforcer.reserve(agent, amount, ttl=ttl, on_expiry=on_expiry)
         except BudgetExceededError as exc:
             decision = exc.decision
             assert not allowed, f"denied but the model allows {amount} for {agent}: {decision}"
@@ -466,11 +487,12 @@ class EnforcementMachine(RuleBasedStateMachine):
         assert hold.decision.policy_id == policy.policy_id
         assert (hold.decision.spent, hold.decision.held, hold.decision.remaining) == numbers
         assert hold.expires_at == self.clock.now + timedelta(seconds=ttl)
-        self.open[hold.hold_id] = ModelHold(agent, amount, hold.expires_at)
+        self.open[hold.hold_id] = ModelHold(agent, amount, hold.expires_at, charge_on_expiry=charge_on_expiry)
         return hold.hold_id
 
     @rule(hold_id=holds, percent=st.sampled_from([0, 10, 50, 99, 100, 101, 150]), parts=st.integers(0, 3))
     def settle(self, hold_id: str, percent: int, parts: int) -> None:
+        self.sweep()
         hold = self.open.get(hold_id)
         base = hold.amount if hold is not None else D(1)
         total = (base * percent / 100).quantize(D("0.01"))
@@ -511,6 +533,7 @@ class EnforcementMachine(RuleBasedStateMachine):
     def charge(self, hold_id: str, cents: int) -> None:
         cost = D(cents) / 100
         item = {"resource_type": "llm", "quantity": "1", "cost": cost}
+        self.sweep()
         hold = self.open.get(hold_id)
         if hold is None:
             with pytest.raises(HoldNotFoundError):
@@ -524,6 +547,7 @@ class EnforcementMachine(RuleBasedStateMachine):
 
     @rule(hold_id=holds)
     def release(self, hold_id: str) -> None:
+        self.sweep()
         assert self.enforcer.release(hold_id) is (hold_id in self.open)
         self.open.pop(hold_id, None)
 
@@ -531,8 +555,7 @@ class EnforcementMachine(RuleBasedStateMachine):
     def expire(self) -> None:
         due = {h for h, hold in self.open.items() if hold.expires_at <= self.clock.now}
         assert set(self.enforcer.expire()) == due
-        for hold_id in due:
-            del self.open[hold_id]
+        assert self.close_expired() == due
 
     @precondition(lambda self: len(self.open) > 0)
     @rule(save=st.booleans())
