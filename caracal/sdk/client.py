@@ -176,9 +176,19 @@ class CaracalClient:
         raise NotImplementedError
 
     def reserve(
-        self, agent_id: str, amount: object, ttl: timedelta | float | None = None, currency: str = "USD"
+        self,
+        agent_id: str,
+        amount: object,
+        ttl: timedelta | float | None = None,
+        currency: str = "USD",
+        *,
+        on_expiry: str = "release",
     ) -> Hold:
-        """Set ``amount`` aside for the agent (:class:`BudgetExceededError` if that could overspend)."""
+        """Set ``amount`` aside for the agent (:class:`BudgetExceededError` if that could overspend).
+
+        ``on_expiry``: what the hold's expiry means. ``release`` (default) frees the money; ``charge`` keeps
+        it counting after the TTL until the hold is closed, then bills what is left of it (estimated): for
+        work that may have spent money even if this process dies before settling."""
         raise NotImplementedError
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:

@@ -122,10 +122,16 @@ class EmbeddedClient(CaracalClient):
         return (self._enforcer or self.enforcer).check(agent_id, amount, currency)
 
     def reserve(
-        self, agent_id: str, amount: object, ttl: timedelta | float | None = None, currency: str = "USD"
+        self,
+        agent_id: str,
+        amount: object,
+        ttl: timedelta | float | None = None,
+        currency: str = "USD",
+        *,
+        on_expiry: str = "release",
     ) -> Hold:
         ttl = self._home.settings.default_ttl if ttl is None else ttl
-        return (self._enforcer or self.enforcer).reserve(agent_id, amount, currency, ttl)
+        return (self._enforcer or self.enforcer).reserve(agent_id, amount, currency, ttl, on_expiry=on_expiry)
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
         return self.enforcer.settle(hold.hold_id if isinstance(hold, Hold) else hold, charges or [])

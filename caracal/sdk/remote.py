@@ -37,6 +37,7 @@ import orjson
 from caracal import __version__
 from caracal import exceptions as _exceptions
 from caracal.core.enforcement import Decision, Hold, PolicyStatus, Settlement, parse_ttl
+from caracal.core.events import EXPIRY_MEANINGS
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerEvent
 from caracal.core.policy import Policy
@@ -253,7 +254,13 @@ class RemoteClient(CaracalClient):
         return self._read("/check", _decision, self._call("POST", "/check", body))
 
     def reserve(
-        self, agent_id: str, amount: object, ttl: timedelta | float | None = None, currency: str = "USD"
+        self,
+        agent_id: str,
+        amount: object,
+        ttl: timedelta | float | None = None,
+        currency: str = "USD",
+        *,
+        on_expiry: str = "release",
     ) -> Hold:
         body: dict[str, Any] = {
             "agent_id": _agent_ref(agent_id),
@@ -262,6 +269,10 @@ class RemoteClient(CaracalClient):
         }
         if ttl is not None:
             body["ttl"] = _ttl_seconds(ttl)
+        if on_expiry not in EXPIRY_MEANINGS:
+            raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
+        if on_expiry != "release":  # the default is left out, so older servers still accept the body
+            body["on_expiry"] = on_expiry
         return self._read("/holds", _hold, self._call("POST", "/holds", body))
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:

@@ -362,6 +362,11 @@ class HoldCreate(Body):
     amount: Money
     currency: StrictStr = "USD"
     ttl: Annotated[StrictInt | None, Field(None, gt=0, le=7 * 86400, description="Seconds until it expires")]
+    on_expiry: Literal["release", "charge"] = Field(
+        "release",
+        description="What expiry means: release the money, or charge what is left (estimated) because it "
+        "may have been spent; a charge hold keeps counting after its TTL until it is closed",
+    )
 
 
 @router.post("/holds", status_code=201, tags=["enforcement"], summary="Reserve an amount (402 if denied)")
@@ -372,7 +377,10 @@ async def reserve(body: HoldCreate, request: Request, caller: Caller) -> Respons
     require_writable(service, caller)
     ttl = service.home.settings.default_ttl if body.ttl is None else body.ttl
     try:
-        hold = await service.run(service.enforcer.reserve_op(agent_id, body.amount, body.currency, ttl))
+        operation = service.enforcer.reserve_op(
+            agent_id, body.amount, body.currency, ttl, on_expiry=body.on_expiry
+        )
+        hold = await service.run(operation)
     except BudgetExceededError:
         service.metrics.decisions.labels("reserve", "denied").inc()
         raise
