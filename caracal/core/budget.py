@@ -119,7 +119,8 @@ class BudgetState:
                 event_id=event.event_id,
             )
         self.last_event_id = event.event_id
-        minute = max(minute_of(event.time), self._last_minute)
+        moment = event.time
+        minute = max(minute_of(moment), self._last_minute)
         self._last_minute = minute
         kind = event.kind
         if kind is None or kind == "charge":
@@ -141,7 +142,7 @@ class BudgetState:
             members = self._chain_of(event.agent_id)
             expires_at = parse_timestamp(event.expires_at, "expires_at", LedgerCorruptError)
             if seen_at is not None:
-                expires_at = unskewed_expiry(event.time, expires_at, seen_at)
+                expires_at = unskewed_expiry(moment, expires_at, seen_at)
             hold = OpenHold(
                 event.hold_id,
                 event.agent_id,

@@ -22,7 +22,7 @@ and periodically) and, for charge-on-expiry holds, by *every* group of writes of
 **A settle above its hold** (usage beyond the worst case the hold was sized for) is recorded, because the
 provider bills it, and flagged: ``over_hold`` in the charges' metadata, a WARNING log naming the agent,
 the hold and both amounts, and the ``on_over_hold`` observer (the server counts it in a metric and can
-suspend the agent: ``[enforcement] suspend_over_hold_factor``).
+suspend the agent: ``[holds] suspend_over_hold_factor``).
 """
 
 from __future__ import annotations
@@ -313,7 +313,8 @@ class Operation(Generic[T]):
     decide: Callable[[], list[Mapping[str, Any]] | None]
     finish: Callable[[list[LedgerEvent]], T]
     closes_expired: bool = False
-    """It is :meth:`Enforcer.expire`'s (a group that starts with it needs no other sweep)."""
+    """True for :meth:`Enforcer.expire`'s operation: a group that starts with it skips the expiry sweep
+    every other group runs first (it would find nothing to do)."""
 
 
 @dataclass(frozen=True)
