@@ -152,6 +152,7 @@ max_output_tokens = 4096
 # Tokens held per image in a request (an image's URL or data does not bound its tokens).
 image_tokens = 2000
 # Seconds a gateway call's hold lives (longer than upstream_timeout: a call in flight keeps its hold).
+# A hold still open after it (the server died before settling) is billed at the call's bound, estimated.
 hold_ttl = 900
 # Longest upstream call, in seconds (to the end of a stream).
 upstream_timeout = 600
