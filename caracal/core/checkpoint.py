@@ -223,6 +223,30 @@ class CheckpointStore:
                 raise CheckpointError(f"{self.path} line {number} is not valid JSON: {exc}") from exc
             yield Checkpoint.from_dict(record)
 
+    def read_from(self, offset: int) -> tuple[list[Checkpoint], int]:
+        """The complete records from byte ``offset`` on (a record boundary an earlier call returned), and
+        the offset after them: followers read only what was appended since they last looked. A file
+        shorter than ``offset`` (replaced) is read from the start."""
+        try:
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < offset:
+                    offset = 0
+                handle.seek(offset)
+                data = handle.read(size - offset)
+        except FileNotFoundError:
+            return [], 0
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoints {self.path}: {exc}") from exc
+        end = data.rfind(b"\n") + 1  # a torn last record (a crash mid-append) waits for its newline
+        records = []
+        for line in data[:end].split(b"\n")[:-1]:
+            try:
+                records.append(Checkpoint.from_dict(orjson.loads(line)))
+            except orjson.JSONDecodeError as exc:
+                raise CheckpointError(f"{self.path} has a record that is not valid JSON: {exc}") from exc
+        return records, offset + end
+
     def roots(self) -> dict[int, bytes]:
         """The signed root of each checkpointed tree size."""
         return {checkpoint.size: checkpoint.root for checkpoint in self}

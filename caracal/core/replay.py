@@ -32,7 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from caracal.core.checkpoint import Checkpoint, CheckpointStore
+from caracal.core.checkpoint import CheckpointStore
 from caracal.core.events import LedgerEvent, iter_lines, parse_line
 from caracal.core.fileio import open_for_reading
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier
@@ -77,7 +77,7 @@ class VerifiedTail:
         self._unhashed: list[bytes] = []
         self._pending: list[int] = []  # sizes of signed checkpoints ahead of the tail, ascending
         self._roots: dict[int, bytes] = {}
-        self._checkpoints_read = -1  # size of the checkpoint file when last read (-1: never)
+        self._checkpoints_read = 0  # how far the checkpoint file has been read
         self._matched = 0  # the largest checkpoint size whose root matched
 
     # ------------------------------------------------------------------ position
@@ -96,7 +96,7 @@ class VerifiedTail:
         self.offset, self.last_event_id = offset, last_event_id
         self._tree, self._unhashed, self._last_leaf = tree, [], last_leaf
         self._matched = last_event_id
-        self._pending, self._roots, self._checkpoints_read = [], {}, -1
+        self._pending, self._roots, self._checkpoints_read = [], {}, 0
 
     def skip(self, start: int, end: int, last_event_id: int, leaves: list[bytes]) -> None:
         """Move past lines this process wrote itself (bytes ``start``..``end``, with these leaf hashes):
@@ -208,25 +208,15 @@ class VerifiedTail:
         self._matched = size
 
     def _read_checkpoints(self) -> None:
-        """Learn the signed checkpoints ahead of the tail (re-read only when the file changed)."""
-        path = self._checkpoints.path
+        """Learn the signed checkpoints ahead of the tail, reading only records appended since last time."""
         try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the checkpoints {path}: {exc.strerror}") from exc
-        if size == self._checkpoints_read:
-            return
-        try:
-            checkpoints: list[Checkpoint] = list(self._checkpoints) if size else []
+            checkpoints, self._checkpoints_read = self._checkpoints.read_from(self._checkpoints_read)
         except CheckpointError as exc:
             raise failed(self.last_event_id + 1, f"the checkpoint file is unreadable ({exc})") from None
-        self._checkpoints_read = size
         here = self.last_event_id
         for checkpoint in checkpoints:
             if checkpoint.size <= here or checkpoint.size in self._roots:
-                continue
+                continue  # behind the tail: checked when it was passed, or written by this process
             try:
                 checkpoint.verify(self._key)
             except CheckpointError as exc:

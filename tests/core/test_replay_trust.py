@@ -16,6 +16,7 @@ import pytest
 
 from caracal.core.enforcement import Enforcer
 from caracal.core.ledger import LedgerWriter
+from caracal.core.merkle import leaf_hash
 from caracal.core.windows import WindowSpec
 from caracal.exceptions import CaracalError, LedgerVerificationError
 from caracal.storage.home import EmbeddedHome
@@ -209,3 +210,27 @@ def test_a_forged_snapshot_is_logged_and_ignored(
         assert (decision.spent, decision.remaining) == (Decimal("0.90"), Decimal("0.10"))
     finally:
         again.close()
+
+
+def test_a_checkpoint_written_later_by_another_process_is_checked_too(
+    ledger: Path, caracal_home: Path
+) -> None:
+    """The enforcer is caught up; another writer appends and signs a checkpoint; the new lines are then
+    rewritten with a recomputed chain (which the chain alone cannot catch): the new checkpoint does."""
+    enforcer, writer = enforcer_on(ledger, caracal_home)
+    try:
+        assert enforcer.catch_up().last_event_id == EVENTS
+        with LedgerWriter(ledger, checkpoint_every=0, checkpoint_interval=0) as other:
+            for _ in range(3):
+                other.append_event("agent-1", "tokens", "1", "0.5")
+            other.checkpoint()
+        lines = read_lines(ledger)
+        lines[EVENTS] = edited(lines[EVENTS], cost="0.0")
+        for index in (EVENTS + 1, EVENTS + 2):
+            lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
+        write_lines(ledger, lines)
+        with pytest.raises(LedgerVerificationError) as caught:
+            enforcer.catch_up()
+        assert caught.value.first_bad_event_id == EVENTS + 1
+    finally:
+        writer.close()

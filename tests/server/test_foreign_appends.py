@@ -127,3 +127,39 @@ def test_cli_ledger_append_after_another_process_appended(caracal_home: Path) ->
     ledger = caracal_home / "data" / "ledger.jsonl"
     assert [e.event_id for e in LedgerReader(ledger).iter_events()] == [1, 2, 3, 4]
     assert verify_ledger(ledger).ok
+
+
+def test_registry_changes_by_another_process_reach_the_next_request(caracal_home: Path) -> None:
+    """Suspending, re-activating, changing a limit and revoking a key from the CLI (another process) while
+    the server runs: the server's very next decision follows the change."""
+
+    def caracal(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "caracal", *args], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+
+    with start_gateway(caracal_home) as env:
+        agent = env.agent("1.00")
+
+        def hold(amount: str) -> int:
+            body = {"agent_id": agent.agent_id, "amount": amount}
+            answer = env.client.post("/api/v1/holds", json=body, headers=agent.auth())
+            if answer.status_code == 201:
+                released = env.client.post(
+                    f"/api/v1/holds/{answer.json()['hold_id']}/release", headers=agent.auth()
+                )
+                assert released.status_code == 200
+            return answer.status_code
+
+        assert hold("0.50") == 201
+        caracal("agent", "suspend", agent.name)
+        assert hold("0.50") in (402, 403)
+        caracal("agent", "activate", agent.name)
+        assert hold("0.50") == 201
+        assert hold("5.00") == 402
+        assert agent.policy_id is not None
+        caracal("policy", "update", agent.policy_id, "--limit", "10")
+        assert hold("5.00") == 201
+        caracal("agent", "key", "revoke", agent.key_id)
+        assert hold("0.50") == 401

@@ -1,0 +1,178 @@
+"""The attacks from outside, as a user with a shell on the home could run them: each must leave the budget
+exactly as the genuine ledger says (a forged cache is ignored), or deny everything (a ledger that does not
+verify is not trusted to decide), and ``caracal serve`` must refuse to start on such a ledger.
+
+Every step runs as its own process (the CLI, the SDK in ``python -c``, ``caracal serve``), as a user's
+processes would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+
+from caracal.core.merkle import leaf_hash
+from tests.cli.test_cli_serve import free_port
+
+RESOURCE = "tool.calls"
+SPEND = """
+import sys
+from caracal.sdk.client import CaracalClient
+client = CaracalClient()
+for _ in range(int(sys.argv[1])):
+    client.emit_event("worker", "tool.calls", 10)
+client.close()
+"""
+RESERVE = """
+import sys
+from caracal.exceptions import BudgetExceededError, CaracalError
+from caracal.sdk.client import CaracalClient
+try:
+    CaracalClient().reserve("worker", sys.argv[1])
+except BudgetExceededError as exc:
+    print("denied:", exc)
+except CaracalError as exc:
+    print("error:", type(exc).__name__, exc)
+else:
+    print("allowed")
+"""
+
+
+def run(*args: str, home: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CARACAL_HOME": str(home)},
+    )
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    return done
+
+
+def caracal(*args: str, home: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
+    return run("-m", "caracal", *args, home=home, code=code)
+
+
+def make_home(home: Path, spent_calls: int) -> None:
+    """A home whose agent ``worker`` has a 1.00 USD daily budget and has spent 0.10 per call."""
+    caracal("init", home=home)
+    caracal("agent", "register", "--name", "worker", "--owner", "o@example.com", home=home)
+    caracal("policy", "create", "--agent-id", "worker", "--limit", "1.00", "--window", "daily", home=home)
+    caracal("pricebook", "set", RESOURCE, "0.01", home=home)
+    if spent_calls:
+        run("-c", SPEND, str(spent_calls), home=home)
+
+
+def spent(home: Path) -> Decimal:
+    status = orjson.loads(caracal("budget", "status", "--agent-id", "worker", "--json", home=home).stdout)
+    return Decimal(status[0]["spent"])
+
+
+def reserve(home: Path, amount: str) -> str:
+    return run("-c", RESERVE, amount, home=home).stdout.strip()
+
+
+def ledger_lines(home: Path) -> list[bytes]:
+    return (home / "data" / "ledger.jsonl").read_bytes().split(b"\n")[:-1]
+
+
+def write_lines(home: Path, lines: list[bytes]) -> None:
+    (home / "data" / "ledger.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["edited-seal-kept", "plain-json"])
+def test_a_forged_budget_snapshot_does_not_give_budget_back(caracal_home: Path, how: str) -> None:
+    make_home(caracal_home, spent_calls=9)
+    assert spent(caracal_home) == Decimal("0.90")
+    snapshot = caracal_home / "data" / "ledger.jsonl.budget"
+    content = snapshot.read_bytes()
+    header, _, payload = (
+        content.partition(b"\n") if content.startswith(b"caracal-sealed") else (b"", b"", content)
+    )
+    data = orjson.loads(payload)
+    data["state"]["spend"] = []  # spend totals to 0; offset and line hash kept
+    forged = orjson.dumps(data)
+    snapshot.write_bytes(header + b"\n" + forged if header and how == "edited-seal-kept" else forged)
+
+    assert spent(caracal_home) == Decimal("0.90")
+    assert reserve(caracal_home, "0.50").startswith("denied:")
+    assert reserve(caracal_home, "0.10") == "allowed"
+    caracal("ledger", "verify", home=caracal_home)  # the ledger itself is fine
+
+
+def assert_refused(message: str) -> None:
+    """A denial because the ledger does not check out: the enforcer's replay ("failed verification at
+    event N") or the ledger writer's own checks on open (a broken chain, a tail shorter than a signed
+    checkpoint) got there first; either way nothing is decided on it and the person is sent to verify."""
+    assert "error" in message and "caracal ledger verify" in message, message
+    assert any(
+        words in message for words in ("failed verification at event", "does not chain", "truncated")
+    ), message
+
+
+def rechain(lines: list[bytes], start: int) -> list[bytes]:
+    for index in range(start, len(lines)):
+        data = orjson.loads(lines[index])
+        data["prev_hash"] = leaf_hash(lines[index - 1]).hex()
+        lines[index] = orjson.dumps(data)
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["every-line", "every-line-rechained", "all-but-the-last"])
+def test_costs_edited_to_zero_deny_everything(caracal_home: Path, how: str) -> None:
+    make_home(caracal_home, spent_calls=9)  # closing the client signs a checkpoint over all 9
+    lines = ledger_lines(caracal_home)
+    edited = lines if how != "all-but-the-last" else lines[:-1]  # "0.10" -> "0.00": same length
+    for index, line in enumerate(edited):
+        data = orjson.loads(line)
+        data["cost"] = "0.00"
+        lines[index] = orjson.dumps(data)
+    write_lines(caracal_home, rechain(lines, 1) if how == "every-line-rechained" else lines)
+    (caracal_home / "data" / "ledger.jsonl.budget").unlink()
+
+    denied = caracal("budget", "status", "--agent-id", "worker", home=caracal_home, code=1)
+    assert_refused(denied.stderr.splitlines()[-1])
+    assert_refused(reserve(caracal_home, "0.10"))
+    assert caracal("ledger", "verify", home=caracal_home, code=3).returncode == 3
+    assert len(ledger_lines(caracal_home)) == 9  # nothing was appended
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_checkpoints", [False, True])
+def test_another_homes_ledger_dropped_in_denies(
+    tmp_path: Path, caracal_home: Path, with_checkpoints: bool
+) -> None:
+    make_home(caracal_home, spent_calls=9)
+    other = tmp_path / "other-home"
+    make_home(other, spent_calls=1)
+    data = caracal_home / "data"
+    for name in ("ledger.jsonl", "ledger.jsonl.budget", "ledger.jsonl.merkle") + (
+        ("ledger.jsonl.checkpoints",) if with_checkpoints else ()
+    ):
+        shutil.copy(other / "data" / name, data / name)
+    # (agent ids differ between homes: the other ledger's spend belongs to an agent this home does not know)
+    assert_refused(reserve(caracal_home, "0.50"))
+    caracal("ledger", "verify", home=caracal_home, code=3)
+
+
+@pytest.mark.slow
+def test_caracal_serve_refuses_to_start_on_a_ledger_that_fails_verification(caracal_home: Path) -> None:
+    make_home(caracal_home, spent_calls=3)
+    lines = ledger_lines(caracal_home)
+    data = orjson.loads(lines[0])
+    data["cost"] = "0.00"
+    lines[0] = orjson.dumps(data)
+    write_lines(caracal_home, lines)
+    (caracal_home / "data" / "ledger.jsonl.budget").unlink()
+    done = caracal("serve", "--port", str(free_port()), home=caracal_home, code=1)
+    assert "failed verification at event 1" in done.stderr
