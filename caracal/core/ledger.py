@@ -1006,10 +1006,13 @@ class LedgerQuery(LedgerReader):
         end_time: datetime | date | str | None = None,
         resource_type: str | None = None,
         *,
-        charges_only: bool = False,
+        charges_only: bool = True,
     ) -> list[LedgerEvent]:
-        """The entries that match every given filter: all kinds (holds and releases too) unless
-        ``charges_only``."""
+        """The charges that match every given filter; ``charges_only=False`` adds holds and releases.
+
+        Charges only by default because v0.1 callers sum what this returns: holds and releases are not
+        spend, and counting them gave several times the real spend. Summing the default result gives
+        exactly :meth:`sum_spending`."""
         return list(
             self.iter_matching(agent_id, start_time, end_time, resource_type, charges_only=charges_only)
         )
