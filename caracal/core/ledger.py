@@ -415,7 +415,7 @@ class LedgerWriter:
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
         written: Callable[[int, int, int], None] | None = None,
-        caught_up: Callable[[], None] | None = None,
+        caught_up: Callable[[], object] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
@@ -505,7 +505,7 @@ class LedgerWriter:
         sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
         for fields, extensions, body in drafts:
             if fields[1] < floor:  # fixed-width stored forms: string order is time order
-                fields = (fields[0], floor, *fields[2:])  # type: ignore[assignment]
+                fields = (fields[0], floor, *fields[2:])
                 body = line_body(*fields, extensions)
             else:
                 floor = fields[1]
