@@ -211,9 +211,7 @@ def test_append_in_a_home_records_the_registered_agent_and_refuses_unknown_ones(
     nothing is written. A ledger outside the home still records ids as given."""
     assert caracal("init").returncode == 0
     assert caracal("agent", "register", "--name", "team", "--owner", "ops").returncode == 0
-    registered = caracal(
-        "agent", "register", "--name", "c1", "--owner", "ops", "--parent", "team", "--json"
-    )
+    registered = caracal("agent", "register", "--name", "c1", "--owner", "ops", "--parent", "team", "--json")
     c1 = json.loads(registered.stdout)["agent_id"]
     for agent in ("team", "c1"):
         assert caracal("policy", "create", "--agent-id", agent, "--limit", "10").returncode == 0
