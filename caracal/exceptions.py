@@ -203,7 +203,16 @@ class GatewayRequestError(GatewayError, ValueError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream provider failed or could not be reached."""
+    """The upstream provider failed or could not be reached.
+
+    ``outcome``, when given, is what happened to the call's hold ("released, nothing billed"...) in words
+    that name no host or setting: it is what an agent key is told (the message, which names the upstream's
+    address, goes to the operator).
+    """
+
+    def __init__(self, message: str, *, outcome: str | None = None):
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class AuthError(CaracalError):
