@@ -7,6 +7,7 @@ The tree::
 
     CaracalError
     ├── ConfigurationError            a setting, path or key is missing or unusable
+    ├── InexactMoneyError             money arithmetic that would need rounding (refused, never rounded)
     ├── LedgerError                   anything about the ledger file
     │   ├── InvalidLedgerEventError   bad input to an append; nothing was written (also a ValueError)
     │   ├── LedgerWriteError          an append failed (I/O error, lock timeout, refused ledger)
@@ -56,6 +57,12 @@ class CaracalError(Exception):
 
 class ConfigurationError(CaracalError):
     """A setting, path or key is missing or unusable."""
+
+
+class InexactMoneyError(CaracalError, ArithmeticError):
+    """A sum, difference or product of money cannot be represented exactly in Caracal's money context
+    (:mod:`caracal.core.money`); it is refused, never rounded. Amounts within the documented bounds never
+    cause it; amounts beyond them can exist only in ledger lines written before the bounds."""
 
 
 class LedgerError(CaracalError):

@@ -30,6 +30,7 @@ from caracal.core.budget import BudgetState, OpenHold
 from caracal.core.events import line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerTail, LedgerWriter
+from caracal.core.money import add, subtract
 from caracal.core.policy import Policy
 from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
@@ -189,7 +190,7 @@ def policy_status(policy: Policy, state: BudgetState, now: datetime) -> PolicySt
     )
     held = state.held(policy.agent_id, policy.currency, now)
     resets_at = end if policy.window.kind != "rolling" else None
-    return PolicyStatus(policy, spent, held, policy.limit - spent - held, start, resets_at)
+    return PolicyStatus(policy, spent, held, subtract(subtract(policy.limit, spent), held), start, resets_at)
 
 
 def evaluate(
@@ -662,7 +663,8 @@ class Enforcer:
                         f"the charge's {name} {item[name]!r} is not its hold's ({expected!r}); hold "
                         f"{hold_id} can only be charged for its agent in its currency"
                     )
-            metadata = _flagged(item.get("metadata"), already + cost > hold.amount, now >= hold.expires_at)
+            over = add(already, cost) > hold.amount
+            metadata = _flagged(item.get("metadata"), over, now >= hold.expires_at)
             return [
                 {
                     **item,

@@ -63,6 +63,7 @@ from caracal.core.events import (
 )
 from caracal.core.fileio import append_durably, fsync_directory, open_for_reading, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
+from caracal.core.money import add
 from caracal.core.validation import (
     check_currency,
     check_identifier,
@@ -949,8 +950,8 @@ class SpendTotals:
 
     def add(self, event: LedgerEvent) -> None:
         self.events += 1
-        self.quantity += event.quantity
-        self.cost += event.cost
+        self.quantity = add(self.quantity, event.quantity)  # exact: never rounded (caracal.core.money)
+        self.cost = add(self.cost, event.cost)
 
 
 def query_bound(
