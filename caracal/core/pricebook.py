@@ -50,7 +50,7 @@ from datetime import datetime, timezone
 from decimal import Context, Decimal
 from typing import Any, Literal, NamedTuple
 
-from caracal.core.money import exact_cost
+from caracal.core.money import MAX_FRACTION_DIGITS, exact_cost
 from caracal.core.validation import (
     MAX_AMOUNT_CHARS,
     check_currency,
@@ -528,6 +528,12 @@ def _llm_price(resource_type: str, parts: LlmResource, at: datetime, tiered: Tie
             f"set a price with `{_set_command(resource_type)}`"
         )
     unit_price = published.scaleb(-exponent, Context(prec=len(published.as_tuple().digits) + 1))
+    if unit_price.as_tuple().exponent < -MAX_FRACTION_DIGITS:  # type: ignore[operator]  # finite: checked
+        raise UnknownPriceError(
+            f"genai-prices gives {parts.kind} for {what} as {published} per {per}, which is more than "
+            f"{MAX_FRACTION_DIGITS} decimals per unit (Caracal never rounds money); set a price with "
+            f"`{_set_command(resource_type)}`"
+        )
     metadata: dict[str, Any] = {
         "genai_prices_version": data.version,
         "provider": provider.id,
