@@ -297,9 +297,8 @@ def parse_amount(value: object, name: str, error: type[Exception], *, stored: bo
             f"{name} must be less than 10^{MAX_INTEGER_DIGITS} (at most {MAX_INTEGER_DIGITS} digits before "
             f"the decimal point), got {value!r}",
         )
-    dot = text.find(".")
-    if (dot >= 0 and len(text) - dot - 1 > MAX_FRACTION_DIGITS) or "E" in text or "e" in text:
-        exponent = amount.as_tuple().exponent  # the slow way to read it: only for long or exponent forms
+    if len(text) > MAX_FRACTION_DIGITS + 1 or "E" in text or "e" in text:  # a shorter plain form cannot
+        exponent = amount.as_tuple().exponent  # have 19 decimals; as_tuple is the slow way to read them
         if isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS:
             _fail(
                 error,
