@@ -92,6 +92,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 1 << 20
+    body_timeout: float = 30.0
     max_output_tokens: int = 4096
     image_tokens: int = 2000
     gateway_hold_ttl: float = 900.0
@@ -109,6 +110,7 @@ _SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl"}
 _POSITIVE = frozenset(
     {
         ("server", "max_body_bytes"),
+        ("server", "body_timeout"),
         ("gateway", "max_output_tokens"),
         ("gateway", "hold_ttl"),
         ("gateway", "upstream_timeout"),
@@ -135,7 +137,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
     "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
     "sdk": {"default_estimate": (str,)},
-    "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,)},
+    "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,), "body_timeout": (int, float)},
     "gateway": {
         "max_output_tokens": (int,),
         "image_tokens": (int,),

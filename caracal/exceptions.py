@@ -7,6 +7,7 @@ The tree::
 
     CaracalError
     ├── ConfigurationError            a setting, path or key is missing or unusable
+    ├── InexactMoneyError             money arithmetic that would need rounding (refused, never rounded)
     ├── LedgerError                   anything about the ledger file
     │   ├── InvalidLedgerEventError   bad input to an append; nothing was written (also a ValueError)
     │   ├── LedgerWriteError          an append failed (I/O error, lock timeout, refused ledger)
@@ -56,6 +57,12 @@ class CaracalError(Exception):
 
 class ConfigurationError(CaracalError):
     """A setting, path or key is missing or unusable."""
+
+
+class InexactMoneyError(CaracalError, ArithmeticError):
+    """A sum, difference or product of money cannot be represented exactly in Caracal's money context
+    (:mod:`caracal.core.money`); it is refused, never rounded. Amounts within the documented bounds never
+    cause it; amounts beyond them can exist only in ledger lines written before the bounds."""
 
 
 class LedgerError(CaracalError):
@@ -203,7 +210,16 @@ class GatewayRequestError(GatewayError, ValueError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream provider failed or could not be reached."""
+    """The upstream provider failed or could not be reached.
+
+    ``outcome``, when given, is what happened to the call's hold ("released, nothing billed"...) in words
+    that name no host or setting: it is what an agent key is told (the message, which names the upstream's
+    address, goes to the operator).
+    """
+
+    def __init__(self, message: str, *, outcome: str | None = None):
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class AuthError(CaracalError):

@@ -145,6 +145,9 @@ default_ttl = {default_ttl}
 host = "127.0.0.1"
 port = 8787
 max_body_bytes = 1048576
+# Seconds a request's whole body may take to arrive once its headers have: a client that sends part of a
+# body and stalls gets 408 and its connection is closed.
+body_timeout = 30
 
 [gateway]
 # The output cap injected into LLM calls that name none (max_tokens), so their worst case is bounded.

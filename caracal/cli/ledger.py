@@ -25,8 +25,8 @@ from caracal.core.verify import (
     prove_inclusion,
     verify_ledger,
 )
-from caracal.exceptions import CaracalError, InvalidLedgerEventError, ProofError
-from caracal.storage.agents import AgentRegistry
+from caracal.exceptions import AgentNotFoundError, CaracalError, InvalidLedgerEventError, ProofError
+from caracal.storage.agents import AgentRegistry, default_agents_path
 from caracal.storage.home import open_ledger_writer
 
 _PROGRESS_MIN_BYTES = 16 << 20
@@ -83,6 +83,33 @@ def resolve(ledger: Path | None) -> Path:
     return ledger if ledger is not None else default_ledger_path()
 
 
+def charged_agent(ledger: Path | None, agent: str) -> str:
+    """The ``agent_id`` an append records. On the home's own ledger, once the home has an agent registry
+    (``caracal init``), it must be a registered agent, named by id or name, and the id is what is stored:
+    a name stored as given would count against the agent's ancestors' budgets but not its own policies,
+    and an unknown agent would count against none, so both are refused (:class:`AgentNotFoundError`) rather
+    than recorded. A ledger outside a home (``--ledger`` elsewhere) records the id as given."""
+    registry = default_agents_path()
+    path = resolve(ledger)
+    if registry.exists() and (path == default_ledger_path() or _same_file(path, default_ledger_path())):
+        try:
+            return AgentRegistry(registry).get(agent).agent_id
+        except AgentNotFoundError as exc:
+            raise AgentNotFoundError(
+                f"{exc}; in a home, a charge is recorded for a registered agent (so that its own policies "
+                f"count it): register it with `caracal agent register`, or pass --ledger for a ledger "
+                f"outside the home"
+            ) from None
+    return agent
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # either one missing: not the same existing file
+        return False
+
+
 def open_writer(ledger: Path | None) -> LedgerWriter:
     """A writer on the ledger, configured by the home's ``config.toml``."""
     return open_ledger_writer(resolve(ledger), default_signing_key_path(), load_settings())
@@ -119,7 +146,11 @@ def ledger_group() -> None:
 @ledger_group.command("append")
 @ledger_option
 @json_option
-@click.option("--agent-id", required=True, help="Agent charged.")
+@click.option(
+    "--agent-id",
+    required=True,
+    help="Agent charged: in a home, a registered agent's id or name (its id is stored).",
+)
 @click.option("--resource-type", required=True, help="What was consumed, e.g. openai.gpt-4o.input_tokens.")
 @click.option("--quantity", required=True, help="How much (exact decimal).")
 @click.option("--cost", required=True, help="Cost (exact decimal).")
@@ -140,8 +171,9 @@ def append_command(
 ) -> None:
     """Append one charge; prints it with its event id once it is on disk."""
     meta = parse_json_object(metadata, "--metadata", InvalidLedgerEventError)
+    agent = charged_agent(ledger, agent_id)
     with open_writer(ledger) as writer:
-        event = writer.append_event(agent_id, resource_type, quantity, cost, currency, meta, timestamp)
+        event = writer.append_event(agent, resource_type, quantity, cost, currency, meta, timestamp)
     show_events([event], as_json)
 
 

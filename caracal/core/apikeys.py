@@ -230,15 +230,18 @@ class Principal:
     def require_act_for(self, agent_id: str) -> None:
         """:class:`PermissionDeniedError` unless :meth:`can_act_for`."""
         if not self.can_act_for(agent_id):
-            raise PermissionDeniedError(
-                f"API key {self.key_id} belongs to agent {self.agent_id} and cannot act for agent {agent_id}"
-            )
+            raise PermissionDeniedError(self.out_of_scope())
 
     def require_read(self, chain: Sequence[str]) -> None:
         """:class:`PermissionDeniedError` unless :meth:`can_read`."""
         if not self.can_read(chain):
-            target = chain[0] if chain else "?"
-            raise PermissionDeniedError(
-                f"API key {self.key_id} belongs to agent {self.agent_id} and may read only that agent and "
-                f"its descendants, not agent {target}"
-            )
+            raise PermissionDeniedError(self.out_of_scope())
+
+    def out_of_scope(self) -> str:
+        """The one refusal an agent key gets for a request about an agent outside its scope. It names only
+        the key and its own agent, and reads the same whether the other agent exists or not (the server
+        gives it for an unknown agent too), so an agent key learns nothing about the rest of the home."""
+        return (
+            f"API key {self.key_id} belongs to agent {self.agent_id}: it cannot act for any other agent and "
+            f"may read only that agent and its descendants; the agent this request names is not one of them"
+        )

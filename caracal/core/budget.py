@@ -11,6 +11,8 @@ time that does not grow with the ledger:
   a backdated timestamp cannot move spend out of the current window.
 - **Rolling windows** start inside a minute; the whole boundary minute is counted. The error is on the safe
   side: spend is never under-counted, so a budget can only be enforced slightly early, never late.
+- **Exact sums.** Spend and holds are added and subtracted in Caracal's money context
+  (:mod:`caracal.core.money`): never rounded; a sum that could not be exact is refused.
 - **Holds** are open from their ``hold`` entry until a ``release`` entry for the same id. A hold whose
   expiry means ``release`` (the default) counts only until its ``expires_at`` (a crashed worker cannot pin
   a budget); one whose expiry means ``charge`` keeps counting until it is closed, because expiring it
@@ -33,6 +35,7 @@ from decimal import Decimal
 from typing import Any
 
 from caracal.core.events import LedgerEvent
+from caracal.core.money import add, subtract
 from caracal.core.validation import format_timestamp, parse_timestamp
 from caracal.exceptions import LedgerCorruptError
 
@@ -55,10 +58,10 @@ class SpendSeries:
 
     def add(self, minute: int, amount: Decimal) -> None:
         if self.minutes and minute <= self.minutes[-1]:
-            self.totals[-1] += amount  # the same minute, or (clamped) earlier: counts at the latest minute
-            return
+            self.totals[-1] = add(self.totals[-1], amount)  # the same minute, or (clamped) earlier: counts
+            return  # at the latest minute
         self.minutes.append(minute)
-        self.totals.append((self.totals[-1] if self.totals else _ZERO) + amount)
+        self.totals.append(add(self.totals[-1] if self.totals else _ZERO, amount))
 
     def total(self) -> Decimal:
         return self.totals[-1] if self.totals else _ZERO
@@ -70,7 +73,7 @@ class SpendSeries:
 
     def since(self, minute: int | None) -> Decimal:
         """All spend from ``minute`` (inclusive) on; everything when None."""
-        return self.total() if minute is None else self.total() - self.before(minute)
+        return self.total() if minute is None else subtract(self.total(), self.before(minute))
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ class BudgetState:
                     series = self._spend[key] = SpendSeries()
                 series.add(minute, event.cost)
             if event.hold_id is not None and event.hold_id in self._holds:
-                self._charged[event.hold_id] = self._charged.get(event.hold_id, _ZERO) + event.cost
+                self._charged[event.hold_id] = add(self._charged.get(event.hold_id, _ZERO), event.cost)
             if event.idempotency_key is not None:
                 self._by_key.setdefault(event.idempotency_key, event)
         elif kind == "hold":
@@ -259,9 +262,9 @@ class BudgetState:
         for hold_id in self._holds_by_member.get(agent_id, ()):
             hold = self._holds[hold_id]
             if hold.currency == currency and hold.counts_at(now):
-                remaining = hold.amount - self._charged.get(hold_id, _ZERO)
+                remaining = subtract(hold.amount, self._charged.get(hold_id, _ZERO))
                 if remaining > 0:
-                    total += remaining
+                    total = add(total, remaining)
         return total
 
     def charge_with_key(self, idempotency_key: str) -> LedgerEvent | None:

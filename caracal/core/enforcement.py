@@ -43,6 +43,7 @@ from caracal.core.budget import BudgetState, OpenHold
 from caracal.core.events import EXPIRY_MEANINGS, line_ending_at, line_event_id
 from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerEvent, LedgerWriter
+from caracal.core.money import add, subtract
 from caracal.core.policy import Policy
 from caracal.core.replay import VerifiedTail
 from caracal.core.sealed import SealError, seal, unseal
@@ -220,7 +221,7 @@ def policy_status(policy: Policy, state: BudgetState, now: datetime) -> PolicySt
     )
     held = state.held(policy.agent_id, policy.currency, now)
     resets_at = end if policy.window.kind != "rolling" else None
-    return PolicyStatus(policy, spent, held, policy.limit - spent - held, start, resets_at)
+    return PolicyStatus(policy, spent, held, subtract(subtract(policy.limit, spent), held), start, resets_at)
 
 
 def evaluate(
@@ -702,7 +703,7 @@ class Enforcer:
                 unknown = set(item) - {"resource_type", "quantity", "cost", "metadata", "idempotency_key"}
                 if unknown:
                     raise InvalidAmountError(f"charge {index} has unknown fields: {sorted(unknown)}")
-                total += _amount(item.get("cost"), f"charge {index} cost")
+                total = add(total, _amount(item.get("cost"), f"charge {index} cost"))
             over = total > hold.amount
             after_expiry = now >= hold.expires_at
             for item in items:
@@ -783,9 +784,9 @@ class Enforcer:
                         f"the charge's {name} {item[name]!r} is not its hold's ({expected!r}); hold "
                         f"{hold_id} can only be charged for its agent in its currency"
                     )
-            over = already + cost > hold.amount
+            over = add(already, cost) > hold.amount
             if over:
-                overs.append(OverHold(hold.agent_id, hold_id, hold.amount, already + cost, hold.currency))
+                overs.append(OverHold(hold.agent_id, hold_id, hold.amount, add(already, cost), hold.currency))
             metadata = _flagged(item.get("metadata"), over, now >= hold.expires_at)
             return [
                 {
@@ -895,7 +896,7 @@ class Enforcer:
         expired = state.expired_holds(now)
         entries: list[Mapping[str, Any]] = []
         for hold in expired:
-            left = hold.amount - state.charged_against(hold.hold_id)
+            left = subtract(hold.amount, state.charged_against(hold.hold_id))
             if hold.charge_on_expiry and left > 0:
                 entries.append(_estimated_charge(hold, left, now))
             why = "expired_charged" if hold.charge_on_expiry else "expired"

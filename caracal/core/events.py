@@ -175,8 +175,8 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
         fields = (
             check_identifier(data["agent_id"], "agent_id", error),
             check_identifier(data["resource_type"], "resource_type", error),
-            parse_amount(data["quantity"], "quantity", error),
-            parse_amount(data["cost"], "cost", error),
+            parse_amount(data["quantity"], "quantity", error, stored=True),
+            parse_amount(data["cost"], "cost", error, stored=True),
             check_currency(data["currency"], error),
         )
     except KeyError as exc:

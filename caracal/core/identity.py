@@ -9,10 +9,16 @@ Invariants every :class:`Agent` keeps (checked on construction, so an ``Agent`` 
 - ``agent_id`` is a UUID in its canonical form (36 lower-case hex digits and hyphens), the form
   ``str(uuid.uuid4())`` gives; ids therefore compare exactly as strings.
 - ``name`` follows :func:`~caracal.core.validation.check_identifier` (non-empty, at most 256 printable
-  characters), has no leading or trailing whitespace, is in Unicode NFC form (so two names that look the
-  same are the same string) and is never something :class:`uuid.UUID` would accept. "Look up by id or
-  name" is therefore never ambiguous: a string that parses as a UUID is an id, anything else is a name.
-  Names are case-sensitive.
+  characters), has no leading or trailing whitespace, is in Unicode NFC form and is never something
+  :class:`uuid.UUID` would accept. "Look up by id or name" is therefore never ambiguous: a string that
+  parses as a UUID is an id, anything else is a name.
+- **One name, one agent.** Names are compared by :func:`name_key` (Unicode NFKC, then case-folded), so
+  ``C1``, ``c1`` and a full-width ``c1`` are one name: registering a second is refused and looking any of
+  them up finds the one agent. A new name (:func:`new_agent_name`) is stored NFKC-normalized and may not
+  contain ``/`` or ``\\`` nor be ``.`` or ``..`` (names appear in REST paths and file-like references).
+  Agents registered before these rules keep their names: a stored record is checked only by the rules
+  above, so an old home whose names now clash or are now refused still loads (an exact name or the id
+  still finds each agent; a lookup that only matches by :func:`name_key` must then be unambiguous).
 - ``owner`` is a non-empty printable string of at most 256 characters (an email, a team, a user name);
   nothing more is asked of it.
 - ``parent_id`` is None or a canonical UUID other than the agent's own id.
@@ -121,6 +127,30 @@ def check_agent_name(value: object) -> str:
             f"would be ambiguous; choose a descriptive name such as 'research-bot'"
         )
     return name
+
+
+def name_key(name: str) -> str:
+    """The form in which two agent names are compared: NFKC-normalized and case-folded (then NFKC again,
+    since case folding can leave a string that is not NFKC). Names with the same key are the same name."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def new_agent_name(value: object) -> str:
+    """The name a new agent is registered under: ``value`` NFKC-normalized (full-width and other
+    compatibility forms become their plain characters) and checked by :func:`check_agent_name` plus the
+    rules for new names: no ``/`` or ``\\`` and not ``.`` or ``..``. Raises :class:`InvalidAgentError`."""
+    name = check_identifier(value, "agent name", InvalidAgentError)
+    if not name.isascii():
+        name = unicodedata.normalize("NFKC", name)
+    for separator in ("/", "\\"):
+        if separator in name:
+            _fail(
+                f"agent name must not contain {separator!r} (got {value!r}): names appear in REST paths "
+                f"such as /api/v1/agents/NAME; use '-' or '.' instead, e.g. {name.replace(separator, '-')!r}"
+            )
+    if name in (".", ".."):
+        _fail(f"agent name must not be {name!r}: it reads as a path; choose a descriptive name")
+    return check_agent_name(name)
 
 
 def check_owner(value: object) -> str:
@@ -259,7 +289,9 @@ def new_agent(
     parent_id: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Agent:
-    """A freshly registered, active agent whose ``created_at`` and ``updated_at`` are ``now``."""
+    """A freshly registered, active agent whose ``created_at`` and ``updated_at`` are ``now``; its name is
+    ``name`` as :func:`new_agent_name` normalizes it (refused if it breaks the rules for new names)."""
+    name = new_agent_name(name)
     if isinstance(agent_id, uuid.UUID):
         agent_id = str(agent_id)
     stamp = format_timestamp(now)

@@ -64,6 +64,7 @@ from caracal.core.events import (
 )
 from caracal.core.fileio import append_durably, fsync_directory, open_for_reading, write_atomically
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
+from caracal.core.money import add
 from caracal.core.sealed import seal, unseal
 from caracal.core.validation import (
     check_currency,
@@ -204,6 +205,9 @@ class LedgerWriter:
         self._set_last_checkpoint(0)
         self._last_checkpoint_at = time.monotonic()
         self._stamp: tuple[datetime | None, str] = (None, "")  # last (moment, text): a batch shares one
+        # The stored-form timestamp of the last line in the file ("" while empty): no entry is stamped
+        # earlier (see _encode). Stored forms are fixed-width, so comparing the strings compares the times.
+        self._last_stamp = ""
 
         try:
             self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
@@ -470,15 +474,16 @@ class LedgerWriter:
             events: list[LedgerEvent] = []
             leaves: list[bytes] = []
             lines: list[bytes] = []
+            floor = self._last_stamp
             for decide in decides:
                 try:
                     drafts = self._drafts(decide() or ())
                 except Exception as exc:  # handed to that decision's caller, as transact would raise it
                     results.append(exc)
                     continue
-                batch = self._encode(drafts, next_id, prev, leaves, lines)
+                batch = self._encode(drafts, next_id, prev, leaves, lines, floor)
                 if batch:
-                    next_id, prev = batch[-1].event_id + 1, leaves[-1]
+                    next_id, prev, floor = batch[-1].event_id + 1, leaves[-1], batch[-1].timestamp
                     events += batch
                     staged(batch)
                 results.append(batch)
@@ -496,19 +501,39 @@ class LedgerWriter:
         then the bookkeeping (ids, chain, Merkle leaves, checkpoint when due) and an INFO record per event."""
         leaves: list[bytes] = []
         lines: list[bytes] = []
-        events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines)
+        events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines, self._last_stamp)
         self._write_encoded(events, leaves, lines)
         return events
 
     @staticmethod
     def _encode(
-        drafts: list[_Draft], next_id: int, prev: bytes, leaves: list[bytes], lines: list[bytes]
+        drafts: list[_Draft],
+        next_id: int,
+        prev: bytes,
+        leaves: list[bytes],
+        lines: list[bytes],
+        floor: str,
     ) -> list[LedgerEvent]:
         """Give drafts their ids and chain hashes from ``next_id`` / ``prev``; their leaf hashes and line
-        bytes are appended to ``leaves`` and ``lines``."""
+        bytes are appended to ``leaves`` and ``lines``.
+
+        **Timestamps never go backwards.** ``floor`` is the stored-form timestamp of the entry before the
+        first draft (the last line of the file, read under the lock after catching up on other writers); a
+        draft stamped earlier (a clock behind another process's, or one that was set back) is stamped with
+        the time of the entry before it instead. So after an entry written by a clock that was ahead (say a
+        day), every later entry carries that later time until the clocks meet again: the spend counts at
+        the later time, which is also where the budget state counts it (its minutes never go backwards
+        either, see :mod:`caracal.core.budget`), so the ledger's days and the budgets' windows agree.
+        Explicit timestamps are held to the same rule: an entry is never dated before one already
+        recorded."""
         events = []
         sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
         for fields, extensions, body in drafts:
+            if fields[1] < floor:  # fixed-width stored forms: string order is time order
+                fields = (fields[0], floor, *fields[2:])
+                body = line_body(*fields, extensions)
+            else:
+                floor = fields[1]
             prev_hex = prev.hex()
             line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
             prev = sha256(b"\x00" + line).digest()
@@ -528,6 +553,7 @@ class LedgerWriter:
         self._end += len(payload)
         self._last_id = events[-1].event_id
         self._last_leaf = leaves[-1]
+        self._last_stamp = events[-1].timestamp
         self._unhashed += leaves
         if self._last_id >= self._next_checkpoint_size or (
             self.checkpoint_interval
@@ -717,6 +743,7 @@ class LedgerWriter:
         line_number = last_id
         leaves = []
         end = self._end
+        line = b""
         for offset, line in iter_lines(handle, self._end, size):
             line_number += 1
             fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
@@ -752,6 +779,8 @@ class LedgerWriter:
         self._unhashed += leaves
         self._last_id = last_id
         self._last_leaf = prev
+        if end != self._end:
+            self._last_stamp = _stored_stamp(line)
         self._end = end
 
     def _repair_torn_tail(self, handle: Any, size: int) -> None:
@@ -804,6 +833,7 @@ class LedgerWriter:
         self._end = offset
         self._last_id = tree.size
         self._last_leaf = last_leaf
+        self._last_stamp = _stored_stamp(line)
 
     def _save_state(self) -> None:
         state = {
@@ -894,6 +924,15 @@ class LedgerWriter:
         logger.info("backed up %s to %s (%d bytes)", self.ledger_path, newest, self._end)
 
 
+def _stored_stamp(line: bytes) -> str:
+    """The timestamp of a complete, valid line in the stored form (lines from other tools may use another
+    offset or precision)."""
+    stamp = orjson.loads(line)["timestamp"]
+    if len(stamp) == 27 and stamp[10] == "T" and stamp[26] == "Z":
+        return stamp  # type: ignore[no-any-return]
+    return format_timestamp(parse_timestamp(stamp, "timestamp", LedgerCorruptError))
+
+
 def _same_edges(a: Path, b: Path, size: int) -> bool:
     """Whether two files of ``size`` bytes start and end alike; for append-only files, that is equality."""
     probe = min(size, 4096)
@@ -936,8 +975,8 @@ class SpendTotals:
 
     def add(self, event: LedgerEvent) -> None:
         self.events += 1
-        self.quantity += event.quantity
-        self.cost += event.cost
+        self.quantity = add(self.quantity, event.quantity)  # exact: never rounded (caracal.core.money)
+        self.cost = add(self.cost, event.cost)
 
 
 def query_bound(
@@ -1031,10 +1070,13 @@ class LedgerQuery(LedgerReader):
         end_time: datetime | date | str | None = None,
         resource_type: str | None = None,
         *,
-        charges_only: bool = False,
+        charges_only: bool = True,
     ) -> list[LedgerEvent]:
-        """The entries that match every given filter: all kinds (holds and releases too) unless
-        ``charges_only``."""
+        """The charges that match every given filter; ``charges_only=False`` adds holds and releases.
+
+        Charges only by default because v0.1 callers sum what this returns: holds and releases are not
+        spend, and counting them gave several times the real spend. Summing the default result gives
+        exactly :meth:`sum_spending`."""
         return list(
             self.iter_matching(agent_id, start_time, end_time, resource_type, charges_only=charges_only)
         )

@@ -47,9 +47,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact
+from decimal import Context, Decimal
 from typing import Any, Literal, NamedTuple
 
+from caracal.core.money import MAX_FRACTION_DIGITS, exact_cost
 from caracal.core.validation import (
     MAX_AMOUNT_CHARS,
     check_currency,
@@ -229,10 +230,9 @@ def decimal_text(value: Decimal) -> str:
 
 
 def multiply_exactly(quantity: Decimal, unit_price: Decimal) -> Decimal:
-    """``quantity * unit_price`` with no rounding whatever the digits (a context wide enough for both)."""
-    digits = len(quantity.as_tuple().digits) + len(unit_price.as_tuple().digits)
-    context = Context(prec=digits + 1, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact])
-    return context.multiply(quantity, unit_price)
+    """``quantity * unit_price``, never rounded, as an amount within Caracal's bounds
+    (:func:`caracal.core.money.exact_cost`); :class:`InvalidPriceError` if it cannot be one."""
+    return exact_cost(quantity, unit_price, InvalidPriceError)
 
 
 def _set_command(resource_type: str) -> str:
@@ -528,6 +528,12 @@ def _llm_price(resource_type: str, parts: LlmResource, at: datetime, tiered: Tie
             f"set a price with `{_set_command(resource_type)}`"
         )
     unit_price = published.scaleb(-exponent, Context(prec=len(published.as_tuple().digits) + 1))
+    if unit_price.as_tuple().exponent < -MAX_FRACTION_DIGITS:  # type: ignore[operator]  # finite: checked
+        raise UnknownPriceError(
+            f"genai-prices gives {parts.kind} for {what} as {published} per {per}, which is more than "
+            f"{MAX_FRACTION_DIGITS} decimals per unit (Caracal never rounds money); set a price with "
+            f"`{_set_command(resource_type)}`"
+        )
     metadata: dict[str, Any] = {
         "genai_prices_version": data.version,
         "provider": provider.id,

@@ -6,7 +6,10 @@ Caracal reports bad input with its own exception type while the rules stay in on
 Invariants the rest of Caracal relies on:
 
 - An amount is a finite, non-negative :class:`~decimal.Decimal` whose string form is kept exactly as given
-  ("0.030" stays "0.030"). Floats are refused even when they look harmless: ``0.1`` is not one tenth.
+  ("0.030" stays "0.030"). Floats are refused even when they look harmless: ``0.1`` is not one tenth. An
+  amount given as input has at most 18 digits before and 18 after the decimal point (see
+  :mod:`caracal.core.money`); ledger lines are read with wider limits (``parse_amount(...,
+  stored=True)``), so a ledger written before those bounds still reads and verifies.
 - An identifier is a non-empty string of at most :data:`MAX_IDENTIFIER_LENGTH` printable characters (no
   control characters, line separators or invisible format characters), so it can never break a JSON line,
   a log line or a table, nor hide one agent behind a look-alike name.
@@ -29,6 +32,8 @@ from typing import Any, NoReturn
 
 import orjson
 
+from caracal.core.money import MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS
+
 MAX_IDENTIFIER_LENGTH = 256
 """Longest agent id, resource type or similar identifier, in characters."""
 
@@ -36,10 +41,12 @@ MAX_METADATA_BYTES = 16 * 1024
 """Largest metadata object, measured as its compact UTF-8 JSON encoding."""
 
 MAX_AMOUNT_CHARS = 100
-"""Longest amount accepted, in characters of its string form; far beyond any real price or quantity."""
+"""Longest amount read from a ledger line, in characters of its string form (input is bounded tighter: at
+most 18 digits before and 18 after the decimal point, :mod:`caracal.core.money`)."""
 
 MAX_AMOUNT_EXPONENT = 1000
-"""Largest power of ten (either way) an amount may reach; stops ``1E+999999`` from slowing arithmetic."""
+"""Largest power of ten (either way) an amount read from a ledger line may reach; stops ``1E+999999`` from
+slowing arithmetic."""
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
@@ -236,12 +243,19 @@ def _fail(error: type[Exception], message: str) -> NoReturn:
     raise error(message)
 
 
-def parse_amount(value: object, name: str, error: type[Exception]) -> Decimal:
-    """Return ``value`` as a finite, non-negative Decimal, keeping its exact digits.
+def parse_amount(value: object, name: str, error: type[Exception], *, stored: bool = False) -> Decimal:
+    """Return ``value`` as a finite, non-negative Decimal within Caracal's bounds, keeping its exact digits.
 
     Accepts ``Decimal``, ``int`` and numeric strings. Refuses floats, booleans, NaN, infinities, negative
-    numbers (including ``-0``) and numbers longer than :data:`MAX_AMOUNT_CHARS` characters or beyond
-    :data:`MAX_AMOUNT_EXPONENT` in magnitude. Runs on every append and every line read: keep it lean.
+    numbers (including ``-0``) and amounts with more than :data:`~caracal.core.money.MAX_INTEGER_DIGITS`
+    digits before or :data:`~caracal.core.money.MAX_FRACTION_DIGITS` after the decimal point (as written:
+    ``"1.50"`` has two), so that sums and products of amounts are always exact. Every amount given as input
+    goes through it (appends, prices, limits, holds, quantities).
+
+    ``stored=True`` applies the wider limits of what a ledger line may hold instead (at most
+    :data:`MAX_AMOUNT_CHARS` characters, magnitude within ``10**±MAX_AMOUNT_EXPONENT``), so lines written
+    before the bounds existed stay readable and verifiable. Runs on every append and every line read: keep
+    it lean.
     """
     kind = type(value)
     if kind is str:
@@ -258,7 +272,8 @@ def parse_amount(value: object, name: str, error: type[Exception]) -> Decimal:
         kind is Decimal or kind is int or (isinstance(value, (Decimal, int)) and not isinstance(value, bool))
     ):
         amount = value if kind is Decimal else Decimal(value)  # type: ignore[assignment,arg-type]
-        if len(str(amount)) > MAX_AMOUNT_CHARS:
+        text = str(amount)
+        if len(text) > MAX_AMOUNT_CHARS:
             _fail(error, f"{name} has more than {MAX_AMOUNT_CHARS} characters of digits")
     elif isinstance(value, float):
         _fail(
@@ -272,8 +287,24 @@ def parse_amount(value: object, name: str, error: type[Exception]) -> Decimal:
         _fail(error, f"{name} must be a finite number, got {amount}")
     if amount.is_signed():
         _fail(error, f"{name} must not be negative, got {amount}")
-    if not -MAX_AMOUNT_EXPONENT <= amount.adjusted() <= MAX_AMOUNT_EXPONENT:
-        _fail(error, f"{name} is out of the range Caracal accepts: {amount}")
+    if stored:
+        if not -MAX_AMOUNT_EXPONENT <= amount.adjusted() <= MAX_AMOUNT_EXPONENT:
+            _fail(error, f"{name} is out of the range Caracal accepts: {amount}")
+        return amount
+    if amount.adjusted() >= MAX_INTEGER_DIGITS and amount:
+        _fail(
+            error,
+            f"{name} must be less than 10^{MAX_INTEGER_DIGITS} (at most {MAX_INTEGER_DIGITS} digits before "
+            f"the decimal point), got {value!r}",
+        )
+    if len(text) > MAX_FRACTION_DIGITS + 1 or "E" in text or "e" in text:  # a shorter plain form cannot
+        exponent = amount.as_tuple().exponent  # have 19 decimals; as_tuple is the slow way to read them
+        if isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS:
+            _fail(
+                error,
+                f"{name} has {-exponent} digits after the decimal point; the limit is "
+                f"{MAX_FRACTION_DIGITS} (Caracal keeps money exact and never rounds it), got {value!r}",
+            )
     return amount
 
 

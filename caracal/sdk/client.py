@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from caracal.core.enforcement import Decision, Hold, PolicyStatus, Settlement
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerEvent
+from caracal.core.money import total
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.exceptions import BudgetExceededError, ConfigurationError
@@ -68,7 +69,7 @@ class BudgetScope:
 
     @property
     def spent(self) -> Decimal:
-        return sum((event.cost for event in self.charges), Decimal(0))
+        return total(event.cost for event in self.charges)
 
 
 _current_scope: contextvars.ContextVar[BudgetScope | None] = contextvars.ContextVar(

@@ -1,12 +1,14 @@
 """The ASGI application: REST API, gateway, ``/healthz``, ``/metrics`` and the OpenAPI document.
 
 :func:`create_app` builds it over a :class:`Service` (one home). Two pure ASGI middlewares wrap every
-request: a body limit (``server.max_body_bytes``; 413 before a handler sees more) and the latency
-histogram. Every error leaves as JSON in the shape of :mod:`caracal.server.errors`.
+request: the body's bounds (``server.max_body_bytes``: 413 before a handler sees more;
+``server.body_timeout``: 408 and the connection closed when the body has not arrived in time) and the
+latency histogram. Every error leaves as JSON in the shape of :mod:`caracal.server.errors`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,11 +29,19 @@ from caracal.server.gateway import proxy
 from caracal.server.service import Service
 
 
-def create_app(service: Service, *, max_body_bytes: int | None = None, own_service: bool = False) -> FastAPI:
-    """The application over ``service``; with ``own_service`` it closes the service at shutdown. The body
-    limit is the home's ``server.max_body_bytes`` unless given."""
+def create_app(
+    service: Service,
+    *,
+    max_body_bytes: int | None = None,
+    body_timeout: float | None = None,
+    own_service: bool = False,
+) -> FastAPI:
+    """The application over ``service``; with ``own_service`` it closes the service at shutdown. The body's
+    bounds are the home's ``server.max_body_bytes`` and ``server.body_timeout`` unless given."""
     if max_body_bytes is None:
         max_body_bytes = service.home.settings.max_body_bytes
+    if body_timeout is None:
+        body_timeout = service.home.settings.body_timeout
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,9 +67,9 @@ def create_app(service: Service, *, max_body_bytes: int | None = None, own_servi
     app.state.service = service
 
     @app.exception_handler(CaracalError)
-    async def caracal_error(_request: Request, exc: CaracalError) -> Response:
+    async def caracal_error(request: Request, exc: CaracalError) -> Response:
         service.metrics.errors.labels(type(exc).__name__).inc()
-        return error_response(exc)
+        return error_response(exc, getattr(request.state, "principal", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
@@ -71,14 +81,13 @@ def create_app(service: Service, *, max_body_bytes: int | None = None, own_servi
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Response:
-        if isinstance(exc, _BodyTooLarge):
-            return _too_large(exc.limit)
+        if isinstance(exc, (_BodyTooLarge, _BodyTimedOut)):
+            return exc.response()
         return http_error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness: the ledger is open and writable")
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the service is up (open: says nothing more)")
     def healthz() -> Response:
-        writer = service.enforcer.writer
-        return json_response({"status": "ok", "version": __version__, "last_event_id": writer.last_event_id})
+        return json_response({"status": "ok"})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (admin key)")
     def metrics(request: Request) -> Response:
@@ -88,8 +97,8 @@ def create_app(service: Service, *, max_body_bytes: int | None = None, own_servi
     app.include_router(api.router)
     gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
-    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes)
-    app.gateway_app = _BodyLimit(_Observed(gateway, service), max_body_bytes)
+    app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, body_timeout=body_timeout)
+    app.gateway_app = _BodyLimit(_Observed(gateway, service), max_body_bytes, body_timeout)
     return app
 
 
@@ -107,17 +116,61 @@ class _CaracalApp(FastAPI):
 
 
 class _BodyLimit:
-    """413 for a request body over the limit, by its Content-Length or by counting what arrives."""
+    """The request body's bounds, in size and in time.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    - 413 for a body over ``max_body_bytes``, by its Content-Length or by counting what arrives.
+    - 408 for a body that has not fully arrived ``body_timeout`` seconds after the request reached the app
+      (its headers did): a client that sends part of a body and stalls cannot hold a connection and a
+      handler forever. The bound covers the whole body, so trickling it in byte by byte does not help.
+    - An answer sent before the whole body arrived (those two, or a 401 that did not need the body) closes
+      the connection (``Connection: close``): the unread rest must not be taken for a next request, and a
+      client trickling it in must not keep the connection open after its answer.
+
+    Only reading the body is bounded: once it is complete, waiting for the client to disconnect (as a
+    streamed answer does) is not.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout: float):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        received = 0
+        complete = False
+        started = False
+
+        async def bounded_receive() -> Message:
+            nonlocal received, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise _BodyTimedOut(self.body_timeout) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
+            else:  # the client is gone: there is no more body to wait for
+                complete = True
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if not complete:
+                    message = {**message, "headers": [*message.get("headers", ()), _CLOSE]}
+            await send(message)
+
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -125,40 +178,40 @@ class _BodyLimit:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await _too_large(limit)(scope, receive, send)
+                    await _too_large(limit)(scope, receive, tracking_send)
                     return
-        received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge(limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
+            await self.app(scope, bounded_receive, tracking_send)
+        except (_BodyTooLarge, _BodyTimedOut) as exc:
             if not started:
-                await _too_large(limit)(scope, receive, send)
+                await exc.response()(scope, receive, tracking_send)
+
+
+_CLOSE = (b"connection", b"close")
 
 
 class _BodyTooLarge(HTTPException):
-    """Raised by the counting ``receive``: an HTTPException, so that FastAPI's body parsing re-raises it
+    """Raised by the bounded ``receive``: an HTTPException, so that FastAPI's body parsing re-raises it
     (it turns any other exception into "400 error parsing the body") and the app answers 413."""
 
     def __init__(self, limit: int):
         super().__init__(413, _too_large_message(limit))
         self.limit = limit
+
+    def response(self) -> Response:
+        return _too_large(self.limit)
+
+
+class _BodyTimedOut(HTTPException):
+    """Raised by the bounded ``receive`` when the body is late (an HTTPException for the same reason)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s (server.body_timeout)")
+
+    def response(self) -> Response:
+        response = error_response(InvalidRequestError(str(self.detail)))
+        response.status_code = 408
+        return response
 
 
 def _too_large_message(limit: int) -> str:

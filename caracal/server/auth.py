@@ -5,7 +5,9 @@
 - The **admin key** (made by ``caracal init``, in ``keys/admin.key``) may do everything.
 - An **agent key** acts only for its own agent: it may record, hold, settle and release for that agent and
   no other; it may *read* (check, budget status, its agents, its ledger entries) its own agent and its
-  descendants. Everything else is 403 (401 when the key is missing, unknown or revoked).
+  descendants. Everything else is 403 (401 when the key is missing, unknown or revoked); for an agent key,
+  an agent that does not exist gets the same 403 as one outside its scope, so names cannot be probed
+  (:mod:`caracal.server.errors`).
 - The key of a **suspended** agent (or of an agent with a suspended ancestor) may read, not write: every
   write route (events, holds, settle, release, the gateway) answers 403 (:func:`require_writable`).
 """

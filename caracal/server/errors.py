@@ -4,15 +4,24 @@ Body: ``{"error": {"type": "<CaracalError subclass>", "code": "<snake_case>", "m
 shape OpenAI and Anthropic clients read, so a gateway denial shows up readably in agent logs). A denial
 adds ``"decision"`` (the policy, the limit, what is spent, held and remaining). ``type`` is the exception's
 class name, so the remote SDK raises the same exception the embedded client would.
+
+**Answers to agent keys reveal nothing about other agents or the host** (:func:`error_response` with the
+caller's principal): an unknown agent gets the same 403 as another agent's (:meth:`Principal.out_of_scope`,
+so an agent key cannot probe which names exist, and no registry path, agent count or look-alike names
+leave); an idempotency conflict does not describe the other charge; a server-side failure (5xx) keeps its
+``type`` but its message says only that the server's log has the details (it may name files, hosts or
+configuration), and the full message is logged. The admin key gets every message in full.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from starlette.responses import Response
 
+from caracal.core.apikeys import Principal
 from caracal.core.validation import dumps
 from caracal.exceptions import (
     AgentNotFoundError,
@@ -36,6 +45,8 @@ from caracal.exceptions import (
     UnknownPriceError,
     UpstreamError,
 )
+
+logger = logging.getLogger("caracal.server")
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (AuthenticationError, 401),
@@ -62,6 +73,8 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
 
 
 def status_of(exc: BaseException) -> int:
+    if isinstance(exc, _Redacted):
+        exc = exc.original
     for kind, status in _STATUS:
         if isinstance(exc, kind):
             return status
@@ -72,8 +85,12 @@ def _code(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removesuffix("Error")).lower()
 
 
-def error_response(exc: CaracalError) -> Response:
-    name = type(exc).__name__
+def error_response(exc: CaracalError, caller: Principal | None = None) -> Response:
+    """The HTTP answer to ``exc``; ``caller`` is who asked (None before authentication, or unknown), and an
+    agent key's answer is redacted (see the module docstring)."""
+    if caller is not None and not caller.is_admin:
+        exc = _for_agent_key(exc, caller)
+    name = type(exc.original if isinstance(exc, _Redacted) else exc).__name__
     body: dict[str, Any] = {"type": name, "code": _code(name), "message": str(exc)}
     decision = getattr(exc, "decision", None)
     if decision is not None:
@@ -81,6 +98,33 @@ def error_response(exc: CaracalError) -> Response:
     status = status_of(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return json_response({"error": body}, status, headers)
+
+
+class _Redacted(CaracalError):
+    """A server-side failure as an agent key sees it: the original's type and status, a message that
+    names nothing of the host."""
+
+    def __init__(self, original: CaracalError):
+        outcome = getattr(original, "outcome", None)
+        super().__init__(
+            f"the server could not complete this request ({type(original).__name__}"
+            + (f": {outcome}" if outcome else "")
+            + "); the server's log has the details"
+        )
+        self.original = original
+
+
+def _for_agent_key(exc: CaracalError, caller: Principal) -> CaracalError:
+    if isinstance(exc, AgentNotFoundError):
+        return PermissionDeniedError(caller.out_of_scope())
+    if isinstance(exc, IdempotencyConflictError):
+        return IdempotencyConflictError(
+            "this idempotency key was already used for a different charge; use a new key for a new charge"
+        )
+    if status_of(exc) >= 500:
+        logger.error("agent key %s is told only that %s happened: %s", caller.key_id, type(exc).__name__, exc)
+        return _Redacted(exc)
+    return exc
 
 
 def http_error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -9,7 +9,9 @@ Invariants:
 - **Consistent or refused.** Every read checks the whole document: each record valid
   (:class:`~caracal.core.identity.Agent`), keyed by its own id, names unique, every parent present, no
   cycle. A registry that breaks any of these raises :class:`RegistryError` (fail closed), naming the file
-  and its backups; it is never silently repaired or replaced.
+  and its backups; it is never silently repaired or replaced. Registration also keeps names unique as
+  :func:`~caracal.core.identity.name_key` compares them (case and Unicode compatibility forms ignored);
+  records written before that rule may share a key and still load (see :meth:`AgentRegistry.get`).
 - **A tree by construction.** A parent is set only at registration and must already exist, so the API
   cannot create a cycle; :func:`~caracal.core.identity.would_create_cycle` is still checked.
 - **Cheap reads.** The parsed, checked document is cached per registry object, keyed by the file's
@@ -50,6 +52,7 @@ from caracal.core.identity import (
     check_status,
     children_index,
     descendants,
+    name_key,
     new_agent,
     would_create_cycle,
 )
@@ -90,6 +93,8 @@ class _Snapshot:
     by_id: dict[str, Agent]
     by_name: dict[str, str]
     children: dict[str, builtins.list[str]] = field(default_factory=dict)
+    by_key: dict[str, builtins.list[str]] = field(default_factory=dict)
+    """:func:`name_key` -> the ids of the agents whose names have it (two only in homes that predate it)."""
 
 
 _EMPTY = _Snapshot({}, {})
@@ -174,10 +179,13 @@ class AgentRegistry:
         # Validate everything the caller gave before taking the lock; the parent is resolved under it.
         agent = new_agent(name, owner, agent_id=agent_id, now=(clock or self._clock)(), metadata=metadata)
         with self._transaction() as (agents, snapshot):
-            if agent.name in snapshot.by_name:
-                existing = snapshot.by_name[agent.name]
+            clashing = snapshot.by_key.get(name_key(agent.name))
+            if clashing:
+                existing = snapshot.by_id[clashing[0]]
+                same = "" if existing.name == agent.name else " (names ignore case and character width)"
                 raise DuplicateAgentError(
-                    f"an agent named {agent.name!r} already exists (id {existing}); choose another name"
+                    f"an agent named {existing.name!r} already exists{same} (id {existing.agent_id}); "
+                    f"choose another name"
                 )
             if agent.agent_id in snapshot.by_id:
                 raise DuplicateAgentError(
@@ -226,6 +234,12 @@ class AgentRegistry:
 
     def get(self, id_or_name: str | uuid.UUID) -> Agent:
         """The agent with this id (any spelling of the UUID) or name.
+
+        A name matches exactly, else as :func:`~caracal.core.identity.name_key` compares names (``C1``,
+        ``c1`` and a full-width ``c1`` find the same agent). In a home registered before names were
+        compared that way, two agents may share a key: each is still found by its exact name or id, and
+        a lookup matching only by key is refused as ambiguous (:class:`AgentNotFoundError` naming the
+        candidates) rather than guessed.
 
         Raises :class:`AgentNotFoundError` (with close names, if any) or :class:`InvalidAgentError` for a
         reference that is not a string or is empty.
@@ -311,6 +325,15 @@ class AgentRegistry:
             )
         if not ref or ref.isspace():
             raise InvalidAgentError(f"{role} id or name must not be empty")
+        matches = snapshot.by_key.get(name_key(ref), ())
+        if len(matches) == 1:
+            return snapshot.by_id[matches[0]]
+        if matches:
+            names = " and ".join(repr(snapshot.by_id[agent_id].name) for agent_id in matches)
+            raise AgentNotFoundError(
+                f"no {role} is named exactly {ref!r}, and it matches several agents registered before "
+                f"names ignored case and character width ({names}): use the exact name or the id"
+            )
         message = f"no {role} named {ref!r} in {self.path} ({self._count(snapshot)})"
         close = difflib.get_close_matches(ref, builtins.list(snapshot.by_name), n=3)
         if close:
@@ -369,6 +392,7 @@ class AgentRegistry:
             )
         by_id: dict[str, Agent] = {}
         by_name: dict[str, str] = {}
+        by_key: dict[str, builtins.list[str]] = {}
         for key, record in records.items():
             try:
                 agent = Agent.from_dict(record)
@@ -388,6 +412,7 @@ class AgentRegistry:
                 )
             by_id[key] = agent
             by_name[agent.name] = key
+            by_key.setdefault(name_key(agent.name), []).append(key)
         checked: set[str] = set()
         for agent in by_id.values():
             path: builtins.list[str] = []
@@ -409,7 +434,7 @@ class AgentRegistry:
                 on_path.add(current)
                 current = holder.parent_id
             checked.update(path)
-        return _Snapshot(by_id, by_name, children_index(by_id))
+        return _Snapshot(by_id, by_name, children_index(by_id), by_key)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[tuple[dict[str, Any], _Snapshot]]:

@@ -196,3 +196,43 @@ def test_demo_runs_end_to_end_and_catches_the_tampered_copy(tmp_path: Path) -> N
     assert "OK: the ledger is intact" in result.stdout
     assert "verify of the tampered copy: FAILED; first bad event: 2" in result.stdout
     assert (tmp_path / "demo" / "data" / "ledger.jsonl").exists()
+
+
+def caracal(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a fresh process on the test's home ($CARACAL_HOME is inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "caracal", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_append_in_a_home_records_the_registered_agent_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    """In an initialized home, `ledger append --agent-id c1` charges the registered agent c1 (by its id), so
+    the charge counts against c1's own policy as well as its parent's; an unknown agent is refused and
+    nothing is written. A ledger outside the home still records ids as given."""
+    assert caracal("init").returncode == 0
+    assert caracal("agent", "register", "--name", "team", "--owner", "ops").returncode == 0
+    registered = caracal("agent", "register", "--name", "c1", "--owner", "ops", "--parent", "team", "--json")
+    c1 = json.loads(registered.stdout)["agent_id"]
+    for agent in ("team", "c1"):
+        assert caracal("policy", "create", "--agent-id", agent, "--limit", "10").returncode == 0
+
+    charge = ["--resource-type", "tool.search.calls", "--quantity", "1", "--cost", "0.25"]
+    for ref in ("c1", "C1", c1):
+        appended = caracal("ledger", "append", "--agent-id", ref, *charge, "--json")
+        assert appended.returncode == 0, appended.stderr
+        assert json.loads(appended.stdout)[0]["agent_id"] == c1
+    status = caracal("budget", "status", "--agent-id", "c1", "--json")
+    assert status.returncode == 0, status.stderr
+    assert [s["spent"] for s in json.loads(status.stdout)] == ["0.75", "0.75"]  # c1's policy and team's
+
+    ledger = Path(os.environ["CARACAL_HOME"]) / "data" / "ledger.jsonl"
+    before = ledger.read_bytes()
+    unknown = caracal("ledger", "append", "--agent-id", "nobody", *charge)
+    assert unknown.returncode == 1
+    assert "no agent named 'nobody'" in unknown.stderr and "caracal agent register" in unknown.stderr
+    assert ledger.read_bytes() == before
+
+    elsewhere = tmp_path / "plain" / "ledger.jsonl"
+    plain = caracal("ledger", "append", "--ledger", str(elsewhere), "--agent-id", "nobody", *charge, "--json")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)[0]["agent_id"] == "nobody"

@@ -4,6 +4,7 @@ SIGTERM. What was recorded through it must be on disk, verified and checkpointed
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -110,3 +111,84 @@ def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert "created the admin API key" in process.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def impatient(caracal_home: Path) -> Iterator[tuple[int, str]]:
+    """``caracal serve`` with ``server.body_timeout = 1``: (port, admin key)."""
+    for command in (["init"], ["agent", "register", "--name", "bot", "--owner", "ops"]):
+        subprocess.run([sys.executable, "-m", "caracal", *command], check=True, capture_output=True)
+    config = caracal_home / "config.toml"
+    text = config.read_text()
+    assert "\nbody_timeout = 30\n" in text  # documented in the config init writes
+    config.write_text(text.replace("\nbody_timeout = 30\n", "\nbody_timeout = 1\n"))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process)
+        yield port, (caracal_home / "keys" / "admin.key").read_text().strip()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it keeps it open (the bound is
+    generous: this is about "closed at all", not about how fast)."""
+    sock.settimeout(30)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pytest.fail(f"the server kept the connection open; it sent {data!r}")
+    return data
+
+
+def partial_request(port: int, path: str, headers: dict[str, str]) -> socket.socket:
+    """A POST whose headers promise 200 bytes of body, of which only the first 20 are sent."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 200\r\n{head}\r\n".encode()
+        + b'{"agent_id": "bot", '
+    )
+    return sock
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/holds", "/v1/chat/completions"])
+def test_a_stalled_request_body_times_out_and_the_connection_is_closed(
+    impatient: tuple[int, str], path: str
+) -> None:
+    port, admin = impatient
+    headers = {"Authorization": f"Bearer {admin}", "X-Caracal-Agent": "bot"}
+    with partial_request(port, path, headers) as sock:
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"body_timeout" in answer
+
+
+def test_a_body_trickled_in_byte_by_byte_still_times_out(impatient: tuple[int, str]) -> None:
+    port, admin = impatient
+    with partial_request(port, "/api/v1/events", {"Authorization": f"Bearer {admin}"}) as sock:
+        for _ in range(100):  # 100 x 0.3 s: far past the 1 s bound, which covers the whole body
+            if select.select([sock], [], [], 0.3)[0]:
+                break
+            sock.sendall(b" ")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_an_answer_given_before_the_body_arrived_closes_the_connection(impatient: tuple[int, str]) -> None:
+    """A request refused without reading its body (here: no key, 401) is answered and its connection closed,
+    so the client cannot keep it open by trickling in the rest."""
+    port, _admin = impatient
+    with partial_request(port, "/api/v1/events", {}) as sock:
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer
+    assert b"connection: close" in answer.lower()

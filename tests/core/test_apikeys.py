@@ -190,7 +190,8 @@ def test_principal_scope() -> None:
     assert not agent.can_read([other]) and not agent.can_read([])
     agent.require_act_for(AGENT_ID)
     agent.require_read([child, AGENT_ID])
-    with pytest.raises(PermissionDeniedError, match="cannot act for"):
+    with pytest.raises(PermissionDeniedError, match="cannot act for") as acting:
         agent.require_act_for(other)
-    with pytest.raises(PermissionDeniedError, match="may read only"):
+    with pytest.raises(PermissionDeniedError, match="may read only") as reading:
         agent.require_read([other])
+    assert other not in str(acting.value) + str(reading.value)  # the other agent is never named

@@ -832,11 +832,12 @@ def test_ledger_query_sums_only_charges(env: Env) -> None:
     assert query.summarize("agent")[(agent, "USD")].events == 2
     assert query.sum_spending(agent) == env.enforcer.check("worker").spent
 
-    everything = query.get_events()
-    assert len(everything) == len(env.events()) == 8  # holds and releases are listed
-    assert {e.kind for e in everything} == {"hold", "release", None}
-    charges = query.get_events(charges_only=True)
+    charges = query.get_events()  # v0.1 callers sum this: charges only, so the sum is the spend
     assert [e.cost for e in charges] == [Decimal("1.25"), Decimal("0.5")]
+    assert sum(e.cost for e in charges) == query.sum_spending(agent)
+    everything = query.get_events(charges_only=False)
+    assert len(everything) == len(env.events()) == 8  # holds and releases on request
+    assert {e.kind for e in everything} == {"hold", "release", None}
     assert [e.event_id for e in query.iter_matching()] == [e.event_id for e in charges]
     assert len(list(query.iter_matching(charges_only=False))) == 8
-    assert query.get_events(resource_type=HOLD_RESOURCE, agent_id=agent)  # filtering still finds holds
+    assert query.get_events(resource_type=HOLD_RESOURCE, agent_id=agent, charges_only=False)

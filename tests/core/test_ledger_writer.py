@@ -290,16 +290,44 @@ def test_an_injected_clock_stamps_events_without_a_timestamp(ledger_path: Path) 
     readings = iter(T0 + timedelta(seconds=n) for n in range(100))
     with open_writer(ledger_path, clock=lambda: next(readings)) as writer:
         first = charge(writer)
-        batch = writer.append_events([item(), item(timestamp="2020-01-01T00:00:00Z"), item()])
+        batch = writer.append_events([item(), item(timestamp="2026-02-01T00:00:00Z"), item()])
         explicit = charge(writer, timestamp=T0 - timedelta(days=1))
     assert first.timestamp == "2026-01-31T12:00:00.000000Z"
-    # A group commit reads the clock once: its events share their moment; explicit timestamps are kept.
+    # A group commit reads the clock once: its events share their moment; a later explicit timestamp is
+    # kept, and nothing after it is dated earlier (explicit or not).
     assert [e.timestamp for e in batch] == [
         "2026-01-31T12:00:01.000000Z",
-        "2020-01-01T00:00:00.000000Z",
-        "2026-01-31T12:00:01.000000Z",
+        "2026-02-01T00:00:00.000000Z",
+        "2026-02-01T00:00:00.000000Z",
     ]
-    assert explicit.timestamp == "2026-01-30T12:00:00.000000Z"
+    assert explicit.timestamp == "2026-02-01T00:00:00.000000Z"
+
+
+@pytest.mark.parametrize("opened", ["before", "after"])
+def test_timestamps_never_go_backwards_across_writers(ledger_path: Path, opened: str) -> None:
+    """A process whose clock was a day ahead wrote an entry; a process with a correct clock (opened before
+    that append, so it catches up under the lock, or after it, resuming from the saved state) never dates
+    its entries earlier: the ledger stays in time order, and the day of its spend is the day the budget
+    state counts it in."""
+    ahead = T0 + timedelta(days=1)
+    normal = open_writer(ledger_path, clock=lambda: T0) if opened == "before" else None
+    with open_writer(ledger_path, clock=lambda: ahead) as skewed:
+        charge(skewed)
+    if normal is None:
+        normal = open_writer(ledger_path, clock=lambda: T0)
+    with normal:
+        single = charge(normal)
+        batch = normal.append_events([item(), item()])
+        [grouped] = normal.transact_group([lambda: [item()]], lambda _events: None)
+    assert isinstance(grouped, list)
+    stamps = [orjson.loads(line)["timestamp"] for line in lines(ledger_path)]
+    assert stamps == ["2026-02-01T12:00:00.000000Z"] * 5
+    assert [e.timestamp for e in [single, *batch, *grouped]] == stamps[1:]
+    days = LedgerQuery(ledger_path).summary_by_day()
+    assert {day for day, _currency in days} == {"2026-02-01"}
+
+    with open_writer(ledger_path, clock=lambda: ahead + timedelta(seconds=1)) as later:
+        assert charge(later).timestamp == "2026-02-01T12:00:01.000000Z"  # a later clock is used as it is
 
 
 def test_a_clock_in_another_zone_is_converted_to_utc(ledger_path: Path) -> None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from caracal.core import pricebook as pricebook_module
+from caracal.core.money import MAX_INTEGER_DIGITS
 from caracal.core.pricebook import (
     EPOCH,
     LEGACY_MODEL_ALIASES,
@@ -160,14 +161,20 @@ def test_decimal_text_keeps_digits_and_exponent() -> None:
     assert decimal_text(Decimal("1.35E-7")) == "0.000000135"
 
 
+def _in_bounds(amount: Decimal) -> bool:
+    """At most 18 digits before and 18 after the decimal point: what Caracal accepts as input."""
+    exponent = amount.as_tuple().exponent
+    return amount.adjusted() < MAX_INTEGER_DIGITS and isinstance(exponent, int) and exponent >= -18
+
+
 amounts = st.decimals(
     min_value=0, max_value=Decimal("1E+12"), allow_nan=False, allow_infinity=False, places=None
-)
+).filter(_in_bounds)
 small_amounts = st.builds(
     lambda digits, exponent: Decimal(digits).scaleb(exponent),
     st.integers(min_value=0, max_value=10**30),
     st.integers(min_value=-40, max_value=10),
-)
+).filter(_in_bounds)
 moments = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 
 
@@ -273,11 +280,27 @@ def test_cost_is_exact() -> None:
     assert cost == Decimal("0.090") and str(cost) == "0.090" and price.unit_price == Decimal("0.030")
     assert book.cost("tool.search.calls", "0.1", T0)[0] == Decimal("0.0030")
     assert book.cost("tool.search.calls", Decimal(0), T0)[0] == 0
-    # far beyond the default 28-digit context: still exact
-    wide = Pricebook([user_price(unit="0.123456789012345678901234567891")])
-    quantity = Decimal("987654321098765432109876543210.5")
+    # beyond the default 28-digit context (36 digits): still exact
+    wide = Pricebook([user_price(unit="0.123456789012345678")])
+    quantity = Decimal("987654321098765432")
     cost, _ = wide.cost("tool.search.calls", quantity, T0)
-    assert Fraction(cost) == Fraction(quantity) * Fraction(Decimal("0.123456789012345678901234567891"))
+    assert Fraction(cost) == Fraction(quantity) * Fraction(Decimal("0.123456789012345678"))
+    assert str(cost) == "121932631137021794.322511812221002896"
+
+
+def test_a_cost_must_fit_the_bounds_exactly() -> None:
+    """quantity x price is recorded only if it is an exact amount within the bounds: trailing zeros past 18
+    decimals are dropped (same value); a 19th decimal or 10^18 and more is refused, never rounded."""
+    book = Pricebook([user_price(unit="0.000000000000000025")])  # 18 decimals
+    assert format(book.cost("tool.search.calls", "2.00", T0)[0], "f") == "0.000000000000000050"
+    with pytest.raises(InvalidPriceError, match="more than 18 digits after the decimal point"):
+        book.cost("tool.search.calls", "1.5", T0)  # 0.0000000000000000375
+    dear = Pricebook([user_price(unit="1000000000")])
+    assert dear.cost("tool.search.calls", "999999999", T0)[0] == Decimal("999999999000000000")
+    with pytest.raises(InvalidPriceError, match="10\\^18 or more"):
+        dear.cost("tool.search.calls", "1000000000", T0)
+    with pytest.raises(InvalidPriceError, match="less than 10\\^18"):
+        Price("r.x", "1e400")
 
 
 @pytest.mark.parametrize(
@@ -293,8 +316,13 @@ def test_cost_refuses_bad_quantities(quantity: object, match: str) -> None:
 @given(quantity=st.one_of(amounts, small_amounts), unit=st.one_of(amounts, small_amounts))
 def test_cost_equals_quantity_times_unit_price_exactly(quantity: Decimal, unit: Decimal) -> None:
     book = Pricebook([user_price(unit=str(unit))])
+    exact = Fraction(quantity) * Fraction(unit)
+    if exact >= 10**18 or (exact * 10**18).denominator != 1:
+        with pytest.raises(InvalidPriceError):  # not an amount Caracal can record without rounding
+            book.cost("tool.search.calls", quantity, T0)
+        return
     cost, price = book.cost("tool.search.calls", quantity, T0)
-    assert Fraction(cost) == Fraction(quantity) * Fraction(unit)
+    assert Fraction(cost) == exact
     assert cost == multiply_exactly(quantity, price.unit_price)
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from caracal.core.events import LedgerEvent, parse_line
 from caracal.core.ledger import LedgerReader, LedgerWriter
+from caracal.core.money import MAX_FRACTION_DIGITS, MAX_INTEGER_DIGITS
 from caracal.core.validation import (
     ISO_4217_CODES,
     MAX_AMOUNT_CHARS,
@@ -56,7 +57,15 @@ amounts = st.builds(
     st.lists(st.integers(0, 9), min_size=1, max_size=30),
     st.integers(-30, 30),
 )
-"""Finite, non-negative Decimals with their exact digits (trailing zeros and exponents included)."""
+"""Finite, non-negative Decimals with their exact digits (trailing zeros and exponents included): what a
+ledger line may hold."""
+
+input_amounts = amounts.filter(
+    lambda amount: (
+        amount.adjusted() < MAX_INTEGER_DIGITS and amount.as_tuple().exponent >= -MAX_FRACTION_DIGITS
+    )
+)
+"""The amounts Caracal accepts as input: at most 18 digits before and 18 after the decimal point."""
 
 timestamps = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc)
@@ -300,11 +309,43 @@ def test_parse_line_names_the_line_number() -> None:
         (Decimal("2.50"), "2.50"),
         (0, "0"),
         (12, "12"),
-        ("1e-1000", "1E-1000"),
+        ("1e-18", "1E-18"),
+        ("999999999999999999.999999999999999999", "999999999999999999.999999999999999999"),
+        ("1.000000000000000000", "1.000000000000000000"),
+        ("1E+17", "1E+17"),
+        (10**18 - 1, "999999999999999999"),
     ],
 )
 def test_parse_amount_keeps_exact_digits(value: object, expected: str) -> None:
     assert str(parse_amount(value, "cost", Refused)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("1e400", "less than 10\\^18"),
+        ("1E+18", "less than 10\\^18"),
+        ("1000000000000000000", "less than 10\\^18"),
+        (10**18, "less than 10\\^18"),
+        (Decimal("1000000000000000000.5"), "less than 10\\^18"),
+        ("0.0000000000000000001", "19 digits after the decimal point"),
+        ("1e-19", "19 digits after the decimal point"),
+        ("1.0000000000000000000", "19 digits after the decimal point"),
+        (Decimal("2.5E-30"), "31 digits after the decimal point"),
+    ],
+)
+def test_parse_amount_refuses_amounts_beyond_the_bounds(value: object, fragment: str) -> None:
+    """Bounded input keeps every sum and product exact; ``1e400`` was accepted and summed as
+    ``1.000...E+400``, rounded at 28 digits."""
+    with pytest.raises(Refused, match=fragment) as info:
+        parse_amount(value, "cost", Refused)
+    assert "cost" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["1e400", "1E-1000", "0.0000000000000000000001", "1" * 40])
+def test_ledger_lines_are_read_with_the_wider_stored_limits(text: str) -> None:
+    """A ledger written before the bounds still reads (and verifies): stored amounts keep the old limits."""
+    assert str(parse_amount(text, "cost", Refused, stored=True)) == str(Decimal(text))
 
 
 @pytest.mark.parametrize(
@@ -337,6 +378,9 @@ def test_parse_amount_keeps_exact_digits(value: object, expected: str) -> None:
 )
 def test_parse_amount_refuses(value: object, fragment: str) -> None:
     with pytest.raises(Refused, match=fragment) as info:
+        parse_amount(value, "cost", Refused, stored=True)
+    assert "cost" in str(info.value)
+    with pytest.raises(Refused) as info:  # input is bounded tighter still
         parse_amount(value, "cost", Refused)
     assert "cost" in str(info.value)
 
@@ -369,7 +413,13 @@ def test_parse_amount_of_text_matches_decimal_semantics(text: str) -> None:
     try:
         amount = parse_amount(text, "quantity", Refused)
     except Refused:
-        assert expected is None or not expected.is_finite() or expected.is_signed()
+        assert (
+            expected is None
+            or not expected.is_finite()
+            or expected.is_signed()
+            or (expected.adjusted() >= MAX_INTEGER_DIGITS and expected)
+            or expected.as_tuple().exponent < -MAX_FRACTION_DIGITS  # type: ignore[operator]
+        )
     else:
         assert expected is not None
         assert str(amount) == str(expected)
@@ -735,8 +785,8 @@ def test_fuzzed_input_is_either_appended_exactly_or_refused_cleanly(
         {
             "agent_id": mostly(identifiers),
             "resource_type": mostly(identifiers),
-            "quantity": mostly(amounts | amounts.map(str)),
-            "cost": mostly(amounts | amounts.map(str)),
+            "quantity": mostly(input_amounts | input_amounts.map(str)),
+            "cost": mostly(input_amounts | input_amounts.map(str)),
             "currency": mostly(st.sampled_from(["USD", "EUR"])),
             "metadata": mostly(st.none() | metadata_objects),
             "timestamp": mostly(timestamps),
@@ -768,7 +818,12 @@ def test_fuzzed_input_is_either_appended_exactly_or_refused_cleanly(
 def test_appended_events_read_back_identically(writer: LedgerWriter, ledger_path: Path) -> None:
     @settings(max_examples=60, deadline=None)
     @given(
-        identifiers, identifiers, amounts, amounts, st.sampled_from(["USD", "EUR", "JPY"]), metadata_objects
+        identifiers,
+        identifiers,
+        input_amounts,
+        input_amounts,
+        st.sampled_from(["USD", "EUR", "JPY"]),
+        metadata_objects,
     )
     def check(
         agent: str, resource: str, quantity: Decimal, cost: Decimal, currency: str, metadata: dict[str, Any]

@@ -19,8 +19,10 @@ from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
     ConfigurationError,
+    DuplicateAgentError,
     HoldNotFoundError,
     IdempotencyConflictError,
+    InvalidAgentError,
     InvalidMeteringEventError,
     UnknownPriceError,
 )
@@ -352,8 +354,8 @@ def test_a_held_lock_times_out_and_denies(sdk: Transport, caracal_home: Path, cl
         os.close(lock)
 
 
-def test_agent_names_with_slashes_and_odd_characters(client: CaracalClient) -> None:
-    for name in ("team/bot", "a b?c#d%2F", ".."):
+def test_agent_names_with_odd_characters(client: CaracalClient) -> None:
+    for name in ("a b?c#d%2F", "..x", "50% off"):
         agent = client.register_agent(name, "user@example.com")
         client.create_policy(name, "1.00")
         assert client.get_agent(name) == agent
@@ -363,3 +365,25 @@ def test_agent_names_with_slashes_and_odd_characters(client: CaracalClient) -> N
         assert scope.spent == Decimal("0.10") and scope.settlement is not None
     with pytest.raises(AgentNotFoundError):
         client.get_agent("team/nobody")
+
+
+@pytest.mark.parametrize("name", ["team/bot", "../x", "a\\b", "..", ".", "team\uff0fbot", "bell\x07"])
+def test_path_like_agent_names_are_refused(client: CaracalClient, name: str) -> None:
+    with pytest.raises(InvalidAgentError, match="agent name"):
+        client.register_agent(name, "user@example.com")
+    client.register_agent("someone", "user@example.com")  # nothing was registered under the bad name
+    with pytest.raises(AgentNotFoundError):
+        client.get_agent(name)
+
+
+def test_agent_names_are_one_name_whatever_the_case_or_width(client: CaracalClient) -> None:
+    agent = client.register_agent("C1", "user@example.com")
+    for other in ("c1", "\uff43\uff11", "\uff23\uff11"):  # full-width c1 and C1
+        with pytest.raises(DuplicateAgentError, match="'C1' already exists"):
+            client.register_agent(other, "user@example.com")
+        assert client.get_agent(other) == agent
+    client.create_policy("c1", "1.00")
+    with client.budget_check("\uff43\uff11", estimated_cost="0.20"):
+        client.emit_event("c1", "tool.search.calls", 1)
+    assert client.check("C1").spent == Decimal("0.10")
+    assert client.register_agent("\uff44\uff12", "user@example.com").name == "d2"  # stored NFKC-normalized

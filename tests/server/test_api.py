@@ -409,7 +409,7 @@ def test_ledger_events_filters(server: Live) -> None:
     assert len(mine) == 2
     error_of(server.get(f"{API}/ledger/events", "worker"), 403)
     error_of(server.get(f"{API}/ledger/events", "worker", params={"agent_id": "team"}), 403)
-    error_of(server.get(f"{API}/ledger/events", "worker", params={"agent_id": "nobody"}), 404)
+    error_of(server.get(f"{API}/ledger/events", "worker", params={"agent_id": "nobody"}), 403)  # as "team"
 
 
 def test_ledger_events_errors(server: Live) -> None:

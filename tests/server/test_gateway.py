@@ -576,6 +576,7 @@ def test_unreachable_upstream_is_502_and_releases_the_hold(tmp_path: Path) -> No
             _bound, _forward, hold = live.worst_case(path, body)
             error = error_of(live.post(path, body, agent=agent), 502, "UpstreamError")
             assert "released" in error["message"]
+            assert "127.0.0.1" not in error["message"]  # an agent key is told the outcome, not the address
             assert_released(live, agent, hold)
 
 

@@ -148,9 +148,48 @@ def test_a_duplicate_name_is_refused_and_changes_nothing(registry: AgentRegistry
     assert not path.with_name("agents.json.bak.2").exists()  # no write, so no rotation either
 
 
-def test_names_are_case_sensitive(registry: AgentRegistry) -> None:
-    registry.register("bot", "ops")
-    assert registry.register("Bot", "ops").name == "Bot"
+def test_names_ignore_case_and_character_width(registry: AgentRegistry) -> None:
+    bot = registry.register("Bot", "ops")
+    for same in ("bot", "BOT", "\uff42\uff4f\uff54", "\uff22ot"):  # full-width forms too
+        with pytest.raises(DuplicateAgentError, match="'Bot' already exists"):
+            registry.register(same, "ops")
+        assert registry.get(same) == bot
+    assert [agent.name for agent in registry.list()] == ["Bot"]
+    assert registry.register("\uff43\uff11", "ops").name == "c1"  # stored NFKC-normalized
+    assert registry.get("C1").name == "c1"
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "..", ".", "a\\b", "\uff0e\uff0e", "team\uff0fbot", "x\x1b"])
+def test_path_like_names_are_refused(registry: AgentRegistry, path: Path, name: str) -> None:
+    with pytest.raises(InvalidAgentError, match="agent name"):
+        registry.register(name, "ops")
+    assert not path.exists()  # nothing was written
+
+
+def test_a_home_registered_before_the_name_rules_still_loads_and_works(
+    registry: AgentRegistry, path: Path
+) -> None:
+    """Names that now clash (C1 / full-width C1 / c1) or are now refused (a/b, ../x, ..) were accepted by
+    earlier versions: such a registry still loads, every agent is found by its exact name and by id, a
+    lookup that matches several only ignoring case is refused as ambiguous, and no new clash is let in."""
+    old = [raw("C1"), raw("\uff23\uff11"), raw("a/b"), raw("../x"), raw(".."), raw("Solo")]
+    old.append(raw("child", parent_id=old[2]["agent_id"]))
+    write_registry(path, old)
+    for record in old:
+        assert registry.get(record["name"]).agent_id == record["agent_id"]
+        assert registry.get(record["agent_id"]).name == record["name"]
+    assert len(registry.list()) == len(old)
+    assert [agent.name for agent in registry.ancestors("child")] == ["a/b"]
+    assert registry.get("solo").name == "Solo"  # a key that matches one agent still resolves
+    with pytest.raises(AgentNotFoundError, match="exact name or the id") as ambiguous:
+        registry.get("c1")
+    assert "'C1'" in str(ambiguous.value) and "'\uff23\uff11'" in str(ambiguous.value)
+    for clash in ("c1", "SOLO", "A/B"):
+        with pytest.raises((DuplicateAgentError, InvalidAgentError)):
+            registry.register(clash, "ops")
+    registry.suspend("a/b")
+    assert registry.get("child").status == "active" and registry.get("a/b").status == "suspended"
+    assert registry.register("new", "ops", parent="..").parent_id == old[4]["agent_id"]
 
 
 def test_a_repeated_id_from_the_factory_is_refused(path: Path) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from caracal.core.money import add
 from caracal.core.pricebook import Price, Pricebook, multiply_exactly
 from caracal.exceptions import PricingError, UnknownPriceError
 from caracal.server.gateway.estimate import Bound
@@ -71,7 +72,7 @@ def hold_amount(
         unit = write_price.unit_price
     amount = multiply_exactly(Decimal(bound.input_tokens), unit)
     if output_price is not None:
-        amount += multiply_exactly(Decimal(bound.output_tokens), output_price.unit_price)
+        amount = add(amount, multiply_exactly(Decimal(bound.output_tokens), output_price.unit_price))
     return amount, currency
 
 

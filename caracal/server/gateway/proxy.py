@@ -164,11 +164,12 @@ class Gateway:
             if isinstance(exc, BudgetExceededError):
                 self.service.metrics.decisions.labels("gateway", "denied").inc()
             self.service.metrics.errors.labels(type(exc).__name__).inc()
-            return error_response(exc)
+            return error_response(exc, getattr(request.state, "principal", None))
 
     async def _handle(self, request: Request, route: _Route) -> Response:
         service = self.service
-        agent_id = self._agent_of(authenticate(service, request), request)
+        request.state.principal = caller = authenticate(service, request)
+        agent_id = self._agent_of(caller, request)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
@@ -209,7 +210,9 @@ class Gateway:
             call.release("unreachable")
             raise UpstreamError(
                 f"the upstream {upstream.base_url} could not be reached ({type(exc).__name__}: {exc}); "
-                f"nothing was sent, the hold was released and nothing was billed"
+                f"nothing was sent, the hold was released and nothing was billed",
+                outcome="the upstream could not be reached; nothing was sent, the hold was released and "
+                "nothing was billed",
             ) from None
         except BaseException as exc:
             raise call.failed(exc) from None
@@ -223,7 +226,9 @@ class Gateway:
                 raise UpstreamError(
                     f"the {upstream.api} upstream refused the gateway's provider key (HTTP "
                     f"{response.status}): the operator must check ${upstream.api_key_env} or "
-                    f"gateway.{upstream.api}.api_key on the server; the hold was released"
+                    f"gateway.{upstream.api}.api_key on the server; the hold was released",
+                    outcome="the upstream refused the gateway's provider key, which the server's operator "
+                    "must fix; the hold was released and nothing was billed",
                 )
             return Response(content, response.status, _passed_headers(response), response.content_type)
         if forward.get("stream") is True:
@@ -316,7 +321,9 @@ class _Call:
             cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return UpstreamError(
                 f"the upstream {self.upstream.base_url} failed after the request was sent ({cause}); the "
-                f"call was billed at its worst case because the provider may have processed it"
+                f"call was billed at its worst case because the provider may have processed it",
+                outcome="the upstream failed after the request was sent; the call was billed at its worst "
+                "case because the provider may have processed it",
             )
         return exc
 
