@@ -1,15 +1,16 @@
 """Enforcement: check, reserve (hold), settle, release, expire; the one place where errors become "deny".
 
-Every decision follows the same rule (:func:`evaluate`): for the agent and each of its ancestors, for each
-active policy, ``spent in the window + live holds + amount <= limit``. Anything that stops Caracal from
-proving that (a suspended agent, no active policy, a policy in another currency, an unreadable ledger, a
-lock timeout) is a denial with a reason a person can act on.
+Every decision follows the same rule (:func:`caracal.core.decisions.evaluate`): for the agent and each of
+its ancestors, for each active policy, ``spent in the window + live holds + amount <= limit``. Anything
+that stops Caracal from proving that (a suspended agent, no active policy, a policy in another currency, an
+unreadable ledger or one that fails verification, a lock timeout) is a denial with a reason a person can
+act on.
 
 :class:`Enforcer` makes check-and-reserve one atomic step with respect to every other thread and process:
-it runs inside :meth:`LedgerWriter.transact`, under the ledger's exclusive lock, after folding in every
-entry other writers appended (a :class:`LedgerTail`), and the hold it records is on disk before the lock
-is released. Holds, settlements and releases are ledger entries, so they survive restarts and every
-process sees the same holds.
+it runs inside :meth:`LedgerWriter.transact_group`, under the ledger's exclusive lock, after folding in
+every entry other writers appended (:class:`caracal.core.live.LiveBudget`, which checks each line it
+reads), and the hold it records is on disk before the lock is released. Holds, settlements and releases
+are ledger entries, so they survive restarts and every process sees the same holds.
 
 **What a hold's expiry means** is chosen when it is taken (``on_expiry``): ``release`` (the default: the
 holder crashed before spending; the money is freed) or ``charge`` (the money may have been spent, e.g. a
@@ -27,275 +28,45 @@ suspend the agent: ``[holds] suspend_over_hold_factor``).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar
-
-import orjson
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from caracal.core.budget import BudgetState, OpenHold
-from caracal.core.events import EXPIRY_MEANINGS, line_ending_at, line_event_id
-from caracal.core.fileio import write_atomically
+from caracal.core.decisions import (
+    AgentLike,
+    Decision,
+    Directory,
+    PolicyStatus,
+    agent_name,
+    describe_window,
+    evaluate,
+    policy_status,
+)
+from caracal.core.events import EXPIRY_MEANINGS
 from caracal.core.ledger import LedgerEvent, LedgerWriter
+from caracal.core.live import SNAPSHOT_EVERY, LiveBudget
 from caracal.core.money import add, subtract
-from caracal.core.policy import Policy
-from caracal.core.replay import VerifiedTail
-from caracal.core.sealed import SealError, seal, unseal
 from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
-from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
     HoldNotFoundError,
     InvalidAmountError,
-    LedgerVerificationError,
 )
 
 HOLD_RESOURCE = "caracal.hold"
 ESTIMATED_RESOURCE = "caracal.estimated.expired_hold"
 """The resource of the charge that closes an expired charge-on-expiry hold: one unit, costing what was
 left of the hold (its bound, marked ``estimated`` in the metadata), so ledger summaries show it apart."""
-SNAPSHOT_EVERY = 10_000
-"""Entries folded in between two saves of the budget snapshot (and one more on close)."""
 logger = logging.getLogger("caracal.enforcement")
 DEFAULT_TTL = timedelta(minutes=5)
 MAX_TTL = timedelta(days=7)
-
-
-class AgentLike(Protocol):
-    @property
-    def agent_id(self) -> str: ...
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def name(self) -> str: ...
-
-
-class Directory(Protocol):
-    """What enforcement needs from identity and policies (the storage layer provides it)."""
-
-    def agent(self, ref: str) -> AgentLike: ...
-
-    def agent_id(self, ref: str) -> str:
-        """The id of the agent with this id or name (AgentNotFoundError if none)."""
-        ...
-
-    def chain(self, agent_id: str) -> tuple[str, ...]:
-        """The agent's id followed by its ancestors' ids, nearest first."""
-        ...
-
-    def suspended(self, chain: tuple[str, ...]) -> str | None:
-        """The first suspended member of the chain (the agent, then its ancestors), or None."""
-        ...
-
-    def policies(self, chain: tuple[str, ...]) -> Sequence[tuple[str, Sequence[Policy]]]:
-        """``(member, its active policies)`` for each member of the chain."""
-        ...
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Why an action is allowed or denied. On a denial, ``policy_id`` names the policy that denied."""
-
-    allowed: bool
-    reason: str
-    agent_id: str
-    amount: Decimal
-    currency: str
-    policy_id: str | None = None
-    policy_agent_id: str | None = None
-    limit: Decimal | None = None
-    spent: Decimal | None = None
-    held: Decimal | None = None
-    remaining: Decimal | None = None
-    resets_at: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: amounts as exact strings, times as ISO 8601 UTC (None where unknown)."""
-        data: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            data[name] = _wire(value)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
-        """The inverse of :meth:`to_dict` (the remote SDK rebuilds decisions the server sent)."""
-        return cls(
-            allowed=bool(data["allowed"]),
-            reason=str(data["reason"]),
-            agent_id=str(data["agent_id"]),
-            amount=Decimal(data["amount"]),
-            currency=str(data["currency"]),
-            policy_id=data.get("policy_id"),
-            policy_agent_id=data.get("policy_agent_id"),
-            limit=_decimal_or_none(data.get("limit")),
-            spent=_decimal_or_none(data.get("spent")),
-            held=_decimal_or_none(data.get("held")),
-            remaining=_decimal_or_none(data.get("remaining")),
-            resets_at=_time_or_none(data.get("resets_at")),
-        )
-
-
-@dataclass(frozen=True)
-class PolicyStatus:
-    """One policy's standing: its window, what is spent and held in it, and what remains."""
-
-    policy: Policy
-    spent: Decimal
-    held: Decimal
-    remaining: Decimal
-    window_start: datetime | None
-    resets_at: datetime | None
-
-    @property
-    def over_limit(self) -> bool:
-        """Spent and held exceed the limit (``remaining`` is negative): usage beyond a hold's bound was
-        recorded. Nothing more is allowed until the window resets or the limit is raised."""
-        return self.remaining < 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy.to_dict(),
-            **{name: _wire(getattr(self, name)) for name in ("spent", "held", "remaining", "window_start")},
-            "resets_at": _wire(self.resets_at),
-            "over_limit": self.over_limit,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PolicyStatus:
-        return cls(
-            Policy.from_dict(data["policy"]),
-            Decimal(data["spent"]),
-            Decimal(data["held"]),
-            Decimal(data["remaining"]),
-            _time_or_none(data.get("window_start")),
-            _time_or_none(data.get("resets_at")),
-        )
-
-
-def describe_window(policy: Policy) -> str:
-    """``daily (Europe/Berlin)``, ``rolling 24h``, ``total``: for messages and tables."""
-    window = policy.window
-    if window.kind == "rolling" and window.duration is not None:
-        seconds = int(window.duration.total_seconds())
-        parts = []
-        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-            if seconds >= size and not (unit == "d" and seconds % 86400):  # 36h reads better than 1d12h
-                parts.append(f"{seconds // size}{unit}")
-                seconds %= size
-        return f"rolling {''.join(parts)}"
-    if window.kind == "total" or window.timezone == "UTC":
-        return window.kind
-    return f"{window.kind} ({window.timezone})"
-
-
-_current_windows: dict[WindowSpec, tuple[datetime, datetime]] = {}
-"""The calendar window last computed for each spec: reused while ``now`` stays inside it, because window
-arithmetic in a time zone costs far more than the rest of a budget check."""
-
-
-def current_window(window: WindowSpec, now: datetime) -> tuple[datetime | None, datetime | None]:
-    """``window_bounds``, cached per spec while ``now`` stays in the same calendar window."""
-    cached = _current_windows.get(window)
-    if cached is not None and cached[0] <= now < cached[1]:
-        return cached
-    start, end = window_bounds(window, now)
-    if start is not None and end is not None:
-        _current_windows[window] = (start, end)
-    return start, end
-
-
-def policy_status(policy: Policy, state: BudgetState, now: datetime) -> PolicyStatus:
-    start, end = current_window(policy.window, now)
-    spent = state.spent(
-        policy.agent_id, policy.currency, start, inclusive_minute=policy.window.kind == "rolling"
-    )
-    held = state.held(policy.agent_id, policy.currency, now)
-    resets_at = end if policy.window.kind != "rolling" else None
-    return PolicyStatus(policy, spent, held, subtract(subtract(policy.limit, spent), held), start, resets_at)
-
-
-def evaluate(
-    directory: Directory,
-    state: BudgetState,
-    agent_id: str,
-    amount: Decimal | None,
-    currency: str,
-    now: datetime,
-) -> Decision:
-    """Decide whether ``amount`` (None: "is any budget left?") may be spent by ``agent_id`` now."""
-    value = amount if amount is not None else Decimal(0)
-
-    def deny(reason: str, **details: Any) -> Decision:
-        return Decision(False, reason, agent_id, value, currency, **details)
-
-    chain = directory.chain(agent_id)
-    suspended = directory.suspended(chain)
-    if suspended is not None:
-        who = "agent" if suspended == agent_id else "its ancestor"
-        name = _name(directory, suspended)
-        return deny(f"{who} {name} is suspended; activate it with 'caracal agent activate {name}'")
-    tightest: PolicyStatus | None = None
-    seen_any = False
-    for member, policies in directory.policies(chain):
-        for policy in policies:
-            seen_any = True
-            if policy.currency != currency:
-                return deny(
-                    f"policy {policy.policy_id} of agent {_name(directory, member)} is in {policy.currency} "
-                    f"but the amount is in {currency}; Caracal does not convert currencies, so it cannot "
-                    f"prove this is within budget",
-                    policy_id=policy.policy_id,
-                    policy_agent_id=member,
-                )
-            status = policy_status(policy, state, now)
-            over = value > status.remaining if amount is not None else status.remaining <= 0
-            if over:
-                return deny(
-                    f"policy {policy.policy_id} of agent {_name(directory, member)} "
-                    f"({describe_window(policy)} limit {policy.limit} {currency}) has "
-                    f"{max(status.remaining, Decimal(0))} {currency} left "
-                    f"({status.spent} spent, {status.held} held)"
-                    + (f"; {value} {currency} requested" if amount is not None else ""),
-                    policy_id=policy.policy_id,
-                    policy_agent_id=member,
-                    limit=policy.limit,
-                    spent=status.spent,
-                    held=status.held,
-                    remaining=status.remaining,
-                    resets_at=status.resets_at,
-                )
-            if tightest is None or status.remaining < tightest.remaining:
-                tightest = status
-    if not seen_any or tightest is None:
-        return deny(
-            f"agent {agent_id} and its ancestors have no active policy, so no spend can be proven within "
-            f"budget; create one with 'caracal policy create --agent-id {agent_id} --limit ... "
-            f"--window daily'"
-        )
-    return Decision(
-        True,
-        "within budget",
-        agent_id,
-        value,
-        currency,
-        policy_id=tightest.policy.policy_id,
-        policy_agent_id=tightest.policy.agent_id,
-        limit=tightest.policy.limit,
-        spent=tightest.spent,
-        held=tightest.held,
-        remaining=tightest.remaining,
-        resets_at=tightest.resets_at,
-    )
 
 
 T = TypeVar("T")
@@ -419,97 +190,24 @@ class Enforcer:
         self.directory = directory
         self.on_over_hold = on_over_hold
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._tail = self._new_tail()
-        self._state = BudgetState(directory.chain)
-        self._state_lock = threading.RLock()
-        self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
-        self._saved_at = 0
-        self._distrust: LedgerVerificationError | None = None
-        self._load_snapshot()
-
-    def _new_tail(self) -> VerifiedTail:
-        return VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+        self.live = LiveBudget(writer, directory.chain, self.now)
+        self._state_lock = self.live.lock
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the sealed budget snapshot lives (beside the ledger)."""
+        return self.live.snapshot_path
+
     def catch_up(self) -> BudgetState:
-        """Fold in every entry appended since the last call (by any process); returns the state.
-
-        Every line is checked as it is read (:class:`VerifiedTail`). Once a line fails, this enforcer
-        raises :class:`LedgerVerificationError` for every later call (fail closed: a ledger that does not
-        verify cannot prove any budget) until the process is restarted on a repaired ledger.
-        """
-        with self._state_lock:
-            if self._distrust is not None:
-                raise self._distrust
-            try:
-                events = self._tail.poll()
-            except LedgerVerificationError as exc:
-                self._distrust = exc
-                logger.error("%s", exc)
-                raise
-            if events and events[0].event_id <= self._state.last_event_id:
-                # Folded in already when a group commit staged them (see run_group).
-                events = [e for e in events if e.event_id > self._state.last_event_id]
-            if events:
-                self._state.apply_all(events, self.now())  # the reader's clock bounds skewed holds
-            if self._state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
-                self.save_snapshot()
-            return self._state
-
-    def _load_snapshot(self) -> None:
-        """Resume from the saved state if it is genuine and still matches the ledger; else replay.
-
-        The snapshot is a cache in the data folder, so it is sealed (:mod:`caracal.core.sealed`) with a key
-        kept in ``keys/``: a forged, edited or foreign snapshot is ignored (and logged) and the ledger is
-        replayed, each line checked. A genuine one is trusted only when the line at its offset is the
-        event it claims, byte for byte (its hash; the line carries the chain hash of every line before it,
-        so a ledger that was replaced or rewritten never matches). Opening a home then reads only what was
-        appended since, instead of the whole ledger.
-        """
-        try:
-            sealed = self.snapshot_path.read_bytes()
-            data = orjson.loads(unseal(self.writer.cache_key("budget"), "budget", sealed))
-            offset, last_event_id = data["offset"], data["state"]["last_event_id"]
-            line = line_ending_at(self.writer.ledger_path, offset)
-            if line is None or line_event_id(line) != last_event_id:
-                return
-            if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
-                return
-            state = BudgetState.from_snapshot(data["state"], self.directory.chain)
-            tail = self._new_tail()
-            tail.resume(offset, last_event_id, data["tail"])
-        except FileNotFoundError:
-            return
-        except SealError as exc:
-            logger.warning(
-                "ignoring the budget snapshot %s: %s; replaying the ledger", self.snapshot_path, exc
-            )
-            return
-        except (OSError, ValueError, KeyError, TypeError, CaracalError, orjson.JSONDecodeError) as exc:
-            logger.warning(
-                "ignoring the unusable budget snapshot %s (%s); replaying the ledger", self.snapshot_path, exc
-            )
-            return
-        self._state = state
-        self._tail = tail
-        self._saved_at = last_event_id
+        """Fold in every entry appended since the last call (by any process), each checked; returns the
+        state. Raises :class:`LedgerVerificationError` for good once the ledger failed a check."""
+        return self.live.catch_up()
 
     def save_snapshot(self) -> None:
-        """Save the live state beside the ledger, sealed (a cache: losing it costs a replay, never data)."""
-        with self._state_lock:
-            if self._distrust is not None:
-                return  # never seal a state derived from a ledger that failed verification
-            offset = self._tail.offset
-            data = {"offset": offset, "state": self._state.to_snapshot(), "tail": self._tail.to_dict()}
-            self._saved_at = self._state.last_event_id
-        line = line_ending_at(self.writer.ledger_path, offset)
-        data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
-        try:
-            sealed = seal(self.writer.cache_key("budget"), "budget", orjson.dumps(data))
-            write_atomically(self.snapshot_path, sealed, durable=False)
-        except OSError as exc:
-            logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
+        """Save the live state (sealed) so the next process resumes from here instead of replaying."""
+        self.live.save_snapshot()
 
     def close(self) -> None:
         """Save the state so the next process resumes from here."""
@@ -547,22 +245,14 @@ class Enforcer:
         folded: list[bool] = []
 
         def staged(events: list[LedgerEvent]) -> None:
-            with self._state_lock:
-                folded.append(True)
-                self._state.apply_all(events)
-
-        def written(start: int, end: int, last_event_id: int, leaves: list[bytes]) -> None:
-            # The state has these lines already (staged): move the tail past them so it does not read back
-            # what this process just wrote (reading it would also make the next append's sync slower).
-            with self._state_lock:
-                if self._state.last_event_id == last_event_id:
-                    self._tail.skip(start, end, last_event_id, leaves)
+            folded.append(True)
+            self.live.stage(events)
 
         try:
-            outcomes = self.writer.transact_group(decides, staged, written, caught_up=self.catch_up)
+            outcomes = self.writer.transact_group(decides, staged, self.live.written, caught_up=self.catch_up)
         except CaracalError as exc:
             if folded:
-                self._rebuild()
+                self.live.rebuild()
             return [exc] * len(operations)
         if swept:
             sweep = outcomes.pop(0)
@@ -578,14 +268,6 @@ class Enforcer:
             except Exception as exc:
                 results.append(exc)
         return results
-
-    def _rebuild(self) -> None:
-        """Rebuild the live state from the snapshot and the file (after a failed group write)."""
-        with self._state_lock:
-            self._state = BudgetState(self.directory.chain)
-            self._tail = self._new_tail()
-            self._saved_at = 0
-            self._load_snapshot()
 
     # ------------------------------------------------------------------ operations
 
@@ -814,7 +496,7 @@ class Enforcer:
         logger.warning(
             "agent %s was charged %s %s against hold %s, which held %s %s: usage beyond the bound the hold "
             "was sized for (recorded: the money was spent)",
-            _name(self.directory, agent_id), charged, currency, hold_id, held, currency,
+            agent_name(self.directory, agent_id), charged, currency, hold_id, held, currency,
         )  # fmt: skip
         if self.on_over_hold is not None:
             try:
@@ -836,7 +518,7 @@ class Enforcer:
         Raises :class:`HoldNotFoundError` if the hold is closed or unknown."""
         with self._state_lock:
             hold = self.open_hold(hold_id)
-            return hold, self._state.charged_against(hold_id), self.now()
+            return hold, self.live.state.charged_against(hold_id), self.now()
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
@@ -885,9 +567,9 @@ class Enforcer:
         up under the lock (the group's ``caught_up``), so when nothing is due a heap peek is all it costs."""
         with self._state_lock:
             now = self.now()
-            if not self._state.charge_due(now):
+            if not self.live.state.charge_due(now):
                 return []
-            return self._expiry_entries(self._state, now)[1]
+            return self._expiry_entries(self.live.state, now)[1]
 
     @staticmethod
     def _expiry_entries(state: BudgetState, now: datetime) -> tuple[list[OpenHold], list[Mapping[str, Any]]]:
@@ -918,31 +600,6 @@ def _flagged(metadata: object, over_hold: bool, after_expiry: bool) -> dict[str,
     if after_expiry:
         flagged["after_hold_expiry"] = True
     return flagged or None
-
-
-def _wire(value: object) -> object:
-    """A field as JSON carries it: Decimals as exact strings, datetimes as ISO 8601 UTC."""
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
-def _decimal_or_none(value: object) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
-
-
-def _time_or_none(value: object) -> datetime | None:
-    return None if value is None else parse_timestamp(value, "timestamp", InvalidAmountError)
-
-
-def _name(directory: Directory, agent_id: str) -> str:
-    """The agent's name for a message (its id if the registry does not know it)."""
-    try:
-        return str(directory.agent(agent_id).name)
-    except CaracalError:
-        return agent_id
 
 
 def _release(agent_id: str, currency: str, hold_id: str, now: datetime, why: str) -> dict[str, Any]:
@@ -997,6 +654,8 @@ def parse_ttl(ttl: object) -> timedelta:
 
 __all__ = [
     "DEFAULT_TTL",
+    "SNAPSHOT_EVERY",
+    "AgentLike",
     "ESTIMATED_RESOURCE",
     "HOLD_RESOURCE",
     "OverHold",
@@ -1007,6 +666,7 @@ __all__ = [
     "Operation",
     "PolicyStatus",
     "Settlement",
+    "describe_window",
     "evaluate",
     "parse_ttl",
     "policy_status",

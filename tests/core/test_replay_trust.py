@@ -111,7 +111,7 @@ def test_an_edit_after_the_snapshot_is_caught_from_the_snapshot_on(ledger: Path,
     write_lines(ledger, lines)
     enforcer, writer = enforcer_on(ledger, caracal_home)
     try:
-        assert enforcer._tail.last_event_id == EVENTS  # resumed from the snapshot, not replayed
+        assert enforcer.live.tail.last_event_id == EVENTS  # resumed from the snapshot, not replayed
         with pytest.raises(LedgerVerificationError) as caught:
             enforcer.catch_up()
         assert caught.value.first_bad_event_id == EVENTS + 1

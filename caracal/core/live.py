@@ -1,0 +1,166 @@
+"""The live budget state of one ledger: current, checked, and saved so the next process need not replay.
+
+:class:`LiveBudget` keeps a :class:`~caracal.core.budget.BudgetState` up to date with the ledger as every
+process appends to it:
+
+- **Current.** :meth:`LiveBudget.catch_up` folds in whatever was appended since it last looked, by this
+  process or any other (one ``stat`` when nothing was). The enforcer calls it under the ledger's lock before
+  every decision, so no decision is taken on a stale view.
+- **Checked.** Lines are read through a :class:`~caracal.core.replay.VerifiedTail`: ids, the hash chain and
+  every signed checkpoint. Once a line fails, every later call raises :class:`LedgerVerificationError`
+  (fail closed) until the process is restarted on a repaired ledger.
+- **Saved.** The state is sealed into ``<ledger>.budget`` (:mod:`caracal.core.sealed`, with a key kept in
+  ``keys/``) every :data:`SNAPSHOT_EVERY` entries and on close. A process resumes from it when it is
+  genuine and still matches the ledger, and otherwise replays the ledger, checking every line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+import orjson
+
+from caracal.core.budget import BudgetState
+from caracal.core.events import LedgerEvent, line_ending_at, line_event_id
+from caracal.core.fileio import write_atomically
+from caracal.core.ledger import LedgerWriter
+from caracal.core.replay import VerifiedTail
+from caracal.core.sealed import SealError, seal, unseal
+from caracal.exceptions import CaracalError, LedgerVerificationError
+
+SNAPSHOT_EVERY = 10_000
+"""Entries folded in between two saves of the budget snapshot (and one more on close)."""
+logger = logging.getLogger("caracal.enforcement")
+
+
+class LiveBudget:
+    """The budget state of the ledger ``writer`` appends to (see the module docstring).
+
+    ``chain_of`` gives an agent's id and its ancestors' (the identity registry); ``clock`` is the reader's
+    clock, which bounds holds stamped by a clock that ran ahead. ``lock`` guards the state: hold it across
+    a read of the state and the decision taken on it.
+    """
+
+    def __init__(
+        self,
+        writer: LedgerWriter,
+        chain_of: Callable[[str], tuple[str, ...]],
+        clock: Callable[[], datetime],
+    ):
+        self.writer = writer
+        self.lock = threading.RLock()
+        self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
+        self._chain_of = chain_of
+        self._clock = clock
+        self._distrust: LedgerVerificationError | None = None
+        self._reset()
+        self._load_snapshot()
+
+    def _reset(self) -> None:
+        self.state = BudgetState(self._chain_of)
+        self.tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+        self._saved_at = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def catch_up(self) -> BudgetState:
+        """Fold in every entry appended since the last call (by any process); returns the state."""
+        with self.lock:
+            if self._distrust is not None:
+                raise self._distrust
+            try:
+                events = self.tail.poll()
+            except LedgerVerificationError as exc:
+                self._distrust = exc
+                logger.error("%s", exc)
+                raise
+            state = self.state
+            if events and events[0].event_id <= state.last_event_id:
+                # Folded in already when this process staged them (see :meth:`stage`).
+                events = [e for e in events if e.event_id > state.last_event_id]
+            if events:
+                state.apply_all(events, self._clock())  # the reader's clock bounds skewed holds
+            if state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
+                self.save_snapshot()
+            return state
+
+    # ------------------------------------------------------------------ this process's own appends
+
+    def stage(self, events: list[LedgerEvent]) -> None:
+        """Fold in entries this process is about to write (they have their ids), so that the next decision
+        of the same group sees them. If the write then fails, :meth:`rebuild`."""
+        with self.lock:
+            self.state.apply_all(events)
+
+    def written(self, start: int, end: int, last_event_id: int, leaves: list[bytes]) -> None:
+        """The staged entries are on disk at bytes ``start``..``end``: move the tail past them, so it does
+        not read back what this process wrote (which would also slow the next append)."""
+        with self.lock:
+            if self.state.last_event_id == last_event_id:
+                self.tail.skip(start, end, last_event_id, leaves)
+
+    def rebuild(self) -> None:
+        """Start again from the snapshot and the file (after a write whose staged entries never landed)."""
+        with self.lock:
+            self._reset()
+            self._load_snapshot()
+
+    # ------------------------------------------------------------------ the snapshot
+
+    def _load_snapshot(self) -> None:
+        """Resume from the saved state if it is genuine and still matches the ledger; else replay.
+
+        The snapshot is a cache in the data folder, so it is sealed with a key kept in ``keys/``: a forged,
+        edited or foreign snapshot is ignored (and logged) and the ledger is replayed, each line checked. A
+        genuine one is trusted only when the line at its offset is the event it claims, byte for byte (its
+        hash; the line carries the chain hash of every line before it, so a ledger that was replaced or
+        rewritten never matches). Opening a home then reads only what was appended since.
+        """
+        try:
+            sealed = self.snapshot_path.read_bytes()
+            data = orjson.loads(unseal(self.writer.cache_key("budget"), "budget", sealed))
+            offset, last_event_id = data["offset"], data["state"]["last_event_id"]
+            line = line_ending_at(self.writer.ledger_path, offset)
+            if line is None or line_event_id(line) != last_event_id:
+                return
+            if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
+                return
+            state = BudgetState.from_snapshot(data["state"], self._chain_of)
+            tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+            tail.resume(offset, last_event_id, data["tail"])
+        except FileNotFoundError:
+            return
+        except SealError as exc:
+            logger.warning(
+                "ignoring the budget snapshot %s: %s; replaying the ledger", self.snapshot_path, exc
+            )
+            return
+        except (OSError, ValueError, KeyError, TypeError, CaracalError, orjson.JSONDecodeError) as exc:
+            logger.warning(
+                "ignoring the unusable budget snapshot %s (%s); replaying the ledger", self.snapshot_path, exc
+            )
+            return
+        self.state, self.tail, self._saved_at = state, tail, last_event_id
+
+    def save_snapshot(self) -> None:
+        """Save the state beside the ledger, sealed (a cache: losing it costs a replay, never data)."""
+        with self.lock:
+            if self._distrust is not None:
+                return  # never seal a state derived from a ledger that failed verification
+            offset = self.tail.offset
+            data = {"offset": offset, "state": self.state.to_snapshot(), "tail": self.tail.to_dict()}
+            self._saved_at = self.state.last_event_id
+        line = line_ending_at(self.writer.ledger_path, offset)
+        data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
+        try:
+            sealed = seal(self.writer.cache_key("budget"), "budget", orjson.dumps(data))
+            write_atomically(self.snapshot_path, sealed, durable=False)
+        except OSError as exc:
+            logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
+
+
+__all__ = ["SNAPSHOT_EVERY", "LiveBudget"]
