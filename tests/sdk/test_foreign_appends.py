@@ -7,8 +7,11 @@ got 2", and a quarter of the v0.1 pattern's charges were lost under four process
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +136,40 @@ def test_a_write_right_after_another_process_appended_is_counted_once(sdk: Trans
     with CaracalClient() as fresh:  # and by a process that reads the home cold
         assert fresh.check(AGENT).spent == recorded
     assert verify_ledger(sdk.ledger_path).ok
+
+
+V01_WORKER = """
+import sys
+from caracal.sdk.client import CaracalClient
+client = CaracalClient()
+for _ in range(int(sys.argv[1])):
+    with client.budget_check(agent_id="worker"):
+        pass
+    client.emit_event(agent_id="worker", resource_type="tool.calls", quantity=1)
+"""
+
+
+@pytest.mark.slow
+def test_four_processes_of_the_v01_pattern_lose_no_charge(caracal_home: Path) -> None:
+    """The v0.1 pattern (check, then a plain emit) from four processes at once: every charge is recorded
+    once (before the fix a quarter to a third of them failed)."""
+    with CaracalClient() as client:
+        client.register_agent(AGENT, "team@example.com")
+        client.create_policy(AGENT, "100", "daily")
+        client.set_price(RESOURCE, str(UNIT))
+    per_process = 25
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", V01_WORKER, str(per_process)], stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    for worker in workers:
+        _out, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+    ledger = caracal_home / "data" / "ledger.jsonl"
+    charges = [e for e in LedgerReader(ledger).iter_events() if e.is_charge]
+    assert len(charges) == 4 * per_process
+    with CaracalClient() as fresh:
+        assert fresh.check(AGENT).spent == 4 * per_process * UNIT
+    assert verify_ledger(ledger).ok
