@@ -4,7 +4,9 @@ Times each command as a fresh process, the way a person or a script runs it: the
 script installed beside this Python (``python -m caracal`` when there is none), against a temporary home
 with a few agents, policies and charges (``--dir``, default ``bench/.data``). Runs are interleaved across
 the commands (so drifting machine load spreads over all of them) and the median wall time is printed with
-the fastest and slowest run, next to a bare ``python -c pass``: the floor no command can go below.
+the fastest and slowest run, next to a bare ``python -c pass``: the floor no command can go below. The
+commands run with bytecode caches, as an installed package has them (``PYTHONDONTWRITEBYTECODE`` is
+dropped for them, so the warm-up run writes the caches of an editable checkout).
 
 The target from the "first contact" issue: ``--help`` and the common commands (``budget status``,
 ``ledger query``, ``agent list``) under 0.15 s each.
@@ -44,6 +46,7 @@ def caracal_command() -> list[str]:
 def build_home(home: Path, caracal: list[str], events: int) -> None:
     """``caracal init``, then a lead with three workers, a policy on each, and ``events`` priced charges."""
     env = dict(os.environ, CARACAL_HOME=str(home))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([*caracal, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     with CaracalClient(home) as client:
         client.register_agent("lead", "bench@example.com")
@@ -78,11 +81,12 @@ def main() -> None:
         home = root / "home"
         build_home(home, caracal, args.events)
         env = dict(os.environ, CARACAL_HOME=str(home))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         cases: list[tuple[str, list[str]]] = [("python -c pass", [sys.executable, "-c", "pass"])]
         cases += [("caracal " + " ".join(command), [*caracal, *command]) for command in COMMANDS]
         samples: dict[str, list[float]] = {label: [] for label, _ in cases}
         codes: dict[str, set[int]] = {label: set() for label, _ in cases}
-        for label, argv in cases:  # warm-up: bytecode caches, page cache
+        for _label, argv in cases:  # warm-up: bytecode caches, page cache
             time_once(argv, env)
         for _ in range(args.runs):
             for label, argv in cases:
