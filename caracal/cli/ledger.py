@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from caracal.cli.lazy import LazyCommand, LazyGroup
+from caracal.cli.options import json_option
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
 from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
 from caracal.core.checkpoint import CheckpointStore, matches_signed
@@ -41,10 +43,6 @@ def ledger_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Ledger file (default: $CARACAL_LEDGER, else $CARACAL_HOME/data/ledger.jsonl).",
     )(command)
-
-
-def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
 
 
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,7 +109,17 @@ def show_events(events: list[LedgerEvent], as_json: bool) -> None:
     table(headers, rows, right=(0, 4, 5))
 
 
-@click.group("ledger")
+@click.group(
+    "ledger",
+    cls=LazyGroup,
+    lazy_commands={
+        "demo": LazyCommand(
+            "caracal.cli.ledger_demo",
+            "demo_command",
+            "Append, query, summarize, checkpoint, prove and verify a ledger, then catch a tampered copy.",
+        )
+    },
+)
 def ledger_group() -> None:
     """The append-only, tamper-evident ledger of charges."""
 

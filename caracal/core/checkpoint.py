@@ -11,6 +11,9 @@ Checkpoints are kept in a JSON Lines sidecar (``<ledger>.checkpoints``), one rec
 
 The signed message is :func:`checkpoint_message`: a versioned, newline-separated text, so a signature can be
 checked by third parties with any Ed25519 implementation.
+
+``cryptography`` is imported by the functions that sign, verify or load keys, not with this module: the
+ledger imports it, and a command that only reads the ledger (``caracal ledger query``) never touches a key.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from caracal.core.events import complete_end, read_last_lines
 from caracal.core.fileio import append_durably, write_atomically
 from caracal.exceptions import CheckpointError, ConfigurationError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 CHECKPOINT_DOMAIN = b"caracal-ledger-checkpoint-v1"
 
@@ -45,7 +49,9 @@ def checkpoint_message(size: int, root: bytes, timestamp: str) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """A short fingerprint of a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -88,6 +94,8 @@ class Checkpoint:
 
     def verify(self, public_key: Ed25519PublicKey) -> None:
         """Raise :class:`CheckpointError` unless the signature is valid under ``public_key``."""
+        from cryptography.exceptions import InvalidSignature
+
         if self.key_id != key_id(public_key):
             raise CheckpointError(
                 f"checkpoint at size {self.size} was signed by key {self.key_id}, "
@@ -110,6 +118,9 @@ class CheckpointSigner:
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> CheckpointSigner:
         """Load the PEM key at ``path``, creating it (owner-only permissions) with its ``.pub`` if missing."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key_path = Path(path)
         if key_path.exists():
             return cls(load_private_key(key_path))
@@ -139,6 +150,9 @@ def public_key_path(private_key_path: Path) -> Path:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -150,6 +164,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """Load a public key from a PEM public key, or derive it from a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     key_path = Path(path)
     try:
         data = key_path.read_bytes()
