@@ -424,6 +424,59 @@ def test_budget_without_a_policy_denies(caracal_home: Path) -> None:
     assert "no active policy" in decision["reason"]
 
 
+def test_budget_status_without_an_agent_shows_every_agents_policies(populated: dict[str, str]) -> None:
+    # The fixture charged the child 0.50; a hold of 1.25 stays open. A grandchild is covered by its
+    # ancestors' policies; a loner has no policy over it at all.
+    with CaracalClient() as client:
+        client.reserve("child", "1.25")
+    run("agent", "register", "--name", "grandchild", "--owner", "o", "--parent", "child")
+    run("agent", "register", "--name", "loner", "--owner", "o")
+
+    statuses = run_json("budget", "status")
+    assert [(s["agent_name"], s["policy_id"]) for s in statuses] == [
+        ("child", populated["child_policy"]),
+        ("my-agent", populated["parent_policy"]),
+    ]
+    child, parent = statuses
+    assert child == run_json("budget", "status", "--agent-id", "child")[0]  # the same figures and shape
+    assert (parent["agent_id"], parent["spent"], parent["held"], parent["remaining"]) == (
+        populated["parent"],
+        "0.50",
+        "1.25",
+        "8.25",
+    )
+
+    lines = run("budget", "status").stdout.splitlines()
+    assert (
+        " ".join(lines[0].split()) == "AGENT AGENT ID POLICY WINDOW LIMIT SPENT HELD REMAINING CUR RESETS AT"
+    )
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert rows["child"][1:8] == [
+        populated["child"],
+        populated["child_policy"],
+        "daily",
+        "5",
+        "0.50",
+        "1.25",
+        "3.25",
+    ]
+    assert rows["my-agent"][1:3] == [populated["parent"], populated["parent_policy"]]
+    assert lines[4:] == [
+        "",
+        "no active policy over 'loner' (nor over an ancestor): every action is denied; create one with "
+        "'caracal policy create --agent-id NAME --limit ... --window daily'",
+    ]
+
+
+def test_budget_status_of_a_home_without_agents_or_policies(caracal_home: Path) -> None:
+    run("init")
+    assert run("budget", "status").stdout.startswith("no agents: register one with 'caracal agent register")
+    assert run_json("budget", "status") == []
+    run("agent", "register", "--name", "lonely", "--owner", "o")
+    assert run("budget", "status").stdout.startswith("no active policy over 'lonely'")
+    assert run_json("budget", "status") == []
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 
