@@ -63,18 +63,35 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def home_agents() -> AgentRegistry | None:
+    """The home's agent registry, or None when the home has none (a ledger can be read without a home)."""
+    registry = caracal_home() / "data" / "agents.json"
+    return AgentRegistry(registry) if registry.exists() else None
+
+
 def agent_filter(value: str | None) -> str | None:
     """An ``--agent-id`` filter: an agent's name in the home's registry becomes its id; anything else (an
     id, or an agent the registry does not know) is used as given."""
-    if value is None:
-        return None
-    registry = caracal_home() / "data" / "agents.json"
-    if registry.exists():
-        try:
-            return AgentRegistry(registry).get(value).agent_id
-        except CaracalError:
-            pass
-    return value
+    registry = home_agents()
+    if value is None or registry is None:
+        return value
+    try:
+        return registry.get(value).agent_id
+    except CaracalError:
+        return value
+
+
+def agent_names() -> dict[str, str]:
+    """``agent id -> name`` for every agent of the home, to show beside the ids a ledger holds. Empty when
+    the home has no registry or it cannot be read: names are a courtesy, and reading the ledger does not
+    depend on them."""
+    registry = home_agents()
+    if registry is None:
+        return {}
+    try:
+        return {agent.agent_id: agent.name for agent in registry.list()}
+    except CaracalError:
+        return {}
 
 
 def resolve(ledger: Path | None) -> Path:
@@ -92,21 +109,41 @@ def event_rows(events: list[LedgerEvent]) -> list[list[object]]:
     ]
 
 
-def show_events(events: list[LedgerEvent], as_json: bool) -> None:
-    """A table of entries; a KIND column appears when holds or releases are among them."""
+def named(event: LedgerEvent, names: dict[str, str]) -> dict[str, object]:
+    """The event's JSON with ``agent_name`` after ``agent_id`` (None when the home does not know it)."""
+    data = event.to_dict()
+    head = {"event_id": data.pop("event_id"), "agent_id": data.pop("agent_id")}
+    return {**head, "agent_name": names.get(event.agent_id), **data}
+
+
+def show_events(events: list[LedgerEvent], as_json: bool, names: dict[str, str] | None = None) -> None:
+    """A table of entries; a KIND column appears when holds or releases are among them.
+
+    With ``names`` (agent id -> name), a NAME column beside AGENT shows the names of the agents the home
+    knows ("-" for others; no column when it knows none of them), and each JSON entry gets ``agent_name``.
+    """
     if as_json:
-        emit_json([e.to_dict() for e in events])
+        if names is None:
+            emit_json([e.to_dict() for e in events])
+        else:
+            emit_json([named(e, names) for e in events])
         return
     if not events:
         click.echo("no events")
         return
     headers = ["ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR"]
     rows = event_rows(events)
+    right = (0, 4, 5)
+    if names and any(e.agent_id in names for e in events):
+        headers.insert(3, "NAME")
+        for row, event in zip(rows, events, strict=True):
+            row.insert(3, names.get(event.agent_id, "-"))
+        right = (0, 5, 6)
     if any(not e.is_charge for e in events):
         headers.append("KIND")
         for row, event in zip(rows, events, strict=True):
             row.append(event.kind or "charge")
-    table(headers, rows, right=(0, 4, 5))
+    table(headers, rows, right=right)
 
 
 @click.group(
@@ -170,13 +207,14 @@ def query_command(
     limit: int | None,
     all_kinds: bool,
 ) -> None:
-    """List charges (and with --all, holds and releases), filtered by agent, resource and time."""
+    """List charges (and with --all, holds and releases), filtered by agent, resource and time; the names
+    of the home's agents beside their ids."""
     events = LedgerQuery(resolve(ledger)).get_events(
         agent_filter(agent_id), start, end, resource_type, charges_only=not all_kinds
     )
     if limit is not None:
         events = events[-limit:] if limit else []
-    show_events(events, as_json)
+    show_events(events, as_json, agent_names())
 
 
 @ledger_group.command("summary")

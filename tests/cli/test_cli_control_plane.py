@@ -27,7 +27,7 @@ from caracal.cli import backup as backup_module
 from caracal.cli.main import main
 from caracal.config import Settings, load_settings
 from caracal.core.enforcement import DEFAULT_TTL
-from caracal.core.ledger import LedgerWriter
+from caracal.core.ledger import LedgerEvent, LedgerWriter
 from caracal.core.validation import format_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import ConfigurationError
@@ -466,6 +466,36 @@ def test_budget_status_without_an_agent_shows_every_agents_policies(populated: d
         "no active policy over 'loner' (nor over an ancestor): every action is denied; create one with "
         "'caracal policy create --agent-id NAME --limit ... --window daily'",
     ]
+
+
+def test_ledger_query_shows_the_names_of_the_homes_agents(populated: dict[str, str]) -> None:
+    # The fixture charged the child; an entry for an id the home does not know has no name.
+    run("ledger", "append", "--agent-id", "a1", "--resource-type", "tool.x", "--quantity", "1", "--cost", "1")
+    lines = run("ledger", "query").stdout.splitlines()
+    assert lines[0].split()[:5] == ["ID", "TIMESTAMP", "AGENT", "NAME", "RESOURCE"]
+    assert [line.split()[2:4] for line in lines[2:]] == [[populated["child"], "child"], ["a1", "-"]]
+    assert run("ledger", "query", "--agent-id", "child").stdout.splitlines()[2].split()[2:4] == [
+        populated["child"],
+        "child",
+    ]
+
+    charge, unknown = run_json("ledger", "query")
+    assert list(charge)[:3] == ["event_id", "agent_id", "agent_name"]
+    assert (charge["agent_id"], charge["agent_name"]) == (populated["child"], "child")
+    assert (unknown["agent_id"], unknown["agent_name"]) == ("a1", None)
+    # Beside the name, each row is still the event (readers ignore fields they do not know).
+    assert LedgerEvent.from_dict(charge).to_dict() == {k: v for k, v in charge.items() if k != "agent_name"}
+
+
+def test_ledger_query_of_a_ledger_without_a_home_shows_ids_only(
+    caracal_home: Path, ledger_path: Path
+) -> None:
+    run("ledger", "append", "--ledger", str(ledger_path), "--agent-id", "a1", "--resource-type", "r",
+        "--quantity", "1", "--cost", "1")  # fmt: skip
+    assert run("ledger", "query", "--ledger", str(ledger_path)).stdout.splitlines()[0].split() == [
+        "ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR",
+    ]  # fmt: skip
+    assert run_json("ledger", "query", "--ledger", str(ledger_path))[0]["agent_name"] is None
 
 
 def test_budget_status_of_a_home_without_agents_or_policies(caracal_home: Path) -> None:
