@@ -50,9 +50,7 @@ def build_home(home: Path, caracal: list[str], events: int) -> None:
     subprocess.run([*caracal, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     with CaracalClient(home) as client:
         client.register_agent("lead", "bench@example.com")
-        workers = [
-            client.register_agent(f"worker-{n}", "bench@example.com", parent="lead") for n in range(3)
-        ]
+        workers = [client.register_agent(f"worker-{n}", "bench@example.com", parent="lead") for n in range(3)]
         client.create_policy("lead", "1000", "monthly")
         for worker in workers:
             client.create_policy(worker.name, "100", "daily")

@@ -412,7 +412,7 @@ class LedgerWriter:
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
         written: Callable[[int, int, int], None] | None = None,
-        caught_up: Callable[[], None] | None = None,
+        caught_up: Callable[[], object] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
