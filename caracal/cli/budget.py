@@ -116,7 +116,7 @@ def all_agents_status(as_json: bool) -> None:
             statuses += [s for s in over if s.policy.agent_id == agent.agent_id]
             if not over:
                 uncovered.append(agent.name)
-    names = {agent.agent_id: agent.name for agent in agents}
+        names = agent_names(client)
     if as_json:
         emit_json([status_dict(s, names) for s in statuses])
         return

@@ -81,7 +81,7 @@ def agent_filter(value: str | None) -> str | None:
         return value
 
 
-def agent_names() -> dict[str, str]:
+def home_agent_names() -> dict[str, str]:
     """``agent id -> name`` for every agent of the home, to show beside the ids a ledger holds. Empty when
     the home has no registry or it cannot be read: names are a courtesy, and reading the ledger does not
     depend on them."""
@@ -214,7 +214,7 @@ def query_command(
     )
     if limit is not None:
         events = events[-limit:] if limit else []
-    show_events(events, as_json, agent_names())
+    show_events(events, as_json, home_agent_names())
 
 
 @ledger_group.command("summary")
