@@ -82,6 +82,7 @@ def test_common_commands_import_neither_the_server_nor_asyncio(
 ) -> None:
     modules = imported_by(*args)
     assert not top_level(modules) & {*SERVER_MODULES, "asyncio"}
+    assert "cryptography.hazmat.primitives.serialization" not in modules  # the key is read without it
     assert "caracal.cli.serve" not in modules and "caracal.server" not in top_level(modules)
 
 
