@@ -4,7 +4,8 @@ Times each command as a fresh process, the way a person or a script runs it: the
 script installed beside this Python (``python -m caracal`` when there is none), against a temporary home
 with a few agents, policies and charges (``--dir``, default ``bench/.data``). Runs are interleaved across
 the commands (so drifting machine load spreads over all of them) and the median wall time is printed with
-the fastest and slowest run, next to a bare ``python -c pass``: the floor no command can go below. The
+the fastest and slowest run, next to a bare ``python -c pass``: the floor no command can go below; and the
+median CPU time (user + system) of the process, which other load on a shared machine disturbs less. The
 commands run with bytecode caches, as an installed package has them (``PYTHONDONTWRITEBYTECODE`` is
 dropped for them, so the warm-up run writes the caches of an editable checkout).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,10 +61,17 @@ def build_home(home: Path, caracal: list[str], events: int) -> None:
             client.emit_event(workers[n % 3].agent_id, "tool.search.calls", 1)
 
 
-def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall time, CPU time (user + system) and exit code of one run of ``argv``."""
+    cpu = cpu_of_children()
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started, done.returncode
+    return time.perf_counter() - started, cpu_of_children() - cpu, done.returncode
 
 
 def main() -> None:
@@ -83,19 +92,21 @@ def main() -> None:
         cases: list[tuple[str, list[str]]] = [("python -c pass", [sys.executable, "-c", "pass"])]
         cases += [("caracal " + " ".join(command), [*caracal, *command]) for command in COMMANDS]
         samples: dict[str, list[float]] = {label: [] for label, _ in cases}
+        cpu: dict[str, list[float]] = {label: [] for label, _ in cases}
         codes: dict[str, set[int]] = {label: set() for label, _ in cases}
         for _label, argv in cases:  # warm-up: bytecode caches, page cache
             time_once(argv, env)
         for _ in range(args.runs):
             for label, argv in cases:
-                elapsed, code = time_once(argv, env)
+                elapsed, used, code = time_once(argv, env)
                 samples[label].append(elapsed)
+                cpu[label].append(used)
                 codes[label].add(code)
 
         print(
             f"CLI startup on {home} ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
             f"{' '.join(Path(part).name for part in caracal)}; {args.events} charges; "
-            f"median of {args.runs} runs, fastest-slowest)"
+            f"median wall time of {args.runs} runs, fastest-slowest; median CPU time)"
         )
         floor = statistics.median(samples[cases[0][0]])
         for label, _ in cases:
@@ -105,7 +116,7 @@ def main() -> None:
             note = f"  EXIT {failed}" if failed else ""
             print(
                 f"{label:<40} {median:6.3f} s  ({min(runs):.3f}-{max(runs):.3f})  "
-                f"{median / floor:5.1f}x python{note}"
+                f"{median / floor:5.1f}x python   cpu {statistics.median(cpu[label]):6.3f} s{note}"
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

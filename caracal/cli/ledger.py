@@ -2,6 +2,9 @@
 
 Each command parses its options, makes one library call, renders the result (a table, or JSON with
 ``--json``) and exits with a meaningful code (see :mod:`caracal.cli.render`).
+
+The verifier and the home's writer wiring are imported by the commands that use them (verify, proof;
+append, checkpoint): reading the ledger (query, summary, tail) is the common case and starts without them.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import base64
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,16 +23,11 @@ from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_error
 from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
 from caracal.core.checkpoint import CheckpointStore, matches_signed
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
-from caracal.core.verify import (
-    VerificationReport,
-    default_public_key,
-    prove_consistency,
-    prove_inclusion,
-    verify_ledger,
-)
 from caracal.exceptions import CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry
-from caracal.storage.home import open_ledger_writer
+
+if TYPE_CHECKING:
+    from caracal.core.verify import VerificationReport
 
 _PROGRESS_MIN_BYTES = 16 << 20
 
@@ -100,6 +98,8 @@ def resolve(ledger: Path | None) -> Path:
 
 def open_writer(ledger: Path | None) -> LedgerWriter:
     """A writer on the ledger, configured by the home's ``config.toml``."""
+    from caracal.storage.home import open_ledger_writer
+
     return open_ledger_writer(resolve(ledger), default_signing_key_path(), load_settings())
 
 
@@ -284,6 +284,8 @@ def summary_command(
 @handle_errors
 def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, quiet: bool) -> None:
     """Check every line, id, hash chain, checkpoint and signature; exit 3 if anything is wrong."""
+    from caracal.core.verify import default_public_key, verify_ledger
+
     path = resolve(ledger)
     if not path.exists():
         fail(f"no ledger at {path}")
@@ -377,6 +379,8 @@ def proof_command(
     to_size: int | None,
 ) -> None:
     """RFC 9162 inclusion proof (--event-id) or consistency proof (--from-size), self-checked."""
+    from caracal.core.verify import prove_consistency, prove_inclusion
+
     path = resolve(ledger)
     if (event_id is None) == (from_size is None):
         raise ProofError("give either --event-id (inclusion proof) or --from-size (consistency proof)")
