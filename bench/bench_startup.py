@@ -7,7 +7,9 @@ the commands (so drifting machine load spreads over all of them) and the median 
 the fastest and slowest run, next to a bare ``python -c pass``: the floor no command can go below; and the
 median CPU time (user + system) of the process, which other load on a shared machine disturbs less. The
 commands run with bytecode caches, as an installed package has them (``PYTHONDONTWRITEBYTECODE`` is
-dropped for them, so the warm-up run writes the caches of an editable checkout).
+dropped for them, so the warm-up run writes the caches of an editable checkout). ``--no-bytecode-cache``
+keeps ``PYTHONDONTWRITEBYTECODE=1`` instead: in an editable checkout without ``__pycache__`` folders (the
+development VM sets that variable) every run then compiles each Caracal module it imports.
 
 The target from the "first contact" issue: ``--help`` and the common commands (``budget status``,
 ``ledger query``, ``agent list``) under 0.15 s each.
@@ -26,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from caracal.sdk.client import CaracalClient
-
 COMMANDS: tuple[tuple[str, ...], ...] = (
     ("--help",),
     ("--version",),
@@ -45,10 +45,10 @@ def caracal_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "caracal"]
 
 
-def build_home(home: Path, caracal: list[str], events: int) -> None:
+def build_home(home: Path, caracal: list[str], events: int, env: dict[str, str]) -> None:
     """``caracal init``, then a lead with three workers, a policy on each, and ``events`` priced charges."""
-    env = dict(os.environ, CARACAL_HOME=str(home))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    from caracal.sdk.client import CaracalClient  # here: after main() decided whether to write bytecode
+
     subprocess.run([*caracal, "init"], env=env, check=True, stdout=subprocess.DEVNULL)
     with CaracalClient(home) as client:
         client.register_agent("lead", "bench@example.com")
@@ -79,16 +79,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs of each command (default 15)")
     parser.add_argument("--events", type=int, default=50, help="charges in the home (default 50)")
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / ".data")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run with PYTHONDONTWRITEBYTECODE=1 (no caches are written; see above)",
+    )
     args = parser.parse_args()
+    sys.dont_write_bytecode = args.no_bytecode_cache or sys.dont_write_bytecode
 
     args.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-startup-", dir=args.dir))
     caracal = caracal_command()
     try:
         home = root / "home"
-        build_home(home, caracal, args.events)
         env = dict(os.environ, CARACAL_HOME=str(home))
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if args.no_bytecode_cache:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+        build_home(home, caracal, args.events, env)
         cases: list[tuple[str, list[str]]] = [("python -c pass", [sys.executable, "-c", "pass"])]
         cases += [("caracal " + " ".join(command), [*caracal, *command]) for command in COMMANDS]
         samples: dict[str, list[float]] = {label: [] for label, _ in cases}
@@ -106,6 +115,7 @@ def main() -> None:
         print(
             f"CLI startup on {home} ({os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
             f"{' '.join(Path(part).name for part in caracal)}; {args.events} charges; "
+            f"{'no bytecode caches written; ' if args.no_bytecode_cache else ''}"
             f"median wall time of {args.runs} runs, fastest-slowest; median CPU time)"
         )
         floor = statistics.median(samples[cases[0][0]])
