@@ -29,6 +29,7 @@ COMMAND_MODULES = tuple(
 PROBE = """
 import json, sys
 from caracal.cli.main import main
+code = None
 try:
     main(sys.argv[1:], prog_name="caracal")
 except SystemExit as exit:
