@@ -468,9 +468,15 @@ def test_budget_status_without_an_agent_shows_every_agents_policies(populated: d
     ]
 
 
-def test_ledger_query_shows_the_names_of_the_homes_agents(populated: dict[str, str]) -> None:
-    # The fixture charged the child; an entry for an id the home does not know has no name.
-    run("ledger", "append", "--agent-id", "a1", "--resource-type", "tool.x", "--quantity", "1", "--cost", "1")
+def test_ledger_query_shows_the_names_of_the_homes_agents(
+    caracal_home: Path, populated: dict[str, str]
+) -> None:
+    # The fixture charged the child; an entry for an id the home does not know (written by a library user
+    # straight into the ledger) has no name.
+    with LedgerWriter(
+        caracal_home / "data" / "ledger.jsonl", signing_key_path=caracal_home / "keys" / "checkpoint.key"
+    ) as w:
+        w.append_event("a1", "tool.x", "1", "1")
     lines = run("ledger", "query").stdout.splitlines()
     assert lines[0].split()[:5] == ["ID", "TIMESTAMP", "AGENT", "NAME", "RESOURCE"]
     assert [line.split()[2:4] for line in lines[2:]] == [[populated["child"], "child"], ["a1", "-"]]
