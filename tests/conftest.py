@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,13 @@ def caracal_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 def ledger_path(tmp_path: Path) -> Path:
     """Where a test's ledger lives: a folder apart from the home (the signing key must not sit beside it)."""
     return tmp_path / "ledger" / "ledger.jsonl"
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for the whole test. It stays bound by a socket that
+    never listens: a port probed and closed again could be taken by a server of a test running at the same
+    time (another xdist worker binding port 0), which would then answer."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])

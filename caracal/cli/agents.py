@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from caracal.cli.ledger import json_option
+from caracal.cli.options import json_option
 from caracal.cli.policies import POLICY_HEADERS, agent_names, policy_rows
 from caracal.cli.render import emit_json, handle_errors, parse_json_object, table
 from caracal.core.apikeys import TOKEN_WARNING, ApiKey

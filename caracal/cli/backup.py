@@ -39,7 +39,8 @@ import click
 import orjson
 
 from caracal import __version__
-from caracal.cli.ledger import json_option, print_report
+from caracal.cli.ledger import print_report
+from caracal.cli.options import json_option
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, handle_errors
 from caracal.config import caracal_home
 from caracal.core.checkpoint import key_id, load_public_key, public_key_path

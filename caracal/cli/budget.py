@@ -3,6 +3,8 @@
 ``status`` lists every active policy of the agent and of each of its ancestors (an agent's spend counts
 against all of them): what is spent and held in the current window, what remains and when it resets. A
 negative remainder (usage beyond a hold's bound was recorded) is shown as is, marked ``OVER LIMIT``.
+Without ``--agent-id`` it lists every agent's own policies, and names the agents no policy covers (every
+action of theirs is denied).
 ``check`` asks the enforcer the same question an action would (reserving nothing) and exits 1 on a denial.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import click
 
-from caracal.cli.ledger import json_option
+from caracal.cli.options import json_option
 from caracal.cli.policies import agent_names
 from caracal.cli.render import EXIT_ERROR, emit_json, handle_errors, table
 from caracal.core.enforcement import Decision, PolicyStatus, describe_window
@@ -51,12 +53,35 @@ def budget_group() -> None:
     """Budgets: what an agent has spent, holds and has left."""
 
 
+STATUS_COLUMNS = ["WINDOW", "LIMIT", "SPENT", "HELD", "REMAINING", "CUR", "RESETS AT"]
+
+
+def status_cells(status: PolicyStatus) -> list[object]:
+    """The cells under :data:`STATUS_COLUMNS` for one policy."""
+    policy = status.policy
+    return [
+        describe_window(policy),
+        policy.limit,
+        status.spent,
+        status.held,
+        f"{status.remaining} OVER LIMIT" if status.over_limit else status.remaining,
+        policy.currency,
+        _stamp(status.resets_at) or "never",
+    ]
+
+
 @budget_group.command("status")
 @json_option
-@click.option("--agent-id", "agent_ref", required=True, help="The agent (id or name).")
+@click.option(
+    "--agent-id", "agent_ref", default=None, help="The agent (id or name); without it, every agent."
+)
 @handle_errors
-def status_command(as_json: bool, agent_ref: str) -> None:
-    """Each active policy of the agent and its ancestors: limit, spent, held, remaining, reset time."""
+def status_command(as_json: bool, agent_ref: str | None) -> None:
+    """Each active policy of the agent and its ancestors (without --agent-id: every agent's own policies):
+    limit, spent, held, remaining, reset time."""
+    if agent_ref is None:
+        all_agents_status(as_json)
+        return
     with CaracalClient() as client:
         agent = client.get_agent(agent_ref)
         statuses = client.budget_status(agent.agent_id)
@@ -71,23 +96,51 @@ def status_command(as_json: bool, agent_ref: str) -> None:
         )
         return
     table(
-        ["POLICY", "AGENT", "WINDOW", "LIMIT", "SPENT", "HELD", "REMAINING", "CUR", "RESETS AT"],
+        ["POLICY", "AGENT", *STATUS_COLUMNS],
         [
-            [
-                s.policy.policy_id,
-                names.get(s.policy.agent_id, s.policy.agent_id),
-                describe_window(s.policy),
-                s.policy.limit,
-                s.spent,
-                s.held,
-                f"{s.remaining} OVER LIMIT" if s.over_limit else s.remaining,
-                s.policy.currency,
-                _stamp(s.resets_at) or "never",
-            ]
+            [s.policy.policy_id, names.get(s.policy.agent_id, s.policy.agent_id), *status_cells(s)]
             for s in statuses
         ],
         right=(3, 4, 5, 6),
     )
+
+
+def all_agents_status(as_json: bool) -> None:
+    """``budget status`` without an agent: each agent's own active policies, agents sorted by name; then
+    the agents that no active policy covers (none of their own, none of an ancestor's), which are denied
+    everything. ``--json`` prints the same list of policy statuses as for one agent."""
+    with CaracalClient() as client:
+        agents = client.home.agents.list()
+        statuses: list[PolicyStatus] = []
+        uncovered: list[str] = []
+        for agent in agents:
+            over = client.budget_status(agent.agent_id)
+            statuses += [s for s in over if s.policy.agent_id == agent.agent_id]
+            if not over:
+                uncovered.append(agent.name)
+        names = agent_names(client)
+    if as_json:
+        emit_json([status_dict(s, names) for s in statuses])
+        return
+    if not agents:
+        click.echo("no agents: register one with 'caracal agent register --name ... --owner ...'")
+        return
+    if statuses:
+        table(
+            ["AGENT", "AGENT ID", "POLICY", *STATUS_COLUMNS],
+            [
+                [names[s.policy.agent_id], s.policy.agent_id, s.policy.policy_id, *status_cells(s)]
+                for s in statuses
+            ],
+            right=(4, 5, 6, 7),
+        )
+    if uncovered:
+        click.echo(
+            ("\n" if statuses else "")
+            + f"no active policy over {', '.join(repr(name) for name in uncovered)} (nor over an ancestor): "
+            "every action is denied; create one with "
+            "'caracal policy create --agent-id NAME --limit ... --window daily'"
+        )
 
 
 def show_decision(decision: Decision, names: dict[str, str]) -> None:

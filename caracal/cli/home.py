@@ -1,8 +1,4 @@
-"""``caracal init`` and the global ``--home`` option.
-
-``caracal --home PATH ...`` (or ``$CARACAL_HOME``) selects the Caracal home for every command: the group
-callback sets ``$CARACAL_HOME`` for the duration of the command, so everything that resolves the home
-(``caracal ledger ...`` included) follows it.
+"""``caracal init`` (the global ``--home`` option is in :mod:`caracal.cli.options`).
 
 ``caracal init`` creates what a home needs and never destroys or overwrites anything: each item that
 already exists is reported (with what it holds) and left as it is. Running it again is always safe.
@@ -10,7 +6,6 @@ already exists is reported (with what it holds) and left as it is. Running it ag
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +16,9 @@ from typing import Any
 import click
 
 from caracal import __version__
+from caracal.cli.options import apply_home
 from caracal.cli.render import EXIT_ERROR, emit_json, table
-from caracal.config import HOME_ENV, caracal_home
+from caracal.config import caracal_home
 from caracal.core.checkpoint import CheckpointSigner, public_key_path
 from caracal.core.enforcement import DEFAULT_TTL
 from caracal.core.fileio import write_atomically
@@ -30,40 +26,6 @@ from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.validation import dumps
 from caracal.exceptions import CaracalError
 from caracal.storage.home import EmbeddedHome
-
-# --------------------------------------------------------------------------------------------- --home
-
-
-def home_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--home PATH`` on the ``caracal`` group (see :func:`apply_home`)."""
-    return click.option(
-        "--home",
-        "home",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help=f"Caracal home for this command (default: ${HOME_ENV}, else ~/.caracal).",
-    )(command)
-
-
-def apply_home(home: Path | None) -> None:
-    """Point ``$CARACAL_HOME`` at ``home`` (absolute) for the current command, restoring the previous value
-    when the command's context closes (so in-process callers such as tests do not leak it)."""
-    if home is None:
-        return
-    previous = os.environ.get(HOME_ENV)
-    os.environ[HOME_ENV] = str(home.expanduser().absolute())
-    context = click.get_current_context(silent=True)
-    if context is None:
-        return
-
-    def restore() -> None:
-        if previous is None:
-            os.environ.pop(HOME_ENV, None)
-        else:
-            os.environ[HOME_ENV] = previous
-
-    context.call_on_close(restore)
-
 
 # ------------------------------------------------------------------------------------------ config.toml
 

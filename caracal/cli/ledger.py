@@ -2,6 +2,9 @@
 
 Each command parses its options, makes one library call, renders the result (a table, or JSON with
 ``--json``) and exits with a meaningful code (see :mod:`caracal.cli.render`).
+
+The verifier and the home's writer wiring are imported by the commands that use them (verify, proof;
+append, checkpoint): reading the ledger (query, summary, tail) is the common case and starts without them.
 """
 
 from __future__ import annotations
@@ -10,24 +13,21 @@ import base64
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from caracal.cli.lazy import LazyCommand, LazyGroup
+from caracal.cli.options import json_option
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
-from caracal.config import caracal_home, default_ledger_path, default_signing_key_path, load_settings
+from caracal.config import default_ledger_path, default_signing_key_path, load_settings
 from caracal.core.checkpoint import CheckpointStore, matches_signed
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
-from caracal.core.verify import (
-    VerificationReport,
-    default_public_key,
-    prove_consistency,
-    prove_inclusion,
-    verify_ledger,
-)
 from caracal.exceptions import AgentNotFoundError, CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry, default_agents_path
-from caracal.storage.home import open_ledger_writer
+
+if TYPE_CHECKING:
+    from caracal.core.verify import VerificationReport
 
 _PROGRESS_MIN_BYTES = 16 << 20
 
@@ -41,10 +41,6 @@ def ledger_option(command: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Ledger file (default: $CARACAL_LEDGER, else $CARACAL_HOME/data/ledger.jsonl).",
     )(command)
-
-
-def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(command)
 
 
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,18 +61,35 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def home_agents() -> AgentRegistry | None:
+    """The home's agent registry, or None when the home has none (a ledger can be read without a home)."""
+    registry = default_agents_path()
+    return AgentRegistry(registry) if registry.exists() else None
+
+
 def agent_filter(value: str | None) -> str | None:
     """An ``--agent-id`` filter: an agent's name in the home's registry becomes its id; anything else (an
     id, or an agent the registry does not know) is used as given."""
-    if value is None:
-        return None
-    registry = caracal_home() / "data" / "agents.json"
-    if registry.exists():
-        try:
-            return AgentRegistry(registry).get(value).agent_id
-        except CaracalError:
-            pass
-    return value
+    registry = home_agents()
+    if value is None or registry is None:
+        return value
+    try:
+        return registry.get(value).agent_id
+    except CaracalError:
+        return value
+
+
+def home_agent_names() -> dict[str, str]:
+    """``agent id -> name`` for every agent of the home, to show beside the ids a ledger holds. Empty when
+    the home has no registry or it cannot be read: names are a courtesy, and reading the ledger does not
+    depend on them."""
+    registry = home_agents()
+    if registry is None:
+        return {}
+    try:
+        return {agent.agent_id: agent.name for agent in registry.list()}
+    except CaracalError:
+        return {}
 
 
 def resolve(ledger: Path | None) -> Path:
@@ -112,6 +125,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def open_writer(ledger: Path | None) -> LedgerWriter:
     """A writer on the ledger, configured by the home's ``config.toml``."""
+    from caracal.storage.home import open_ledger_writer
+
     return open_ledger_writer(resolve(ledger), default_signing_key_path(), load_settings())
 
 
@@ -121,24 +136,54 @@ def event_rows(events: list[LedgerEvent]) -> list[list[object]]:
     ]
 
 
-def show_events(events: list[LedgerEvent], as_json: bool) -> None:
-    """A table of entries; a KIND column appears when holds or releases are among them."""
+def named(event: LedgerEvent, names: dict[str, str]) -> dict[str, object]:
+    """The event's JSON with ``agent_name`` after ``agent_id`` (None when the home does not know it)."""
+    data = event.to_dict()
+    head = {"event_id": data.pop("event_id"), "agent_id": data.pop("agent_id")}
+    return {**head, "agent_name": names.get(event.agent_id), **data}
+
+
+def show_events(events: list[LedgerEvent], as_json: bool, names: dict[str, str] | None = None) -> None:
+    """A table of entries; a KIND column appears when holds or releases are among them.
+
+    With ``names`` (agent id -> name), a NAME column beside AGENT shows the names of the agents the home
+    knows ("-" for others; no column when it knows none of them), and each JSON entry gets ``agent_name``.
+    """
     if as_json:
-        emit_json([e.to_dict() for e in events])
+        if names is None:
+            emit_json([e.to_dict() for e in events])
+        else:
+            emit_json([named(e, names) for e in events])
         return
     if not events:
         click.echo("no events")
         return
     headers = ["ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR"]
     rows = event_rows(events)
+    right = (0, 4, 5)
+    if names and any(e.agent_id in names for e in events):
+        headers.insert(3, "NAME")
+        for row, event in zip(rows, events, strict=True):
+            row.insert(3, names.get(event.agent_id, "-"))
+        right = (0, 5, 6)
     if any(not e.is_charge for e in events):
         headers.append("KIND")
         for row, event in zip(rows, events, strict=True):
             row.append(event.kind or "charge")
-    table(headers, rows, right=(0, 4, 5))
+    table(headers, rows, right=right)
 
 
-@click.group("ledger")
+@click.group(
+    "ledger",
+    cls=LazyGroup,
+    lazy_commands={
+        "demo": LazyCommand(
+            "caracal.cli.ledger_demo",
+            "demo_command",
+            "Append, query, summarize, checkpoint, prove and verify a ledger, then catch a tampered copy.",
+        )
+    },
+)
 def ledger_group() -> None:
     """The append-only, tamper-evident ledger of charges."""
 
@@ -194,13 +239,14 @@ def query_command(
     limit: int | None,
     all_kinds: bool,
 ) -> None:
-    """List charges (and with --all, holds and releases), filtered by agent, resource and time."""
+    """List charges (and with --all, holds and releases), filtered by agent, resource and time; the names
+    of the home's agents beside their ids."""
     events = LedgerQuery(resolve(ledger)).get_events(
         agent_filter(agent_id), start, end, resource_type, charges_only=not all_kinds
     )
     if limit is not None:
         events = events[-limit:] if limit else []
-    show_events(events, as_json)
+    show_events(events, as_json, home_agent_names())
 
 
 @ledger_group.command("summary")
@@ -270,6 +316,8 @@ def summary_command(
 @handle_errors
 def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, quiet: bool) -> None:
     """Check every line, id, hash chain, checkpoint and signature; exit 3 if anything is wrong."""
+    from caracal.core.verify import default_public_key, verify_ledger
+
     path = resolve(ledger)
     if not path.exists():
         fail(f"no ledger at {path}")
@@ -363,6 +411,8 @@ def proof_command(
     to_size: int | None,
 ) -> None:
     """RFC 9162 inclusion proof (--event-id) or consistency proof (--from-size), self-checked."""
+    from caracal.core.verify import prove_consistency, prove_inclusion
+
     path = resolve(ledger)
     if (event_id is None) == (from_size is None):
         raise ProofError("give either --event-id (inclusion proof) or --from-size (consistency proof)")

@@ -1,28 +1,64 @@
-"""The ``caracal`` command: a thin layer of click commands over the library."""
+"""The ``caracal`` command: a thin layer of click commands over the library.
+
+Each subcommand's module is imported only when that command runs (:class:`~caracal.cli.lazy.LazyGroup`):
+``caracal --help`` imports click and nothing else of weight, and ``caracal budget status`` does not load
+the server, the gateway or the verifier. The summaries below are what ``caracal --help`` lists; each is
+the first sentence of its command's help (a test holds them to it).
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
 from caracal import __version__
-from caracal.cli.agents import agent_group
-from caracal.cli.backup import backup_group
-from caracal.cli.budget import budget_group
-from caracal.cli.demo import demo_command as control_plane_demo
-from caracal.cli.home import apply_home, home_option, init_command
-from caracal.cli.ledger import ledger_group
-from caracal.cli.ledger_demo import demo_command
-from caracal.cli.policies import policy_group
-from caracal.cli.pricebook import pricebook_group
-from caracal.cli.serve import serve_command
+from caracal.cli.lazy import LazyCommand, LazyGroup
+from caracal.cli.options import apply_home, home_option
 
-ledger_group.add_command(demo_command)
+COMMANDS: dict[str, LazyCommand] = {
+    "init": LazyCommand(
+        "caracal.cli.home",
+        "init_command",
+        "Create a Caracal home: config, ledger, registries, signing key, admin API key.",
+    ),
+    "agent": LazyCommand("caracal.cli.agents", "agent_group", "Agents: who spends."),
+    "policy": LazyCommand(
+        "caracal.cli.policies",
+        "policy_group",
+        "Budget policies: a limit per window for an agent (its descendants' spend counts too).",
+    ),
+    "pricebook": LazyCommand(
+        "caracal.cli.pricebook",
+        "pricebook_group",
+        "Prices per unit of each resource, versioned by effective time.",
+    ),
+    "budget": LazyCommand(
+        "caracal.cli.budget", "budget_group", "Budgets: what an agent has spent, holds and has left."
+    ),
+    "backup": LazyCommand(
+        "caracal.cli.backup",
+        "backup_group",
+        "Consistent copies of the home's data (ledger, registries) and restoring them.",
+    ),
+    "serve": LazyCommand(
+        "caracal.cli.serve",
+        "serve_command",
+        "Serve the REST API (/api/v1), the gateway (/v1/chat/completions, /v1/embeddings, /v1/messages), "
+        "/healthz, /metrics and the OpenAPI document (/docs).",
+    ),
+    "ledger": LazyCommand(
+        "caracal.cli.ledger", "ledger_group", "The append-only, tamper-evident ledger of charges."
+    ),
+    "demo": LazyCommand(
+        "caracal.cli.demo",
+        "demo_command",
+        "Two child agents spend concurrently against their budgets and their parent's; watch it hold.",
+    ),
+}
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
 @click.version_option(__version__, prog_name="caracal")
 @click.option(
     "-v", "--verbose", count=True, help="Log to stderr (-v: every ledger write at INFO; -vv: DEBUG)."
@@ -32,24 +68,12 @@ def main(verbose: int, home: Path | None) -> None:
     """Caracal: an economic control plane for AI agents."""
     apply_home(home)
     if verbose:
+        import logging  # here: only -v needs it, and every command that writes imports it anyway
+
         logging.basicConfig(
             level=logging.DEBUG if verbose > 1 else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-
-
-main.add_command(ledger_group)
-for _command in (
-    init_command,
-    agent_group,
-    policy_group,
-    pricebook_group,
-    budget_group,
-    backup_group,
-    serve_command,
-):
-    main.add_command(_command)
-main.add_command(control_plane_demo)
 
 
 if __name__ == "__main__":

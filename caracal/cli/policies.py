@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import click
 
-from caracal.cli.ledger import json_option
+from caracal.cli.options import json_option
 from caracal.cli.render import emit_json, handle_errors, table
 from caracal.core.enforcement import describe_window
 from caracal.core.policy import Policy

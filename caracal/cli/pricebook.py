@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from caracal.cli.ledger import json_option
+from caracal.cli.options import json_option
 from caracal.cli.render import emit_json, handle_errors, table
 from caracal.core.fileio import write_atomically
 from caracal.core.pricebook import Price, decimal_text, multiply_exactly

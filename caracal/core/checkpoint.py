@@ -11,6 +11,13 @@ Checkpoints are kept in a JSON Lines sidecar (``<ledger>.checkpoints``), one rec
 
 The signed message is :func:`checkpoint_message`: a versioned, newline-separated text, so a signature can be
 checked by third parties with any Ed25519 implementation.
+
+``cryptography`` is imported by the functions that sign, verify or load keys, not with this module: the
+ledger imports it, and a command that only reads the ledger (``caracal ledger query``) never touches a key.
+Loading the signing key a writer opens with reads the one encoding this module writes (PKCS#8 PEM of an
+Ed25519 key) directly (:func:`_ed25519_seed`), without ``cryptography``'s serialization package, which
+costs more to import than everything else a short command like ``caracal budget status`` does; any
+other encoding goes through that package as before.
 """
 
 from __future__ import annotations
@@ -23,17 +30,22 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from caracal.core.events import complete_end, read_last_lines
 from caracal.core.fileio import append_durably, write_atomically
 from caracal.exceptions import CheckpointError, ConfigurationError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 CHECKPOINT_DOMAIN = b"caracal-ledger-checkpoint-v1"
+
+# DER of an RFC 8410 OneAsymmetricKey for Ed25519 (version 0, no attributes, no public key) up to the
+# 32-byte private key: what PrivateFormat.PKCS8 writes for an Ed25519 key, 48 bytes in all.
+_PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
 
 
 def checkpoint_message(size: int, root: bytes, timestamp: str) -> bytes:
@@ -46,8 +58,7 @@ def checkpoint_message(size: int, root: bytes, timestamp: str) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """A short fingerprint of a public key: the first 16 hex digits of SHA-256 of its raw bytes."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class Checkpoint:
 
     def verify(self, public_key: Ed25519PublicKey) -> None:
         """Raise :class:`CheckpointError` unless the signature is valid under ``public_key``."""
+        from cryptography.exceptions import InvalidSignature
+
         if self.key_id != key_id(public_key):
             raise CheckpointError(
                 f"checkpoint at size {self.size} was signed by key {self.key_id}, "
@@ -114,6 +127,9 @@ class CheckpointSigner:
         key_path = Path(path)
         if key_path.exists():
             return cls(load_private_key(key_path))
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         private_key = Ed25519PrivateKey.generate()
         pem = private_key.private_bytes(
@@ -136,9 +152,7 @@ class CheckpointSigner:
         signing key lives, in ``keys/``, and never beside the ledger: whoever can edit the data folder
         cannot forge a cache. One key per purpose, so one cache can never pass for another.
         """
-        raw = self.private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        raw = self.private_key.private_bytes_raw()
         return hmac.new(raw, b"caracal-cache-key-v1:" + purpose.encode(), hashlib.sha256).digest()
 
     def sign(self, size: int, root: bytes, timestamp: str) -> Checkpoint:
@@ -151,9 +165,34 @@ def public_key_path(private_key_path: Path) -> Path:
     return private_key_path.with_name(private_key_path.name + ".pub")
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
+def _ed25519_seed(pem: bytes) -> bytes | None:
+    """The 32-byte private key of an unencrypted PKCS#8 PEM Ed25519 key in exactly the form
+    :meth:`CheckpointSigner.load_or_create` writes; None for anything else (left to ``cryptography``)."""
+    parts = pem.split()
+    if len(parts) != 7 or parts[:3] != [b"-----BEGIN", b"PRIVATE", b"KEY-----"]:
+        return None
+    if parts[4:] != [b"-----END", b"PRIVATE", b"KEY-----"]:
+        return None
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        der = base64.b64decode(parts[3], validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(_PKCS8_ED25519_PREFIX) + 32 or not der.startswith(_PKCS8_ED25519_PREFIX):
+        return None
+    return der[len(_PKCS8_ED25519_PREFIX) :]
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        data = path.read_bytes()
+        seed = _ed25519_seed(data)
+        if seed is not None:
+            return Ed25519PrivateKey.from_private_bytes(seed)
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(data, password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigurationError(f"cannot load the checkpoint signing key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
@@ -163,6 +202,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """Load a public key from a PEM public key, or derive it from a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     key_path = Path(path)
     try:
         data = key_path.read_bytes()

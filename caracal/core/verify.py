@@ -24,9 +24,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from caracal.core.checkpoint import Checkpoint, CheckpointStore, key_id, load_public_key
 from caracal.core.events import (
@@ -54,6 +54,9 @@ from caracal.exceptions import (
     LedgerVerificationError,
     ProofError,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 Progress = Callable[[int, int], None]
 """Called with ``(bytes_done, bytes_total)`` now and then during long work."""

@@ -27,7 +27,6 @@ when its budget cannot be proven (fail closed).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import functools
@@ -248,6 +247,8 @@ class CaracalClient:
     ) -> AsyncIterator[BudgetScope]:
         """``budget_check`` for async code: the blocking steps (lock and fsync, or the HTTP round trip) run
         in a worker thread."""
+        import asyncio  # here, not at the top: only async callers need it, and it is slow to import
+
         scope = await asyncio.to_thread(self._open_scope, agent_id, estimated_cost, ttl, currency)
         token = _current_scope.set(scope)
         try:

@@ -27,7 +27,7 @@ from caracal.cli import backup as backup_module
 from caracal.cli.main import main
 from caracal.config import Settings, load_settings
 from caracal.core.enforcement import DEFAULT_TTL
-from caracal.core.ledger import LedgerWriter
+from caracal.core.ledger import LedgerEvent, LedgerWriter
 from caracal.core.validation import format_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
 from caracal.exceptions import ConfigurationError
@@ -422,6 +422,95 @@ def test_budget_without_a_policy_denies(caracal_home: Path) -> None:
     assert run_json("budget", "status", "--agent-id", "lonely") == []
     decision = run_json("budget", "check", "--agent-id", "lonely", code=1)
     assert "no active policy" in decision["reason"]
+
+
+def test_budget_status_without_an_agent_shows_every_agents_policies(populated: dict[str, str]) -> None:
+    # The fixture charged the child 0.50; a hold of 1.25 stays open. A grandchild is covered by its
+    # ancestors' policies; a loner has no policy over it at all.
+    with CaracalClient() as client:
+        client.reserve("child", "1.25")
+    run("agent", "register", "--name", "grandchild", "--owner", "o", "--parent", "child")
+    run("agent", "register", "--name", "loner", "--owner", "o")
+
+    statuses = run_json("budget", "status")
+    assert [(s["agent_name"], s["policy_id"]) for s in statuses] == [
+        ("child", populated["child_policy"]),
+        ("my-agent", populated["parent_policy"]),
+    ]
+    child, parent = statuses
+    assert child == run_json("budget", "status", "--agent-id", "child")[0]  # the same figures and shape
+    assert (parent["agent_id"], parent["spent"], parent["held"], parent["remaining"]) == (
+        populated["parent"],
+        "0.50",
+        "1.25",
+        "8.25",
+    )
+
+    lines = run("budget", "status").stdout.splitlines()
+    assert (
+        " ".join(lines[0].split()) == "AGENT AGENT ID POLICY WINDOW LIMIT SPENT HELD REMAINING CUR RESETS AT"
+    )
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert rows["child"][1:8] == [
+        populated["child"],
+        populated["child_policy"],
+        "daily",
+        "5",
+        "0.50",
+        "1.25",
+        "3.25",
+    ]
+    assert rows["my-agent"][1:3] == [populated["parent"], populated["parent_policy"]]
+    assert lines[4:] == [
+        "",
+        "no active policy over 'loner' (nor over an ancestor): every action is denied; create one with "
+        "'caracal policy create --agent-id NAME --limit ... --window daily'",
+    ]
+
+
+def test_ledger_query_shows_the_names_of_the_homes_agents(
+    caracal_home: Path, populated: dict[str, str]
+) -> None:
+    # The fixture charged the child; an entry for an id the home does not know (written by a library user
+    # straight into the ledger) has no name.
+    with LedgerWriter(
+        caracal_home / "data" / "ledger.jsonl", signing_key_path=caracal_home / "keys" / "checkpoint.key"
+    ) as w:
+        w.append_event("a1", "tool.x", "1", "1")
+    lines = run("ledger", "query").stdout.splitlines()
+    assert lines[0].split()[:5] == ["ID", "TIMESTAMP", "AGENT", "NAME", "RESOURCE"]
+    assert [line.split()[2:4] for line in lines[2:]] == [[populated["child"], "child"], ["a1", "-"]]
+    assert run("ledger", "query", "--agent-id", "child").stdout.splitlines()[2].split()[2:4] == [
+        populated["child"],
+        "child",
+    ]
+
+    charge, unknown = run_json("ledger", "query")
+    assert list(charge)[:3] == ["event_id", "agent_id", "agent_name"]
+    assert (charge["agent_id"], charge["agent_name"]) == (populated["child"], "child")
+    assert (unknown["agent_id"], unknown["agent_name"]) == ("a1", None)
+    # Beside the name, each row is still the event (readers ignore fields they do not know).
+    assert LedgerEvent.from_dict(charge).to_dict() == {k: v for k, v in charge.items() if k != "agent_name"}
+
+
+def test_ledger_query_of_a_ledger_without_a_home_shows_ids_only(
+    caracal_home: Path, ledger_path: Path
+) -> None:
+    run("ledger", "append", "--ledger", str(ledger_path), "--agent-id", "a1", "--resource-type", "r",
+        "--quantity", "1", "--cost", "1")  # fmt: skip
+    assert run("ledger", "query", "--ledger", str(ledger_path)).stdout.splitlines()[0].split() == [
+        "ID", "TIMESTAMP", "AGENT", "RESOURCE", "QUANTITY", "COST", "CUR",
+    ]  # fmt: skip
+    assert run_json("ledger", "query", "--ledger", str(ledger_path))[0]["agent_name"] is None
+
+
+def test_budget_status_of_a_home_without_agents_or_policies(caracal_home: Path) -> None:
+    run("init")
+    assert run("budget", "status").stdout.startswith("no agents: register one with 'caracal agent register")
+    assert run_json("budget", "status") == []
+    run("agent", "register", "--name", "lonely", "--owner", "o")
+    assert run("budget", "status").stdout.startswith("no active policy over 'lonely'")
+    assert run_json("budget", "status") == []
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,18 @@ from caracal.core.ledger import LedgerReader
 from caracal.core.verify import verify_ledger
 
 
-def free_port() -> int:
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A free port on 127.0.0.1, kept from everyone else until the block ends, so that ``caracal serve
+    --port`` can take it even while other tests (other xdist workers) open ports at the same time.
+
+    The port stays bound by this socket (SO_REUSEADDR, never listening): meanwhile no bind to port 0 gets
+    it, nor any bind without SO_REUSEADDR; uvicorn's socket (SO_REUSEADDR too) may still bind it and listen
+    on it, as Linux lets a listener share a port with sockets that do not listen."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 def wait_for_health(base_url: str, process: subprocess.Popen[str]) -> None:
@@ -44,21 +53,21 @@ def wait_for_health(base_url: str, process: subprocess.Popen[str]) -> None:
 @pytest.fixture
 def served(caracal_home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CARACAL_HOME": str(caracal_home)},
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(base_url, process)
-        yield base_url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with reserved_port() as port:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "CARACAL_HOME": str(caracal_home)},
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(base_url, process)
+            yield base_url, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_serve_records_over_http_and_stops_gracefully(
@@ -96,20 +105,20 @@ def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -
     key_file = caracal_home / "keys" / "admin.key"
     (caracal_home / "data" / "apikeys.json").unlink()  # a home from before API keys existed
     key_file.unlink()
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", process)
-        token = key_file.read_text().strip()
-        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/agents", headers={"x-api-key": token})
-        assert answer.status_code == 200
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    with reserved_port() as port:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", process)
+            token = key_file.read_text().strip()
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/agents", headers={"x-api-key": token})
+            assert answer.status_code == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
     assert "created the admin API key" in process.stderr.read()  # type: ignore[union-attr]
 
 
@@ -122,18 +131,18 @@ def impatient(caracal_home: Path) -> Iterator[tuple[int, str]]:
     text = config.read_text()
     assert "\nbody_timeout = 30\n" in text  # documented in the config init writes
     config.write_text(text.replace("\nbody_timeout = 30\n", "\nbody_timeout = 1\n"))
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for_health(f"http://127.0.0.1:{port}", process)
-        yield port, (caracal_home / "keys" / "admin.key").read_text().strip()
-    finally:
-        process.kill()
-        process.wait()
+    with reserved_port() as port:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_health(f"http://127.0.0.1:{port}", process)
+            yield port, (caracal_home / "keys" / "admin.key").read_text().strip()
+        finally:
+            process.kill()
+            process.wait()
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from caracal.core.merkle import leaf_hash
-from tests.cli.test_cli_serve import free_port
+from tests.cli.test_cli_serve import reserved_port
 
 RESOURCE = "tool.calls"
 SPEND = """
@@ -174,5 +174,6 @@ def test_caracal_serve_refuses_to_start_on_a_ledger_that_fails_verification(cara
     lines[0] = orjson.dumps(data)
     write_lines(caracal_home, lines)
     (caracal_home / "data" / "ledger.jsonl.budget").unlink()
-    done = caracal("serve", "--port", str(free_port()), home=caracal_home, code=1)
+    with reserved_port() as port:
+        done = caracal("serve", "--port", str(port), home=caracal_home, code=1)
     assert "failed verification at event 1" in done.stderr

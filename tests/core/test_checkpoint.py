@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import stat
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,76 @@ def test_load_or_create_returns_the_existing_key(tmp_path: Path) -> None:
     second = CheckpointSigner.load_or_create(path)
     assert first.key_id == second.key_id
     assert len(first.key_id) == 16
+
+
+LOAD_KEY = """
+import json, sys
+from pathlib import Path
+from caracal.core.checkpoint import CheckpointSigner
+from caracal.exceptions import ConfigurationError
+try:
+    signer = CheckpointSigner.load_or_create(Path(sys.argv[1]))
+    result = {"public": signer.public_key.public_bytes_raw().hex()}
+except ConfigurationError as exc:
+    result = {"error": str(exc)}
+result["serialization"] = "cryptography.hazmat.primitives.serialization" in sys.modules
+print(json.dumps(result))
+"""
+
+
+def _reencode(pem: bytes, how: str) -> bytes:
+    """The key of ``pem`` (as load_or_create writes it) in another encoding, or another key altogether."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = serialization.load_pem_private_key(pem, password=None)
+    pkcs8 = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8)
+    if how == "crlf line ends":
+        return pem.replace(b"\n", b"\r\n")
+    if how == "body split over two lines":
+        head, body, tail = pem.split(b"\n")[:3]
+        return b"\n".join([head, body[:32], body[32:], tail, b""])
+    if how == "encrypted":
+        return private.private_bytes(*pkcs8, serialization.BestAvailableEncryption(b"secret"))
+    if how == "an EC key":
+        return ec.generate_private_key(ec.SECP256R1()).private_bytes(*pkcs8, serialization.NoEncryption())
+    if how == "seed cut short":
+        return pem.replace(pem.split(b"\n")[1], base64.b64encode(base64.b64decode(pem.split(b"\n")[1])[:47]))
+    return pem
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["as written", "crlf line ends", "body split over two lines", "encrypted", "an EC key", "seed cut short"],
+)
+def test_the_signing_key_loads_as_cryptography_reads_it_and_only_odd_encodings_need_its_pem_parser(
+    tmp_path: Path, how: str
+) -> None:
+    """A writer loads the key it wrote without cryptography's serialization package (slow to import, and
+    every command that writes opens a writer); any other encoding is read by that package, as before."""
+    from cryptography.hazmat.primitives import serialization
+
+    written = tmp_path / "written.key"
+    CheckpointSigner.load_or_create(written)
+    path = tmp_path / "keys" / "checkpoint.key"
+    path.parent.mkdir()
+    path.write_bytes(_reencode(written.read_bytes(), how))
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_KEY, str(path)], capture_output=True, text=True, check=True
+    )
+    loaded = json.loads(done.stdout)
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        assert "cannot load the checkpoint signing key" in loaded["error"]
+    else:
+        if isinstance(key, Ed25519PrivateKey):
+            assert loaded["public"] == key.public_key().public_bytes_raw().hex()
+        else:
+            assert loaded["error"].endswith("is not an Ed25519 private key")
+    assert loaded["serialization"] is (how not in ("as written", "crlf line ends"))
 
 
 def test_load_public_key_refuses_non_keys(tmp_path: Path) -> None:

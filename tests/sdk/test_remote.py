@@ -37,13 +37,6 @@ from tests.sdk.conftest import Transport
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (connections are refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def silent_server() -> Iterator[str]:
     """Accepts connections (the kernel's backlog) and never answers."""
@@ -163,8 +156,8 @@ def admin(remote: Transport) -> CaracalClient:
 # ------------------------------------------------------------------------------------------ fail closed
 
 
-def test_a_refused_connection_fails_closed() -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+def test_a_refused_connection_fails_closed(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}"
     client = CaracalClient(base_url=url, api_key="ck_whatever")
     error = assert_denied_without_running(client, ServerUnreachableError)
     assert url in str(error) and "fail closed" in str(error)
@@ -389,8 +382,8 @@ def test_amounts_are_sent_as_decimal_strings() -> None:
     assert isinstance(event, dict) and event["quantity"] == "1E+3" and event["metadata"] == {"price": "0.10"}
 
 
-def test_floats_and_bad_input_are_refused_before_anything_is_sent() -> None:
-    client = CaracalClient(base_url=f"http://127.0.0.1:{closed_port()}", api_key="ck_whatever")
+def test_floats_and_bad_input_are_refused_before_anything_is_sent(closed_port: int) -> None:
+    client = CaracalClient(base_url=f"http://127.0.0.1:{closed_port}", api_key="ck_whatever")
     refused: list[tuple[Callable[[], object], type[Exception]]] = [
         (lambda: client.reserve("my-agent", 0.1), InvalidAmountError),
         (lambda: client.check("my-agent", 0.1), InvalidAmountError),

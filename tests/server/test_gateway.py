@@ -8,7 +8,6 @@ ledger assertions first wait until the agent's holds are closed (:meth:`GatewayE
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -559,14 +558,8 @@ def test_upstream_error_reaches_the_client_and_releases_the_hold(
     assert_released(env, agent, hold)
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_unreachable_upstream_is_502_and_releases_the_hold(tmp_path: Path) -> None:
-    with start_gateway(tmp_path / "home", upstream_url=f"http://127.0.0.1:{closed_port()}") as live:
+def test_unreachable_upstream_is_502_and_releases_the_hold(tmp_path: Path, closed_port: int) -> None:
+    with start_gateway(tmp_path / "home", upstream_url=f"http://127.0.0.1:{closed_port}") as live:
         for path, body in (
             (CHAT, chat(nonce())),
             (EMBEDDINGS, {"model": EMBEDDING, "input": "hello"}),

@@ -23,7 +23,7 @@ from caracal.core.ledger import LedgerReader
 from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
 from caracal.storage.home import EmbeddedHome
-from tests.cli.test_cli_serve import free_port, wait_for_health
+from tests.cli.test_cli_serve import reserved_port, wait_for_health
 from tests.server.fake_upstream import serve_fake_upstream
 
 HOLD_TTL = 2
@@ -33,21 +33,21 @@ FAST, SLOW = 8, 8
 
 @contextmanager
 def serve(home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CARACAL_HOME": str(home)},
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(base_url, process)
-        yield base_url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with reserved_port() as port:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "CARACAL_HOME": str(home)},
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(base_url, process)
+            yield base_url, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
