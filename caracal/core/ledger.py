@@ -43,10 +43,9 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
 from caracal.core.events import (
@@ -85,6 +84,9 @@ from caracal.exceptions import (
     LedgerWriteError,
     ProofError,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "LedgerEvent",

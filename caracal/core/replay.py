@@ -28,9 +28,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from caracal.core.checkpoint import CheckpointStore
 from caracal.core.events import LedgerEvent, iter_lines, parse_line
@@ -42,6 +40,9 @@ from caracal.exceptions import (
     LedgerReadError,
     LedgerVerificationError,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _FOLD_EVERY = 1 << 16
 """Leaf hashes buffered before they are folded into the frontier (bounds the buffer's memory)."""
