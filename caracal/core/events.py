@@ -45,7 +45,7 @@ from caracal.core.validation import (
     parse_amount,
     parse_timestamp,
 )
-from caracal.exceptions import InvalidLedgerEventError, LedgerCorruptError
+from caracal.exceptions import InvalidLedgerEventError, LedgerCorruptError, LedgerReadError
 
 READ_CHUNK = 1 << 20
 
@@ -317,6 +317,17 @@ def complete_end(handle: BinaryIO, size: int) -> int:
             return position - step + index + 1
         position -= step
     return 0
+
+
+def ledger_size(path: os.PathLike[str] | str) -> int:
+    """The ledger file's size in bytes (0 when it does not exist yet): followers compare it with how far
+    they have read, one ``stat`` per budget check."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
 
 
 def line_ending_at(path: os.PathLike[str] | str, offset: int) -> bytes | None:

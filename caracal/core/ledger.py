@@ -54,6 +54,7 @@ from caracal.core.events import (
     check_extensions,
     complete_end,
     iter_lines,
+    ledger_size,
     line_body,
     line_ending_at,
     line_event_id,
@@ -1205,12 +1206,7 @@ class LedgerTail(LedgerReader):
 
     def poll(self) -> list[LedgerEvent]:
         """Events appended since the previous call (complete lines only), in order."""
-        try:
-            size = self.ledger_path.stat().st_size
-        except FileNotFoundError:
-            size = 0
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+        size = ledger_size(self.ledger_path)
         if size < self.offset:
             raise LedgerCorruptError(
                 f"the ledger {self.ledger_path} shrank from {self.offset} to {size} bytes: it was truncated "

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caracal.core.checkpoint import CheckpointStore
-from caracal.core.events import LedgerEvent, iter_lines, parse_line
+from caracal.core.events import LedgerEvent, iter_lines, ledger_size, parse_line
 from caracal.core.fileio import open_for_reading
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier
 from caracal.exceptions import (
@@ -111,12 +111,7 @@ class VerifiedTail:
 
     def poll(self) -> list[LedgerEvent]:
         """Every complete line appended since the last call, checked, as events in order."""
-        try:
-            size = os.stat(self.ledger_path).st_size
-        except FileNotFoundError:
-            size = 0
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
+        size = ledger_size(self.ledger_path)
         if size < self.offset:
             raise failed(
                 self.last_event_id,

@@ -50,15 +50,16 @@ def wait_for_health(base_url: str, process: subprocess.Popen[str]) -> None:
     pytest.fail("caracal serve did not answer /healthz")
 
 
-@pytest.fixture
-def served(caracal_home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
+@contextmanager
+def serving(home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``caracal serve`` on ``home`` as a real process on a reserved port, up (answering /healthz) for the
+    block: ``(base_url, process)``. Killed at the end unless the block stopped it."""
     with reserved_port() as port:
         process = subprocess.Popen(
             [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "CARACAL_HOME": str(caracal_home)},
+            env={**os.environ, "CARACAL_HOME": str(home)},
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
@@ -68,6 +69,13 @@ def served(caracal_home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def served(caracal_home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
+    with serving(caracal_home) as server:
+        yield server
 
 
 def test_serve_records_over_http_and_stops_gracefully(
@@ -105,20 +113,12 @@ def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -
     key_file = caracal_home / "keys" / "admin.key"
     (caracal_home / "data" / "apikeys.json").unlink()  # a home from before API keys existed
     key_file.unlink()
-    with reserved_port() as port:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for_health(f"http://127.0.0.1:{port}", process)
-            token = key_file.read_text().strip()
-            answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/agents", headers={"x-api-key": token})
-            assert answer.status_code == 200
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+    with serving(caracal_home) as (base_url, process):
+        token = key_file.read_text().strip()
+        answer = httpx.get(f"{base_url}/api/v1/agents", headers={"x-api-key": token})
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
     assert "created the admin API key" in process.stderr.read()  # type: ignore[union-attr]
 
 
@@ -131,18 +131,8 @@ def impatient(caracal_home: Path) -> Iterator[tuple[int, str]]:
     text = config.read_text()
     assert "\nbody_timeout = 30\n" in text  # documented in the config init writes
     config.write_text(text.replace("\nbody_timeout = 30\n", "\nbody_timeout = 1\n"))
-    with reserved_port() as port:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for_health(f"http://127.0.0.1:{port}", process)
-            yield port, (caracal_home / "keys" / "admin.key").read_text().strip()
-        finally:
-            process.kill()
-            process.wait()
+    with serving(caracal_home) as (base_url, _process):
+        yield int(base_url.rsplit(":", 1)[1]), (caracal_home / "keys" / "admin.key").read_text().strip()
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

@@ -43,9 +43,18 @@ def enforcer_on(ledger_path: Path, caracal_home: Path) -> tuple[Enforcer, Ledger
     return Enforcer(writer, home.directory), writer
 
 
-def spend(enforcer: Enforcer, agent: str, amount: str) -> None:
-    hold = enforcer.reserve(agent, amount)
-    enforcer.settle(hold.hold_id, [{"resource_type": "r", "quantity": 1, "cost": amount}])
+def spent_home(caracal_home: Path) -> tuple[str, Path]:
+    """A home whose agent ``worker`` spent 0.90 of a 1.00 total budget, closed (snapshot saved): the
+    agent's id and the snapshot's path."""
+    home = EmbeddedHome(caracal_home)
+    agent = home.agents.register("worker", "o@example.com").agent_id
+    home.policies.create(agent, "1.00", TOTAL, "USD")
+    enforcer = Enforcer(home.writer(), home.directory)
+    hold = enforcer.reserve(agent, "0.90")
+    enforcer.settle(hold.hold_id, [{"resource_type": "r", "quantity": 1, "cost": "0.90"}])
+    enforcer.close()
+    home.close()
+    return agent, enforcer.snapshot_path
 
 
 @pytest.mark.parametrize("name", sorted(LINE_TAMPERS))
@@ -139,13 +148,8 @@ def test_another_homes_ledger_dropped_in_is_not_trusted(
 ) -> None:
     """Home A spent its budget; someone copies home B's ledger (little spend) over A's. A's checkpoints do
     not match B's lines; B's checkpoints (if copied too) are not signed by A's key."""
+    agent, _snapshot = spent_home(caracal_home)
     ours = EmbeddedHome(caracal_home)
-    agent = ours.agents.register("worker", "o@example.com").agent_id
-    ours.policies.create(agent, "1.00", TOTAL, "USD")
-    enforcer = Enforcer(ours.writer(), ours.directory)
-    spend(enforcer, agent, "0.90")
-    enforcer.close()
-    ours.close()
 
     theirs = tmp_path / "other" / "ledger.jsonl"
     with LedgerWriter(theirs, signing_key_path=tmp_path / "other-keys" / "checkpoint.key") as other:
@@ -190,14 +194,7 @@ def test_a_forged_checkpoint_record_is_not_trusted(ledger: Path, caracal_home: P
 def test_a_forged_snapshot_is_logged_and_ignored(
     caracal_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    home = EmbeddedHome(caracal_home)
-    agent = home.agents.register("worker", "o@example.com").agent_id
-    home.policies.create(agent, "1.00", TOTAL, "USD")
-    enforcer = Enforcer(home.writer(), home.directory)
-    spend(enforcer, agent, "0.90")
-    enforcer.close()
-    home.close()
-    path = enforcer.snapshot_path
+    agent, path = spent_home(caracal_home)
     header, _, payload = path.read_bytes().partition(b"\n")
     path.write_bytes(header + b"\n" + payload.replace(b'"0.90"', b'"0.00"'))
 

@@ -4,14 +4,11 @@ the server died before settling it. Real processes, a real fake upstream, real s
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,31 +20,12 @@ from caracal.core.ledger import LedgerReader
 from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
 from caracal.storage.home import EmbeddedHome
-from tests.cli.test_cli_serve import reserved_port, wait_for_health
+from tests.cli.test_cli_serve import serving
 from tests.server.fake_upstream import serve_fake_upstream
 
 HOLD_TTL = 2
 """Seconds a gateway hold lives in this home: short, so a restart soon after the kill finds them expired."""
 FAST, SLOW = 8, 8
-
-
-@contextmanager
-def serve(home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    with reserved_port() as port:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "CARACAL_HOME": str(home)},
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_health(base_url, process)
-            yield base_url, process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def wait_until(condition: object, what: str, timeout: float = 60.0) -> None:
@@ -100,7 +78,7 @@ def test_a_killed_server_leaves_no_answered_or_sent_call_unbilled(caracal_home: 
                 if any(agent_id in orjson.dumps(r.body).decode() for r in list(fake.requests))
             }
 
-        with serve(caracal_home) as (base_url, process):
+        with serving(caracal_home) as (base_url, process):
             threads = [threading.Thread(target=call, args=c) for c in calls]
             for thread in threads:
                 thread.start()
@@ -114,7 +92,7 @@ def test_a_killed_server_leaves_no_answered_or_sent_call_unbilled(caracal_home: 
         assert len(answered) == FAST and len(sent) == FAST + SLOW  # some answered, some in flight
 
         time.sleep(HOLD_TTL + 0.5)  # let every hold the dead server left expire
-        with serve(caracal_home) as (_base_url, process):  # the restarted server bills them at start
+        with serving(caracal_home) as (_base_url, process):  # the restarted server bills them at start
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
 
