@@ -34,6 +34,8 @@ from caracal.exceptions import CaracalError, LedgerVerificationError
 
 SNAPSHOT_EVERY = 10_000
 """Entries folded in between two saves of the budget snapshot (and one more on close)."""
+REPLAY_BATCH = 10_000
+"""Entries read and folded in at a time: a replay holds one batch of parsed entries, never the ledger."""
 logger = logging.getLogger("caracal.enforcement")
 
 
@@ -72,21 +74,23 @@ class LiveBudget:
         with self.lock:
             if self._distrust is not None:
                 raise self._distrust
-            try:
-                events = self.tail.poll()
-            except LedgerVerificationError as exc:
-                self._distrust = exc
-                logger.error("%s", exc)
-                raise
             state = self.state
-            if events and events[0].event_id <= state.last_event_id:
-                # Folded in already when this process staged them (see :meth:`stage`).
-                events = [e for e in events if e.event_id > state.last_event_id]
-            if events:
-                state.apply_all(events, self._clock())  # the reader's clock bounds skewed holds
-            if state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
-                self.save_snapshot()
-            return state
+            while True:
+                try:
+                    batch = events = self.tail.poll(REPLAY_BATCH)
+                except LedgerVerificationError as exc:
+                    self._distrust = exc
+                    logger.error("%s", exc)
+                    raise
+                if events and events[0].event_id <= state.last_event_id:
+                    # Folded in already when this process staged them (see :meth:`stage`).
+                    events = [e for e in events if e.event_id > state.last_event_id]
+                if events:
+                    state.apply_all(events, self._clock())  # the reader's clock bounds skewed holds
+                if state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
+                    self.save_snapshot()
+                if len(batch) < REPLAY_BATCH:  # the end of the file
+                    return state
 
     # ------------------------------------------------------------------ this process's own appends
 

@@ -109,8 +109,9 @@ class VerifiedTail:
 
     # ------------------------------------------------------------------ reading
 
-    def poll(self) -> list[LedgerEvent]:
-        """Every complete line appended since the last call, checked, as events in order."""
+    def poll(self, max_events: int = 1 << 62) -> list[LedgerEvent]:
+        """The complete lines appended since the last call, checked, as events in order: at most
+        ``max_events`` of them (call again for the rest), so that a replay holds one batch at a time."""
         size = ledger_size(self.ledger_path)
         if size < self.offset:
             raise failed(
@@ -120,8 +121,8 @@ class VerifiedTail:
         if size == self.offset:
             return []  # the common case on a budget check: one stat, nothing to read
         self._read_checkpoints()
-        events = self._read_lines()
-        if self._pending and self._pending[-1] > self.last_event_id:
+        events = self._read_lines(max_events)
+        if len(events) < max_events and self._pending and self._pending[-1] > self.last_event_id:
             covered = self._pending[-1]
             raise failed(
                 self.last_event_id + 1,
@@ -130,7 +131,7 @@ class VerifiedTail:
             )
         return events
 
-    def _read_lines(self) -> list[LedgerEvent]:
+    def _read_lines(self, max_events: int) -> list[LedgerEvent]:
         try:
             handle = open_for_reading(self.ledger_path)
         except OSError as exc:
@@ -169,6 +170,8 @@ class VerifiedTail:
                 elif len(unhashed) >= _FOLD_EVERY:
                     self._folded()
                 expected += 1
+                if len(events) >= max_events:
+                    break
         return events
 
     # ------------------------------------------------------------------ checkpoints
