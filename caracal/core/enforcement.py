@@ -209,6 +209,13 @@ class Enforcer:
         """Save the live state (sealed) so the next process resumes from here instead of replaying."""
         self.live.save_snapshot()
 
+    @property
+    def decided_state(self) -> BudgetState:
+        """The state a decision reads. Decisions run only inside :meth:`run_group`, under the ledger's lock,
+        after the group folded in every other writer's entries (``caught_up``) and with every earlier
+        decision of the group staged: it is current without another look at the file."""
+        return self.live.state
+
     def close(self) -> None:
         """Save the state so the next process resumes from here."""
         self.catch_up()
@@ -334,7 +341,7 @@ class Enforcer:
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
                 now = self.now()
-                decision = evaluate(self.directory, self.catch_up(), agent_id, value, currency, now)
+                decision = evaluate(self.directory, self.decided_state, agent_id, value, currency, now)
             outcome.append(decision)
             if not decision.allowed:
                 return None
@@ -506,19 +513,14 @@ class Enforcer:
 
     def open_hold(self, hold_id: str) -> OpenHold:
         """The open hold ``hold_id`` (caught up); :class:`HoldNotFoundError` if it is closed or unknown."""
-        hold = self.catch_up().hold(hold_id)
-        if hold is None:
-            raise HoldNotFoundError(
-                f"no open hold {hold_id!r}: it was settled or released already, or never existed"
-            )
-        return hold
+        return _open_in(self.catch_up(), hold_id)
 
     def _open_hold(self, hold_id: str) -> tuple[OpenHold, Decimal, datetime]:
-        """Caught up, under the state lock: the open hold, what was charged against it so far, and now.
+        """In a decision, under the state lock: the open hold, what was charged against it so far, and now.
         Raises :class:`HoldNotFoundError` if the hold is closed or unknown."""
         with self._state_lock:
-            hold = self.open_hold(hold_id)
-            return hold, self.live.state.charged_against(hold_id), self.now()
+            state = self.decided_state
+            return _open_in(state, hold_id), state.charged_against(hold_id), self.now()
 
     def release(self, hold_id: str) -> bool:
         """Close a hold without charging it. Returns False if it was already closed (idempotent)."""
@@ -530,7 +532,7 @@ class Enforcer:
 
         def decide() -> list[Mapping[str, Any]] | None:
             with self._state_lock:
-                hold = self.catch_up().hold(hold_id)
+                hold = self.decided_state.hold(hold_id)
                 now = self.now()
             released.append(hold is not None)
             return (
@@ -555,7 +557,7 @@ class Enforcer:
 
         def decide() -> list[Mapping[str, Any]]:
             with self._state_lock:
-                expired, entries = self._expiry_entries(self.catch_up(), self.now())
+                expired, entries = self._expiry_entries(self.decided_state, self.now())
             closed.extend(h.hold_id for h in expired)
             return entries
 
@@ -567,9 +569,9 @@ class Enforcer:
         up under the lock (the group's ``caught_up``), so when nothing is due a heap peek is all it costs."""
         with self._state_lock:
             now = self.now()
-            if not self.live.state.charge_due(now):
+            if not self.decided_state.charge_due(now):
                 return []
-            return self._expiry_entries(self.live.state, now)[1]
+            return self._expiry_entries(self.decided_state, now)[1]
 
     @staticmethod
     def _expiry_entries(state: BudgetState, now: datetime) -> tuple[list[OpenHold], list[Mapping[str, Any]]]:
@@ -600,6 +602,15 @@ def _flagged(metadata: object, over_hold: bool, after_expiry: bool) -> dict[str,
     if after_expiry:
         flagged["after_hold_expiry"] = True
     return flagged or None
+
+
+def _open_in(state: BudgetState, hold_id: str) -> OpenHold:
+    hold = state.hold(hold_id)
+    if hold is None:
+        raise HoldNotFoundError(
+            f"no open hold {hold_id!r}: it was settled or released already, or never existed"
+        )
+    return hold
 
 
 def _release(agent_id: str, currency: str, hold_id: str, now: datetime, why: str) -> dict[str, Any]:

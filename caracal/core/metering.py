@@ -90,7 +90,7 @@ class Meter:
         def duplicate() -> LedgerEvent | None:
             if idempotency_key is None:
                 return None
-            earlier = self.enforcer.catch_up().charge_with_key(idempotency_key)
+            earlier = self.enforcer.decided_state.charge_with_key(idempotency_key)
             if earlier is None:
                 return None
             if (earlier.agent_id, earlier.resource_type, earlier.quantity, earlier.hold_id) != payload:
