@@ -83,6 +83,9 @@ class Settings:
     use_llm_prices: bool = True
     tiered_llm_prices: str = "refuse"
     default_ttl: float = 300.0
+    idempotency_window: float = 604800.0
+    """Seconds an idempotency key is remembered after its charge (7 days); a retry after it is a new
+    charge. It bounds the memory and snapshot the keys take."""
     suspend_over_hold_factor: float | None = None
     """Suspend an agent when a settle or charge takes a hold past this many times its amount (off when
     unset): usage far beyond the bound is an anomaly (a runaway or a misbehaving upstream)."""
@@ -115,6 +118,7 @@ _POSITIVE = frozenset(
         ("gateway", "hold_ttl"),
         ("gateway", "upstream_timeout"),
         ("holds", "suspend_over_hold_factor"),
+        ("metering", "idempotency_window"),
     }
 )
 """Settings where 0 would make the server refuse everything (or nothing)."""
@@ -136,6 +140,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
     "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
+    "metering": {"idempotency_window": (int, float)},
     "sdk": {"default_estimate": (str,)},
     "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,), "body_timeout": (int, float)},
     "gateway": {

@@ -19,6 +19,7 @@ from caracal import __version__
 from caracal.cli.options import apply_home
 from caracal.cli.render import EXIT_ERROR, emit_json, table
 from caracal.config import caracal_home
+from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW
 from caracal.core.checkpoint import CheckpointSigner, public_key_path
 from caracal.core.enforcement import DEFAULT_TTL
 from caracal.core.fileio import write_atomically
@@ -96,6 +97,12 @@ default_ttl = {default_ttl}
 # counted (caracal_charges_over_hold_total) and shown as "over limit" in `caracal budget status`.
 # suspend_over_hold_factor = 10
 
+[metering]
+# Seconds an idempotency key is remembered after its charge (default 7 days): a retry with the same key
+# inside this window returns the first charge; a retry after it is recorded as a NEW charge. Memory and
+# the budget snapshot hold only the keys of one window. More than 0.
+idempotency_window = {idempotency_window}
+
 [sdk]
 # What `budget_check` without an estimated_cost reserves (embedded client). Unset: it only checks that
 # budget remains, so concurrent workers can overspend together. A string amount in the policy currency.
@@ -143,6 +150,7 @@ def config_text(now: datetime) -> str:
         version=__version__,
         date=now.strftime("%Y-%m-%d"),
         default_ttl=int(ttl) if ttl == int(ttl) else ttl,
+        idempotency_window=int(DEFAULT_IDEMPOTENCY_WINDOW.total_seconds()),
     )
 
 

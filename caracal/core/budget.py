@@ -22,12 +22,20 @@ time that does not grow with the ledger:
   first folds it in (written by a clock that ran ahead) expires one TTL (``expires_at - timestamp``)
   after that moment instead of at its own ``expires_at``: a clock a day ahead cannot pin a budget for a
   day. The reader's moment is passed in (``seen_at``), so the state stays pure.
+- **Idempotency keys are kept for a window** (``idempotency_window``, 7 days by default; ``[metering]
+  idempotency_window`` in ``config.toml``). A key is remembered with the first charge recorded with it
+  until the ledger's effective time (which never goes backwards) is a whole window past that charge; then
+  it is forgotten, and a charge with the same key is a *new* charge. This is the contract: a retry must
+  come within the window. Keys are kept in a deque ordered by effective time and pruned as entries are
+  applied, so the memory they take (and the snapshot's size) is bounded by the charges of one window, not
+  by the ledger's history.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -41,6 +49,9 @@ from caracal.exceptions import LedgerCorruptError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ZERO = Decimal(0)
+
+DEFAULT_IDEMPOTENCY_WINDOW = timedelta(days=7)
+"""How long an idempotency key is remembered after its charge (see the module docstring)."""
 
 
 def minute_of(moment: datetime) -> int:
@@ -98,16 +109,28 @@ class BudgetState:
     """Spend and holds per agent subtree, updated one ledger entry at a time.
 
     ``chain_of(agent_id)`` returns the agent followed by its ancestors (nearest first); it comes from the
-    identity registry and is called once per entry.
+    identity registry and is called once per entry. ``idempotency_window`` (more than zero) is how long a
+    key is remembered, measured on the ledger's effective time (see the module docstring).
     """
 
-    def __init__(self, chain_of: Callable[[str], tuple[str, ...]]):
+    def __init__(
+        self,
+        chain_of: Callable[[str], tuple[str, ...]],
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+    ):
+        if idempotency_window <= timedelta(0):
+            raise ValueError(f"the idempotency window must be more than 0, got {idempotency_window}")
         self._chain_of = chain_of
+        self.idempotency_window = idempotency_window
         self._spend: dict[tuple[str, str], SpendSeries] = {}
         self._holds: dict[str, OpenHold] = {}
         self._holds_by_member: dict[str, set[str]] = {}
         self._charged: dict[str, Decimal] = {}  # per hold: what has been charged against it
         self._by_key: dict[str, LedgerEvent] = {}  # idempotency key -> the first charge recorded with it
+        # (effective time, key, event id) per remembered key, oldest first: the order keys are forgotten in
+        self._key_times: deque[tuple[datetime, str, int]] = deque()
+        self._key_when: dict[str, datetime] = {}  # idempotency key -> the effective time of its charge
+        self._last_time: datetime | None = None  # the effective time of the last entry
         self._charge_expiries: list[tuple[datetime, str]] = []  # min-heap over charge-on-expiry holds
         self.last_event_id = 0
         self._last_minute = 0
@@ -123,6 +146,9 @@ class BudgetState:
             )
         self.last_event_id = event.event_id
         moment = event.time
+        effective = moment if self._last_time is None or moment > self._last_time else self._last_time
+        self._last_time = effective
+        self._forget_keys(effective)
         minute = max(minute_of(moment), self._last_minute)
         self._last_minute = minute
         kind = event.kind
@@ -135,8 +161,11 @@ class BudgetState:
                 series.add(minute, event.cost)
             if event.hold_id is not None and event.hold_id in self._holds:
                 self._charged[event.hold_id] = add(self._charged.get(event.hold_id, _ZERO), event.cost)
-            if event.idempotency_key is not None:
-                self._by_key.setdefault(event.idempotency_key, event)
+            key_ = event.idempotency_key
+            if key_ is not None and key_ not in self._by_key:
+                self._by_key[key_] = event
+                self._key_when[key_] = effective
+                self._key_times.append((effective, key_, event.event_id))
         elif kind == "hold":
             assert event.hold_id is not None and event.expires_at is not None  # checked by the event parser
             # A hold id repeated while open (only the plain ledger API can write one) replaces the earlier
@@ -165,6 +194,7 @@ class BudgetState:
         return {
             "last_event_id": self.last_event_id,
             "last_minute": self._last_minute,
+            "last_time": None if self._last_time is None else format_timestamp(self._last_time),
             "spend": [
                 [agent, currency, series.minutes, [str(total) for total in series.totals]]
                 for (agent, currency), series in self._spend.items()
@@ -182,15 +212,28 @@ class BudgetState:
                 for h in self._holds.values()
             ],
             "charged": {hold_id: str(amount) for hold_id, amount in self._charged.items()},
-            "keys": [event.to_dict() for event in self._by_key.values()],
+            # Only the keys still remembered (pruned as entries are applied): one window's worth at most.
+            "keys": [
+                [format_timestamp(when), self._by_key[key].to_dict()] for when, key, _ in self._key_times
+            ],
         }
 
     @classmethod
-    def from_snapshot(cls, data: Any, chain_of: Callable[[str], tuple[str, ...]]) -> BudgetState:
-        """Rebuild a state saved by :meth:`to_snapshot`; raises ValueError/KeyError/TypeError if malformed."""
-        state = cls(chain_of)
+    def from_snapshot(
+        cls,
+        data: Any,
+        chain_of: Callable[[str], tuple[str, ...]],
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+    ) -> BudgetState:
+        """Rebuild a state saved by :meth:`to_snapshot`; raises ValueError/KeyError/TypeError if malformed.
+
+        Keys older than ``idempotency_window`` (which may be shorter than when the snapshot was saved) are
+        dropped as it loads."""
+        state = cls(chain_of, idempotency_window)
         state.last_event_id = int(data["last_event_id"])
         state._last_minute = int(data["last_minute"])
+        last_time = data["last_time"]
+        state._last_time = None if last_time is None else parse_timestamp(last_time, "last_time", ValueError)
         for agent, currency, minutes, totals in data["spend"]:
             if len(minutes) != len(totals) or minutes != sorted(set(minutes)):
                 raise ValueError("a spend series in the snapshot is not in order")
@@ -202,15 +245,35 @@ class BudgetState:
             )  # fmt: skip
             state._open(hold)
         state._charged = {hold_id: Decimal(amount) for hold_id, amount in data["charged"].items()}
-        for record in data["keys"]:
+        previous: datetime | None = None
+        for when, record in data["keys"]:
+            moment = parse_timestamp(when, "key time", ValueError)
             event = LedgerEvent.from_dict(record)
-            if event.idempotency_key is not None:
-                state._by_key[event.idempotency_key] = event
+            key = event.idempotency_key
+            if key is None or key in state._by_key or (previous is not None and moment < previous):
+                raise ValueError("the idempotency keys in the snapshot are not one per key, in time order")
+            previous = moment
+            state._by_key[key] = event
+            state._key_when[key] = moment
+            state._key_times.append((moment, key, event.event_id))
+        if state._last_time is not None:
+            state._forget_keys(state._last_time)
         return state
 
     def apply_all(self, events: Iterable[LedgerEvent], seen_at: datetime | None = None) -> None:
         for event in events:
             self.apply(event, seen_at)
+
+    def _forget_keys(self, now: datetime) -> None:
+        """Drop the keys whose charge is a whole window or more before ``now`` (effective time)."""
+        cutoff = now - self.idempotency_window
+        times = self._key_times
+        while times and times[0][0] <= cutoff:
+            _, key, event_id = times.popleft()
+            earlier = self._by_key.get(key)
+            if earlier is not None and earlier.event_id == event_id:
+                del self._by_key[key]
+                del self._key_when[key]
 
     def _open(self, hold: OpenHold) -> None:
         self._holds[hold.hold_id] = hold
@@ -267,9 +330,27 @@ class BudgetState:
                     total = add(total, remaining)
         return total
 
-    def charge_with_key(self, idempotency_key: str) -> LedgerEvent | None:
-        """The charge first recorded with this idempotency key, if any."""
-        return self._by_key.get(idempotency_key)
+    def charge_with_key(self, idempotency_key: str, now: datetime | None = None) -> LedgerEvent | None:
+        """The charge first recorded with this idempotency key within the window, if any.
+
+        ``now`` is when a new charge would be recorded: a key whose charge is a whole window or more before
+        ``max(now, the ledger's effective time)`` (the new charge's effective time) is forgotten, so a
+        retry that late is a new charge. None: measured on the ledger's effective time alone.
+        """
+        earlier = self._by_key.get(idempotency_key)
+        if earlier is None:
+            return None
+        moment = self._last_time
+        if now is not None and (moment is None or now > moment):
+            moment = now
+        if moment is not None and self._key_when[idempotency_key] <= moment - self.idempotency_window:
+            return None
+        return earlier
+
+    @property
+    def idempotency_key_count(self) -> int:
+        """How many idempotency keys are remembered (at most those of one window)."""
+        return len(self._by_key)
 
     def hold(self, hold_id: str) -> OpenHold | None:
         """The open hold with this id (expired or not), or None if it was released or never existed."""

@@ -37,7 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from caracal.core.budget import BudgetState, OpenHold
+from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState, OpenHold
 from caracal.core.decisions import (
     AgentLike,
     Decision,
@@ -176,6 +176,7 @@ class Enforcer:
 
     ``on_over_hold`` (optional) is called after a settle or charge that took a hold's charges past its
     amount has been recorded; its errors are logged, never raised (the charge is on record either way).
+    ``idempotency_window``: how long idempotency keys are remembered (see :mod:`caracal.core.budget`).
     """
 
     def __init__(
@@ -185,12 +186,13 @@ class Enforcer:
         clock: Callable[[], datetime] | None = None,
         *,
         on_over_hold: Callable[[OverHold], None] | None = None,
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
     ):
         self.writer = writer
         self.directory = directory
         self.on_over_hold = on_over_hold
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self.live = LiveBudget(writer, directory.chain, self.now)
+        self.live = LiveBudget(writer, directory.chain, self.now, idempotency_window)
         self._state_lock = self.live.lock
 
     # ------------------------------------------------------------------ state

@@ -12,30 +12,46 @@ process appends to it:
 - **Saved.** The state is sealed into ``<ledger>.budget`` (:mod:`caracal.core.sealed`, with a key kept in
   ``keys/``) every :data:`SNAPSHOT_EVERY` entries and on close. A process resumes from it when it is
   genuine and still matches the ledger, and otherwise replays the ledger, checking every line.
+- **One replay per home.** A replay of a long ledger (:data:`REPLAY_LOCK_BYTES` or more to read with no
+  usable snapshot) runs at most once per home at a time: the process that must replay takes an exclusive
+  ``flock`` on ``<ledger>.replay.lock``, replays, saves the snapshot and releases it. A process that finds
+  the lock taken waits for it, then resumes from the snapshot the first one saved and reads only what was
+  appended after it. The ledger's own append lock is never held while replaying, so appends go on
+  meanwhile. A process that waited the ledger's ``lock_timeout`` in vain (a replay that slow, or stuck)
+  logs a warning and replays itself: the same result, the work done twice. A lock file that cannot be
+  opened at all raises :class:`LedgerReadError`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
-from caracal.core.budget import BudgetState
-from caracal.core.events import LedgerEvent, line_ending_at, line_event_id
-from caracal.core.fileio import write_atomically
+from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState
+from caracal.core.events import LedgerEvent, ledger_size, line_ending_at, line_event_id
+from caracal.core.fileio import flock_within, write_atomically
 from caracal.core.ledger import LedgerWriter
 from caracal.core.replay import VerifiedTail
 from caracal.core.sealed import SealError, seal, unseal
-from caracal.exceptions import CaracalError, LedgerVerificationError
+from caracal.exceptions import (
+    CaracalError,
+    LedgerReadError,
+    LedgerVerificationError,
+)
 
 SNAPSHOT_EVERY = 10_000
 """Entries folded in between two saves of the budget snapshot (and one more on close)."""
 REPLAY_BATCH = 10_000
 """Entries read and folded in at a time: a replay holds one batch of parsed entries, never the ledger."""
+REPLAY_LOCK_BYTES = 1 << 20
+"""A process that would read this many bytes of ledger or more without a usable snapshot replays under the
+home's replay lock (so that one process replays and the others resume from its snapshot)."""
 logger = logging.getLogger("caracal.enforcement")
 
 
@@ -44,7 +60,12 @@ class LiveBudget:
 
     ``chain_of`` gives an agent's id and its ancestors' (the identity registry); ``clock`` is the reader's
     clock, which bounds holds stamped by a clock that ran ahead. ``lock`` guards the state: hold it across
-    a read of the state and the decision taken on it.
+    a read of the state and the decision taken on it. ``idempotency_window``: how long idempotency keys
+    are remembered (:class:`BudgetState`).
+
+    Constructing it resumes from the snapshot, or replays a long ledger once per home (module docstring);
+    a ledger that fails verification during that replay is reported by the next :meth:`catch_up`.
+    ``replayed`` counts the entries this object has read from the ledger file (not its own staged ones).
     """
 
     def __init__(
@@ -52,18 +73,24 @@ class LiveBudget:
         writer: LedgerWriter,
         chain_of: Callable[[str], tuple[str, ...]],
         clock: Callable[[], datetime],
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
     ):
         self.writer = writer
         self.lock = threading.RLock()
         self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
+        self.replay_lock_path = writer.ledger_path.with_name(writer.ledger_path.name + ".replay.lock")
+        self.replayed = 0
         self._chain_of = chain_of
         self._clock = clock
+        self._idempotency_window = idempotency_window
         self._distrust: LedgerVerificationError | None = None
         self._reset()
         self._load_snapshot()
+        if self._unread_bytes() >= REPLAY_LOCK_BYTES:
+            self._replay_once()
 
     def _reset(self) -> None:
-        self.state = BudgetState(self._chain_of)
+        self.state = BudgetState(self._chain_of, self._idempotency_window)
         self.tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
         self._saved_at = 0
 
@@ -85,12 +112,61 @@ class LiveBudget:
                 if events and events[0].event_id <= state.last_event_id:
                     # Folded in already when this process staged them (see :meth:`stage`).
                     events = [e for e in events if e.event_id > state.last_event_id]
+                self.replayed += len(batch)
                 if events:
                     state.apply_all(events, self._clock())  # the reader's clock bounds skewed holds
                 if state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
                     self.save_snapshot()
                 if len(batch) < REPLAY_BATCH:  # the end of the file
                     return state
+
+    def _unread_bytes(self) -> int:
+        return ledger_size(self.writer.ledger_path) - self.tail.offset
+
+    def _replay_once(self) -> None:
+        """Replay under the home's replay lock, then save the snapshot; or, if another process replayed
+        while this one waited, resume from its snapshot (see the module docstring)."""
+        path = self.replay_lock_path
+        timeout = self.writer.lock_timeout
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerReadError(
+                f"cannot open the replay lock {path}: {exc.strerror or exc}; the budget state cannot be "
+                "rebuilt safely. Check that the data folder is writable by this user."
+            ) from exc
+        try:
+            if not flock_within(fd, timeout if timeout > 0 else 0.0):
+                # Slower than one replay should be (or stuck): replay here too rather than deny; the
+                # result is the same, only the work is done twice.
+                logger.warning(
+                    "another process has been replaying %s for over %ss (lock %s); replaying here too",
+                    self.writer.ledger_path,
+                    timeout,
+                    path,
+                )
+                self.catch_up_and_save()
+                return
+            self._reset()
+            self._load_snapshot()  # another process may have saved one while this one waited
+            if self._unread_bytes() < REPLAY_LOCK_BYTES:
+                return  # the rest (what was appended after that snapshot) is read by the next catch_up
+            logger.info("replaying %s to rebuild the budget state", self.writer.ledger_path)
+            self.catch_up_and_save()
+        finally:
+            os.close(fd)  # releases the flock
+
+    def catch_up_and_save(self) -> None:
+        """Replay (what is unread) and save the snapshot. Errors are not raised here but met again by the
+        next :meth:`catch_up`, where callers expect them (a verification failure stays: fail closed)."""
+        try:
+            self.catch_up()
+        except LedgerVerificationError:
+            return  # kept in self._distrust: every catch_up raises it
+        except CaracalError:
+            self._reset()
+            return
+        self.save_snapshot()
 
     # ------------------------------------------------------------------ this process's own appends
 
@@ -133,7 +209,7 @@ class LiveBudget:
                 return
             if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
                 return
-            state = BudgetState.from_snapshot(data["state"], self._chain_of)
+            state = BudgetState.from_snapshot(data["state"], self._chain_of, self._idempotency_window)
             tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
             tail.resume(offset, last_event_id, data["tail"])
         except FileNotFoundError:
@@ -167,4 +243,4 @@ class LiveBudget:
             logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
 
 
-__all__ = ["SNAPSHOT_EVERY", "LiveBudget"]
+__all__ = ["REPLAY_LOCK_BYTES", "SNAPSHOT_EVERY", "LiveBudget"]

@@ -5,7 +5,9 @@
 - **Idempotency.** A charge may carry an idempotency key. The check and the append happen in one
   :meth:`LedgerWriter.transact`, so two processes retrying the same key at once record one charge: the same
   key with the same payload returns the charge already recorded; with a different payload it is an
-  :class:`IdempotencyConflictError`.
+  :class:`IdempotencyConflictError`. Keys are remembered for the enforcer's idempotency window (7 days by
+  default, ``[metering] idempotency_window``), measured on the ledger's time: **a retry after the window
+  is recorded as a new charge.** Memory and the budget snapshot then hold one window's keys, not history.
 - **Time.** A charge is recorded, priced and counted at the moment Caracal receives it. A timestamp the
   client supplies is kept as ``metadata.occurred_at`` only: backdating can neither move spend out of the
   current window nor pick an older, cheaper price.
@@ -90,7 +92,7 @@ class Meter:
         def duplicate() -> LedgerEvent | None:
             if idempotency_key is None:
                 return None
-            earlier = self.enforcer.decided_state.charge_with_key(idempotency_key)
+            earlier = self.enforcer.decided_state.charge_with_key(idempotency_key, self.enforcer.now())
             if earlier is None:
                 return None
             if (earlier.agent_id, earlier.resource_type, earlier.quantity, earlier.hold_id) != payload:

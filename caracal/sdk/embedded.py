@@ -72,6 +72,7 @@ class EmbeddedClient(CaracalClient):
                 self._home.directory,
                 clock=self._clock,
                 on_over_hold=self._home.over_hold,
+                idempotency_window=self._home.idempotency_window,
             )
         return enforcer
 

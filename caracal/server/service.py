@@ -41,7 +41,11 @@ class Service:
         self.home = EmbeddedHome(home)
         self.metrics = Metrics()
         self.enforcer = Enforcer(
-            self.home.writer(), self.home.directory, clock=clock, on_over_hold=self._over_hold
+            self.home.writer(),
+            self.home.directory,
+            clock=clock,
+            on_over_hold=self._over_hold,
+            idempotency_window=self.home.idempotency_window,
         )
         try:
             self.enforcer.catch_up()

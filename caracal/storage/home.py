@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,6 +129,11 @@ class EmbeddedHome:
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()
+
+    @property
+    def idempotency_window(self) -> timedelta:
+        """``[metering] idempotency_window``: how long this home's enforcers remember idempotency keys."""
+        return timedelta(seconds=self.settings.idempotency_window)
 
     def over_hold(self, over: OverHold) -> None:
         """A charge beyond its hold was recorded: suspend the agent if ``[holds] suspend_over_hold_factor``

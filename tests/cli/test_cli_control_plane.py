@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 from caracal.cli import backup as backup_module
 from caracal.cli.main import main
 from caracal.config import Settings, load_settings
+from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW
 from caracal.core.enforcement import DEFAULT_TTL
 from caracal.core.ledger import LedgerEvent, LedgerWriter
 from caracal.core.validation import format_timestamp
@@ -202,6 +203,7 @@ def test_config_is_documented_and_its_values_are_the_code_defaults(caracal_home:
     assert config["pricing"]["use_llm_prices"] == prices["use_llm_prices"].default
     assert config["pricing"]["tiered_llm_prices"] == prices["tiered_llm_prices"].default
     assert config["holds"]["default_ttl"] == DEFAULT_TTL.total_seconds()
+    assert config["metering"]["idempotency_window"] == DEFAULT_IDEMPOTENCY_WINDOW.total_seconds()
     written = load_settings(caracal_home)  # the server and gateway sections state the code's defaults
     assert written == Settings()
 

@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from caracal.core.budget import BudgetState, SpendSeries, minute_of
+from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState, SpendSeries, minute_of
 from caracal.core.enforcement import Enforcer, policy_status
 from caracal.core.events import LedgerEvent
 from caracal.core.policy import Policy
@@ -94,8 +94,9 @@ CHAINS = {
 class Feed:
     """Builds ledger entries with contiguous ids and applies them to a BudgetState."""
 
-    def __init__(self) -> None:
-        self.state = BudgetState(lambda agent: CHAINS[agent])
+    def __init__(self, idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW) -> None:
+        self.window = idempotency_window
+        self.state = BudgetState(lambda agent: CHAINS[agent], idempotency_window)
         self.next_id = 1
 
     def add(self, agent: str, at: datetime, cost: str, currency: str = "USD", **extra: Any) -> LedgerEvent:
@@ -275,7 +276,7 @@ def feed_entries(feed: Feed, entries: list[tuple[str, str, int, int, str, int]],
     for index in range(len(entries) + 1):
         if index == cut:
             data = orjson.loads(orjson.dumps(feed.state.to_snapshot()))
-            feed.state = BudgetState.from_snapshot(data, lambda agent: CHAINS[agent])
+            feed.state = BudgetState.from_snapshot(data, lambda agent: CHAINS[agent], feed.window)
         if index == len(entries):
             return
         kind, agent, minutes, cents, currency, n = entries[index]
@@ -300,6 +301,45 @@ def test_a_snapshot_resumes_exactly(entries: list[tuple[str, str, int, int, str,
     feed_entries(resumed, entries, min(cut, len(entries)))
     moments = [T0 + timedelta(minutes=m, seconds=s) for m in (-1, 0, 30, 89, 200) for s in (0, 30)]
     assert probe(resumed.state, moments) == probe(whole.state, moments)
+
+
+@settings(max_examples=60, deadline=None)
+@given(entries=st.lists(ENTRY, max_size=30), cut=st.integers(0, 30), window=st.integers(1, 60))
+def test_idempotency_keys_are_kept_for_the_window_only(
+    entries: list[tuple[str, str, int, int, str, int]], cut: int, window: int
+) -> None:
+    """With a window of a few minutes, a key is found exactly while the ledger's time (or the caller's
+    ``now``) is less than a window past its first charge's effective time, the same with or without a
+    snapshot part way; and the snapshot never carries a key the state has forgotten."""
+    whole, resumed = Feed(timedelta(minutes=window)), Feed(timedelta(minutes=window))
+    feed_entries(whole, entries)
+    feed_entries(resumed, entries, min(cut, len(entries)))
+    # The model: effective times, the first charge per key, forgotten a whole window later.
+    last: datetime | None = None
+    first: dict[str, tuple[datetime, int]] = {}
+    for event_id, (kind, _agent, minutes, _cents, _currency, n) in enumerate(entries, 1):
+        at = T0 + timedelta(minutes=minutes, seconds=n * 7)
+        last = at if last is None or at > last else last
+        for key, (when, _) in list(first.items()):
+            if when <= last - timedelta(minutes=window):
+                del first[key]
+        if kind in ("charge", "charge-on-hold") and f"k{n}" not in first:
+            first[f"k{n}"] = (last, event_id)
+    for now in (None, T0, T0 + timedelta(minutes=45), T0 + timedelta(minutes=200)):
+        moment = last if now is None or (last is not None and last > now) else now
+        expected = [
+            first[k][1]
+            if k in first and (moment is None or first[k][0] > moment - timedelta(minutes=window))
+            else None
+            for k in (f"k{i}" for i in range(4))
+        ]
+        for state in (whole.state, resumed.state):
+            found = [state.charge_with_key(f"k{i}", now) for i in range(4)]
+            assert [None if e is None else e.event_id for e in found] == expected
+    kept = [record["idempotency_key"] for _, record in whole.state.to_snapshot()["keys"]]
+    assert sorted(kept) == sorted(first) == sorted(
+        record["idempotency_key"] for _, record in resumed.state.to_snapshot()["keys"]
+    )
 
 
 def test_a_malformed_snapshot_is_refused() -> None:
