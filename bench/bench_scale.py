@@ -1,0 +1,120 @@
+"""Scale benchmark: a home whose ledger holds many events. Prints figures, asserts nothing.
+
+Run: ``python bench/bench_scale.py`` (ten million events, about 2.7 GB on disk under ``--dir``; use
+``--events 1000000`` for a quicker look). The ledger is built with batch appends on an embedded home with
+ten agents, each with a daily policy. Then, each step in a fresh process so that its peak resident memory
+is its own (``wait4``):
+
+- cold open: open the home with no budget snapshot (a full, checked replay) and answer one check;
+- warm open: the same with the snapshot the cold open saved;
+- budget checks: p50 and p99 of 2,000 in-process checks after a warm open;
+- verify: ``caracal ledger verify`` over the whole ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+AGENTS = 10
+
+_OPEN = """
+import statistics, sys, time
+from caracal.sdk.client import CaracalClient
+started = time.perf_counter()
+client = CaracalClient()
+client.check("agent-0")
+opened = time.perf_counter() - started
+samples = []
+for i in range(int(sys.argv[1])):
+    t = time.perf_counter()
+    client.check(f"agent-{i % 10}")
+    samples.append(time.perf_counter() - t)
+client.close()
+samples.sort()
+p50 = samples[len(samples) // 2] * 1e6 if samples else 0.0
+p99 = samples[int(len(samples) * 0.99)] * 1e6 if samples else 0.0
+print(f"{opened:.3f} {p50:.1f} {p99:.1f}")
+"""
+
+
+def build(home: Path, events: int) -> Path:
+    """A home with ten agents and policies, and ``events`` charges appended in batches of 1,000."""
+    os.environ["CARACAL_HOME"] = str(home)
+    from caracal.core.ledger import LedgerWriter
+    from caracal.sdk.client import CaracalClient
+
+    with CaracalClient(home) as client:
+        ids = [client.register_agent(f"agent-{n}", "bench@example.com").agent_id for n in range(AGENTS)]
+        for n in range(AGENTS):
+            client.create_policy(f"agent-{n}", "1000000000", "daily")
+        ledger = client.home.ledger_path
+    batches = [
+        [{"agent_id": agent, "resource_type": "tool.calls", "quantity": "1", "cost": "0.005"}] * 1000
+        for agent in ids
+    ]
+    started = time.perf_counter()
+    with LedgerWriter(ledger, checkpoint_interval=0, backup_count=0) as writer:
+        for index in range(events // 1000):
+            writer.append_events(batches[index % AGENTS])
+            if index % 1000 == 999:
+                print(f"    {(index + 1) * 1000:,} events appended", file=sys.stderr)
+    took = time.perf_counter() - started
+    print(f"built {events:,} events ({ledger.stat().st_size / 1e9:.2f} GB) in {took:.0f} s")
+    return ledger
+
+
+def measured(args: list[str], home: Path) -> tuple[float, float, str]:
+    """Run ``args`` as a child; its wall time (s), its own peak resident memory (MB) and its stdout."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        args, stdout=subprocess.PIPE, env={**os.environ, "CARACAL_HOME": str(home)}, text=True
+    )
+    assert child.stdout is not None
+    output = child.stdout.read()
+    _pid, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{args} failed with status {status}")
+    return wall, usage.ru_maxrss / 1024, output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--dir", type=Path, default=Path(__file__).parent / ".data")
+    parser.add_argument("--checks", type=int, default=2000)
+    options = parser.parse_args()
+    options.dir.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=options.dir))
+    try:
+        print(f"Caracal scale benchmark on {home} ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+        ledger = build(home, options.events)
+        snapshot = ledger.with_name(ledger.name + ".budget")
+        snapshot.unlink(missing_ok=True)
+        cold, cold_rss, _ = measured([sys.executable, "-c", _OPEN, "0"], home)
+        rate = options.events / cold
+        print(f"{'cold open (checked replay), first check':42}{cold:8.1f} s  {rate:>9,.0f} events/s", end="")
+        print(f"  peak {cold_rss:,.0f} MB")
+        warm, warm_rss, out = measured([sys.executable, "-c", _OPEN, str(options.checks)], home)
+        opened, p50, p99 = (float(x) for x in out.split())
+        print(f"{'warm open (snapshot), first check':42}{opened:8.3f} s  (process {warm:.2f} s)", end="")
+        print(f"  peak {warm_rss:,.0f} MB")
+        print(f"{'budget check':42}p50 {p50:.1f} us  p99 {p99:.1f} us")
+        took, verify_rss, _ = measured([sys.executable, "-m", "caracal", "ledger", "verify"], home)
+        print(f"{'caracal ledger verify':42}{took:8.1f} s  {options.events / took:>9,.0f} events/s", end="")
+        print(f"  peak {verify_rss:,.0f} MB")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
