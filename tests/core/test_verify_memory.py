@@ -12,9 +12,11 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
+import orjson
 import pytest
 
 from caracal.core.ledger import LedgerWriter
+from caracal.core.merkle import leaf_hash
 from caracal.core.verify import VerificationReport, default_public_key, verify_ledger
 
 CHECKPOINT_FRACTIONS = (0.3, 0.55, 0.8)  # sizes that fall inside fold batches, not on their edges
@@ -96,3 +98,47 @@ def test_parallel_verify_leaves_no_temporary_file(ledgers: Ledgers) -> None:
     before = set(temporary.glob("caracal-verify-*"))
     assert verify_ledger(path, parallel=True).ok
     assert set(temporary.glob("caracal-verify-*")) == before
+
+
+def rewrite_and_rechain(path: Path, event_id: int) -> None:
+    """Change event ``event_id``'s cost and recompute every later ``prev_hash``: the hash chain holds, only
+    the signed checkpoints can tell."""
+    lines = path.read_bytes().split(b"\n")[:-1]
+    data = orjson.loads(lines[event_id - 1])
+    data["cost"] = "0.002"
+    lines[event_id - 1] = orjson.dumps(data)
+    for index in range(event_id, len(lines)):
+        data = orjson.loads(lines[index])
+        data["prev_hash"] = leaf_hash(lines[index - 1]).hex()
+        lines[index] = orjson.dumps(data)
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_checkpoints_across_fold_batches_catch_a_rechained_rewrite(
+    tmp_path: Path, signing_key: Path, parallel: bool
+) -> None:
+    """Roots are compared as leaves stream past, at sizes on a fold batch's edge (16,384), inside later
+    batches, and in the parallel child's half: a rechained rewrite of event 30,000 is caught by the first
+    checkpoint after it and blamed on the range since the last one that matched."""
+    path = tmp_path / "ledger" / "ledger.jsonl"
+    item = {"agent_id": "agent-1", "resource_type": "tokens", "quantity": "1", "cost": "0.001"}
+    with LedgerWriter(
+        path, signing_key_path=signing_key, checkpoint_every=0, checkpoint_interval=0
+    ) as writer:
+        for size in (16_384, 20_000, 32_000, 40_000):
+            while writer.last_event_id < size:
+                writer.append_events([item] * min(1000, size - writer.last_event_id))
+            writer.checkpoint()
+    public_key = default_public_key(signing_key)
+    clean = verify_ledger(path, public_key=public_key, parallel=parallel)
+    assert clean.ok and clean.checkpoints_matched == 4, clean.problems
+    rewrite_and_rechain(path, 30_000)
+    report = verify_ledger(path, public_key=public_key, parallel=parallel)
+    assert [(p.kind, p.event_id, p.exact) for p in report.problems] == [
+        ("checkpoint", 20_001, False),
+        ("checkpoint", 20_001, False),
+    ]
+    assert "some event from 20001 to 32000 was rewritten" in report.problems[0].message
+    assert report.first_bad_event_id == 20_001
+    assert report.checkpoints_matched == 2
