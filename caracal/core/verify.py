@@ -16,8 +16,9 @@ Problems are collected in file order, so ``first_bad_event_id`` names the first 
 Memory does not grow with the number of events: leaf hashes are folded into a :class:`MerkleFrontier` as
 lines are scanned (in batches of :data:`_FOLD_BATCH`), and each checkpoint's root is compared the moment the
 tree reaches its size, so no more than one batch of leaves is ever held. In parallel mode the child writes
-the second half's leaf hashes (32 bytes each) to a temporary file, which the parent folds in batches after
-the first half and then deletes. What is held still grows with the number of signed checkpoints, all read
+the second half's leaf hashes (32 bytes each) to a temporary file (in ``$TMPDIR``, not in the ledger's
+folder, which a verifier may not be allowed to write), which the parent folds in batches after the first half
+and then deletes. What is held still grows with the number of signed checkpoints, all read
 at the start (under a kilobyte each; one per 1,000 events by default). Only the proofs
 (:func:`prove_inclusion`, :func:`prove_consistency`) read every leaf into memory.
 """
