@@ -12,6 +12,15 @@
 
 Problems are collected in file order, so ``first_bad_event_id`` names the first bad event. A torn last line
 (an unacknowledged write cut by a crash, repaired by the next writer) is reported but is not a problem.
+
+Memory does not grow with the number of events: leaf hashes are folded into a :class:`MerkleFrontier` as
+lines are scanned (in batches of :data:`_FOLD_BATCH`), and each checkpoint's root is compared the moment the
+tree reaches its size, so no more than one batch of leaves is ever held. In parallel mode the child writes
+the second half's leaf hashes (32 bytes each) to a temporary file (in ``$TMPDIR``, not in the ledger's
+folder, which a verifier may not be allowed to write), which the parent folds in batches after the first half
+and then deletes. What is held still grows with the number of signed checkpoints, all read
+at the start (under a kilobyte each; one per 1,000 events by default). Only the proofs
+(:func:`prove_inclusion`, :func:`prove_consistency`) read every leaf into memory.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +48,7 @@ from caracal.core.events import (
 )
 from caracal.core.merkle import (
     EMPTY_ROOT,
+    HASH_SIZE,
     MerkleFrontier,
     consistency_proof,
     inclusion_proof,
@@ -63,6 +74,12 @@ Progress = Callable[[int, int], None]
 
 _PROGRESS_STEP = 8 << 20
 _PARALLEL_MIN_BYTES = 32 << 20
+_FOLD_BATCH = 1 << 14
+"""Leaves held before they are folded into the tree: the bound on verify's memory for leaves (half a MiB of
+hashes plus their list), large enough that folding in bulk costs nothing per line."""
+
+Fold = Callable[[list[bytes]], None]
+"""Takes the next leaf hashes in file order; the list is reused by the caller once this returns."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +216,8 @@ def verify_ledger(
     except OSError as exc:
         raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
 
-    segments = _scan(path, total, progress, parallel)
-    leaves: list[bytes] = []
+    checker = _RootChecker(pending[next_cp:], report)
+    segments = _scan(path, total, progress, parallel, checker.fold)
     expected, last_leaf = 1, EMPTY_ROOT
     for segment in segments:
         if segment.count:
@@ -210,36 +227,13 @@ def verify_ledger(
         report.events += segment.count
         report.unchained_events += segment.unchained
         if segment.count:
-            expected, last_leaf = segment.next_expected, segment.leaves[-1]
-        leaves.extend(segment.leaves)
+            expected, last_leaf = segment.next_expected, segment.last_leaf
         report.bytes_checked = segment.stop
     report.torn_tail_bytes = total - report.bytes_checked
-
-    tree = MerkleFrontier()
-    last_matched = 0
-    compared: set[tuple[int, bytes]] = set()
-    for checkpoint in pending[next_cp:]:
-        if (checkpoint.size, checkpoint.root) in compared:
-            report.checkpoints_matched += checkpoint.root == tree.root()
-            continue
-        compared.add((checkpoint.size, checkpoint.root))
-        if checkpoint.size > len(leaves):
-            found(
-                Problem(
-                    "truncated",
-                    f"the ledger holds {report.events} events but a signed checkpoint covers "
-                    f"{checkpoint.size}: events {report.events + 1}..{checkpoint.size} were removed from "
-                    f"its tail",
-                    report.events + 1,
-                    report.events + 1,
-                )
-            )
-            break
-        tree.extend(leaves[tree.size : checkpoint.size])
-        if _compare_root(checkpoint, tree.root(), report, found, last_matched):
-            last_matched = checkpoint.size
-    tree.extend(leaves[tree.size :])
-    report.root = tree.root()
+    checker.finish(report.events)
+    for problem in checker.problems:  # after the lines' problems, as found when all leaves were kept
+        found(problem)
+    report.root = checker.tree.root()
     # Problems were found per stage; present them in file order so the first names the first bad event.
     report.problems.sort(key=lambda p: (not p.exact, p.event_id is None, p.event_id or 0))
     return report
@@ -256,18 +250,85 @@ class _Segment:
     first_chain: object = None
     next_expected: int = 1
     unchained: int = 0
-    leaves: list[bytes] = field(default_factory=list)
+    last_leaf: bytes = EMPTY_ROOT
     problems: list[Problem] = field(default_factory=list)
 
 
-def _scan(path: Path, total: int, progress: Progress | None, parallel: bool | None) -> list[_Segment]:
-    """Scan the file in one process, or (large files, several cores) in two processes at once."""
+class _RootChecker:
+    """Folds leaf hashes, in file order, into a :class:`MerkleFrontier` and compares the root the moment the
+    tree reaches each checkpoint's size.
+
+    Holds only the frontier (at most 64 hashes) and the checkpoints, never the leaves: this is what keeps
+    verify's memory independent of the ledger's length. ``pending`` must be sorted by size, all sizes > 0.
+    Its findings go to :attr:`problems` (in the order the checkpoints are compared) so the caller can report
+    them after the lines' own problems, as before.
+    """
+
+    def __init__(self, pending: Sequence[Checkpoint], report: VerificationReport) -> None:
+        self.tree = MerkleFrontier()
+        self.problems: list[Problem] = []
+        self._pending = pending
+        self._next = 0
+        self._report = report
+        self._last_matched = 0
+        self._compared: set[tuple[int, bytes]] = set()
+
+    def fold(self, leaves: list[bytes]) -> None:
+        """Append the next ``leaves``, comparing the root at every checkpoint size they reach."""
+        tree, pending = self.tree, self._pending
+        done, count = 0, len(leaves)
+        while self._next < len(pending):
+            take = pending[self._next].size - tree.size
+            if take > count - done:
+                break
+            if take:
+                tree.extend(leaves[done : done + take])
+                done += take
+            self._compare_all_of_this_size()
+        if done < count:
+            tree.extend(leaves[done:] if done else leaves)
+
+    def _compare_all_of_this_size(self) -> None:
+        pending, tree = self._pending, self.tree
+        root = tree.root()
+        while self._next < len(pending) and pending[self._next].size == tree.size:
+            checkpoint = pending[self._next]
+            self._next += 1
+            if (checkpoint.size, checkpoint.root) in self._compared:
+                self._report.checkpoints_matched += checkpoint.root == root
+                continue
+            self._compared.add((checkpoint.size, checkpoint.root))
+            if _compare_root(checkpoint, root, self._report, self.problems.append, self._last_matched):
+                self._last_matched = checkpoint.size
+
+    def finish(self, events: int) -> None:
+        """After the last leaf: a checkpoint the tree never reached means the ledger's tail was cut."""
+        if self._next < len(self._pending):
+            size = self._pending[self._next].size
+            self.problems.append(
+                Problem(
+                    "truncated",
+                    f"the ledger holds {events} events but a signed checkpoint covers "
+                    f"{size}: events {events + 1}..{size} were removed from "
+                    f"its tail",
+                    events + 1,
+                    events + 1,
+                )
+            )
+            self._next = len(self._pending)
+
+
+def _scan(
+    path: Path, total: int, progress: Progress | None, parallel: bool | None, fold: Fold
+) -> list[_Segment]:
+    """Scan the file in one process, or (large files, several cores) in two processes at once, handing every
+    leaf hash to ``fold`` in file order."""
     if total == 0:
         return []
     if parallel is None:
         parallel = total >= _PARALLEL_MIN_BYTES and (os.cpu_count() or 1) > 1
     if not parallel:
-        return [_scan_segment(path, 0, total, progress, total)]
+        return [_scan_segment(path, 0, total, progress, total, fold)]
     with open(path, "rb") as handle:
         middle = complete_end(handle, total // 2)
         first_line = next(iter_lines(handle, middle, total), (0, b""))[1]
@@ -278,36 +339,79 @@ def _scan(path: Path, total: int, progress: Progress | None, parallel: bool | No
     if middle == 0 or not starts_with_id:
         # The second half must start with a line whose id anchors its numbering; a corrupt line there
         # would make the child number everything after it wrongly. Rare (corrupt files): scan in one go.
-        return [_scan_segment(path, 0, total, progress, total)]
+        return [_scan_segment(path, 0, total, progress, total, fold)]
     # A child interpreter (not multiprocessing, which would re-import the caller's main module) checks the
-    # second half while this process checks the first.
-    child = subprocess.Popen(
-        [sys.executable, "-m", "caracal.core.verify", os.fspath(path), str(middle), str(total)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # second half while this process checks the first. Its leaf hashes go to a temporary file, not through
+    # memory: the parent folds them after the first half's, in batches, and deletes the file.
+    descriptor, leaves_name = tempfile.mkstemp(prefix="caracal-verify-", suffix=".leaves")
+    os.close(descriptor)
+    leaves_path = Path(leaves_name)
     try:
-        first = _scan_segment(path, 0, middle, progress, total)
-    finally:
-        output, errors = child.communicate()
-    if child.returncode != 0:
-        raise LedgerReadError(
-            f"verifying the second half of {path} failed: {errors.decode(errors='replace')}"
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "caracal.core.verify",
+                os.fspath(path),
+                str(middle),
+                str(total),
+                leaves_name,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
-    rest = pickle.loads(output)
+        try:
+            first = _scan_segment(path, 0, middle, progress, total, fold)
+        finally:
+            output, errors = child.communicate()
+        if child.returncode != 0:
+            raise LedgerReadError(
+                f"verifying the second half of {path} failed: {errors.decode(errors='replace')}"
+            )
+        rest: _Segment = pickle.loads(output)
+        _fold_leaf_file(leaves_path, rest.count, fold)
+    finally:
+        leaves_path.unlink(missing_ok=True)
     if progress is not None:
         progress(total, total)
     return [first, rest]
 
 
-def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, total: int) -> _Segment:
-    """Check every complete line in ``[start, stop)``: valid event, ids in order, chain intact.
+def _fold_leaf_file(leaves_path: Path, count: int, fold: Fold) -> None:
+    """Hand the ``count`` 32-byte leaf hashes stored in ``leaves_path`` to ``fold``, a batch at a time."""
+    size = HASH_SIZE
+    chunk_bytes = _FOLD_BATCH * size
+    seen = 0
+    try:
+        with open(leaves_path, "rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                if len(chunk) % size:
+                    break
+                fold([chunk[i : i + size] for i in range(0, len(chunk), size)])
+                seen += len(chunk) // size
+    except OSError as exc:
+        raise LedgerReadError(
+            f"cannot read the leaf hashes of the second half ({leaves_path}): {exc.strerror}"
+        ) from exc
+    if seen != count:  # fail closed: a root compared over missing leaves would prove nothing
+        raise LedgerReadError(
+            f"the second half of the ledger was checked ({count} lines) but only {seen} of its leaf hashes "
+            f"came back through {leaves_path}; is the temporary directory full? Run verify again."
+        )
+
+
+def _scan_segment(
+    path: Path, start: int, stop: int, progress: Progress | None, total: int, fold: Fold
+) -> _Segment:
+    """Check every complete line in ``[start, stop)``: valid event, ids in order, chain intact; hand each
+    line's leaf hash to ``fold`` in order, :data:`_FOLD_BATCH` at a time (so memory stays bounded).
 
     The hot loop of ``verify``: it runs once per line, so it binds everything it calls to locals. The
     first line's id and chain are taken as given and checked against the previous segment by the caller.
     """
     segment = _Segment(start=start, stop=start)
-    leaves = segment.leaves
+    leaves: list[bytes] = []
+    batch = _FOLD_BATCH
     problems = segment.problems
     loads = orjson.loads
     validate = validate_event_dict
@@ -324,6 +428,9 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                 number += 1
                 leaf = sha256(b"\x00" + line).digest()
                 leaves.append(leaf)
+                if len(leaves) == batch:
+                    fold(leaves)
+                    leaves.clear()
                 fast = canonical(line)
                 if fast is not None and fast[0] == expected:  # the common case: a valid plain line, in order
                     expected += 1
@@ -370,6 +477,10 @@ def _scan_segment(path: Path, start: int, stop: int, progress: Progress | None, 
                     next_progress = offset + _PROGRESS_STEP
             if number:
                 segment.stop = offset + len(line) + 1
+                segment.last_leaf = leaf
+            if leaves:
+                fold(leaves)
+                leaves.clear()
     except OSError as exc:
         raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
     segment.count = number
@@ -535,11 +646,17 @@ def prove_consistency(
 
 
 def _worker_main(argv: list[str]) -> None:
-    """Entry point of the child that checks a later segment: prints the pickled :class:`_Segment`."""
+    """Entry point of the child that checks a later segment: writes its leaf hashes to the file ``argv[3]``
+    and prints the pickled :class:`_Segment` (small: its findings, not its leaves)."""
     from caracal.core import verify  # this file runs as __main__; pickle must name the importable module
 
-    path, start, stop = Path(argv[0]), int(argv[1]), int(argv[2])
-    segment = verify._scan_segment(path, start, stop, None, stop)
+    path, start, stop, leaves_path = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    with open(leaves_path, "wb") as out:
+
+        def write(leaves: list[bytes]) -> None:
+            out.write(b"".join(leaves))
+
+        segment = verify._scan_segment(path, start, stop, None, stop, write)
     sys.stdout.buffer.write(pickle.dumps(segment, protocol=pickle.HIGHEST_PROTOCOL))
 
 
