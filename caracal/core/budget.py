@@ -134,6 +134,7 @@ class BudgetState:
         self._charge_expiries: list[tuple[datetime, str]] = []  # min-heap over charge-on-expiry holds
         self.last_event_id = 0
         self._last_minute = 0
+        self._stamp: tuple[str, datetime, int] = ("", _EPOCH, 0)  # last timestamp text, its value, its minute
 
     def apply(self, event: LedgerEvent, seen_at: datetime | None = None) -> None:
         """Fold one entry in; entries must come in ledger order, each exactly once. ``seen_at`` is the
@@ -145,11 +146,14 @@ class BudgetState:
                 event_id=event.event_id,
             )
         self.last_event_id = event.event_id
-        moment = event.time
+        if event.timestamp != self._stamp[0]:  # entries of one batch share their timestamp: parse it once
+            moment = event.time
+            self._stamp = (event.timestamp, moment, minute_of(moment))
+        _text, moment, moment_minute = self._stamp
         effective = moment if self._last_time is None or moment > self._last_time else self._last_time
         self._last_time = effective
         self._forget_keys(effective)
-        minute = max(minute_of(moment), self._last_minute)
+        minute = max(moment_minute, self._last_minute)
         self._last_minute = minute
         kind = event.kind
         if kind is None or kind == "charge":

@@ -240,6 +240,8 @@ _CANONICAL_LINE = re.compile(
     rb'"currency":"([A-Z]{3})","prev_hash":"([0-9a-f]{64})"\}'
 )
 _CURRENCY_BYTES = frozenset(code.encode() for code in ISO_4217_CODES)
+_valid_moment = b""
+"""The last timestamp (as in a line) that :func:`canonical_line_fields` found to be a real moment."""
 
 
 def canonical_line_fields(line: bytes) -> tuple[int, str] | None:
@@ -248,18 +250,35 @@ def canonical_line_fields(line: bytes) -> tuple[int, str] | None:
     match = _CANONICAL_LINE.fullmatch(line)
     if match is None:
         return None
+    global _valid_moment
     event_id, moment, currency, prev_hash = match.groups()
     if currency not in _CURRENCY_BYTES:
         return None
-    try:
-        datetime.fromisoformat(moment.decode())
-    except ValueError:
-        return None
+    if moment != _valid_moment:  # lines of one batch share their moment: check the calendar once
+        try:
+            datetime.fromisoformat(moment.decode())
+        except ValueError:
+            return None
+        _valid_moment = moment
     return int(event_id), prev_hash.decode()
 
 
 def parse_line(line: bytes, line_number: int) -> LedgerEvent:
     """Parse one complete line (without its newline); raise :class:`LedgerCorruptError` naming it."""
+    fast = canonical_line_fields(line)
+    if fast is not None:  # a plain writer line, already validated by its pattern: build it directly
+        data = orjson.loads(line)
+        return LedgerEvent(
+            fast[0],
+            data["agent_id"],
+            data["timestamp"],
+            data["resource_type"],
+            Decimal(data["quantity"]),
+            Decimal(data["cost"]),
+            data["currency"],
+            None,
+            fast[1],
+        )
     where = f"ledger line {line_number}" if line_number else "a ledger line near the end of the file"
     try:
         data = orjson.loads(line)

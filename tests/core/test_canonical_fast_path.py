@@ -9,7 +9,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caracal.core.events import LedgerEvent, canonical_line_fields, line_body, validate_event_dict
+from caracal.core.events import (
+    LedgerEvent,
+    canonical_line_fields,
+    line_body,
+    parse_line,
+    validate_event_dict,
+)
 from caracal.core.ledger import LedgerWriter
 from caracal.exceptions import InvalidLedgerEventError
 
@@ -35,7 +41,16 @@ def full_path(line: bytes) -> tuple[int, str | None] | None:
         fields = validate_event_dict(orjson.loads(line))
     except (InvalidLedgerEventError, orjson.JSONDecodeError):
         return None
+    assert_parsed_alike(line)
     return fields[0], fields[8]  # event_id, prev_hash
+
+
+def assert_parsed_alike(line: bytes) -> None:
+    """``parse_line`` (which builds a plain line straight from the pattern's match) gives exactly the event
+    full validation gives, down to each amount's digits."""
+    fast = parse_line(line, 1)
+    full = LedgerEvent.from_dict(orjson.loads(line))
+    assert fast == full and fast.to_bytes() == full.to_bytes() == line
 
 
 @settings(max_examples=400)
