@@ -15,14 +15,14 @@ reserved, so concurrent workers can overspend together and a block may charge mo
 ``emit_event`` inside the block is charged against the block's hold. On exit, also on an exception, the
 hold is settled (if anything was charged) or released. Every error is a ``CaracalError``.
 
-One interface, two transports. ``CaracalClient()`` or ``CaracalClient(home=...)`` works on a local home
-(:class:`caracal.sdk.embedded.EmbeddedClient`); ``CaracalClient(base_url=..., api_key=...)`` talks to
-``caracal serve`` (:class:`caracal.sdk.remote.RemoteClient`). Both are ``CaracalClient`` instances with
-the same methods, return types and exceptions; this class holds what they share (``budget_check``,
-``abudget_check``, ``guard`` and how ``emit_event`` finds its block), built on the transport's
-``check``/``reserve``/``settle``/``release``. A remote client that cannot reach the server or read its
-answer raises :class:`~caracal.exceptions.ServerUnreachableError`, so a ``budget_check`` block never runs
-when its budget cannot be proven (fail closed).
+One client, pluggable transports (as httpx does). ``CaracalClient`` holds every public method once; its
+:class:`~caracal.sdk.transport.Transport` does the work. ``CaracalClient()`` or
+``CaracalClient(home=...)`` works on a local home (:class:`caracal.sdk.embedded.EmbeddedTransport`);
+``CaracalClient(base_url=..., api_key=...)`` talks to ``caracal serve``
+(:class:`caracal.sdk.remote.HttpTransport`); ``CaracalClient(transport=...)`` runs on any other (tests).
+The methods, return types and exceptions are the same on every transport. A remote client that cannot
+reach the server or read its answer raises :class:`~caracal.exceptions.ServerUnreachableError`, so a
+``budget_check`` block never runs when its budget cannot be proven (fail closed).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ from caracal.core.money import total
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.exceptions import BudgetExceededError, ConfigurationError
+from caracal.sdk.embedded import EmbeddedTransport
+from caracal.sdk.transport import Transport, Usage
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer
@@ -80,63 +82,94 @@ class CaracalClient:
     """One client per process is enough; it is safe to share between threads.
 
     - ``CaracalClient(home=None, clock=None)``: embedded, on the Caracal home folder (default
-      ``$CARACAL_HOME`` or ``~/.caracal``).
+      ``$CARACAL_HOME`` or ``~/.caracal``); ``clock`` (the current time) is for tests and tools.
     - ``CaracalClient(base_url="http://127.0.0.1:8787", api_key="ck_...", timeout=30.0)``: remote, over
       the HTTP API of ``caracal serve``; ``timeout`` is in seconds (connecting waits at most 5 of them).
+    - ``CaracalClient(transport=...)``: on any :class:`~caracal.sdk.transport.Transport`.
 
-    Giving both a home and a ``base_url``, or a ``base_url`` without an ``api_key``, is a
-    :class:`ConfigurationError`. Constructing ``CaracalClient`` returns an instance of the transport's
-    subclass; use it as a ``CaracalClient``.
+    Giving both a home and a ``base_url``, a ``base_url`` without an ``api_key``, or a ``transport`` with
+    anything else, is a :class:`ConfigurationError`.
     """
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         home: str | os.PathLike[str] | None = None,
         *,
         base_url: str | None = None,
         api_key: str | None = None,
         clock: Callable[[], datetime] | None = None,
         timeout: float | None = None,
-    ) -> CaracalClient:
-        kind: type[CaracalClient] = cls
-        if cls is CaracalClient:
-            if base_url is not None or api_key is not None:
-                from caracal.sdk.remote import RemoteClient
+        transport: Transport | None = None,
+    ):
+        if transport is not None:
+            if any(given is not None for given in (home, base_url, api_key, clock, timeout)):
+                raise ConfigurationError(
+                    "a client given its transport takes no home, base_url, api_key, clock or timeout"
+                )
+        elif base_url is not None or api_key is not None:
+            if home is not None:
+                raise ConfigurationError(
+                    "give either home (the embedded client) or base_url and api_key (the remote client), "
+                    "not both"
+                )
+            if clock is not None:
+                raise ConfigurationError(
+                    "clock is for the embedded client; a remote client uses the server's"
+                )
+            from caracal.sdk.remote import HttpTransport  # here: only remote clients import httpx
 
-                kind = RemoteClient
-            else:
-                from caracal.sdk.embedded import EmbeddedClient
+            transport = HttpTransport(base_url, api_key, timeout)
+        else:
+            if timeout is not None:
+                raise ConfigurationError(
+                    "timeout is for the remote client; the embedded client's lock timeout is [ledger] "
+                    "lock_timeout in the home's config.toml"
+                )
+            transport = EmbeddedTransport(home, clock)
+        self._transport: Transport = transport
 
-                kind = EmbeddedClient
-        return object.__new__(kind)
+    @property
+    def transport(self) -> Transport:
+        """Where this client's calls are carried out."""
+        return self._transport
+
+    def __repr__(self) -> str:
+        base_url = getattr(self._transport, "base_url", None)
+        if isinstance(base_url, str):
+            return f"CaracalClient(base_url={base_url!r})"
+        return f"CaracalClient(transport={self._transport!r})"
 
     # ------------------------------------------------------------------ the local home (embedded only)
+
+    def _embedded(self, what: str) -> EmbeddedTransport:
+        transport = self._transport
+        if isinstance(transport, EmbeddedTransport):
+            return transport
+        raise ConfigurationError(
+            f"this CaracalClient has no local {what}: it talks to a Caracal server; use the client's "
+            f"methods, or an embedded client (CaracalClient(home=...)) on the server's home"
+        )
 
     @property
     def home(self) -> EmbeddedHome:
         """The local home (embedded client only)."""
-        raise ConfigurationError(self._no_local_home("home"))
+        return self._embedded("home").home
 
     @property
     def enforcer(self) -> Enforcer:
         """The local enforcer (embedded client only)."""
-        raise ConfigurationError(self._no_local_home("enforcer"))
+        return self._embedded("enforcer").enforcer
 
     @property
     def meter(self) -> Meter:
         """The local meter (embedded client only)."""
-        raise ConfigurationError(self._no_local_home("meter"))
-
-    def _no_local_home(self, what: str) -> str:
-        return (
-            f"this {type(self).__name__} has no local {what}: it talks to a Caracal server; use the "
-            f"client's methods, or an embedded client (CaracalClient(home=...)) on the server's home"
-        )
+        return self._embedded("meter").meter
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the transport's files or connections (they are opened again if the client is used again)."""
+        self._transport.close()
 
     def __enter__(self) -> CaracalClient:
         return self
@@ -144,15 +177,18 @@ class CaracalClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ the transport's methods
+    # ------------------------------------------------------------------ identity, policies, prices
 
     def register_agent(
         self, name: str, owner: str, parent: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Agent:
-        raise NotImplementedError
+        """Register an agent (a unique ``name``, its ``owner``, optionally a ``parent`` name or id whose
+        budgets it also counts against, and ``metadata``)."""
+        return self._transport.register_agent(name, owner, parent, metadata)
 
     def get_agent(self, agent: str) -> Agent:
-        raise NotImplementedError
+        """The agent with this name or id (:class:`AgentNotFoundError` if none)."""
+        return self._transport.get_agent(agent)
 
     def create_policy(
         self,
@@ -166,14 +202,17 @@ class CaracalClient:
     ) -> Policy:
         """A budget policy for an agent (name or id): ``window`` is hourly, daily, weekly, monthly or total,
         calendar-aligned in ``timezone`` (default daily); or ``rolling="24h"`` for a sliding window."""
-        raise NotImplementedError
+        return self._transport.create_policy(agent_id, limit, window, rolling, currency, timezone)
 
     def set_price(self, resource_type: str, unit_price: object, currency: str = "USD") -> Price:
-        raise NotImplementedError
+        """Price one unit of ``resource_type`` from now on (a new version; earlier charges keep theirs)."""
+        return self._transport.set_price(resource_type, unit_price, currency)
+
+    # ------------------------------------------------------------------ enforcement
 
     def check(self, agent_id: str, amount: object | None = None, currency: str = "USD") -> Decision:
         """Would ``amount`` (or anything, without one) be allowed now? Reserves nothing."""
-        raise NotImplementedError
+        return self._transport.check(agent_id, amount, currency)
 
     def reserve(
         self,
@@ -186,36 +225,23 @@ class CaracalClient:
     ) -> Hold:
         """Set ``amount`` aside for the agent (:class:`BudgetExceededError` if that could overspend).
 
-        ``on_expiry``: what the hold's expiry means. ``release`` (default) frees the money; ``charge`` keeps
-        it counting after the TTL until the hold is closed, then bills what is left of it (estimated): for
-        work that may have spent money even if this process dies before settling."""
-        raise NotImplementedError
+        ``ttl`` (seconds or a ``timedelta``) defaults to the home's ``[holds] default_ttl`` (the server's
+        home, remote). ``on_expiry``: what the hold's expiry means. ``release`` (default) frees the money;
+        ``charge`` keeps it counting after the TTL until the hold is closed, then bills what is left of it
+        (estimated): for work that may have spent money even if this process dies before settling."""
+        return self._transport.reserve(agent_id, amount, ttl, currency, on_expiry)
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
-        raise NotImplementedError
+        """Close a hold (a :class:`Hold` or its id) and record ``charges`` against it."""
+        return self._transport.settle(_hold_id(hold), charges or [])
 
     def release(self, hold: Hold | str) -> bool:
-        raise NotImplementedError
+        """Free a hold without charging; False if it was already closed."""
+        return self._transport.release(_hold_id(hold))
 
     def budget_status(self, agent_id: str) -> list[PolicyStatus]:
         """Each active policy of the agent and its ancestors: limit, spent, held, remaining, reset time."""
-        raise NotImplementedError
-
-    def _emit(
-        self,
-        agent_id: str,
-        resource_type: str,
-        quantity: object,
-        metadata: Mapping[str, Any] | None,
-        idempotency_key: str | None,
-        timestamp: datetime | str | None,
-        hold_id: str | None,
-    ) -> LedgerEvent:
-        raise NotImplementedError
-
-    def _agent_id_of(self, agent: str) -> str | None:
-        """The id of ``agent`` (a name or an id), for matching it with an open block; None if unknown."""
-        raise NotImplementedError
+        return self._transport.budget_status(agent_id)
 
     # ------------------------------------------------------------------ budget blocks (shared)
 
@@ -281,15 +307,11 @@ class CaracalClient:
 
         return decorate
 
-    def _default_estimate(self) -> Decimal | None:
-        """What ``budget_check`` reserves when given no estimate (None: it only checks)."""
-        return None
-
     def _open_scope(
         self, agent_id: str, estimated: object | None, ttl: timedelta | float | None, currency: str
     ) -> BudgetScope:
         if estimated is None:
-            estimated = self._default_estimate()
+            estimated = self._transport.default_estimate()
         if estimated is None:
             decision = self.check(agent_id, None, currency)
             if not decision.allowed:
@@ -326,14 +348,19 @@ class CaracalClient:
             and (
                 agent_id == scope.agent_id
                 or agent_id == scope.opened_as
-                or self._agent_id_of(agent_id) == scope.agent_id
+                or self._transport.agent_id_of(agent_id) == scope.agent_id
             )
         ):
             hold_id = scope.hold.hold_id
-        event = self._emit(agent_id, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id)
+        usage = Usage(agent_id, resource_type, quantity, metadata, idempotency_key, timestamp, hold_id)
+        event = self._transport.emit(usage)
         if scope is not None and hold_id is not None:
             scope.charges.append(event)
         return event
 
 
-__all__ = ["BudgetScope", "CaracalClient"]
+def _hold_id(hold: Hold | str) -> str:
+    return hold.hold_id if isinstance(hold, Hold) else hold
+
+
+__all__ = ["BudgetScope", "CaracalClient", "Transport", "Usage"]

@@ -1,8 +1,8 @@
-"""The remote transport: a :class:`CaracalClient` over the HTTP API of ``caracal serve`` (``/api/v1``).
+"""The HTTP transport: :class:`CaracalClient` over the HTTP API of ``caracal serve`` (``/api/v1``).
 
-Construct it as ``CaracalClient(base_url="http://127.0.0.1:8787", api_key="ck_...", timeout=30.0)``.
+Used by ``CaracalClient(base_url="http://127.0.0.1:8787", api_key="ck_...", timeout=30.0)``.
 Every method is one HTTP request and returns the same types, and raises the same exceptions, as the
-embedded client:
+embedded transport:
 
 - **Money is exact.** Amounts go out as decimal strings (a ``Decimal`` or ``int`` is converted with
   ``str``); a float is refused before anything is sent, with the error the embedded client raises.
@@ -23,10 +23,9 @@ embedded client:
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
@@ -65,7 +64,7 @@ from caracal.exceptions import (
     PermissionDeniedError,
     ServerUnreachableError,
 )
-from caracal.sdk.client import CaracalClient
+from caracal.sdk.transport import Usage
 
 T = TypeVar("T")
 
@@ -90,24 +89,11 @@ _CHARGE_FIELDS = frozenset({"resource_type", "quantity", "cost", "metadata", "id
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class RemoteClient(CaracalClient):
-    """:class:`CaracalClient` over HTTP. Safe to share between threads (one connection pool)."""
+class HttpTransport:
+    """The :class:`~caracal.sdk.transport.Transport` over HTTP. Safe to share between threads (one
+    connection pool, opened on first use)."""
 
-    def __init__(
-        self,
-        home: str | os.PathLike[str] | None = None,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        clock: Callable[[], datetime] | None = None,
-        timeout: float | None = None,
-    ):
-        if home is not None:
-            raise ConfigurationError(
-                "give either home (the embedded client) or base_url and api_key (the remote client), not both"
-            )
-        if clock is not None:
-            raise ConfigurationError("clock is for the embedded client; a remote client uses the server's")
+    def __init__(self, base_url: str | None, api_key: str | None, timeout: float | None = None):
         self.base_url = _base_url(base_url)
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError(
@@ -131,7 +117,7 @@ class RemoteClient(CaracalClient):
         self._ids: dict[str, str] = {}  # agent name or id -> id (they never change; agents are never deleted)
 
     def __repr__(self) -> str:
-        return f"CaracalClient(base_url={self.base_url!r})"
+        return f"HttpTransport(base_url={self.base_url!r})"
 
     # ------------------------------------------------------------------ HTTP
 
@@ -206,32 +192,25 @@ class RemoteClient(CaracalClient):
     # ------------------------------------------------------------------ identity, policies, prices
 
     def register_agent(
-        self, name: str, owner: str, parent: str | None = None, metadata: dict[str, Any] | None = None
+        self, name: str, owner: str, parent: str | None, metadata: dict[str, Any] | None
     ) -> Agent:
         check_metadata(metadata, InvalidAgentError)
         body = {"name": name, "owner": owner, "parent": parent, "metadata": metadata}
-        agent = self._read("/agents", _agent, self._call("POST", "/agents", body))
-        self._ids[agent.name] = self._ids[agent.agent_id] = agent.agent_id
-        return agent
+        return self._learn(self._read("/agents", _agent, self._call("POST", "/agents", body)))
 
     def get_agent(self, agent: str) -> Agent:
         path = "/agents/" + self._agent_segment(agent)
-        found = self._read(path, _agent, self._call("GET", path))
-        self._ids[found.name] = self._ids[found.agent_id] = found.agent_id
-        return found
+        return self._learn(self._read(path, _agent, self._call("GET", path)))
+
+    def _learn(self, agent: Agent) -> Agent:
+        self._ids[agent.name] = self._ids[agent.agent_id] = agent.agent_id
+        return agent
 
     def create_policy(
-        self,
-        agent_id: str,
-        limit: object,
-        window: str | None = None,
-        *,
-        currency: str = "USD",
-        timezone: str = "UTC",
-        rolling: str | None = None,
+        self, agent: str, limit: object, window: str | None, rolling: str | None, currency: str, timezone: str
     ) -> Policy:
         body = {
-            "agent_id": _agent_ref(agent_id),
+            "agent_id": _agent_ref(agent),
             "limit": _money(limit, "limit", InvalidPolicyError),
             "window": window,
             "rolling": rolling,
@@ -240,34 +219,28 @@ class RemoteClient(CaracalClient):
         }
         return self._read("/policies", Policy.from_dict, self._call("POST", "/policies", body))
 
-    def set_price(self, resource_type: str, unit_price: object, currency: str = "USD") -> Price:
+    def set_price(self, resource_type: str, unit_price: object, currency: str) -> Price:
         path = "/prices/" + _segment(check_identifier(resource_type, "resource_type", InvalidPriceError))
         body = {"unit_price": _money(unit_price, "unit_price", InvalidPriceError), "currency": currency}
         return self._read(path, Price.from_dict, self._call("PUT", path, body))
 
     # ------------------------------------------------------------------ enforcement
 
-    def check(self, agent_id: str, amount: object | None = None, currency: str = "USD") -> Decision:
-        body: dict[str, Any] = {"agent_id": _agent_ref(agent_id), "currency": currency}
+    def check(self, agent: str, amount: object | None, currency: str) -> Decision:
+        body: dict[str, Any] = {"agent_id": _agent_ref(agent), "currency": currency}
         if amount is not None:
             body["amount"] = _money(amount, "amount", InvalidAmountError)
         return self._read("/check", _decision, self._call("POST", "/check", body))
 
     def reserve(
-        self,
-        agent_id: str,
-        amount: object,
-        ttl: timedelta | float | None = None,
-        currency: str = "USD",
-        *,
-        on_expiry: str = "release",
+        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
     ) -> Hold:
         body: dict[str, Any] = {
-            "agent_id": _agent_ref(agent_id),
+            "agent_id": _agent_ref(agent),
             "amount": _money(amount, "amount", InvalidAmountError),
             "currency": currency,
         }
-        if ttl is not None:
+        if ttl is not None:  # else the server's home default
             body["ttl"] = _ttl_seconds(ttl)
         if on_expiry not in EXPIRY_MEANINGS:
             raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
@@ -275,47 +248,39 @@ class RemoteClient(CaracalClient):
             body["on_expiry"] = on_expiry
         return self._read("/holds", _hold, self._call("POST", "/holds", body))
 
-    def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
-        path = f"/holds/{_segment(_hold_id(hold))}/settle"
-        body = {"charges": [_charge(index, charge) for index, charge in enumerate(charges or [])]}
+    def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement:
+        path = f"/holds/{_segment(_hold_id(hold_id))}/settle"
+        body = {"charges": [_charge(index, charge) for index, charge in enumerate(charges)]}
         return self._read(path, Settlement.from_dict, self._call("POST", path, body))
 
-    def release(self, hold: Hold | str) -> bool:
-        path = f"/holds/{_segment(_hold_id(hold))}/release"
+    def release(self, hold_id: str) -> bool:
+        path = f"/holds/{_segment(_hold_id(hold_id))}/release"
         return self._read(path, _released, self._call("POST", path))
 
-    def budget_status(self, agent_id: str) -> list[PolicyStatus]:
-        path = f"/agents/{self._agent_segment(agent_id)}/budget"
+    def budget_status(self, agent: str) -> list[PolicyStatus]:
+        path = f"/agents/{self._agent_segment(agent)}/budget"
         return self._read(path, _statuses, self._call("GET", path))
 
     # ------------------------------------------------------------------ metering
 
-    def _emit(
-        self,
-        agent_id: str,
-        resource_type: str,
-        quantity: object,
-        metadata: Mapping[str, Any] | None,
-        idempotency_key: str | None,
-        timestamp: datetime | str | None,
-        hold_id: str | None,
-    ) -> LedgerEvent:
+    def emit(self, usage: Usage) -> LedgerEvent:
         error = InvalidMeteringEventError
         body: dict[str, Any] = {
-            "agent_id": _agent_ref(agent_id),
-            "resource_type": resource_type,
-            "quantity": _money(quantity, "quantity", error),
-            "metadata": check_metadata(metadata, error),
-            "idempotency_key": idempotency_key,
+            "agent_id": _agent_ref(usage.agent),
+            "resource_type": usage.resource_type,
+            "quantity": _money(usage.quantity, "quantity", error),
+            "metadata": check_metadata(usage.metadata, error),
+            "idempotency_key": usage.idempotency_key,
         }
+        timestamp = usage.timestamp
         if timestamp is not None:
             body["timestamp"] = (
                 timestamp
                 if isinstance(timestamp, str)
                 else format_timestamp(parse_timestamp(timestamp, "timestamp", error))
             )
-        if hold_id is not None:
-            body["hold_id"] = hold_id
+        if usage.hold_id is not None:
+            body["hold_id"] = usage.hold_id
         return self._read("/events", LedgerEvent.from_dict, self._call("POST", "/events", body))
 
     def _agent_segment(self, agent: object) -> str:
@@ -327,13 +292,13 @@ class RemoteClient(CaracalClient):
         agent_id = self._ids.get(ref)
         if agent_id is None:
             for found in self._read("/agents", _agents, self._call("GET", "/agents")):
-                self._ids[found.name] = self._ids[found.agent_id] = found.agent_id
+                self._learn(found)
             agent_id = self._ids.get(ref)
             if agent_id is None:
                 raise AgentNotFoundError(f"no agent named {ref!r} at {self.base_url}")
         return agent_id
 
-    def _agent_id_of(self, agent: str) -> str | None:
+    def agent_id_of(self, agent: str) -> str | None:
         known = self._ids.get(agent) if isinstance(agent, str) else None
         if known is not None:
             return known
@@ -341,6 +306,10 @@ class RemoteClient(CaracalClient):
             return self.get_agent(agent).agent_id
         except (AgentNotFoundError, InvalidAgentError, PermissionDeniedError):
             return None  # not the block's agent; emitting for it reports the error
+
+    def default_estimate(self) -> Decimal | None:
+        """None: a remote ``budget_check`` without an estimate only checks."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -420,8 +389,7 @@ def _agent_ref(agent: object) -> str:
     return agent
 
 
-def _hold_id(hold: Hold | str) -> str:
-    hold_id = hold.hold_id if isinstance(hold, Hold) else hold
+def _hold_id(hold_id: object) -> str:
     if not isinstance(hold_id, str) or not hold_id:
         raise InvalidAmountError(f"a hold is a Hold or a hold id (a non-empty string), got {hold_id!r}")
     return hold_id
@@ -498,4 +466,4 @@ def _statuses(data: Any) -> list[PolicyStatus]:
     return [PolicyStatus.from_dict(item) for item in data]
 
 
-__all__ = ["DEFAULT_TIMEOUT", "RemoteClient"]
+__all__ = ["DEFAULT_TIMEOUT", "HttpTransport"]
