@@ -45,12 +45,12 @@ from caracal.core.money import total
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.exceptions import BudgetExceededError, ConfigurationError
-from caracal.sdk.embedded import EmbeddedTransport
 from caracal.sdk.transport import Transport, Usage
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer
     from caracal.core.metering import Meter
+    from caracal.sdk.embedded import EmbeddedTransport
     from caracal.storage.home import EmbeddedHome
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,6 +125,8 @@ class CaracalClient:
                     "timeout is for the remote client; the embedded client's lock timeout is [ledger] "
                     "lock_timeout in the home's config.toml"
                 )
+            from caracal.sdk.embedded import EmbeddedTransport  # here: as before, the home loads on use
+
             transport = EmbeddedTransport(home, clock)
         self._transport: Transport = transport
 
@@ -142,6 +144,8 @@ class CaracalClient:
     # ------------------------------------------------------------------ the local home (embedded only)
 
     def _embedded(self, what: str) -> EmbeddedTransport:
+        from caracal.sdk.embedded import EmbeddedTransport
+
         transport = self._transport
         if isinstance(transport, EmbeddedTransport):
             return transport
