@@ -91,8 +91,11 @@ class LiveBudget:
 
     def _reset(self) -> None:
         self.state = BudgetState(self._chain_of, self._idempotency_window)
-        self.tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+        self.tail = self._new_tail()
         self._saved_at = 0
+
+    def _new_tail(self) -> VerifiedTail:
+        return VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
 
     # ------------------------------------------------------------------ reading
 
@@ -210,7 +213,7 @@ class LiveBudget:
             if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
                 return
             state = BudgetState.from_snapshot(data["state"], self._chain_of, self._idempotency_window)
-            tail = VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+            tail = self._new_tail()
             tail.resume(offset, last_event_id, data["tail"])
         except FileNotFoundError:
             return
