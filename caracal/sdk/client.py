@@ -23,6 +23,9 @@ One client, pluggable transports (as httpx does). ``CaracalClient`` holds every 
 The methods, return types and exceptions are the same on every transport. A remote client that cannot
 reach the server or read its answer raises :class:`~caracal.exceptions.ServerUnreachableError`, so a
 ``budget_check`` block never runs when its budget cannot be proven (fail closed).
+
+Caracal Core v0.1's ``check_budget(agent_id) -> bool`` and ``get_remaining_budget(agent_id) -> Decimal |
+None`` work as they did there: over :meth:`CaracalClient.check`, failing closed (False / None) on any error.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
     from caracal.storage.home import EmbeddedHome
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("caracal.sdk")
 
 
 @dataclass
@@ -246,6 +252,45 @@ class CaracalClient:
     def budget_status(self, agent_id: str) -> list[PolicyStatus]:
         """Each active policy of the agent and its ancestors: limit, spent, held, remaining, reset time."""
         return self._transport.budget_status(agent_id)
+
+    # ------------------------------------------------------------------ the v0.1 API (Caracal Core v0.1)
+
+    def check_budget(self, agent_id: str, *, currency: str = "USD") -> bool:
+        """The v0.1 API: may the agent (a name or an id) spend now? True when :meth:`check` allows it (every
+        policy of the agent and its ancestors has budget left), False otherwise.
+
+        As in v0.1 it fails closed and never raises: an unknown agent, no policy, an exhausted or suspended
+        budget, an unreachable server, a corrupt ledger or any other error all give False (logged on the
+        ``caracal.sdk`` logger). It reserves nothing, so concurrent workers can overspend together: use
+        :meth:`budget_check` with an ``estimated_cost`` (or :meth:`reserve`) for a cap that holds, and
+        :meth:`check` for the reason of a denial. ``currency`` (not in v0.1) is that of the policies."""
+        try:
+            decision = self.check(agent_id, None, currency)
+        except Exception as error:  # fail closed: whatever went wrong, the agent may not spend
+            logger.warning("check_budget(%r) denied: %s", agent_id, error)
+            return False
+        if not decision.allowed:
+            logger.info("check_budget(%r) denied: %s", agent_id, decision.reason)
+        return decision.allowed
+
+    def get_remaining_budget(self, agent_id: str, *, currency: str = "USD") -> Decimal | None:
+        """The v0.1 API: what the agent (a name or an id) may still spend under its tightest policy (its own
+        and its ancestors'; what is held counts as spent), an exact ``Decimal``.
+
+        As in v0.1, None whenever :meth:`check_budget` would be False: no budget left, unknown agent, no
+        policy, an unreachable server, a corrupt ledger or any other error (never raises; errors are logged
+        on the ``caracal.sdk`` logger). So a number is always above zero, and None means "do not spend";
+        :meth:`budget_status` gives every policy's figures, also when exhausted. ``currency`` (not in v0.1)
+        is that of the policies."""
+        try:
+            decision = self.check(agent_id, None, currency)
+        except Exception as error:  # fail closed: what remains cannot be known
+            logger.warning("get_remaining_budget(%r) unknown: %s", agent_id, error)
+            return None
+        if not decision.allowed:
+            logger.info("get_remaining_budget(%r): denied: %s", agent_id, decision.reason)
+            return None
+        return decision.remaining
 
     # ------------------------------------------------------------------ budget blocks (shared)
 
