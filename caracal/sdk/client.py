@@ -264,14 +264,7 @@ class CaracalClient:
         ``caracal.sdk`` logger). It reserves nothing, so concurrent workers can overspend together: use
         :meth:`budget_check` with an ``estimated_cost`` (or :meth:`reserve`) for a cap that holds, and
         :meth:`check` for the reason of a denial. ``currency`` (not in v0.1) is that of the policies."""
-        try:
-            decision = self.check(agent_id, None, currency)
-        except Exception as error:  # fail closed: whatever went wrong, the agent may not spend
-            logger.warning("check_budget(%r) denied: %s", agent_id, error)
-            return False
-        if not decision.allowed:
-            logger.info("check_budget(%r) denied: %s", agent_id, decision.reason)
-        return decision.allowed
+        return self._allowed("check_budget", agent_id, currency) is not None
 
     def get_remaining_budget(self, agent_id: str, *, currency: str = "USD") -> Decimal | None:
         """The v0.1 API: what the agent (a name or an id) may still spend under its tightest policy (its own
@@ -282,15 +275,21 @@ class CaracalClient:
         on the ``caracal.sdk`` logger). So a number is always above zero, and None means "do not spend";
         :meth:`budget_status` gives every policy's figures, also when exhausted. ``currency`` (not in v0.1)
         is that of the policies."""
+        decision = self._allowed("get_remaining_budget", agent_id, currency)
+        return None if decision is None else decision.remaining
+
+    def _allowed(self, what: str, agent_id: str, currency: str) -> Decision | None:
+        """:meth:`check`'s allowing decision, or None (logged) when it denies or fails in any way: the v0.1
+        methods fail closed and never raise."""
         try:
             decision = self.check(agent_id, None, currency)
-        except Exception as error:  # fail closed: what remains cannot be known
-            logger.warning("get_remaining_budget(%r) unknown: %s", agent_id, error)
+        except Exception as error:  # fail closed: whatever went wrong, the agent may not spend
+            logger.warning("%s(%r) denied: %s", what, agent_id, error)
             return None
         if not decision.allowed:
-            logger.info("get_remaining_budget(%r): denied: %s", agent_id, decision.reason)
+            logger.info("%s(%r) denied: %s", what, agent_id, decision.reason)
             return None
-        return decision.remaining
+        return decision
 
     # ------------------------------------------------------------------ budget blocks (shared)
 
