@@ -104,3 +104,14 @@ def sdk(request: pytest.FixtureRequest, caracal_home: Path) -> Iterator[Transpor
     transport = Transport(request.param, caracal_home)
     yield transport
     transport.close()
+
+
+@pytest.fixture
+def client(sdk: Transport) -> CaracalClient:
+    """A client of the test's transport on a home with ``my-agent`` (a 1.00 USD daily policy) and a price
+    of 0.10 per ``tool.search.calls``."""
+    client = sdk.client()
+    client.register_agent("my-agent", "user@example.com")
+    client.create_policy("my-agent", "1.00", "daily")
+    client.set_price("tool.search.calls", "0.10")
+    return client  # closed by the transport

@@ -31,15 +31,6 @@ from tests.sdk.conftest import Transport
 
 
 @pytest.fixture
-def client(sdk: Transport) -> CaracalClient:
-    client = sdk.client()
-    client.register_agent("my-agent", "user@example.com")
-    client.create_policy("my-agent", "1.00", "daily")
-    client.set_price("tool.search.calls", "0.10")
-    return client  # closed by the transport
-
-
-@pytest.fixture
 def charges(sdk: Transport) -> Callable[[], list[LedgerEvent]]:
     """The charges in the home's ledger, read from the file (what was acknowledged is on disk)."""
 

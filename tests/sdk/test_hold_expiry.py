@@ -15,14 +15,6 @@ from caracal.sdk.client import CaracalClient
 from tests.sdk.conftest import Transport
 
 
-@pytest.fixture
-def client(sdk: Transport) -> CaracalClient:
-    client = sdk.client()
-    client.register_agent("my-agent", "user@example.com")
-    client.create_policy("my-agent", "1.00", "daily")
-    return client
-
-
 def test_a_charge_on_expiry_hold_is_billed_at_its_bound(sdk: Transport, client: CaracalClient) -> None:
     hold = client.reserve("my-agent", "0.40", ttl=1, on_expiry="charge")
     assert hold.on_expiry == "charge"

@@ -15,15 +15,6 @@ from caracal.sdk.client import CaracalClient
 from tests.sdk.conftest import Transport
 
 
-@pytest.fixture
-def client(sdk: Transport) -> CaracalClient:
-    client = sdk.client()
-    client.register_agent("my-agent", "user@example.com")
-    client.create_policy("my-agent", "1.00", "daily")
-    client.set_price("tool.search.calls", "0.10")
-    return client  # closed by the transport
-
-
 def assert_may_not_spend(client: CaracalClient, agent: str) -> None:
     assert client.check_budget(agent) is False
     assert client.get_remaining_budget(agent) is None
