@@ -37,7 +37,7 @@ from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState
 from caracal.core.events import LedgerEvent, ledger_size, line_ending_at, line_event_id
 from caracal.core.fileio import flock_within, write_atomically
 from caracal.core.ledger import LedgerWriter
-from caracal.core.replay import VerifiedTail
+from caracal.core.replay import VerifiedTail, failed
 from caracal.core.sealed import SealError, seal, unseal
 from caracal.exceptions import (
     CaracalError,
@@ -202,11 +202,26 @@ class LiveBudget:
         genuine one is trusted only when the line at its offset is the event it claims, byte for byte (its
         hash; the line carries the chain hash of every line before it, so a ledger that was replaced or
         rewritten never matches). Opening a home then reads only what was appended since.
+
+        A genuine snapshot is also a high-water mark: it proves the ledger once held ``offset`` bytes. A
+        ledger now shorter than that lost acknowledged entries (its tail was cut, perhaps with the checkpoints
+        that would have shown it), so every decision is denied (:class:`LedgerVerificationError`) instead of
+        replaying what is left.
         """
         try:
             sealed = self.snapshot_path.read_bytes()
             data = orjson.loads(unseal(self.writer.cache_key("budget"), "budget", sealed))
             offset, last_event_id = data["offset"], data["state"]["last_event_id"]
+            size = ledger_size(self.writer.ledger_path)
+            if isinstance(offset, int) and isinstance(last_event_id, int) and offset > size:
+                self._distrust = failed(
+                    last_event_id,
+                    f"the ledger holds {size} bytes but the budget snapshot sealed at event {last_event_id} "
+                    f"saw {offset}: its tail was removed. If an older ledger was restored on purpose, delete "
+                    f"{self.snapshot_path} and open the home again",
+                )
+                logger.error("%s", self._distrust)
+                return
             line = line_ending_at(self.writer.ledger_path, offset)
             if line is None or line_event_id(line) != last_event_id:
                 return

@@ -177,3 +177,20 @@ def test_caracal_serve_refuses_to_start_on_a_ledger_that_fails_verification(cara
     with reserved_port() as port:
         done = caracal("serve", "--port", str(port), home=caracal_home, code=1)
     assert "failed verification at event 1" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_tail_cut_with_the_checkpoints_deleted_is_caught_by_the_sealed_snapshot(caracal_home: Path) -> None:
+    """The attacker cuts the last entries and deletes the checkpoint file that would have shown it: nothing
+    signed is left to compare against, but the sealed budget snapshot saw the longer ledger."""
+    make_home(caracal_home, spent_calls=9)  # the client's close sealed a snapshot at event 9
+    lines = ledger_lines(caracal_home)
+    write_lines(caracal_home, lines[:5])
+    (caracal_home / "data" / "ledger.jsonl.checkpoints").unlink()
+    (caracal_home / "data" / "ledger.jsonl.merkle").unlink()
+    denied = caracal("budget", "status", "--agent-id", "worker", home=caracal_home, code=1)
+    assert "its tail was removed" in denied.stderr and "ledger.jsonl.budget" in denied.stderr
+    assert_refused(reserve(caracal_home, "0.50"))
+    # An operator who restored an older ledger on purpose deletes the snapshot, as the message says.
+    (caracal_home / "data" / "ledger.jsonl.budget").unlink()
+    assert spent(caracal_home) == Decimal("0.50")
