@@ -586,18 +586,24 @@ def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(
 
 def test_a_snapshot_of_a_replaced_ledger_is_not_trusted(env: Env) -> None:
     """A ledger started over (the old one removed) whose first line ends at the same offset, with the same
-    event id, as the line a leftover snapshot recorded: the snapshot's numbers are not the ledger's."""
+    event id, as the line a leftover snapshot recorded: the snapshot's numbers are not the ledger's.
+
+    (While the new ledger is shorter than what the snapshot saw, the home is denied as a cut tail: the
+    snapshot is set aside while the new ledger is begun, as an operator starting over would.)"""
     env.policy(env.agent("worker"), "10")
     env.enforcer.reserve("worker", "1.00")
     env.enforcer.close()
     env.home.close()
+    snapshot = env.enforcer.snapshot_path
     for path in env.home.ledger_path.parent.glob("ledger.jsonl*"):
         if path.suffix != ".budget":
             path.unlink()
+    aside = snapshot.rename(snapshot.with_name("set-aside"))
 
     second = env.reopen()
     second.enforcer.reserve("worker", "9.00")  # the same line length as the old event 1
-    second.home.close()  # ends without Enforcer.close(): the old snapshot stays
+    second.home.close()  # ends without Enforcer.close(): no snapshot of its own
+    aside.rename(snapshot)  # the old snapshot is back beside the new ledger
 
     third = env.reopen()
     try:
