@@ -7,10 +7,12 @@ The tree::
 
     CaracalError
     ├── ConfigurationError            a setting, path or key is missing or unusable
+    │   └── SchemaVersionError        the database's schema is older or newer than this Caracal knows
     ├── InexactMoneyError             money arithmetic that would need rounding (refused, never rounded)
     ├── LedgerError                   anything about the ledger file
     │   ├── InvalidLedgerEventError   bad input to an append; nothing was written (also a ValueError)
-    │   ├── LedgerWriteError          an append failed (I/O error, lock timeout, refused ledger)
+    │   ├── LedgerWriteError          an append failed (I/O error, lock timeout, refused ledger, database
+    │   │                             unreachable); ``outcome_unknown`` when it may have been recorded
     │   │   └── LedgerLockTimeoutError    the exclusive lock was not obtained in time
     │   ├── LedgerReadError           the ledger could not be read
     │   │   └── LedgerCorruptError        a complete line does not parse, or ids are not contiguous
@@ -59,6 +61,11 @@ class ConfigurationError(CaracalError):
     """A setting, path or key is missing or unusable."""
 
 
+class SchemaVersionError(ConfigurationError):
+    """The database holds a schema version this Caracal does not know (newer: upgrade Caracal) or has not
+    been brought up to date (older: run ``caracal db upgrade``). Nothing runs against it."""
+
+
 class InexactMoneyError(CaracalError, ArithmeticError):
     """A sum, difference or product of money cannot be represented exactly in Caracal's money context
     (:mod:`caracal.core.money`); it is refused, never rounded. Amounts within the documented bounds never
@@ -74,7 +81,16 @@ class InvalidLedgerEventError(LedgerError, ValueError):
 
 
 class LedgerWriteError(LedgerError):
-    """An append failed and was not acknowledged; no partial line was left behind."""
+    """An append failed and was not acknowledged; no partial line was left behind.
+
+    ``outcome_unknown`` is True when the entries may nevertheless have been recorded (the connection to
+    the database was lost during COMMIT): they are never reported as done, and must not be written again
+    blindly; a retry with the same idempotency key is safe.
+    """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False):
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class LedgerLockTimeoutError(LedgerWriteError):
