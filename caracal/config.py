@@ -92,6 +92,9 @@ class Settings:
     default_estimate: Decimal | None = None
     """What ``budget_check`` without an ``estimated_cost`` reserves (embedded client); unset: it only
     checks that budget remains."""
+    storage_url: str | None = None
+    """``[storage] url``: a ``postgresql://`` URL puts the ledger and registries in that database (many
+    hosts share budgets); unset, the home's files. ``$CARACAL_DATABASE_URL`` overrides it."""
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 1 << 20
@@ -107,7 +110,7 @@ class Settings:
         return self.openai if api == "openai" else self.anthropic
 
 
-_SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl"}
+_SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl", ("storage", "url"): "storage_url"}
 """Settings whose attribute name differs from their key in the file."""
 
 _POSITIVE = frozenset(
@@ -138,6 +141,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "backup_min_interval": (int, float),
         "lock_timeout": (int, float),
     },
+    "storage": {"url": (str,)},
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
     "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
     "metering": {"idempotency_window": (int, float)},
@@ -201,7 +205,32 @@ def load_settings(home: Path | None = None) -> Settings:
         raise ConfigurationError(f'{path}: pricing.tiered_llm_prices must be "refuse" or "base"')
     if not 0 < int(values.get("port", 1)) < 65536:  # type: ignore[call-overload]
         raise ConfigurationError(f"{path}: server.port must be between 1 and 65535")
+    url = values.get("storage_url")
+    if url is not None:
+        check_storage_url(str(url), f"{path}: storage.url")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+DATABASE_URL_ENV = "CARACAL_DATABASE_URL"
+
+
+def check_storage_url(url: str, where: str) -> str:
+    """A storage URL must be a PostgreSQL URL (files need none)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        shown = url.split("@")[-1]  # never echo a password
+        raise ConfigurationError(
+            f"{where} must be a PostgreSQL URL like postgresql://user@host:5432/caracal, got {shown!r}"
+        )
+    return url
+
+
+def storage_url(settings: Settings) -> str | None:
+    """Where a home keeps its ledger and registries: ``$CARACAL_DATABASE_URL``, else ``[storage] url``;
+    None means the home's files."""
+    configured = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if configured:
+        return check_storage_url(configured, f"${DATABASE_URL_ENV}")
+    return settings.storage_url
 
 
 def _money(path: Path, name: str, text: str) -> Decimal:

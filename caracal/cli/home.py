@@ -250,7 +250,7 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         return make
 
     def prices() -> tuple[str, str]:
-        if home.prices.path.exists():
+        if home.prices.history() or Path(home.prices.path).exists():
             return "exists", _plural(len(home.prices.history()), "price")
         added = home.prices.seed_defaults()
         return "created", f"seeded {_plural(len(added), 'default price')} (illustrative: set your own)"
@@ -280,19 +280,19 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
     step("ledger", home.ledger_path, ledger)
     step(
         "agents",
-        home.agents.path,
-        registry(home.agents.path, {"agents": {}}, lambda: _plural(len(home.agents.list()), "agent")),
+        Path(home.agents.path),
+        registry(Path(home.agents.path), {"agents": {}}, lambda: _plural(len(home.agents.list()), "agent")),
     )
     step(
         "policies",
-        home.policies.path,
+        Path(home.policies.path),
         registry(
-            home.policies.path,
+            Path(home.policies.path),
             {"policies": {}},
             lambda: _plural(len(home.policies.list(include_inactive=True)), "policy", "policies"),
         ),
     )
-    step("prices", home.prices.path, prices)
+    step("prices", Path(home.prices.path), prices)
     step("admin API key", home.admin_key_path, admin_key)
     return items
 

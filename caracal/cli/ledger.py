@@ -125,9 +125,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def open_writer(ledger: Path | None) -> LedgerWriter:
     """A writer on the ledger, configured by the home's ``config.toml``."""
+    from caracal.storage.files import FileBackend
     from caracal.storage.home import open_ledger_writer
 
-    return open_ledger_writer(resolve(ledger), default_signing_key_path(), load_settings())
+    path = resolve(ledger)
+    return open_ledger_writer(FileBackend(path.parent, path), default_signing_key_path(), load_settings())
 
 
 def event_rows(events: list[LedgerEvent]) -> list[list[object]]:

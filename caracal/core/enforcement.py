@@ -32,7 +32,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -191,15 +191,15 @@ class Enforcer:
         self.writer = writer
         self.directory = directory
         self.on_over_hold = on_over_hold
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or writer.now  # the store's clock: the database's on PostgreSQL
         self.live = LiveBudget(writer, directory.chain, self.now, idempotency_window)
         self._state_lock = self.live.lock
 
     # ------------------------------------------------------------------ state
 
     @property
-    def snapshot_path(self) -> Path:
-        """Where the sealed budget snapshot lives (beside the ledger)."""
+    def snapshot_path(self) -> Path | None:
+        """The sealed budget snapshot's file (beside the ledger; None on a backend without files)."""
         return self.live.snapshot_path
 
     def catch_up(self) -> BudgetState:

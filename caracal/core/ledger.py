@@ -1,37 +1,34 @@
-"""The ledger: an append-only JSON Lines file of charge events that many processes can share.
+"""The ledger: an append-only sequence of charge events that many processes (and hosts) can share.
 
-Guarantees (see DESIGN.md, "Promises"):
+:class:`LedgerWriter` is the ledger's logic, the same on every backend; where the lines live is a
+:class:`~caracal.core.store.LedgerStore` (a JSON Lines file by default, :mod:`caracal.core.filestore`; a
+PostgreSQL database with ``caracal.storage.postgres``). Guarantees (see DESIGN.md, "Promises"):
 
 - **Nothing acknowledged is lost.** :meth:`LedgerWriter.append_event` and :meth:`LedgerWriter.append_events`
-  return only after their bytes are ``fdatasync``-ed. A failed write, short write or failed sync is rolled
-  back (the file is truncated to where it was) and raised as :class:`LedgerWriteError`; it is never retried
-  behind the caller's back. If even the rollback fails, the writer refuses further appends.
-- **Contiguous ids across processes.** Every append happens under an exclusive ``flock`` on
-  ``<ledger>.lock`` (plus a thread lock, since ``flock`` does not separate threads sharing one file
-  description). Under the lock the writer compares the file's size with what it last saw; if another writer
-  appended, it reads just those new lines (never the whole file) to learn the last id, the hash chain and the
-  Merkle tree. Ids are therefore exactly 1..N with no gap or duplicate.
-- **Crash repair without losing data.** Under the lock, bytes after the last newline can only be a write
-  that a crashed writer never acknowledged: they are moved to ``<ledger>.torn`` and the file is cut back to
-  its last complete line. A complete line that does not parse is corruption: it is never truncated, and the
-  writer refuses to append (fail closed) until a person repairs it.
+  return only after the store made their lines durable (``fdatasync``, or a committed transaction). A failed
+  write is rolled back and raised as :class:`LedgerWriteError`; it is never retried behind the caller's
+  back. When the store cannot tell whether it was recorded (``outcome_unknown``), it is not reported as done
+  and this writer reads what is there before its next append.
+- **Contiguous ids across processes.** Every append happens inside the store's exclusive step (a ``flock``,
+  or the database's head row lock). Inside it the writer first reads what other writers appended since it
+  last looked (never the whole ledger) to learn the last id, the hash chain and the Merkle tree. Ids are
+  therefore exactly 1..N with no gap or duplicate.
+- **Corruption is refused, never repaired.** A complete line that does not parse, a gap in the ids or a
+  broken chain makes the writer refuse to append (fail closed) until a person repairs the ledger. (Torn
+  last lines of crashed file writers, which were never acknowledged, are set aside by the file store.)
 - **Tamper evidence.** Each line carries ``prev_hash`` (see :mod:`caracal.core.events`), the writer keeps the
   RFC 9162 Merkle tree's frontier in memory (an append adds O(1) hashes, amortized), and signed checkpoints
   ``(size, root)`` are written every ``checkpoint_every`` events, after ``checkpoint_interval`` seconds, on
   :meth:`LedgerWriter.checkpoint` and on :meth:`LedgerWriter.close`.
-- **Fast open.** Opening reads only the tail: the frontier is saved in ``<ledger>.merkle`` at each
-  checkpoint and the writer catches up from there. Without that file (an old ledger) the first open hashes
-  the file once and writes it.
-- **Backups.** On a writer's first append to an existing ledger, ``<ledger>.bak.1..N`` are rotated and a
-  fresh copy written (temp file, fsync, rename), unless the newest backup already holds the same content or
-  is younger than ``backup_min_interval`` seconds: short-lived writers do not copy a large ledger each time.
+- **Fast open.** Opening reads only the tail: the frontier is saved, sealed, as the store's ``merkle`` cache
+  at each checkpoint and the writer catches up from there. Without it (an old ledger) the first open
+  hashes the ledger once and saves it.
+- **Backups.** Before a writer's first append the store may keep a copy (the file store's ``.bak.N``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -47,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from caracal.core.checkpoint import Checkpoint, CheckpointSigner, CheckpointStore
+from caracal.core.checkpoint import Checkpoint, CheckpointSigner
 from caracal.core.events import (
     LedgerEvent,
     canonical_line_fields,
@@ -56,16 +53,17 @@ from caracal.core.events import (
     iter_lines,
     ledger_size,
     line_body,
-    line_ending_at,
     line_event_id,
     parse_line,
     read_last_lines,
     validate_event_dict,
 )
-from caracal.core.fileio import append_durably, fsync_directory, open_for_reading, write_atomically
+from caracal.core.fileio import open_for_reading
+from caracal.core.filestore import FileLedgerStore, sidecar_path
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
 from caracal.core.money import add
 from caracal.core.sealed import seal, unseal
+from caracal.core.store import LedgerStore
 from caracal.core.validation import (
     check_currency,
     check_identifier,
@@ -103,12 +101,6 @@ logger = logging.getLogger("caracal.ledger")
 
 Clock = Callable[[], datetime]
 
-# The OS calls an append depends on, as module attributes so fault-injection tests can replace them with
-# failing versions (ENOSPC, EIO, short writes, failed syncs) without touching Caracal's own logic.
-_os_write = os.write
-_os_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-_os_ftruncate = os.ftruncate
-
 _APPEND_FIELDS = frozenset(
     {
         "agent_id",
@@ -130,13 +122,10 @@ _EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "befor
 _TAIL_PROBE = 1 << 16
 
 
+
+
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def sidecar_path(ledger_path: Path, suffix: str) -> Path:
-    """``<ledger>.<suffix>``: lock, torn, merkle, checkpoints, bak.N."""
-    return ledger_path.with_name(f"{ledger_path.name}.{suffix}")
 
 
 _Fields = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
@@ -149,16 +138,19 @@ so that the work done under the lock is only splicing in the id and the hash."""
 
 
 class LedgerWriter:
-    """Appends events to a ledger file; safe to share between threads, processes and restarts.
+    """Appends events to a ledger; safe to share between threads, processes (and, on a database, hosts).
 
+    ``ledger`` is a ledger file's path (the embedded backend: a :class:`FileLedgerStore` is opened on it with
+    ``backup_count``, ``backup_min_interval`` and ``lock_timeout``) or any :class:`LedgerStore`.
     ``signing_key_path`` is the Ed25519 key that signs checkpoints (created when missing; default
     ``$CARACAL_HOME/keys/checkpoint.key``). It must not live in the ledger's folder. ``clock`` returns the
-    current aware datetime (injected in tests); ``lock_timeout`` bounds the wait for the exclusive lock.
+    current aware datetime (injected in tests); by default the store's clock (the database's, on
+    PostgreSQL). ``lock_timeout`` bounds the wait for the exclusive lock.
     """
 
     def __init__(
         self,
-        ledger_path: str | os.PathLike[str],
+        ledger: str | os.PathLike[str] | LedgerStore,
         backup_count: int = 3,
         *,
         signing_key_path: str | os.PathLike[str] | None = None,
@@ -166,7 +158,7 @@ class LedgerWriter:
         checkpoint_interval: float = 60.0,
         backup_min_interval: float = 600.0,
         lock_timeout: float = 10.0,
-        clock: Clock = _utc_now,
+        clock: Clock | None = None,
     ):
         if not isinstance(backup_count, int) or isinstance(backup_count, bool) or backup_count < 0:
             raise ConfigurationError(f"backup_count must be a non-negative integer, got {backup_count!r}")
@@ -181,22 +173,36 @@ class LedgerWriter:
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ConfigurationError(f"{name} must be a non-negative number of seconds, got {value!r}")
-        self.ledger_path = Path(ledger_path)
-        self.backup_count = backup_count
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = float(checkpoint_interval)
-        self.backup_min_interval = float(backup_min_interval)
-        self.lock_timeout = float(lock_timeout)
-        self._clock = clock
-        self._signer = _load_signer(self.ledger_path, signing_key_path)
+        if isinstance(ledger, (str, os.PathLike)):
+            # The key is checked before the file is created: a refused setup leaves nothing behind.
+            self._signer = _load_signer(Path(ledger), signing_key_path)
+            store: LedgerStore = FileLedgerStore(
+                ledger,
+                lock_timeout=lock_timeout,
+                backup_count=backup_count,
+                backup_min_interval=backup_min_interval,
+                clock=clock or _utc_now,
+            )
+        else:
+            store = ledger
+            try:
+                self._signer = _load_signer(getattr(store, "path", None), signing_key_path)
+            except BaseException:
+                store.close()
+                raise
+        self.store = store
+        self.ledger_path: Path | None = getattr(store, "path", None)
+        """The ledger file (None on a backend without one)."""
+        self.location = store.location
+        self.lock_timeout = store.lock_timeout
+        self._clock: Clock = clock or store.now
         self._cache_keys: dict[str, bytes] = {}
-        self.checkpoints = CheckpointStore(sidecar_path(self.ledger_path, "checkpoints"))
+        self.checkpoints = store.checkpoints
 
         self._thread_lock = threading.RLock()
-        self._abandoned_helper: threading.Thread | None = None
-        self._fd = -1
-        self._lock_fd = -1
-        self._end = 0  # offset just past the last complete line we know
+        self._pos = 0  # the store's position just past the last complete line we know
         self._last_id = 0
         self._last_leaf = EMPTY_ROOT
         self._tree = MerkleFrontier()
@@ -204,33 +210,21 @@ class LedgerWriter:
         # hashing is done in bulk when a checkpoint or root needs it. Invariant: tree size + len == last id.
         self._unhashed: list[bytes] = []
         self._refused: str | None = None  # why this writer refuses to append (fail closed)
+        self._closed = False
         self._backup_pending = True
         self._set_last_checkpoint(0)
         self._last_checkpoint_at = time.monotonic()
         self._stamp: tuple[datetime | None, str] = (None, "")  # last (moment, text): a batch shares one
-        # The stored-form timestamp of the last line in the file ("" while empty): no entry is stamped
+        # The stored-form timestamp of the last line in the ledger ("" while empty): no entry is stamped
         # earlier (see _encode). Stored forms are fixed-width, so comparing the strings compares the times.
         self._last_stamp = ""
-
-        try:
-            self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-            created = not self.ledger_path.exists()
-            self._fd = os.open(self.ledger_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            self._lock_fd = os.open(sidecar_path(self.ledger_path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            if created:
-                fsync_directory(self.ledger_path.parent)
-        except OSError as exc:
-            self.close()
-            raise LedgerWriteError(
-                f"cannot open the ledger {self.ledger_path}: {exc.strerror or exc}"
-            ) from exc
         try:
             with self._locked():
                 latest = self.checkpoints.latest()
                 if latest is not None:
                     self._set_last_checkpoint(latest.size)
                 self._load_state()
-                rebuilt = self._end == 0
+                rebuilt = self._pos == 0
                 self._sync()
                 if latest is not None and latest.size > self._last_id:
                     self._refuse(
@@ -239,11 +233,11 @@ class LedgerWriter:
                         f"from a backup"
                     )
                 if rebuilt and self._last_id and self._refused is None:
-                    self._save_state()  # no usable state file: write one so the next open reads only the tail
+                    self._save_state()  # no usable state: write one so the next open reads only the tail
         except BaseException:
             self.close()
             raise
-        logger.debug("opened ledger %s at event %d", self.ledger_path, self._last_id)
+        logger.debug("opened ledger %s at event %d", self.location, self._last_id)
 
     # ------------------------------------------------------------------ public API
 
@@ -264,6 +258,10 @@ class LedgerWriter:
         """The id of the last event this writer has seen (appended by it or by another writer)."""
         return self._last_id
 
+    def now(self) -> datetime:
+        """The time entries are stamped with (the store's clock unless one was injected)."""
+        return self._clock()
+
     def append_event(
         self,
         agent_id: str,
@@ -280,8 +278,19 @@ class LedgerWriter:
         :class:`LedgerWriteError` when the event could not be made durable (nothing acknowledged, no partial
         line left behind).
         """
-        draft = self._prepare(None, agent_id, resource_type, quantity, cost, currency, metadata, timestamp)
-        return self._commit([draft])[0]
+        return self.append_events(
+            [
+                {
+                    "agent_id": agent_id,
+                    "resource_type": resource_type,
+                    "quantity": quantity,
+                    "cost": cost,
+                    "currency": currency,
+                    "metadata": metadata,
+                    "timestamp": timestamp,
+                }
+            ]
+        )[0]
 
     def append_events(self, items: Iterable[Mapping[str, Any]]) -> list[LedgerEvent]:
         """Append many events with one lock, one write and one fsync (group commit).
@@ -289,20 +298,33 @@ class LedgerWriter:
         Each item is a mapping of :meth:`append_event`'s keyword arguments. Validation is all-or-nothing:
         if any item is invalid, nothing is written and the error names the item's index.
         """
-        drafts = self._drafts(items)
-        if not drafts:
+        items = list(items)
+        if not items:
             return []
-        return self._commit(drafts)
+        if self.store.positions_are_ids:
+            # Stamped inside the step, with the database's time (see _prepare): drafts are made there.
+            return self.transact(lambda: items)
+        drafts = self._drafts(items)
+        self._lock()
+        try:
+            self._ensure_usable()
+            self._sync()
+            leaves: list[bytes] = []
+            lines: list[bytes] = []
+            events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines, self._last_stamp)
+            self._write_encoded(events, leaves, lines)
+        finally:
+            self._unlock()
+        return events
 
     def transact(self, decide: Callable[[], Iterable[Mapping[str, Any]] | None]) -> list[LedgerEvent]:
         """Call ``decide()`` while holding the exclusive lock, and append what it returns, atomically.
 
-        This is the one primitive the control plane builds check-and-reserve on: no other writer (thread or
-        process) can append between the moment ``decide`` looks at the ledger (for example through a
-        :class:`LedgerTail` it polls) and the moment its items are on disk. ``decide`` returns items as for
-        :meth:`append_events` (or None/empty to append nothing); if it raises, nothing is appended and the
-        exception propagates. The lock is held while it runs: keep it short. (A group of one: see
-        :meth:`transact_group`.)
+        This is the one primitive the control plane builds check-and-reserve on: no other writer (thread,
+        process or host) can append between the moment ``decide`` looks at the ledger and the moment its
+        items are durable. ``decide`` returns items as for :meth:`append_events` (or None/empty to append
+        nothing); if it raises, nothing is appended and the exception propagates. The lock is held while
+        it runs: keep it short. (A group of one: see :meth:`transact_group`.)
         """
         result = self.transact_group([decide], lambda _events: None)[0]
         if isinstance(result, Exception):
@@ -345,21 +367,20 @@ class LedgerWriter:
             return tree.size, tree.root()
 
     def close(self) -> None:
-        """Checkpoint what is not yet covered, save the tree state and release the files. Idempotent."""
+        """Checkpoint what is not yet covered, save the tree state and release the store. Idempotent."""
         with self._thread_lock:
-            if self._fd >= 0 and self._lock_fd >= 0 and self._refused is None:
+            if self._closed:
+                return
+            if self._refused is None:
                 try:
                     with self._locked():
                         self._sync()
                         if self._last_id > self._last_checkpoint_size:
                             self._write_checkpoint()
                 except CaracalError as exc:
-                    logger.warning("could not checkpoint %s on close: %s", self.ledger_path, exc)
-            for fd in (self._fd, self._lock_fd):
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            self._fd = self._lock_fd = -1
+                    logger.warning("could not checkpoint %s on close: %s", self.location, exc)
+            self._closed = True
+            self.store.close()
 
     def __enter__(self) -> LedgerWriter:
         return self
@@ -427,16 +448,6 @@ class LedgerWriter:
 
     # ------------------------------------------------------------------ the append path
 
-    def _commit(self, drafts: list[_Draft]) -> list[LedgerEvent]:
-        self._lock()
-        try:
-            self._ensure_usable()
-            self._sync()
-            events = self._append_locked(drafts)
-        finally:
-            self._unlock()
-        return events
-
     def transact_group(
         self,
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
@@ -454,16 +465,16 @@ class LedgerWriter:
         one bad decision appends nothing and does not affect the others.
 
         If the write fails, :class:`LedgerWriteError` is raised and nothing of the batch is acknowledged;
-        ``staged`` has seen events that are not in the file, so the caller must rebuild what it derived
+        ``staged`` has seen events that are not in the ledger, so the caller must rebuild what it derived
         from them. After a successful write, ``written(start, end, last_event_id, leaves)`` is called, still
-        under the lock: the batch's lines span bytes ``start`` to ``end`` of the file and have these leaf
+        under the lock: the batch's lines span store positions ``start`` to ``end`` and have these leaf
         hashes (a reader that has folded them in through ``staged`` can skip them instead of reading them
         back).
 
         ``caught_up()``, if given, runs under the lock once the writer has read what other writers appended
         and before the first decision: a caller folds those lines into what it derives from the ledger
         there, so that no decision (however it is written) is taken on a stale view and ``staged`` always
-        continues exactly where the file ends. If it raises, nothing is appended and the exception
+        continues exactly where the ledger ends. If it raises, nothing is appended and the exception
         propagates.
         """
         results: list[list[LedgerEvent] | Exception] = []
@@ -491,22 +502,13 @@ class LedgerWriter:
                     staged(batch)
                 results.append(batch)
             if events:
-                start = self._end
+                start = self._pos
                 self._write_encoded(events, leaves, lines)
                 if written is not None:
-                    written(start, self._end, self._last_id, leaves)
+                    written(start, self._pos, self._last_id, leaves)
             return results
         finally:
             self._unlock()
-
-    def _append_locked(self, drafts: list[_Draft]) -> list[LedgerEvent]:
-        """Append drafts under the lock (the caller holds it and has caught up): one write, one fdatasync,
-        then the bookkeeping (ids, chain, Merkle leaves, checkpoint when due) and an INFO record per event."""
-        leaves: list[bytes] = []
-        lines: list[bytes] = []
-        events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines, self._last_stamp)
-        self._write_encoded(events, leaves, lines)
-        return events
 
     @staticmethod
     def _encode(
@@ -521,7 +523,7 @@ class LedgerWriter:
         bytes are appended to ``leaves`` and ``lines``.
 
         **Timestamps never go backwards.** ``floor`` is the stored-form timestamp of the entry before the
-        first draft (the last line of the file, read under the lock after catching up on other writers); a
+        first draft (the last line of the ledger, read under the lock after catching up on other writers); a
         draft stamped earlier (a clock behind another process's, or one that was set back) is stamped with
         the time of the entry before it instead. So after an entry written by a clock that was ahead (say a
         day), every later entry carries that later time until the clocks meet again: the spend counts at
@@ -547,13 +549,15 @@ class LedgerWriter:
         return events
 
     def _write_encoded(self, events: list[LedgerEvent], leaves: list[bytes], lines: list[bytes]) -> None:
-        """Write encoded events (continuing the file's last id and hash) durably, then do the bookkeeping."""
+        """Write encoded events (continuing the ledger's last id and hash) durably, then do the bookkeeping.
+
+        A failed write leaves this writer where it was: the next step reads whatever the store holds (on a
+        database, a COMMIT whose outcome was unknown may turn out to have landed; it is then read back like
+        another writer's lines, never written twice)."""
         if self._backup_pending:
             self._backup_pending = False
-            self._maybe_backup()
-        payload = b"\n".join(lines) + b"\n"
-        self._write_durably(payload)
-        self._end += len(payload)
+            self.store.backup(self._pos)
+        self._pos = self.store.write(lines, events[0].event_id)
         self._last_id = events[-1].event_id
         self._last_leaf = leaves[-1]
         self._last_stamp = events[-1].timestamp
@@ -576,41 +580,11 @@ class LedgerWriter:
                     "" if event.kind is None else f" kind={event.kind} hold_id={event.hold_id}",
                 )
 
-    def _write_durably(self, payload: bytes) -> None:
-        """One write and one fdatasync; on any failure roll the file back to ``self._end`` and raise."""
-        try:
-            written = _os_write(self._fd, payload)
-            if written != len(payload):
-                raise OSError(errno.EIO, f"short write: {written} of {len(payload)} bytes reached the file")
-            _os_fdatasync(self._fd)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            try:
-                _os_ftruncate(self._fd, self._end)
-                _os_fdatasync(self._fd)
-            except OSError as rollback_exc:
-                self._refuse(
-                    f"an append failed ({reason}) and rolling it back failed too "
-                    f"({rollback_exc.strerror or rollback_exc}); reopen the ledger to repair it"
-                )
-                # Not "nothing was recorded": complete lines of this write may still be in the file, and a
-                # writer that reopens it keeps them. Say so, or a caller's retry would charge twice.
-                raise LedgerWriteError(
-                    f"could not append to the ledger {self.ledger_path}: {reason}, and rolling the file back "
-                    f"failed too ({rollback_exc.strerror or rollback_exc}). These events were not "
-                    f"acknowledged but may still appear when the ledger is reopened; this writer refuses "
-                    f"further appends"
-                ) from exc
-            raise LedgerWriteError(
-                f"could not append to the ledger {self.ledger_path}: {reason}. Nothing was recorded; "
-                f"fix the cause (disk space, permissions, hardware) and try again"
-            ) from exc
-
     # ------------------------------------------------------------------ locking
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the thread lock and the exclusive file lock, waiting at most ``lock_timeout`` seconds."""
+        """Hold the thread lock and the store's exclusive lock (waiting at most ``lock_timeout``)."""
         self._lock()
         try:
             yield
@@ -618,239 +592,132 @@ class LedgerWriter:
             self._unlock()
 
     def _lock(self) -> None:
-        """Take the thread lock, then the file lock (the append path calls this directly: no generator)."""
         lock = self._thread_lock
         if not lock.acquire(blocking=False) and not lock.acquire(
             timeout=self.lock_timeout if self.lock_timeout > 0 else -1
         ):
             raise LedgerLockTimeoutError(
                 f"timed out after {self.lock_timeout}s waiting for another thread to finish appending "
-                f"to {self.ledger_path}"
+                f"to {self.location}"
             )
         try:
-            if self._fd < 0 or self._lock_fd < 0:
-                raise LedgerWriteError(f"the writer for {self.ledger_path} is closed")
-            self._acquire_file_lock()
+            if self._closed:
+                raise LedgerWriteError(f"the writer for {self.location} is closed")
+            self.store.begin()
         except BaseException:
             lock.release()
             raise
 
     def _unlock(self) -> None:
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self.store.finish()
         finally:
             self._thread_lock.release()
 
-    def _acquire_file_lock(self) -> None:
-        """Take the exclusive flock, waiting at most ``lock_timeout`` seconds.
-
-        Uncontended, one non-blocking call. Contended, a helper thread makes the *blocking* call, so the
-        kernel hands the lock over the moment it is released (polling with sleeps would leave it idle and
-        let one process starve the others); this thread waits for it with the timeout. If the timeout
-        passes first, the helper gives the lock back as soon as it gets it.
-        """
-        fd = self._lock_fd
-        abandoned = self._abandoned_helper
-        if abandoned is not None:
-            # A helper from an earlier, timed-out wait may still be queued for the lock on our shared file
-            # description; if we took the lock now it could release it under us. Wait for it to finish.
-            abandoned.join(self.lock_timeout)
-            if abandoned.is_alive():
-                raise LedgerLockTimeoutError(
-                    f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
-                    f"another process is appending or is stuck holding it"
-                )
-            self._abandoned_helper = None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self.lock_timeout
-        acquired = threading.Event()
-        state: dict[str, Any] = {"abandoned": False, "error": None}
-        guard = threading.Lock()
-        # The helper waits on its own duplicate of the descriptor: a flock belongs to the open file
-        # description both share, so taking it through the duplicate takes it for this writer; and if the
-        # writer closes its descriptor meanwhile, the helper never touches a number the process reused.
-        helper_fd = os.dup(fd)
-
-        def wait_for_lock() -> None:
-            try:
-                fcntl.flock(helper_fd, fcntl.LOCK_EX)
-                with guard:
-                    if state["abandoned"]:
-                        fcntl.flock(helper_fd, fcntl.LOCK_UN)
-                    else:
-                        acquired.set()
-            except OSError as exc:
-                state["error"] = exc
-                acquired.set()
-            finally:
-                os.close(helper_fd)  # the lock stays with the shared description until the writer unlocks
-
-        helper = threading.Thread(target=wait_for_lock, name="caracal-ledger-lock", daemon=True)
-        helper.start()
-        if not acquired.wait(max(0.0, deadline - time.monotonic())):
-            with guard:
-                if not acquired.is_set():
-                    state["abandoned"] = True
-                    self._abandoned_helper = helper
-                    raise LedgerLockTimeoutError(
-                        f"timed out after {self.lock_timeout}s waiting for the lock on {self.ledger_path}; "
-                        f"another process is appending or is stuck holding it"
-                    )
-        if state["error"] is not None:
-            raise LedgerWriteError(f"cannot lock the ledger {self.ledger_path}: {state['error']}")
-
-    # ------------------------------------------------------------------ catching up with the file
+    # ------------------------------------------------------------------ catching up with the store
 
     def _ensure_usable(self) -> None:
         if self._refused is not None:
-            raise LedgerWriteError(f"the ledger {self.ledger_path} refuses writes: {self._refused}")
+            raise LedgerWriteError(f"the ledger {self.location} refuses writes: {self._refused}")
 
     def _refuse(self, reason: str) -> None:
         """Fail closed: remember why, log it, and refuse every later append of this writer."""
         self._refused = reason
-        logger.error("ledger %s refuses writes: %s", self.ledger_path, reason)
+        logger.error("ledger %s refuses writes: %s", self.location, reason)
 
     def _sync(self) -> None:
-        """Bring the in-memory view up to the file: read lines other writers added, repair a torn tail.
-
-        Runs under the lock. Costs nothing when the file has not changed (one ``fstat``).
-        """
-        try:
-            size = os.fstat(self._fd).st_size
-        except OSError as exc:
-            raise LedgerWriteError(f"cannot stat the ledger {self.ledger_path}: {exc.strerror}") from exc
-        if size == self._end:
-            return
-        if size < self._end:
-            self._refuse(
-                f"the ledger shrank from {self._end} to {size} bytes while open: acknowledged events were "
-                f"removed. Run 'caracal ledger verify' and restore from a backup"
-            )
-            self._ensure_usable()
-        with open_for_reading(self.ledger_path) as handle:
-            try:
-                self._read_new_lines(handle, size)
-            except LedgerCorruptError as exc:
-                self._refuse(str(exc))
-                raise
-            if self._end < size:
-                self._repair_torn_tail(handle, size)
-
-    def _read_new_lines(self, handle: Any, size: int) -> None:
+        """Bring the in-memory view up to the store: check and fold in lines other writers added (the file
+        store repairs a torn tail once they are read). Runs under the lock; costs one ``fstat`` (or one
+        row lock) when nothing changed."""
         last_id = self._last_id
         prev = self._last_leaf
-        line_number = last_id
         leaves = []
-        end = self._end
-        line = b""
-        for offset, line in iter_lines(handle, self._end, size):
-            line_number += 1
-            fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
-            if fast is not None:
-                event_id, chain = fast
-            else:
-                try:
-                    data = orjson.loads(line)
-                    validate_event_dict(data)  # a complete line that is not a valid event is corruption
-                    event_id = data["event_id"]
-                    chain = data.get("prev_hash")
-                except (orjson.JSONDecodeError, InvalidLedgerEventError):
-                    parse_line(line, line_number)  # raises LedgerCorruptError with the precise reason
-                    raise AssertionError("unreachable") from None  # pragma: no cover
-            if event_id != last_id + 1:
-                raise LedgerCorruptError(
-                    f"ledger line {line_number} holds event {event_id!r} but event {last_id + 1} was "
-                    f"expected; the ledger is corrupt. Run 'caracal ledger verify'",
-                    line_number=line_number,
-                    event_id=event_id if isinstance(event_id, int) else None,
-                )
-            if chain is not None and chain != prev.hex():
-                raise LedgerCorruptError(
-                    f"event {event_id} does not chain to event {last_id}: one of them was modified. "
-                    f"Run 'caracal ledger verify'",
-                    line_number=line_number,
-                    event_id=last_id or event_id,
-                )
-            prev = leaf_hash(line)
-            leaves.append(prev)
-            last_id = event_id
-            end = offset + len(line) + 1
-        self._unhashed += leaves
-        self._last_id = last_id
-        self._last_leaf = prev
-        if end != self._end:
-            self._last_stamp = _stored_stamp(line)
-        self._end = end
-
-    def _repair_torn_tail(self, handle: Any, size: int) -> None:
-        """Move the bytes after the last newline to ``<ledger>.torn`` and cut the file back.
-
-        Under the exclusive lock no writer is mid-append, so these bytes are a write that a crashed
-        process never acknowledged; keeping them aside (not deleting them) leaves a trace for operators.
-        """
-        handle.seek(self._end)
-        torn = handle.read(size - self._end)
+        good = b""  # the last line that checked out
         try:
-            append_durably(sidecar_path(self.ledger_path, "torn"), torn + b"\n")
-            _os_ftruncate(self._fd, self._end)
-            _os_fdatasync(self._fd)
-        except OSError as exc:
-            self._refuse(f"cannot repair a torn last line: {exc.strerror or exc}")
-            self._ensure_usable()
-        logger.warning(
-            "repaired %s: moved a torn last line of %d bytes (an unacknowledged write) to %s",
-            self.ledger_path,
-            len(torn),
-            sidecar_path(self.ledger_path, "torn"),
-        )
+            for position, line in self.store.new_lines(self._pos):
+                fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
+                if fast is not None:
+                    event_id, chain = fast
+                else:
+                    try:
+                        data = orjson.loads(line)
+                        validate_event_dict(data)  # a complete line that is not a valid event is corruption
+                        event_id = data["event_id"]
+                        chain = data.get("prev_hash")
+                    except (orjson.JSONDecodeError, InvalidLedgerEventError):
+                        parse_line(line, last_id + 1)  # raises LedgerCorruptError with the precise reason
+                        raise AssertionError("unreachable") from None  # pragma: no cover
+                if event_id != last_id + 1:
+                    raise LedgerCorruptError(
+                        f"ledger line {last_id + 1} holds event {event_id!r} but event {last_id + 1} was "
+                        f"expected; the ledger is corrupt. Run 'caracal ledger verify'",
+                        line_number=last_id + 1,
+                        event_id=event_id if isinstance(event_id, int) else None,
+                    )
+                if chain is not None and chain != prev.hex():
+                    raise LedgerCorruptError(
+                        f"event {event_id} does not chain to event {last_id}: one of them was modified. "
+                        f"Run 'caracal ledger verify'",
+                        line_number=last_id + 1,
+                        event_id=last_id or event_id,
+                    )
+                prev = leaf_hash(line)
+                leaves.append(prev)
+                last_id = event_id
+                self._pos = position
+                self._last_id = last_id
+                self._last_leaf = prev
+                good = line
+        except LedgerCorruptError as exc:
+            self._refuse(str(exc))
+            raise
+        finally:
+            if leaves:
+                self._unhashed += leaves
+                self._last_stamp = _stored_stamp(good)
 
     def _load_state(self) -> None:
-        """Start from the saved Merkle frontier if it still matches the file; else from the beginning.
+        """Start from the saved Merkle frontier if it still matches the ledger; else from the beginning.
 
-        The state file is a cache, sealed with a key kept in ``keys/`` (:mod:`caracal.core.sealed`): a
-        forged or foreign one is ignored and rebuilt. Even a genuine one is trusted only after checking that
-        the line it ends at is the event it claims and hashes to the leaf it records.
+        The state is a cache, sealed with a key kept in ``keys/`` (:mod:`caracal.core.sealed`): a forged or
+        foreign one is ignored and rebuilt. Even a genuine one is trusted only after checking that the line
+        it ends at is the event it claims and hashes to the leaf it records.
         """
-        path = sidecar_path(self.ledger_path, "merkle")
         try:
-            state = orjson.loads(unseal(self.cache_key("merkle"), "merkle", path.read_bytes()))
+            cached = self.store.load_cache("merkle")
+            if cached is None:
+                return
+            state = orjson.loads(unseal(self.cache_key("merkle"), "merkle", cached))
             tree = MerkleFrontier.from_dict(state["tree"])
             offset = state["offset"]
             last_leaf = bytes.fromhex(state["last_leaf"])
-        except FileNotFoundError:
-            return
         except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:  # SealError is a ValueError
-            logger.warning("ignoring unusable Merkle state %s (%s); rebuilding it", path, exc)
+            logger.warning("ignoring unusable Merkle state of %s (%s); rebuilding it", self.location, exc)
             return
-        line = line_ending_at(self.ledger_path, offset) if isinstance(offset, int) and tree.size else None
+        line = self.store.line_at(offset) if isinstance(offset, int) and tree.size else None
         if line is None:
             return
         if line_event_id(line) != tree.size or leaf_hash(line) != last_leaf:
-            logger.warning("Merkle state %s does not match the ledger; rebuilding it", path)
+            logger.warning("the Merkle state of %s does not match the ledger; rebuilding it", self.location)
             return
         self._tree = tree
-        self._end = offset
+        self._pos = offset
         self._last_id = tree.size
         self._last_leaf = last_leaf
         self._last_stamp = _stored_stamp(line)
 
     def _save_state(self) -> None:
         state = {
-            "offset": self._end,
+            "offset": self._pos,
             "last_leaf": self._last_leaf.hex(),
             "tree": self._folded_tree().to_dict(),
         }
         try:
-            sealed = seal(self.cache_key("merkle"), "merkle", orjson.dumps(state))
-            write_atomically(sidecar_path(self.ledger_path, "merkle"), sealed, durable=False)
-        except OSError as exc:  # a cache: losing it costs a rebuild on the next open, never data
-            logger.warning("could not save the Merkle state of %s: %s", self.ledger_path, exc)
+            self.store.save_cache("merkle", seal(self.cache_key("merkle"), "merkle", orjson.dumps(state)))
+        except (OSError, CaracalError) as exc:  # a cache: losing it costs a rebuild on the next open
+            logger.warning("could not save the Merkle state of %s: %s", self.location, exc)
 
-    # ------------------------------------------------------------------ checkpoints and backups
+    # ------------------------------------------------------------------ checkpoints
 
     def _folded_tree(self) -> MerkleFrontier:
         """The Merkle frontier over every line seen so far (folding in the leaves appended since)."""
@@ -872,7 +739,7 @@ class LedgerWriter:
         try:
             self._write_checkpoint()
         except CaracalError as exc:
-            logger.warning("could not write a checkpoint of %s: %s", self.ledger_path, exc)
+            logger.warning("could not write a checkpoint of %s: %s", self.location, exc)
 
     def _write_checkpoint(self) -> Checkpoint:
         tree = self._folded_tree()
@@ -882,49 +749,12 @@ class LedgerWriter:
         try:
             self.checkpoints.append(checkpoint)
         except OSError as exc:
-            raise LedgerWriteError(
-                f"cannot write the checkpoint file {self.checkpoints.path}: {exc}"
-            ) from exc
+            raise LedgerWriteError(f"cannot write a checkpoint of {self.location}: {exc}") from exc
         self._set_last_checkpoint(checkpoint.size)
         self._last_checkpoint_at = time.monotonic()
         self._save_state()
         logger.info("ledger checkpoint size=%d root=%s", checkpoint.size, checkpoint.root.hex())
         return checkpoint
-
-    def _maybe_backup(self) -> None:
-        if self.backup_count == 0 or self._end == 0:
-            return
-        newest = sidecar_path(self.ledger_path, "bak.1")
-        try:
-            if newest.exists():
-                stat = newest.stat()
-                if self._clock().timestamp() - stat.st_mtime < self.backup_min_interval:
-                    return
-                if stat.st_size == self._end and _same_edges(newest, self.ledger_path, self._end):
-                    return
-            self._write_backup(newest)
-        except OSError as exc:  # backups are a convenience; the ledger itself stays the source of truth
-            logger.warning("could not back up %s: %s", self.ledger_path, exc)
-
-    def _write_backup(self, newest: Path) -> None:
-        tmp = sidecar_path(self.ledger_path, f"bak.tmp-{os.getpid()}")
-        with open(self.ledger_path, "rb") as source, open(tmp, "wb") as target:
-            remaining = self._end
-            while remaining:
-                block = source.read(min(remaining, 1 << 20))
-                if not block:
-                    break
-                target.write(block)
-                remaining -= len(block)
-            target.flush()
-            os.fsync(target.fileno())
-        for index in range(self.backup_count - 1, 0, -1):
-            older = sidecar_path(self.ledger_path, f"bak.{index}")
-            if older.exists():
-                os.replace(older, sidecar_path(self.ledger_path, f"bak.{index + 1}"))
-        os.replace(tmp, newest)
-        fsync_directory(self.ledger_path.parent)
-        logger.info("backed up %s to %s (%d bytes)", self.ledger_path, newest, self._end)
 
 
 def _stored_stamp(line: bytes) -> str:
@@ -936,29 +766,19 @@ def _stored_stamp(line: bytes) -> str:
     return format_timestamp(parse_timestamp(stamp, "timestamp", LedgerCorruptError))
 
 
-def _same_edges(a: Path, b: Path, size: int) -> bool:
-    """Whether two files of ``size`` bytes start and end alike; for append-only files, that is equality."""
-    probe = min(size, 4096)
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        if fa.read(probe) != fb.read(probe):
-            return False
-        fa.seek(size - probe)
-        fb.seek(size - probe)
-        return fa.read(probe) == fb.read(probe)
-
-
-def _load_signer(ledger_path: Path, key_path: str | os.PathLike[str] | None) -> CheckpointSigner:
+def _load_signer(ledger_path: Path | None, key_path: str | os.PathLike[str] | None) -> CheckpointSigner:
     if key_path is None:
         from caracal.config import default_signing_key_path
 
         key_path = default_signing_key_path()
     key = Path(key_path).expanduser().resolve()
-    folder = ledger_path.parent.expanduser().resolve()
-    if key.is_relative_to(folder):
-        raise ConfigurationError(
-            f"the checkpoint signing key {key} is inside the ledger's folder {folder}; keep it with the "
-            f"configuration instead, so that whoever can rewrite the ledger cannot re-sign it"
-        )
+    if ledger_path is not None:
+        folder = ledger_path.parent.expanduser().resolve()
+        if key.is_relative_to(folder):
+            raise ConfigurationError(
+                f"the checkpoint signing key {key} is inside the ledger's folder {folder}; keep it with the "
+                f"configuration instead, so that whoever can rewrite the ledger cannot re-sign it"
+            )
     try:
         return CheckpointSigner.load_or_create(key)
     except OSError as exc:
@@ -1006,14 +826,21 @@ def query_bound(
 
 
 class LedgerReader:
-    """Streams the events of a ledger file, in order, with strict parsing.
+    """Streams the events of a ledger, in order, with strict parsing.
 
-    Reading never takes the writers' lock: the file is append-only, so any prefix of complete lines is a
-    consistent view. Bytes after the last newline (a write in progress) are not read.
+    ``ledger`` is a ledger file's path, or a :class:`LedgerStore` (any backend). Reading never takes the
+    writers' lock: the ledger is append-only, so any prefix of complete lines is a consistent view. Bytes
+    after the last newline (a write in progress) are not read.
     """
 
-    def __init__(self, ledger_path: str | os.PathLike[str]):
-        self.ledger_path = Path(ledger_path)
+    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore):
+        if isinstance(ledger, (str, os.PathLike)):
+            self.store: LedgerStore | None = None
+            self.ledger_path = Path(ledger)
+        else:
+            path = getattr(ledger, "path", None)  # a file store: read its file directly, as for a path
+            self.store = None if path is not None else ledger
+            self.ledger_path = Path(path) if path is not None else Path(ledger.location)
 
     def iter_events(self) -> Iterator[LedgerEvent]:
         """Every event, in order. Raises :class:`LedgerCorruptError` on the first line that does not parse."""
@@ -1028,6 +855,9 @@ class LedgerReader:
         the end of the file."""
         if not isinstance(count, int) or count < 0:
             raise LedgerReadError(f"count must be a non-negative integer, got {count!r}")
+        if self.store is not None:  # positions are event ids
+            last = self.store.end() if end is None else end
+            return [parse_line(line, 0) for _id, line in self.store.iter_lines(max(0, last - count), last)]
         handle = self._open()
         if handle is None:
             return []
@@ -1046,7 +876,12 @@ class LedgerReader:
             raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
 
     def _scan(self, start: int, line_number: int) -> Iterator[tuple[int, int, LedgerEvent]]:
-        """Yield ``(end_offset, line_number, event)`` for each complete line from ``start``."""
+        """Yield ``(end_position, line_number, event)`` for each complete line from ``start``."""
+        if self.store is not None:
+            for position, line in self.store.iter_lines(start):
+                line_number += 1
+                yield position, line_number, parse_line(line, line_number)
+            return
         handle = self._open()
         if handle is None:
             return
@@ -1191,11 +1026,13 @@ class LedgerTail(LedgerReader):
     error rather than something to paper over.
     """
 
-    def __init__(self, ledger_path: str | os.PathLike[str], *, from_end: bool = False):
-        super().__init__(ledger_path)
+    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore, *, from_end: bool = False):
+        super().__init__(ledger)
         self.offset = 0
         self.last_event_id = 0
-        if from_end:
+        if from_end and self.store is not None:
+            self.offset = self.last_event_id = self.store.end()
+        elif from_end:
             handle = self._open()
             if handle is not None:
                 with handle:
@@ -1206,7 +1043,7 @@ class LedgerTail(LedgerReader):
 
     def poll(self) -> list[LedgerEvent]:
         """Events appended since the previous call (complete lines only), in order."""
-        size = ledger_size(self.ledger_path)
+        size = ledger_size(self.ledger_path) if self.store is None else self.store.end()
         if size < self.offset:
             raise LedgerCorruptError(
                 f"the ledger {self.ledger_path} shrank from {self.offset} to {size} bytes: it was truncated "

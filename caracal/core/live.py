@@ -26,29 +26,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import orjson
 
 from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState
-from caracal.core.events import LedgerEvent, ledger_size, line_ending_at, line_event_id
-from caracal.core.fileio import flock_within, write_atomically
+from caracal.core.events import LedgerEvent, line_event_id
 from caracal.core.ledger import LedgerWriter
 from caracal.core.replay import VerifiedTail, failed
 from caracal.core.sealed import SealError, seal, unseal
-from caracal.exceptions import (
-    CaracalError,
-    LedgerReadError,
-    LedgerVerificationError,
-)
+from caracal.exceptions import CaracalError, LedgerVerificationError
 
 SNAPSHOT_EVERY = 10_000
 """Entries folded in between two saves of the budget snapshot (and one more on close)."""
 REPLAY_BATCH = 10_000
 """Entries read and folded in at a time: a replay holds one batch of parsed entries, never the ledger."""
+LINE_BYTES = 250
+"""About how long a ledger line is: converts a count of unread entries into bytes."""
 REPLAY_LOCK_BYTES = 1 << 20
 """A process that would read this many bytes of ledger or more without a usable snapshot replays under the
 home's replay lock (so that one process replays and the others resume from its snapshot)."""
@@ -76,9 +73,8 @@ class LiveBudget:
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
     ):
         self.writer = writer
+        self.store = writer.store
         self.lock = threading.RLock()
-        self.snapshot_path = writer.ledger_path.with_name(writer.ledger_path.name + ".budget")
-        self.replay_lock_path = writer.ledger_path.with_name(writer.ledger_path.name + ".replay.lock")
         self.replayed = 0
         self._chain_of = chain_of
         self._clock = clock
@@ -95,7 +91,7 @@ class LiveBudget:
         self._saved_at = 0
 
     def _new_tail(self) -> VerifiedTail:
-        return VerifiedTail(self.writer.ledger_path, self.writer.checkpoints, self.writer.public_key)
+        return VerifiedTail(self.store, self.writer.checkpoints, self.writer.public_key)
 
     # ------------------------------------------------------------------ reading
 
@@ -124,29 +120,23 @@ class LiveBudget:
                     return state
 
     def _unread_bytes(self) -> int:
-        return ledger_size(self.writer.ledger_path) - self.tail.offset
+        """About how many bytes of ledger are left to read (on a store whose positions are event ids, at
+        :data:`LINE_BYTES` a line)."""
+        unread = self.store.end() - self.tail.offset
+        return unread * LINE_BYTES if self.store.positions_are_ids else unread
 
     def _replay_once(self) -> None:
         """Replay under the home's replay lock, then save the snapshot; or, if another process replayed
         while this one waited, resume from its snapshot (see the module docstring)."""
-        path = self.replay_lock_path
-        timeout = self.writer.lock_timeout
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise LedgerReadError(
-                f"cannot open the replay lock {path}: {exc.strerror or exc}; the budget state cannot be "
-                "rebuilt safely. Check that the data folder is writable by this user."
-            ) from exc
-        try:
-            if not flock_within(fd, timeout if timeout > 0 else 0.0):
+        location = self.store.location
+        with self.store.replay_lock(self.writer.lock_timeout) as taken:
+            if not taken:
                 # Slower than one replay should be (or stuck): replay here too rather than deny; the
                 # result is the same, only the work is done twice.
                 logger.warning(
-                    "another process has been replaying %s for over %ss (lock %s); replaying here too",
-                    self.writer.ledger_path,
-                    timeout,
-                    path,
+                    "another process has been replaying %s for over %ss; replaying here too",
+                    location,
+                    self.writer.lock_timeout,
                 )
                 self.catch_up_and_save()
                 return
@@ -154,10 +144,8 @@ class LiveBudget:
             self._load_snapshot()  # another process may have saved one while this one waited
             if self._unread_bytes() < REPLAY_LOCK_BYTES:
                 return  # the rest (what was appended after that snapshot) is read by the next catch_up
-            logger.info("replaying %s to rebuild the budget state", self.writer.ledger_path)
+            logger.info("replaying %s to rebuild the budget state", location)
             self.catch_up_and_save()
-        finally:
-            os.close(fd)  # releases the flock
 
     def catch_up_and_save(self) -> None:
         """Replay (what is unread) and save the snapshot. Errors are not raised here but met again by the
@@ -209,20 +197,23 @@ class LiveBudget:
         replaying what is left.
         """
         try:
-            sealed = self.snapshot_path.read_bytes()
+            sealed = self.store.load_cache("budget")
+            if sealed is None:
+                return
             data = orjson.loads(unseal(self.writer.cache_key("budget"), "budget", sealed))
             offset, last_event_id = data["offset"], data["state"]["last_event_id"]
-            size = ledger_size(self.writer.ledger_path)
+            size = self.store.end()
             if isinstance(offset, int) and isinstance(last_event_id, int) and offset > size:
+                unit = "events" if self.store.positions_are_ids else "bytes"
                 self._distrust = failed(
                     last_event_id,
-                    f"the ledger holds {size} bytes but the budget snapshot sealed at event {last_event_id} "
+                    f"the ledger holds {size} {unit} but the budget snapshot sealed at event {last_event_id} "
                     f"saw {offset}: its tail was removed. If an older ledger was restored on purpose, delete "
-                    f"{self.snapshot_path} and open the home again",
+                    f"{self.snapshot_location} and open the home again",
                 )
                 logger.error("%s", self._distrust)
                 return
-            line = line_ending_at(self.writer.ledger_path, offset)
+            line = self.store.line_at(offset)
             if line is None or line_event_id(line) != last_event_id:
                 return
             if data.get("line_sha256") != hashlib.sha256(line).hexdigest():
@@ -230,16 +221,16 @@ class LiveBudget:
             state = BudgetState.from_snapshot(data["state"], self._chain_of, self._idempotency_window)
             tail = self._new_tail()
             tail.resume(offset, last_event_id, data["tail"])
-        except FileNotFoundError:
-            return
         except SealError as exc:
             logger.warning(
-                "ignoring the budget snapshot %s: %s; replaying the ledger", self.snapshot_path, exc
+                "ignoring the budget snapshot %s: %s; replaying the ledger", self.snapshot_location, exc
             )
             return
         except (OSError, ValueError, KeyError, TypeError, CaracalError, orjson.JSONDecodeError) as exc:
             logger.warning(
-                "ignoring the unusable budget snapshot %s (%s); replaying the ledger", self.snapshot_path, exc
+                "ignoring the unusable budget snapshot %s (%s); replaying the ledger",
+                self.snapshot_location,
+                exc,
             )
             return
         self.state, self.tail, self._saved_at = state, tail, last_event_id
@@ -252,13 +243,25 @@ class LiveBudget:
             offset = self.tail.offset
             data = {"offset": offset, "state": self.state.to_snapshot(), "tail": self.tail.to_dict()}
             self._saved_at = self.state.last_event_id
-        line = line_ending_at(self.writer.ledger_path, offset)
-        data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
         try:
+            line = self.store.line_at(offset)
+            data["line_sha256"] = hashlib.sha256(line).hexdigest() if line is not None else None
             sealed = seal(self.writer.cache_key("budget"), "budget", orjson.dumps(data))
-            write_atomically(self.snapshot_path, sealed, durable=False)
-        except OSError as exc:
-            logger.warning("could not save the budget snapshot %s: %s", self.snapshot_path, exc)
+            self.store.save_cache("budget", sealed)
+        except (OSError, CaracalError) as exc:
+            logger.warning("could not save the budget snapshot %s: %s", self.snapshot_location, exc)
+
+    @property
+    def snapshot_path(self) -> Path | None:
+        """The sealed budget snapshot's file, ``<ledger>.budget`` (None on a backend without files)."""
+        path = self.writer.ledger_path
+        return None if path is None else path.with_name(path.name + ".budget")
+
+    @property
+    def snapshot_location(self) -> str:
+        """Where the sealed budget snapshot lives, for messages (its file, or a database row)."""
+        path = self.snapshot_path
+        return str(path) if path is not None else f"{self.store.location} (cache 'budget')"
 
 
 __all__ = ["REPLAY_LOCK_BYTES", "SNAPSHOT_EVERY", "LiveBudget"]

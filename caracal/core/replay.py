@@ -25,19 +25,15 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from caracal.core.checkpoint import CheckpointStore
-from caracal.core.events import LedgerEvent, iter_lines, ledger_size, parse_line
-from caracal.core.fileio import open_for_reading
+from caracal.core.events import LedgerEvent, parse_line
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier
+from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
     CheckpointError,
     LedgerCorruptError,
-    LedgerReadError,
     LedgerVerificationError,
 )
 
@@ -65,11 +61,9 @@ class VerifiedTail:
     budget snapshot, so a process that resumes from a snapshot goes on checking from there.
     """
 
-    def __init__(
-        self, ledger_path: str | os.PathLike[str], checkpoints: CheckpointStore, key: Ed25519PublicKey
-    ):
-        self.ledger_path = Path(ledger_path)
-        self.offset = 0
+    def __init__(self, store: LedgerStore, checkpoints: CheckpointLog, key: Ed25519PublicKey):
+        self.store = store
+        self.offset = 0  # the store's position after the last line read (bytes, or an event id)
         self.last_event_id = 0
         self._checkpoints = checkpoints
         self._key = key
@@ -112,11 +106,12 @@ class VerifiedTail:
     def poll(self, max_events: int = 1 << 62) -> list[LedgerEvent]:
         """The complete lines appended since the last call, checked, as events in order: at most
         ``max_events`` of them (call again for the rest), so that a replay holds one batch at a time."""
-        size = ledger_size(self.ledger_path)
+        size = self.store.end()
         if size < self.offset:
+            unit = "events" if self.store.positions_are_ids else "bytes"
             raise failed(
                 self.last_event_id,
-                f"the ledger shrank from {self.offset} to {size} bytes (it was truncated or replaced)",
+                f"the ledger shrank from {self.offset} to {size} {unit} (it was truncated or replaced)",
             )
         if size == self.offset:
             return []  # the common case on a budget check: one stat, nothing to read
@@ -132,18 +127,15 @@ class VerifiedTail:
         return events
 
     def _read_lines(self, max_events: int) -> list[LedgerEvent]:
-        try:
-            handle = open_for_reading(self.ledger_path)
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
         events: list[LedgerEvent] = []
         expected = self.last_event_id + 1
         prev_hex = self._last_leaf.hex()
         sha256 = hashlib.sha256
         next_checkpoint = self._pending[0] if self._pending else 0
         unhashed = self._unhashed
-        with handle:
-            for start, line in iter_lines(handle, self.offset):
+        lines = self.store.iter_lines(self.offset)
+        try:
+            for end, line in lines:
                 try:
                     event = parse_line(line, expected)
                 except LedgerCorruptError as exc:
@@ -163,7 +155,7 @@ class VerifiedTail:
                 unhashed.append(leaf)
                 events.append(event)
                 # Advance only over checked lines: a failure leaves the tail before the bad line.
-                self.offset, self.last_event_id, self._last_leaf = start + len(line) + 1, expected, leaf
+                self.offset, self.last_event_id, self._last_leaf = end, expected, leaf
                 if expected == next_checkpoint:
                     self._check_checkpoint(expected)
                     next_checkpoint = self._pending[0] if self._pending else 0
@@ -172,6 +164,10 @@ class VerifiedTail:
                 expected += 1
                 if len(events) >= max_events:
                     break
+        finally:
+            close = getattr(lines, "close", None)
+            if close is not None:
+                close()  # a generator stopped early: release its file or cursor now
         return events
 
     # ------------------------------------------------------------------ checkpoints

@@ -65,11 +65,21 @@ class CheckpointLog(Protocol):
 class LedgerStore(Protocol):
     """Where one ledger's lines live (see the module docstring for the contract)."""
 
-    location: str
-    """For messages: the ledger file's path, or the database URL without its password."""
-    lock_timeout: float
-    positions_are_ids: bool
-    checkpoints: CheckpointLog
+    @property
+    def location(self) -> str:
+        """For messages: the ledger file's path, or the database URL without its password."""
+
+    @property
+    def lock_timeout(self) -> float:
+        """How long :meth:`begin` waits for the lock."""
+
+    @property
+    def positions_are_ids(self) -> bool:
+        """Whether positions are event ids (else byte offsets)."""
+
+    @property
+    def checkpoints(self) -> CheckpointLog:
+        """The ledger's signed checkpoints."""
 
     # ------------------------------------------------------------------ the append step
 

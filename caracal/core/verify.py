@@ -25,13 +25,14 @@ at the start (under a kilobyte each; one per 1,000 events by default). Only the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,7 @@ from caracal.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
     CheckpointError,
     InvalidLedgerEventError,
@@ -161,7 +163,7 @@ def default_public_key(path: str | os.PathLike[str] | None = None) -> Ed25519Pub
 
 
 def verify_ledger(
-    ledger_path: str | os.PathLike[str],
+    ledger: str | os.PathLike[str] | LedgerStore,
     *,
     public_key: Ed25519PublicKey | None = None,
     progress: Progress | None = None,
@@ -173,11 +175,22 @@ def verify_ledger(
     Without ``public_key`` the checkpoints' roots are still compared, but their signatures are not checked
     (the report says so). ``parallel`` (default: for files over 32 MiB on a machine with several cores)
     checks the second half of the file in another process. Raises :class:`LedgerReadError` only when the
-    file cannot be read at all.
+    file cannot be read at all. ``ledger`` may be a :class:`LedgerStore` of any backend: the same checks run
+    over its lines (the same bytes), streamed, in one process.
     """
-    path = Path(ledger_path)
+    source: LedgerStore | None = None
+    if isinstance(ledger, (str, os.PathLike)):
+        path = Path(ledger)
+    elif getattr(ledger, "path", None) is not None:
+        path = Path(ledger.path)  # type: ignore[attr-defined]  # a file store: verify its file
+    else:
+        source, path = ledger, Path(ledger.location)
     report = VerificationReport(ledger_path=path)
-    store = CheckpointStore(path.with_name(path.name + ".checkpoints"))
+    store: CheckpointLog = (
+        source.checkpoints
+        if source is not None
+        else CheckpointStore(path.with_name(path.name + ".checkpoints"))
+    )
 
     def found(problem: Problem) -> None:
         if len(report.problems) < max_problems:
@@ -209,15 +222,21 @@ def verify_ledger(
         _compare_root(pending[next_cp], EMPTY_ROOT, report, found, 0)
         next_cp += 1
 
-    try:
-        total = path.stat().st_size
-    except FileNotFoundError:
-        total = 0
-    except OSError as exc:
-        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
-
     checker = _RootChecker(pending[next_cp:], report)
-    segments = _scan(path, total, progress, parallel, checker.fold)
+    if source is not None:
+        total = source.end()  # positions are event ids: "bytes" below count lines
+        lines = ((end - 1, line) for end, line in source.iter_lines(0, total))
+        segments = [_scan_segment(path, 0, total, progress, total, checker.fold, lines)] if total else []
+        if segments:
+            segments[0].stop = total
+    else:
+        try:
+            total = path.stat().st_size
+        except FileNotFoundError:
+            total = 0
+        except OSError as exc:
+            raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
+        segments = _scan(path, total, progress, parallel, checker.fold)
     expected, last_leaf = 1, EMPTY_ROOT
     for segment in segments:
         if segment.count:
@@ -401,13 +420,20 @@ def _fold_leaf_file(leaves_path: Path, count: int, fold: Fold) -> None:
 
 
 def _scan_segment(
-    path: Path, start: int, stop: int, progress: Progress | None, total: int, fold: Fold
+    path: Path,
+    start: int,
+    stop: int,
+    progress: Progress | None,
+    total: int,
+    fold: Fold,
+    lines: Iterable[tuple[int, bytes]] | None = None,
 ) -> _Segment:
     """Check every complete line in ``[start, stop)``: valid event, ids in order, chain intact; hand each
     line's leaf hash to ``fold`` in order, :data:`_FOLD_BATCH` at a time (so memory stays bounded).
 
     The hot loop of ``verify``: it runs once per line, so it binds everything it calls to locals. The
     first line's id and chain are taken as given and checked against the previous segment by the caller.
+    ``lines`` (``(start, line)`` pairs, for a ledger that is not a file) replaces reading ``path``.
     """
     segment = _Segment(start=start, stop=start)
     leaves: list[bytes] = []
@@ -423,8 +449,10 @@ def _scan_segment(
     unchained = 0
     next_progress = start + _PROGRESS_STEP
     try:
-        with open(path, "rb") as handle:
-            for offset, line in iter_lines(handle, start, stop):
+        with contextlib.ExitStack() as stack:
+            if lines is None:
+                lines = iter_lines(stack.enter_context(open(path, "rb")), start, stop)
+            for offset, line in lines:
                 number += 1
                 leaf = sha256(b"\x00" + line).digest()
                 leaves.append(leaf)

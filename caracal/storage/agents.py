@@ -65,6 +65,7 @@ from caracal.exceptions import (
     InvalidAgentError,
     RegistryError,
 )
+from caracal.storage.interface import Document
 from caracal.storage.jsonfile import JsonDocument
 
 AGENTS_FILE_NAME = "agents.json"
@@ -123,6 +124,11 @@ def _detach(agent: Agent) -> Agent:
     return clone
 
 
+def empty_agents() -> dict[str, Any]:
+    """The agents document before the first registration."""
+    return {"agents": {}}
+
+
 class AgentRegistry:
     """The agents stored in ``path`` (a JSON file; created on the first registration).
 
@@ -133,17 +139,20 @@ class AgentRegistry:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Document,
         *,
         clock: Clock = _utc_now,
         id_factory: IdFactory = uuid.uuid4,
         backup_count: int = 3,
         lock_timeout: float = 10.0,
     ):
-        self._document = JsonDocument(
-            path, default=lambda: {"agents": {}}, backup_count=backup_count, lock_timeout=lock_timeout
+        self._document: Document = (
+            JsonDocument(path, default=empty_agents, backup_count=backup_count, lock_timeout=lock_timeout)
+            if isinstance(path, (str, os.PathLike))
+            else path
         )
-        self.path = self._document.path
+        self._file = self._document.path if isinstance(self._document, JsonDocument) else None
+        self.path: Path | str = self._file if self._file is not None else self._document.label
         self._clock = clock
         self._id_factory = id_factory
         self._cache: _Cached | None = None
@@ -346,9 +355,11 @@ class AgentRegistry:
         return "no agents are registered" if not count else f"{count} agent{'s' * (count != 1)} registered"
 
     def _snapshot(self) -> _Snapshot:
+        if self._file is None:  # another backend: its document caches by version
+            return self._document.read_cached(self._index)
         cached = self._cache
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._file)
         except FileNotFoundError:
             return _EMPTY
         except OSError as exc:
@@ -357,7 +368,7 @@ class AgentRegistry:
             return cached.snapshot
         started_ns = time.time_ns()
         try:
-            with open_for_reading(self.path) as file:
+            with open_for_reading(self._file) as file:
                 st = os.fstat(file.fileno())  # the stat of exactly the bytes read (renames replace inodes)
                 data = file.read()
         except FileNotFoundError:
@@ -380,7 +391,9 @@ class AgentRegistry:
         return self._index(document)
 
     def _restore_hint(self) -> str:
-        return f"restore it from {self.path.name}.bak.1 (or an older backup) beside it"
+        if self._file is None:
+            return "restore it from a backup of the database"
+        return f"restore it from {self._file.name}.bak.1 (or an older backup) beside it"
 
     def _index(self, document: dict[str, Any]) -> _Snapshot:
         """Check the whole document and index it; RegistryError (fail closed) on any inconsistency."""

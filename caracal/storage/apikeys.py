@@ -53,7 +53,8 @@ from caracal.exceptions import (
     InvalidApiKeyError,
     RegistryError,
 )
-from caracal.storage.jsonfile import JsonDocument
+from caracal.storage.interface import Document
+from caracal.storage.jsonfile import JsonDocument, restore_hint
 
 APIKEYS_FILE_NAME = "apikeys.json"
 ADMIN_KEY_FILE_NAME = "admin.key"
@@ -83,6 +84,11 @@ class _Index:
     by_id: dict[str, ApiKey]
 
 
+def empty_keys() -> dict[str, Any]:
+    """The API keys document before the first key."""
+    return {"keys": {}}
+
+
 class ApiKeyRegistry:
     """The API keys stored in ``path`` (a JSON file; created on the first key).
 
@@ -92,20 +98,26 @@ class ApiKeyRegistry:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Document,
         *,
         clock: Clock = _utc_now,
         backup_count: int = 3,
         lock_timeout: float = 10.0,
     ):
-        self._document = JsonDocument(
-            path,
-            default=lambda: {"keys": {}},
-            backup_count=backup_count,
-            lock_timeout=lock_timeout,
-            mode=0o600,  # written owner-only from the start, backups too
+        self._document: Document = (
+            JsonDocument(
+                path,
+                default=empty_keys,
+                backup_count=backup_count,
+                lock_timeout=lock_timeout,
+                mode=0o600,  # written owner-only from the start, backups too
+            )
+            if isinstance(path, (str, os.PathLike))
+            else path
         )
-        self.path = self._document.path
+        self.path: Path | str = (
+            self._document.path if isinstance(self._document, JsonDocument) else self._document.label
+        )
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -265,7 +277,7 @@ class ApiKeyRegistry:
 
     def _parse(self, document: dict[str, Any]) -> _Index:
         """Check the whole document and index it; RegistryError (fail closed) on any inconsistency."""
-        restore = f"restore it from {self.path.name}.bak.1 (or an older backup) beside it"
+        restore = f"restore it from {restore_hint(self._document)}"
         records = document.get("keys", {})
         if not isinstance(records, dict):
             raise RegistryError(

@@ -33,11 +33,14 @@ from caracal.config import (
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
+from caracal.core.store import LedgerStore
 from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, InvalidAgentError
-from caracal.storage.agents import AgentRegistry
-from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path
-from caracal.storage.policies import PolicyRegistry
-from caracal.storage.prices import PriceRegistry
+from caracal.storage.agents import AgentRegistry, empty_agents
+from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path, empty_keys
+from caracal.storage.backends import open_backend
+from caracal.storage.interface import Backend, Document
+from caracal.storage.policies import PolicyRegistry, empty_policies
+from caracal.storage.prices import PriceRegistry, empty_prices
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import OverHold
@@ -94,41 +97,79 @@ class RegistryDirectory:
         return self.policies_registry.active_for_chain(chain)
 
 
-def open_ledger_writer(ledger_path: Path, key_path: Path, settings: Settings) -> LedgerWriter:
-    """A ledger writer configured by the home's ``config.toml``."""
+def open_ledger_writer(backend: Backend, key_path: Path, settings: Settings) -> LedgerWriter:
+    """A ledger writer on the backend's ledger store, configured by the home's ``config.toml``."""
+    store = backend.ledger_store(
+        lock_timeout=settings.lock_timeout,
+        backup_count=settings.backup_count,
+        backup_min_interval=settings.backup_min_interval,
+    )
     return LedgerWriter(
-        ledger_path,
+        store,
         settings.backup_count,
         signing_key_path=key_path,
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval=settings.checkpoint_interval,
-        backup_min_interval=settings.backup_min_interval,
         lock_timeout=settings.lock_timeout,
     )
 
 
 class EmbeddedHome:
-    """The files of one Caracal home, and the shared objects built on them (one ledger writer)."""
+    """One Caracal home: its configuration and keys (a folder on this host), its storage backend (the
+    folder's ``data/``, or a PostgreSQL database shared with other hosts), and the shared objects built on
+    them (registries, one ledger writer). ``database_url`` overrides the configured storage."""
 
-    def __init__(self, home: Path | None = None):
+    def __init__(self, home: Path | None = None, *, database_url: str | None = None):
         self.home = Path(home) if home is not None else caracal_home()
         self.data = self.home / "data"
         self.ledger_path = default_ledger_path(self.home)
         self.key_path = default_signing_key_path(self.home)
         self.config_path = self.home / "config.toml"
         self.settings = load_settings(self.home)
-        self.agents = AgentRegistry(self.data / "agents.json")
-        self.policies = PolicyRegistry(self.data / "policies.json")
+        self.backend = open_backend(self.home, self.settings, database_url)
+        self.on_files = self.backend.kind == "files"
+        documents = self._documents()
+        self.agents = AgentRegistry(documents["agents"])
+        self.policies = PolicyRegistry(documents["policies"])
         self.prices = PriceRegistry(
-            self.data / "prices.json",
+            documents["prices"],
             use_llm_prices=self.settings.use_llm_prices,
             tiered_llm_prices=self.settings.tiered_llm_prices,  # type: ignore[arg-type]  # checked by load_settings
         )
-        self.keys = ApiKeyRegistry(default_apikeys_path(self.home))
+        self.keys = ApiKeyRegistry(documents["apikeys"])
         self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
         self._lock = threading.Lock()
+
+    def _documents(self) -> dict[str, Path | Document]:
+        """The registries' documents: paths on the file backend (the registries open them as before), the
+        backend's documents otherwise."""
+        if self.on_files:
+            return {
+                "agents": self.data / "agents.json",
+                "policies": self.data / "policies.json",
+                "prices": self.data / "prices.json",
+                "apikeys": default_apikeys_path(self.home),
+            }
+        return {
+            "agents": self.backend.document("agents", empty_agents),
+            "policies": self.backend.document("policies", empty_policies),
+            "prices": self.backend.document("prices", empty_prices),
+            "apikeys": self.backend.document("apikeys", empty_keys, mode=0o600),
+        }
+
+    @property
+    def ledger(self) -> Path | LedgerStore:
+        """What readers (queries, ``verify``, exports) read: the ledger file, or the backend's store."""
+        if self.on_files:
+            return self.ledger_path
+        return self.writer().store
+
+    @property
+    def location(self) -> str:
+        """Where the ledger lives, for messages."""
+        return str(self.ledger_path) if self.on_files else self.backend.location
 
     @property
     def idempotency_window(self) -> timedelta:
@@ -154,7 +195,7 @@ class EmbeddedHome:
         """The home's ledger writer, opened on first use (shared by every operation of this object)."""
         with self._lock:
             if self._writer is None:
-                self._writer = open_ledger_writer(self.ledger_path, self.key_path, self.settings)
+                self._writer = open_ledger_writer(self.backend, self.key_path, self.settings)
             return self._writer
 
     def close(self) -> None:
@@ -162,3 +203,4 @@ class EmbeddedHome:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            self.backend.close()

@@ -38,8 +38,9 @@ class Document(Protocol):
       (never an empty document in its place).
     """
 
-    label: str
-    """For messages: the file's path, or ``<database> (registry agents)``."""
+    @property
+    def label(self) -> str:
+        """For messages: the file's path, or ``<database> (registry agents)``."""
 
     def read_cached(self, parse: Callable[[dict[str, Any]], T]) -> T:
         """``parse(document)``, recomputed only when the document may have changed (budget checks call
@@ -55,10 +56,13 @@ class Document(Protocol):
 class Backend(Protocol):
     """One home's storage: its ledger store and its registry documents."""
 
-    kind: str
-    """``files`` or ``postgresql``."""
-    location: str
-    """For messages: the data folder, or the database URL without its password."""
+    @property
+    def kind(self) -> str:
+        """``files`` or ``postgresql``."""
+
+    @property
+    def location(self) -> str:
+        """For messages: the data folder, or the database URL without its password."""
 
     def ledger_store(
         self, *, lock_timeout: float, backup_count: int, backup_min_interval: float

@@ -1,5 +1,5 @@
-"""A small JSON document file that several processes read and change safely (the embedded backend's
-registries: agents, policies, prices).
+"""A small JSON document file that several processes read and change safely: the file backend's
+:class:`~caracal.storage.interface.Document` (registries: agents, policies, prices, API keys).
 
 Invariants:
 
@@ -56,6 +56,11 @@ class JsonDocument:
         self.lock_timeout = lock_timeout
         self._thread_lock = threading.RLock()
         self._parsed: tuple[tuple[int, ...], bytes | None, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """For messages: the file's path."""
+        return str(self.path)
 
     def read_cached(self, parse: Callable[[dict[str, Any]], T]) -> T:
         """``parse(document)``, recomputed only when the file may have changed (budget checks call this).
@@ -159,3 +164,10 @@ class JsonDocument:
                 os.close(fd)  # closing releases the flock
         finally:
             self._thread_lock.release()
+
+
+def restore_hint(document: object) -> str:
+    """Where to restore a broken registry from: the file's backups, or the database's."""
+    if isinstance(document, JsonDocument):
+        return f"{document.path.name}.bak.1 (or an older backup) beside it"
+    return "a backup of the database"

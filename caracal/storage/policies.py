@@ -20,6 +20,7 @@ from caracal.core.policy import Policy, check_limit
 from caracal.core.validation import check_currency, check_identifier, format_timestamp
 from caracal.core.windows import WindowSpec
 from caracal.exceptions import InvalidPolicyError, PolicyNotFoundError
+from caracal.storage.interface import Document
 from caracal.storage.jsonfile import JsonDocument
 
 Clock = Callable[[], datetime]
@@ -29,18 +30,26 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def empty_policies() -> dict[str, Any]:
+    """The policies document before the first policy."""
+    return {"policies": {}}
+
+
 class PolicyRegistry:
     """Create, update, deactivate and look up budget policies; safe across threads and processes."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Clock = _utc_now):
-        self.document = JsonDocument(path, default=lambda: {"policies": {}})
+    def __init__(self, path: str | os.PathLike[str] | Document, *, clock: Clock = _utc_now):
+        self.document: Document = (
+            JsonDocument(path, default=empty_policies) if isinstance(path, (str, os.PathLike)) else path
+        )
         self._clock = clock
         self._latest: dict[str, Policy] = {}
         self._active_by_agent: dict[str, list[Policy]] = {}
 
     @property
-    def path(self) -> Path:
-        return self.document.path
+    def path(self) -> Path | str:
+        """The document's file (on the file backend), else its label."""
+        return self.document.path if isinstance(self.document, JsonDocument) else self.document.label
 
     def create(
         self,

@@ -25,7 +25,8 @@ from caracal.config import caracal_home
 from caracal.core.pricebook import EPOCH, Price, Pricebook, TieredPolicy, decimal_text
 from caracal.core.validation import format_timestamp, parse_timestamp
 from caracal.exceptions import InvalidPriceError, RegistryError
-from caracal.storage.jsonfile import JsonDocument
+from caracal.storage.interface import Document
+from caracal.storage.jsonfile import JsonDocument, restore_hint
 
 __all__ = [
     "CSV_COLUMNS",
@@ -70,7 +71,8 @@ def default_prices_path(home: Path | None = None) -> Path:
     return (home or caracal_home()) / "data" / "prices.json"
 
 
-def _empty() -> dict[str, Any]:
+def empty_prices() -> dict[str, Any]:
+    """The prices document before the first price."""
     return {"version": FORMAT_VERSION, "prices": []}
 
 
@@ -87,14 +89,19 @@ class PriceRegistry:
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | Document | None = None,
         *,
         use_llm_prices: bool = True,
         tiered_llm_prices: TieredPolicy = "refuse",
         clock: Callable[[], datetime] = _utc_now,
     ):
-        self.path = Path(path) if path is not None else default_prices_path()
-        self.document = JsonDocument(self.path, default=_empty)
+        if path is None or isinstance(path, (str, os.PathLike)):
+            self.document: Document = JsonDocument(path or default_prices_path(), default=empty_prices)
+        else:
+            self.document = path
+        self.path: Path | str = (
+            self.document.path if isinstance(self.document, JsonDocument) else self.document.label
+        )
         self.use_llm_prices = use_llm_prices
         self.tiered_llm_prices = tiered_llm_prices
         self.clock = clock
@@ -116,8 +123,8 @@ class PriceRegistry:
                 prices.append(Price.from_dict(record))
             except InvalidPriceError as exc:
                 raise RegistryError(
-                    f"{self.path}: price #{index + 1} is invalid ({exc}); restore the file from "
-                    f"{self.path.name}.bak.1 (or an older backup) beside it"
+                    f"{self.path}: price #{index + 1} is invalid ({exc}); restore it from "
+                    f"{restore_hint(self.document)}"
                 ) from None
         return prices
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import caracal.core.ledger as ledger_module
+import caracal.core.filestore as ledger_module
 from caracal.core.enforcement import Enforcer, Hold
 from caracal.core.group_commit import GroupCommitter
 from caracal.core.ledger import LedgerReader

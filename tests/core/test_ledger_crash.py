@@ -256,7 +256,7 @@ def test_hand_written_torn_tail_is_repaired(ledger_path: Path) -> None:
 # half way through repairing a torn tail.
 KILLER = r"""
 import hashlib, os, signal, sys
-import caracal.core.ledger as ledger_module
+import caracal.core.filestore as ledger_module
 from caracal.core.ledger import LedgerWriter
 
 ledger, where = sys.argv[1], sys.argv[2]

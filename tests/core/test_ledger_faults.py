@@ -1,6 +1,6 @@
 """Fault injection: the OS calls of an append fail (ENOSPC, EIO, short writes, failed syncs).
 
-The ledger module exposes them as ``_os_write``, ``_os_fdatasync`` and ``_os_ftruncate`` so these tests can
+The file store module (caracal.core.filestore) exposes them as ``_os_write``, ``_os_fdatasync`` and ``_os_ftruncate`` so these tests can
 replace them. Whatever fails, an append either returns (durable) or raises LedgerWriteError having left the
 file exactly as it was; when even the rollback fails, the writer refuses further appends and a new writer
 repairs the file. One test fills a real (tmpfs) file system.
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import caracal.core.ledger as ledger_module
+import caracal.core.filestore as ledger_module
 from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.verify import default_public_key, verify_ledger
 from caracal.exceptions import LedgerWriteError
