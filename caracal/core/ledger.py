@@ -353,10 +353,14 @@ class LedgerWriter:
         return drafts
 
     def checkpoint(self) -> Checkpoint:
-        """Sign and store a checkpoint of the ledger as it is now (after catching up with other writers)."""
+        """Sign and store a checkpoint of the ledger as it is now (after catching up with other writers);
+        when the last stored checkpoint already covers exactly this size, that one is returned."""
         with self._locked():
             self._ensure_usable()
             self._sync()
+            latest = self.checkpoints.latest()
+            if latest is not None and latest.size == self._last_id:
+                return latest
             return self._write_checkpoint()
 
     def root(self) -> tuple[int, bytes]:
