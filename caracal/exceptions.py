@@ -21,6 +21,7 @@ The tree::
     │   ├── ProofError                a proof could not be produced or does not verify
     │   └── CheckpointError           a checkpoint file or signature is missing, malformed or invalid
     ├── RegistryError                 a registry file (agents, policies, prices) is unreadable or unwritable
+    ├── MigrationError                ``caracal migrate`` refused or failed; the source is unchanged
     ├── IdentityError                 agents
     │   ├── InvalidAgentError         bad input for an agent (also a ValueError)
     │   ├── AgentNotFoundError        no agent with that id or name
@@ -135,6 +136,11 @@ class CheckpointError(MerkleError):
 
 class RegistryError(CaracalError):
     """A registry file (agents, policies, prices) could not be read or written."""
+
+
+class MigrationError(CaracalError):
+    """A migration between backends was refused (a source that fails verification, a target that holds
+    other data) or failed; the message says what to do. The source is never changed."""
 
 
 class IdentityError(CaracalError):

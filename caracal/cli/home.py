@@ -18,7 +18,7 @@ import click
 from caracal import __version__
 from caracal.cli.options import apply_home
 from caracal.cli.render import EXIT_ERROR, emit_json, table
-from caracal.config import caracal_home
+from caracal.config import Settings, caracal_home, check_storage_url
 from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW
 from caracal.core.checkpoint import CheckpointSigner, public_key_path
 from caracal.core.enforcement import DEFAULT_TTL
@@ -26,6 +26,7 @@ from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.validation import dumps
 from caracal.exceptions import CaracalError
+from caracal.storage.backends import open_backend
 from caracal.storage.home import EmbeddedHome
 
 # ------------------------------------------------------------------------------------------ config.toml
@@ -61,6 +62,13 @@ CONFIG_TEMPLATE = """\
 #   keys/checkpoint.key.pub          its public key, for auditors (`caracal ledger verify --public-key`)
 #   keys/admin.key                   the server's admin API key (owner-only); agent keys: `caracal agent key`
 #   backups/<time>/                  copies of data/ made by `caracal backup create`
+
+[storage]
+# Where the ledger and the registries live. Unset (the default): this home's data/ folder; no server, no
+# database. A PostgreSQL URL shares budgets between hosts: every host that enforces them runs with the same
+# URL and a copy of keys/checkpoint.key (the signing key never goes into the database). $CARACAL_DATABASE_URL
+# overrides this setting. Written by `caracal init --database URL` and `caracal migrate --to URL`.
+# url = "postgresql://caracal@db.internal/caracal"
 
 [ledger]
 # How many rolling backups ledger.jsonl.bak.1..N to keep; a backup is taken on a writer's first append to
@@ -144,14 +152,59 @@ provider = "anthropic"
 """
 
 
-def config_text(now: datetime) -> str:
+_URL_PLACEHOLDER = '# url = "postgresql://caracal@db.internal/caracal"'
+
+
+def config_text(now: datetime, database_url: str | None = None) -> str:
     ttl = DEFAULT_TTL.total_seconds()
-    return CONFIG_TEMPLATE.format(
+    text = CONFIG_TEMPLATE.format(
         version=__version__,
         date=now.strftime("%Y-%m-%d"),
         default_ttl=int(ttl) if ttl == int(ttl) else ttl,
         idempotency_window=int(DEFAULT_IDEMPOTENCY_WINDOW.total_seconds()),
     )
+    return (
+        text
+        if database_url is None
+        else text.replace(_URL_PLACEHOLDER, f"url = {_toml_string(database_url)}")
+    )
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_storage_url(config_path: Path, url: str) -> None:
+    """Point a home's ``config.toml`` at ``url`` (``[storage] url``), keeping every other line as it is.
+
+    The file is rewritten atomically and read back: a result that does not load is never left behind."""
+    from caracal.config import load_settings
+
+    text = config_path.read_text(encoding="utf-8") if config_path.exists() else ""
+    line = f"url = {_toml_string(url)}"
+    lines = text.splitlines()
+    section = None
+    for index, current in enumerate(lines):
+        stripped = current.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped
+        elif section == "[storage]" and (stripped.startswith("url") or stripped == _URL_PLACEHOLDER):
+            lines[index] = line
+            break
+    else:
+        if "[storage]" in (entry.strip() for entry in lines):
+            position = [entry.strip() for entry in lines].index("[storage]")
+            lines.insert(position + 1, line)
+        else:
+            lines += ["", "[storage]", line]
+    new_text = "\n".join(lines) + "\n"
+    previous = text.encode()
+    write_atomically(config_path, new_text.encode())
+    try:
+        load_settings(config_path.parent)
+    except CaracalError:
+        write_atomically(config_path, previous)
+        raise
 
 
 # ------------------------------------------------------------------------------------------------- init
@@ -184,7 +237,9 @@ def _create_exclusive(path: Path, data: bytes, mode: int = 0o644) -> bool:
     return True
 
 
-def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[InitItem]:
+def initialize_home(
+    home: EmbeddedHome, now: datetime | None = None, database_url: str | None = None
+) -> list[InitItem]:
     """Create the home's folders, config, signing key, ledger, registries and admin API key; report each.
 
     The admin key is made only while no active admin key exists (so re-running never makes a second one);
@@ -216,9 +271,16 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         return make
 
     def config() -> tuple[str, str]:
-        if _create_exclusive(home.config_path, config_text(moment).encode()):
+        if _create_exclusive(home.config_path, config_text(moment, database_url).encode()):
             return "created", "documented settings (see the comments)"
+        if database_url is not None and home.settings.storage_url != database_url:
+            set_storage_url(home.config_path, database_url)
+            return "updated", "[storage] url now names the database"
         return "exists", "kept as it is"
+
+    def database() -> tuple[str, str]:
+        home.backend.initialize()
+        return "ready", f"schema up to date at {home.backend.location}"
 
     def key() -> tuple[str, str]:
         existed = home.key_path.exists()
@@ -232,6 +294,9 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         return ("exists" if existed else "created"), detail
 
     def ledger() -> tuple[str, str]:
+        if not home.on_files:
+            count = home.writer().last_event_id
+            return ("exists" if count else "created"), _plural(count, "entry", "entries")
         if home.ledger_path.exists():
             last = LedgerReader(home.ledger_path).last_events(1)
             return "exists", _plural(last[0].event_id if last else 0, "entry", "entries")
@@ -243,6 +308,8 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
         path: Path, empty: dict[str, Any], count: Callable[[], str]
     ) -> Callable[[], tuple[str, str]]:
         def make() -> tuple[str, str]:
+            if not home.on_files:
+                return "ready", count()
             if _create_exclusive(path, dumps(empty)):
                 return "created", "empty"
             return "exists", count()
@@ -274,7 +341,10 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
 
     step("home", home.home, folder(home.home))
     step("config", home.config_path, config)
-    step("data folder", home.data, folder(home.data))
+    if home.on_files:
+        step("data folder", home.data, folder(home.data))
+    else:
+        step("database", Path(home.backend.location), database)
     step("keys folder", home.key_path.parent, folder(home.key_path.parent, 0o700))
     step("signing key", home.key_path, key)
     step("ledger", home.ledger_path, ledger)
@@ -305,21 +375,35 @@ def initialize_home(home: EmbeddedHome, now: datetime | None = None) -> list[Ini
     default=None,
     help="Create the home here (default: the global --home, else $CARACAL_HOME, else ~/.caracal).",
 )
+@click.option(
+    "--database",
+    "database_url",
+    default=None,
+    metavar="URL",
+    help="Keep the ledger and registries in this PostgreSQL database (postgresql://user@host/db), shared "
+    "with other hosts; written to [storage] url. Default: the home's files.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def init_command(home: Path | None, as_json: bool) -> None:
+def init_command(home: Path | None, database_url: str | None, as_json: bool) -> None:
     """Create a Caracal home: config, ledger, registries, signing key, admin API key. Never overwrites
     anything."""
     apply_home(home)
-    target = EmbeddedHome(caracal_home())
-    items = initialize_home(target)
+    if database_url is not None:
+        check_storage_url(database_url, "--database")
+        open_backend(caracal_home(), Settings(), database_url).initialize()  # the schema, before the rest
+    target = EmbeddedHome(caracal_home(), database_url=database_url)
+    items = initialize_home(target, database_url=database_url)
     failed = [item for item in items if item.status == "error"]
     if as_json:
         emit_json({"home": str(target.home), "ok": not failed, "items": [item.to_dict() for item in items]})
     else:
-        created = sum(item.status == "created" for item in items)
+        created = sum(item.status in ("created", "updated") for item in items)
         table(
             ["ITEM", "STATUS", "PATH", "DETAIL"],
             [[item.item, item.status, item.path, item.detail] for item in items],
+        )
+        created += sum(
+            item.status in ("updated", "ready") for item in items if item.item in ("config", "database")
         )
         if not failed and created:
             click.echo(f"\ninitialized Caracal home {target.home} ({created} created)")

@@ -20,14 +20,16 @@ import click
 from caracal.cli.lazy import LazyCommand, LazyGroup
 from caracal.cli.options import json_option
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
-from caracal.config import default_ledger_path, default_signing_key_path, load_settings
+from caracal.config import default_ledger_path, default_signing_key_path, load_settings, storage_url
 from caracal.core.checkpoint import CheckpointStore, matches_signed
 from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
 from caracal.exceptions import AgentNotFoundError, CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry, default_agents_path
 
 if TYPE_CHECKING:
+    from caracal.core.store import LedgerStore
     from caracal.core.verify import VerificationReport
+    from caracal.storage.home import EmbeddedHome
 
 _PROGRESS_MIN_BYTES = 16 << 20
 
@@ -61,8 +63,21 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def database_home() -> EmbeddedHome | None:
+    """The home, when its storage is a database (``[storage] url`` or ``$CARACAL_DATABASE_URL``); None for
+    a home on files, whose ledger commands read the file (or ``--ledger``) directly."""
+    if storage_url(load_settings()) is None:
+        return None
+    from caracal.storage.home import EmbeddedHome
+
+    return EmbeddedHome()
+
+
 def home_agents() -> AgentRegistry | None:
     """The home's agent registry, or None when the home has none (a ledger can be read without a home)."""
+    home = database_home()
+    if home is not None:
+        return home.agents
     registry = default_agents_path()
     return AgentRegistry(registry) if registry.exists() else None
 
@@ -92,7 +107,15 @@ def home_agent_names() -> dict[str, str]:
         return {}
 
 
-def resolve(ledger: Path | None) -> Path:
+def resolve(ledger: Path | None) -> Path | LedgerStore:
+    """The ledger a command reads: ``--ledger`` (a file), else the home's (its file, or its database)."""
+    if ledger is not None:
+        return ledger
+    home = database_home()
+    return home.ledger if home is not None else default_ledger_path()
+
+
+def resolve_file(ledger: Path | None) -> Path:
     return ledger if ledger is not None else default_ledger_path()
 
 
@@ -103,10 +126,13 @@ def charged_agent(ledger: Path | None, agent: str) -> str:
     and an unknown agent would count against none, so both are refused (:class:`AgentNotFoundError`) rather
     than recorded. A ledger outside a home (``--ledger`` elsewhere) records the id as given."""
     registry = default_agents_path()
-    path = resolve(ledger)
-    if registry.exists() and (path == default_ledger_path() or _same_file(path, default_ledger_path())):
+    path = resolve_file(ledger)
+    home = database_home() if ledger is None else None
+    if home is not None or (
+        registry.exists() and (path == default_ledger_path() or _same_file(path, default_ledger_path()))
+    ):
         try:
-            return AgentRegistry(registry).get(agent).agent_id
+            return (home.agents if home is not None else AgentRegistry(registry)).get(agent).agent_id
         except AgentNotFoundError as exc:
             raise AgentNotFoundError(
                 f"{exc}; in a home, a charge is recorded for a registered agent (so that its own policies "
@@ -128,7 +154,10 @@ def open_writer(ledger: Path | None) -> LedgerWriter:
     from caracal.storage.files import FileBackend
     from caracal.storage.home import open_ledger_writer
 
-    path = resolve(ledger)
+    home = database_home() if ledger is None else None
+    if home is not None:
+        return open_ledger_writer(home.backend, home.key_path, home.settings)
+    path = resolve_file(ledger)
     return open_ledger_writer(FileBackend(path.parent, path), default_signing_key_path(), load_settings())
 
 
@@ -321,11 +350,11 @@ def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, 
     from caracal.core.verify import default_public_key, verify_ledger
 
     path = resolve(ledger)
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         fail(f"no ledger at {path}")
     key = default_public_key(public_key)
-    size = path.stat().st_size
-    if quiet or as_json or size < _PROGRESS_MIN_BYTES:
+    size = path.stat().st_size if isinstance(path, Path) else path.end() * 250  # about 250 bytes a line
+    if quiet or as_json or size < _PROGRESS_MIN_BYTES or not isinstance(path, Path):
         report = verify_ledger(path, public_key=key)
     else:
         with click.progressbar(length=size, label="verifying", file=sys.stderr) as bar:
@@ -418,7 +447,11 @@ def proof_command(
     path = resolve(ledger)
     if (event_id is None) == (from_size is None):
         raise ProofError("give either --event-id (inclusion proof) or --from-size (consistency proof)")
-    signed = CheckpointStore(path.with_name(path.name + ".checkpoints")).roots()
+    signed = (
+        CheckpointStore(path.with_name(path.name + ".checkpoints"))
+        if isinstance(path, Path)
+        else path.checkpoints
+    ).roots()
     if event_id is not None:
         inclusion = prove_inclusion(path, event_id, size)
         inclusion.verify()

@@ -596,10 +596,18 @@ def _compare_root(
 # ====================================================================== proofs
 
 
-def read_leaf_hashes(ledger_path: str | os.PathLike[str], limit: int | None = None) -> list[bytes]:
-    """RFC 9162 leaf hashes of the first ``limit`` complete lines (all when None)."""
-    path = Path(ledger_path)
+def read_leaf_hashes(ledger: str | os.PathLike[str] | LedgerStore, limit: int | None = None) -> list[bytes]:
+    """RFC 9162 leaf hashes of the first ``limit`` complete lines (all when None), of a ledger file or a
+    store of any backend."""
     leaves: list[bytes] = []
+    if not isinstance(ledger, (str, os.PathLike)):
+        file = getattr(ledger, "path", None)
+        if file is None:  # positions are event ids: the first ``limit`` lines end at position ``limit``
+            for _position, line in ledger.iter_lines(0, limit):
+                leaves.append(leaf_hash(line))
+            return leaves
+        ledger = Path(file)
+    path = Path(ledger)
     try:
         with open(path, "rb") as handle:
             for _offset, line in iter_lines(handle):
@@ -642,7 +650,7 @@ class ConsistencyProof:
 
 
 def prove_inclusion(
-    ledger_path: str | os.PathLike[str], event_id: int, size: int | None = None
+    ledger_path: str | os.PathLike[str] | LedgerStore, event_id: int, size: int | None = None
 ) -> InclusionProof:
     """An inclusion proof for ``event_id`` in the tree of the first ``size`` events (default: all)."""
     if type(event_id) is not int or event_id < 1:
@@ -658,7 +666,7 @@ def prove_inclusion(
 
 
 def prove_consistency(
-    ledger_path: str | os.PathLike[str], size1: int, size2: int | None = None
+    ledger_path: str | os.PathLike[str] | LedgerStore, size1: int, size2: int | None = None
 ) -> ConsistencyProof:
     """A consistency proof between the trees of the first ``size1`` and ``size2`` events (default: all)."""
     leaves = read_leaf_hashes(ledger_path, size2)

@@ -481,7 +481,7 @@ def ledger_events(
     service = service_of(request)
     agent = _ledger_agent(service, caller, agent_id)
     start, stop = _window(since, until)
-    matching = LedgerQuery(service.home.ledger_path).iter_matching(
+    matching = LedgerQuery(service.home.ledger).iter_matching(
         agent, start, stop, resource_type, charges_only=not include_holds
     )
     events: Iterable[LedgerEvent]
@@ -506,7 +506,7 @@ def ledger_summary(
     service = service_of(request)
     agent = _ledger_agent(service, caller, agent_id)
     start, stop = _window(since, until)
-    totals = LedgerQuery(service.home.ledger_path).summarize(
+    totals = LedgerQuery(service.home.ledger).summarize(
         by, agent_id=agent, start_time=start, end_time=stop, resource_type=resource_type
     )
     return json_response(
@@ -522,7 +522,7 @@ async def ledger_verify(request: Request, caller: Caller) -> Response:
     require_admin(caller)
     service = service_of(request)
     key = default_public_key(service.home.key_path)
-    report = await run_in_threadpool(verify_ledger, service.home.ledger_path, public_key=key)
+    report = await run_in_threadpool(verify_ledger, service.home.ledger, public_key=key)
     return json_response(report.to_dict())
 
 
@@ -565,7 +565,7 @@ def inclusion_proof(
 ) -> Response:
     require_admin(caller)
     service = service_of(request)
-    proof = prove_inclusion(service.home.ledger_path, event_id, tree_size)
+    proof = prove_inclusion(service.home.ledger, event_id, tree_size)
     proof.verify()
     signed = service.enforcer.writer.checkpoints.roots()
     return json_response(
@@ -592,7 +592,7 @@ def consistency_proof(
 ) -> Response:
     require_admin(caller)
     service = service_of(request)
-    proof = prove_consistency(service.home.ledger_path, first, second)
+    proof = prove_consistency(service.home.ledger, first, second)
     proof.verify()
     signed = service.enforcer.writer.checkpoints.roots()
     return json_response(

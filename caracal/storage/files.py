@@ -26,6 +26,9 @@ class FileBackend:
         self.ledger_path = ledger_path if ledger_path is not None else self.data / "ledger.jsonl"
         self.location = str(self.data)
 
+    def initialize(self) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+
     def ledger_store(
         self, *, lock_timeout: float, backup_count: int, backup_min_interval: float
     ) -> FileLedgerStore:

@@ -140,6 +140,7 @@ class EmbeddedHome:
         self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
         self._writer: LedgerWriter | None = None
+        self._reader: LedgerStore | None = None
         self._lock = threading.Lock()
 
     def _documents(self) -> dict[str, Path | Document]:
@@ -161,10 +162,18 @@ class EmbeddedHome:
 
     @property
     def ledger(self) -> Path | LedgerStore:
-        """What readers (queries, ``verify``, exports) read: the ledger file, or the backend's store."""
+        """What readers (queries, ``verify``, proofs, exports) read: the ledger file, or a store of the
+        backend (opened once; reading needs no lock and no writer)."""
         if self.on_files:
             return self.ledger_path
-        return self.writer().store
+        with self._lock:
+            if self._reader is None:
+                self._reader = self.backend.ledger_store(
+                    lock_timeout=self.settings.lock_timeout,
+                    backup_count=0,
+                    backup_min_interval=self.settings.backup_min_interval,
+                )
+            return self._reader
 
     @property
     def location(self) -> str:
@@ -203,4 +212,7 @@ class EmbeddedHome:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             self.backend.close()

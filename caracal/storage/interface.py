@@ -64,6 +64,10 @@ class Backend(Protocol):
     def location(self) -> str:
         """For messages: the data folder, or the database URL without its password."""
 
+    def initialize(self) -> None:
+        """Create the storage, or bring its schema up to date (``caracal init``, ``caracal db upgrade``,
+        ``caracal migrate``): the data folder; the database's schema migrations."""
+
     def ledger_store(
         self, *, lock_timeout: float, backup_count: int, backup_min_interval: float
     ) -> LedgerStore:
