@@ -10,8 +10,9 @@ append, checkpoint): reading the ledger (query, summary, tail) is the common cas
 from __future__ import annotations
 
 import base64
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -488,6 +489,68 @@ def proof_command(
         else:
             click.echo(f"{key}: {value}")
     click.echo("verified: yes (RFC 9162)")
+
+
+@ledger_group.command("export")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@ledger_option
+@json_option
+@handle_errors
+def export_command(output: Path, ledger: Path | None, as_json: bool) -> None:
+    """Write the ledger as a JSON Lines file, byte for byte what the file backend stores, with its signed
+    checkpoints beside it (OUTPUT.checkpoints): 'caracal ledger verify --ledger OUTPUT' checks the copy."""
+    from caracal.core.checkpoint import CheckpointStore
+    from caracal.core.fileio import fsync_directory
+    from caracal.core.store import lines_payload
+
+    source = resolve(ledger)
+    if output.exists():
+        fail(f"{output} exists; export never overwrites a file: choose another name or remove it")
+    reader = LedgerReader(source)
+    lines = (
+        reader.store.iter_lines(0) if reader.store is not None else _file_lines(reader.ledger_path)
+    )
+    checkpoints = (
+        list(CheckpointStore(source.with_name(source.name + ".checkpoints")))
+        if isinstance(source, Path)
+        else list(source.checkpoints)
+    )
+    partial = output.with_name(output.name + ".partial")
+    count = size = 0
+    with open(partial, "wb") as handle:
+        batch: list[bytes] = []
+        for _position, line in lines:
+            batch.append(line)
+            if len(batch) >= 10_000:
+                size += handle.write(lines_payload(batch))
+                count += len(batch)
+                batch.clear()
+        size += handle.write(lines_payload(batch))
+        count += len(batch)
+        handle.flush()
+        os.fsync(handle.fileno())
+    sidecar = CheckpointStore(output.with_name(output.name + ".checkpoints"))
+    sidecar.path.unlink(missing_ok=True)
+    for checkpoint in checkpoints:
+        if checkpoint.size <= count:
+            sidecar.append(checkpoint)
+    os.replace(partial, output)
+    fsync_directory(output.parent.resolve())
+    if as_json:
+        emit_json({"output": str(output), "events": count, "bytes": size, "checkpoints": len(checkpoints)})
+        return
+    click.echo(f"exported {count} entries ({size} bytes) and {len(checkpoints)} checkpoints to {output}")
+
+
+def _file_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The complete lines of a ledger file (reading needs no lock: it is append-only)."""
+    from caracal.core.events import iter_lines
+    from caracal.core.fileio import open_for_reading
+
+    if not path.exists():
+        return
+    with open_for_reading(path) as handle:
+        yield from iter_lines(handle)
 
 
 @ledger_group.command("tail")

@@ -50,6 +50,11 @@ COMMANDS: dict[str, LazyCommand] = {
     "ledger": LazyCommand(
         "caracal.cli.ledger", "ledger_group", "The append-only, tamper-evident ledger of charges."
     ),
+    "migrate": LazyCommand(
+        "caracal.cli.migrate",
+        "migrate_command",
+        "Move the home's ledger and registries into a PostgreSQL database, verified, then use it.",
+    ),
     "demo": LazyCommand(
         "caracal.cli.demo",
         "demo_command",
