@@ -1,4 +1,12 @@
-"""Shared fixtures: every test runs with its own Caracal home, so keys and default ledgers never touch ~."""
+"""Shared fixtures: every test runs with its own Caracal home, so keys and default ledgers never touch ~.
+
+**Both backends.** The suites listed in :data:`BOTH_BACKENDS` run every test twice: on the home's files
+(``[files]``) and on a fresh PostgreSQL schema (``[postgresql]``: ``$CARACAL_DATABASE_URL`` is set for the
+test and every process it starts, so the CLI, the SDK and ``caracal serve`` all use the database). A test
+about the file backend's own machinery carries ``@pytest.mark.files_only("why")``: its PostgreSQL run is
+skipped with that reason, so the gap shows. Without a reachable PostgreSQL the ``[postgresql]`` runs are
+skipped locally and fail under ``CI=true`` (see :mod:`tests.pg`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,64 @@ from pathlib import Path
 import pytest
 
 
+BOTH_BACKENDS = (
+    "tests/sdk/",
+    "tests/server/",
+    "tests/core/test_enforcement.py",
+    "tests/core/test_overspend.py",
+    "tests/core/test_hold_expiry.py",
+    "tests/cli/test_cli_control_plane.py",
+    "tests/cli/test_cli_serve.py",
+)
+"""Suites that run on every backend (the storage contract itself: tests/storage/test_contract.py)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "files_only(reason): a test about the file backend's own machinery (PostgreSQL run skipped)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    path = metafunc.definition.path.as_posix()
+    if "storage" in metafunc.fixturenames and any(f"/{suite}" in path for suite in BOTH_BACKENDS):
+        marker = metafunc.definition.get_closest_marker("files_only")
+        params = [
+            pytest.param(kind, marks=pytest.mark.skip(reason=f"files only: {marker.args[0]}"))
+            if marker is not None and kind == "postgresql"
+            else kind
+            for kind in ("files", "postgresql")
+        ]
+        metafunc.parametrize("storage", params, indirect=True)
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test's backend: ``files``, or ``postgresql`` with ``$CARACAL_DATABASE_URL`` naming a fresh schema
+    (brought up to date) for the test and every process it starts."""
+    kind = getattr(request, "param", "files")
+    monkeypatch.delenv("CARACAL_DATABASE_URL", raising=False)
+    if kind == "postgresql":
+        from caracal.config import Settings
+        from caracal.storage.backends import open_backend
+        from tests.pg import database_url_or_skip
+
+        url = database_url_or_skip(request)
+        backend = open_backend(Path("."), Settings(), url)
+        try:
+            backend.initialize()
+        finally:
+            backend.close()
+        monkeypatch.setenv("CARACAL_DATABASE_URL", url)
+    return str(kind)
+
+
 @pytest.fixture(autouse=True)
-def caracal_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh ``$CARACAL_HOME`` for each test (inherited by subprocesses the test starts)."""
+def caracal_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, storage: str
+) -> Path:
+    """A fresh ``$CARACAL_HOME`` for each test (inherited by subprocesses the test starts), on the test's
+    backend (``storage``)."""
     home = tmp_path_factory.mktemp("caracal-home")
     monkeypatch.setenv("CARACAL_HOME", str(home))
     return home
