@@ -9,6 +9,12 @@ the added latency (gateway minus direct, at p50 and at p99) and requests/s throu
 
 Last, the overspend check: 200 concurrent requests against an agent whose budget covers about half of
 them at their worst case; printed: granted, denied (402), the settled total against the limit.
+
+``--workers 1,2`` measures worker processes instead: one ``caracal serve --workers N`` per N (each on its
+own fresh home, all running at once, the same fake upstream behind them), the same plain and streamed
+calls through each in alternating rounds; printed per case: gateway requests/s and latency p50/p99 for
+each N, and how the requests spread over each server's workers (from each worker's ``/metrics``). Last,
+the overspend check through the server with the most workers.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -87,10 +94,10 @@ def make_home(home: Path, upstream: str, limit: str) -> tuple[str, str]:
     return tokens[0], tokens[1]
 
 
-def start_gateway(home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(home: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "caracal", "--home", str(home), "serve", "--port", str(port), "--log-level",
-         "warning"],
+         "warning", "--workers", str(workers)],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -146,12 +153,112 @@ def settled_total(home: Path, agent: str) -> tuple[Decimal, int]:
     return total, holds
 
 
+def worker_requests(base: str, admin: str, workers: int) -> dict[str, int]:
+    """Gateway calls each worker of a server answered (2xx) so far: ``{pid: count}``, from each worker's
+    ``/metrics`` (scraped on fresh connections until every worker answered; each keeps its own figures)."""
+    seen: dict[str, int] = {}
+    for _ in range(200):
+        text = httpx.get(f"{base}/metrics", headers={"authorization": f"Bearer {admin}"}).text
+        pid = re.search(r'^caracal_server_process\{pid="(\d+)"\}', text, re.MULTILINE)
+        if pid is None:
+            break
+        seen[pid.group(1)] = sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith("caracal_http_request_seconds_count{")
+            and 'route="/v1/chat/completions"' in line
+            and 'status="2xx"' in line
+        )
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def overspend_check(home: Path, base: str, tight_key: str) -> None:
+    """200 concurrent requests of the "tight" agent against a budget for about 100 of them at their worst."""
+    bound, _ = bound_openai_chat(body(False), max_output_tokens=4096, image_tokens=2000)
+    embedded = EmbeddedHome(home)
+    now = datetime.now(timezone.utc)
+    worst, _ = hold_amount(embedded.prices.pricebook(), "openai", MODEL, bound, now)
+    limit = worst * 100
+    tight = embedded.agents.get("tight").agent_id
+    for policy in embedded.policies.active_for(tight):
+        embedded.policies.update(policy.policy_id, limit=limit, reason="bench overspend check")
+    embedded.close()
+    _, _, statuses = asyncio.run(run(base + "/v1/chat/completions", tight_key, False, 200, 200))
+    time.sleep(1.0)  # settlements are queued as responses complete
+    spent, holds = settled_total(home, "tight")
+    print(
+        f"overspend check: 200 concurrent requests, budget {limit} USD (~100 worst cases of {worst}): "
+        f"granted {statuses.get(200, 0)}, denied {statuses.get(402, 0)}, holds {holds}, settled "
+        f"{spent} USD <= limit: {spent <= limit}"
+    )
+
+
+def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> None:
+    """``--workers``: the same calls through one ``caracal serve --workers N`` per N, alternating rounds."""
+    counts = [int(n) for n in args.workers.split(",")]
+    servers = []
+    try:
+        for index, workers in enumerate(counts):
+            home = workdir / f"home-{workers}"
+            home.mkdir()
+            bench_key, tight_key = make_home(home, upstream, "1000000")
+            port = args.port + index
+            process = start_gateway(home, port, workers)
+            admin = (home / "keys" / "admin.key").read_text().strip()
+            servers.append((workers, home, f"http://127.0.0.1:{port}", process, bench_key, tight_key, admin))
+        python = sys.version.split()[0]
+        print(f"gateway workers benchmark: {os.cpu_count()} CPUs, Python {python}, fake upstream, {MODEL}")
+        print(f"{'case':<14}" + "".join(f"{f'{n} worker(s): req/s  p50/p99 ms':>36}" for n in counts))
+        for stream in (False, True):
+            for clients in (50, 200):
+                total = clients * 8
+                rates: dict[int, list[float]] = {n: [] for n in counts}
+                latencies: dict[int, list[float]] = {n: [] for n in counts}
+                for _ in range(args.rounds):
+                    for workers, _home, base, _process, bench_key, _tight, _admin in servers:
+                        lat, rate, statuses = asyncio.run(
+                            run(base + "/v1/chat/completions", bench_key, stream, clients, total)
+                        )
+                        if set(statuses) != {200}:
+                            print(f"  unexpected statuses through {workers} worker(s): {statuses}")
+                        rates[workers].append(rate)
+                        latencies[workers] += lat
+                name = f"{'stream' if stream else 'plain'} x{clients}"
+                print(
+                    f"{name:<14}"
+                    + "".join(
+                        f"{statistics.median(rates[n]):>21.0f}"
+                        f"{pct(latencies[n], 0.5):>8.2f}/{pct(latencies[n], 0.99):<6.2f}"
+                        for n in counts
+                    )
+                )
+        for workers, _home, base, _process, _bench, _tight, admin in servers:
+            spread = worker_requests(base, admin, workers)
+            shares = " / ".join(f"{count:,}" for count in spread.values())
+            print(f"requests answered per worker, {workers} worker(s): {shares}")
+        workers, home, base, _process, _bench, tight_key, _admin = servers[-1]
+        print(f"through {workers} worker(s):")
+        overspend_check(home, base, tight_key)
+    finally:
+        for server in servers:
+            server[3].terminate()
+        for server in servers:
+            server[3].wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/gateway rounds per case")
     parser.add_argument("--port", type=int, default=8797)
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="compare `caracal serve --workers N` for these N (comma-separated, e.g. 1,2) instead",
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -160,6 +267,12 @@ def main() -> None:
     except ImportError:
         pass
     fake, upstream = start_fake()
+    if args.workers:
+        try:
+            compare_workers(args, upstream, Path(tempfile.mkdtemp(prefix="caracal-bench-gw-")))
+        finally:
+            fake.terminate()
+        return
     workdir = Path(tempfile.mkdtemp(prefix="caracal-bench-gw-"))
     home = workdir / "home"
     home.mkdir()
@@ -201,23 +314,7 @@ def main() -> None:
                     f"{statistics.median(direct_rates):>14.0f}"
                 )
         # Overspend: a budget for about half of 200 requests at their worst case.
-        bound, _ = bound_openai_chat(body(False), max_output_tokens=4096, image_tokens=2000)
-        embedded = EmbeddedHome(home)
-        now = datetime.now(timezone.utc)
-        worst, _ = hold_amount(embedded.prices.pricebook(), "openai", MODEL, bound, now)
-        limit = worst * 100
-        tight = embedded.agents.get("tight").agent_id
-        for policy in embedded.policies.active_for(tight):
-            embedded.policies.update(policy.policy_id, limit=limit, reason="bench overspend check")
-        embedded.close()
-        _, rate, statuses = asyncio.run(run(base + "/v1/chat/completions", tight_key, False, 200, 200))
-        time.sleep(1.0)  # settlements are queued as responses complete
-        spent, holds = settled_total(home, "tight")
-        print(
-            f"overspend check: 200 concurrent requests, budget {limit} USD (~100 worst cases of {worst}): "
-            f"granted {statuses.get(200, 0)}, denied {statuses.get(402, 0)}, holds {holds}, settled "
-            f"{spent} USD <= limit: {spent <= limit}"
-        )
+        overspend_check(home, base, tight_key)
     finally:
         gateway.terminate()
         gateway.wait(30)

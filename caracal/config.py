@@ -99,6 +99,9 @@ class Settings:
     port: int = 8787
     max_body_bytes: int = 1 << 20
     body_timeout: float = 30.0
+    workers: int = 1
+    """Processes ``caracal serve`` runs on its one port (1 to :data:`MAX_WORKERS`); they all enforce against
+    the same home, through the ledger's lock."""
     max_output_tokens: int = 4096
     image_tokens: int = 2000
     gateway_hold_ttl: float = 900.0
@@ -109,6 +112,9 @@ class Settings:
     def upstream(self, api: str) -> UpstreamSettings:
         return self.openai if api == "openai" else self.anthropic
 
+
+MAX_WORKERS = 64
+"""The most server worker processes (``[server] workers``, ``caracal serve --workers``)."""
 
 _SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl", ("storage", "url"): "storage_url"}
 """Settings whose attribute name differs from their key in the file."""
@@ -146,7 +152,13 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
     "metering": {"idempotency_window": (int, float)},
     "sdk": {"default_estimate": (str,)},
-    "server": {"host": (str,), "port": (int,), "max_body_bytes": (int,), "body_timeout": (int, float)},
+    "server": {
+        "host": (str,),
+        "port": (int,),
+        "workers": (int,),
+        "max_body_bytes": (int,),
+        "body_timeout": (int, float),
+    },
     "gateway": {
         "max_output_tokens": (int,),
         "image_tokens": (int,),
@@ -205,6 +217,8 @@ def load_settings(home: Path | None = None) -> Settings:
         raise ConfigurationError(f'{path}: pricing.tiered_llm_prices must be "refuse" or "base"')
     if not 0 < int(values.get("port", 1)) < 65536:  # type: ignore[call-overload]
         raise ConfigurationError(f"{path}: server.port must be between 1 and 65535")
+    if not 1 <= int(values.get("workers", 1)) <= MAX_WORKERS:  # type: ignore[call-overload]
+        raise ConfigurationError(f"{path}: server.workers must be between 1 and {MAX_WORKERS}")
     url = values.get("storage_url")
     if url is not None:
         check_storage_url(str(url), f"{path}: storage.url")

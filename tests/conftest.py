@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 BOTH_BACKENDS = (
     "tests/sdk/",
     "tests/server/",
@@ -31,7 +30,8 @@ BOTH_BACKENDS = (
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "files_only(reason): a test about the file backend's own machinery (PostgreSQL run skipped)"
+        "markers",
+        "files_only(reason): a test about the file backend's own machinery (PostgreSQL run skipped)",
     )
 
 

@@ -121,6 +121,10 @@ idempotency_window = {idempotency_window}
 # reads, in bytes (larger ones get 413 before any handler sees them).
 host = "127.0.0.1"
 port = 8787
+# Processes serving that port (--workers overrides it), 1 to 64: each takes its share of the connections
+# and all enforce against this home's ledger under its lock, so budgets hold across them. /metrics shows
+# the figures of the worker that answers the scrape.
+workers = 1
 max_body_bytes = 1048576
 # Seconds a request's whole body may take to arrive once its headers have: a client that sends part of a
 # body and stalls gets 408 and its connection is closed.

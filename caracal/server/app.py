@@ -9,6 +9,9 @@ latency histogram. Every error leaves as JSON in the shape of :mod:`caracal.serv
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +30,29 @@ from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
 from caracal.server.service import Service
+
+logger = logging.getLogger("caracal.server")
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of ``caracal serve --workers N`` (uvicorn calls this factory in each
+    worker, see :mod:`caracal.server.runner`): its own :class:`Service` over the home of ``$CARACAL_HOME``,
+    closed by the app at shutdown (queued ledger operations written, snapshot and checkpoint saved).
+
+    A home this worker cannot open exits with uvicorn's startup-failure status, so that the supervisor stops
+    instead of restarting the worker in a loop (``caracal serve`` opened the home once before starting the
+    workers, so this is rare: a home broken in between)."""
+    from caracal.config import caracal_home
+
+    home = caracal_home()
+    try:
+        service = Service(home)
+    except CaracalError as exc:
+        from uvicorn.config import STARTUP_FAILURE
+
+        logger.error("worker %d cannot serve %s: %s", os.getpid(), home, exc)
+        sys.exit(STARTUP_FAILURE)
+    return create_app(service, own_service=True)
 
 
 def create_app(
@@ -254,4 +280,4 @@ class _Observed:
             )
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "worker_app"]

@@ -2,9 +2,14 @@
 
 Exposed at ``GET /metrics`` (admin key required: the figures are the operator's). Labels never carry agent
 ids or names, so the series count stays bounded whatever the number of agents.
+
+With ``caracal serve --workers N`` each worker process keeps its own figures, and a scrape is answered by
+whichever worker takes the connection: ``caracal_server_process{pid=...}`` names it.
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -68,6 +73,14 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.process = Gauge(
+            "caracal_server_process",
+            "The server process whose figures these are (each worker of `caracal serve --workers N` keeps "
+            "its own).",
+            ["pid"],
+            registry=r,
+        )
+        self.process.labels(str(os.getpid())).set(1)
 
     def observe_group(self, size: int, seconds: float) -> None:
         self.ledger_appends.inc(size)

@@ -3,6 +3,7 @@ SIGTERM. What was recorded through it must be on disk, verified and checkpointed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -51,24 +52,33 @@ def wait_for_health(base_url: str, process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def serving(home: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``caracal serve`` on ``home`` as a real process on a reserved port, up (answering /healthz) for the
-    block: ``(base_url, process)``. Killed at the end unless the block stopped it."""
+def serving(
+    home: Path, *options: str, new_session: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``caracal serve`` on ``home`` (with ``options``, e.g. ``--workers 2``) as a real process on a reserved
+    port, up (answering /healthz) for the block: ``(base_url, process)``. ``new_session`` makes it the
+    leader of its own process group (which a signal to the group, as Ctrl-C in a terminal, reaches). Killed
+    at the end unless the block stopped it, its whole group with it when it has one."""
     with reserved_port() as port:
         process = subprocess.Popen(
-            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning"],
+            [sys.executable, "-m", "caracal", "serve", "--port", str(port), "--log-level", "warning",
+             *options],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "CARACAL_HOME": str(home)},
-        )
+            start_new_session=new_session,
+        )  # fmt: skip
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_for_health(base_url, process)
             yield base_url, process
         finally:
-            if process.poll() is None:
+            if new_session:  # also any worker left behind by a supervisor that died
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            elif process.poll() is None:
                 process.kill()
-                process.wait()
+            process.wait()
 
 
 @pytest.fixture

@@ -146,7 +146,7 @@ def test_the_replay_lock_is_held_by_one_store_at_a_time(home: Home) -> None:
         assert taken_after
 
 
-# ---------------------------------------------------------------------------------------------- the ledger on it
+# ------------------------------------------------------------------------------------------ the ledger on it
 
 
 def test_writers_on_several_stores_keep_ids_contiguous_and_the_chain_whole(home: Home) -> None:
@@ -169,7 +169,9 @@ def test_a_failed_decision_appends_nothing_and_the_others_of_its_group_commit(ho
     def refuse() -> list[dict[str, object]]:
         raise ValueError("no")
 
-    results = writer.transact_group([lambda: [charge()], refuse, lambda: [charge(), charge()]], lambda _e: None)
+    results = writer.transact_group(
+        [lambda: [charge()], refuse, lambda: [charge(), charge()]], lambda _e: None
+    )
     assert isinstance(results[1], ValueError)
     assert [e.event_id for e in results[0]] + [e.event_id for e in results[2]] == [1, 2, 3]  # type: ignore[union-attr]
     assert [e.event_id for e in LedgerReader(home.store())] == [1, 2, 3]
@@ -182,7 +184,9 @@ def test_every_backend_stores_the_same_line_bytes(home: Home, tmp_path: Path) ->
     items = [charge(cost="0.030", metadata={"k": "v"}, timestamp=T0), charge(agent="b", timestamp=T0)]
     writer = home.writer()
     writer.append_events(items)
-    writer.transact(lambda: [charge(kind="hold", hold_id="h1", expires_at=T0 + timedelta(hours=1), timestamp=T0)])
+    writer.transact(
+        lambda: [charge(kind="hold", hold_id="h1", expires_at=T0 + timedelta(hours=1), timestamp=T0)]
+    )
     writer.close()
     with LedgerWriter(tmp_path / "ref" / "ledger.jsonl", signing_key_path=tmp_path / "refkey") as reference:
         reference.append_events(items)
@@ -278,7 +282,9 @@ def test_processes_appending_at_once_give_contiguous_ids(home: Home) -> None:
     with home.writer():  # creates the signing key once, before the processes race for it
         pass
     processes = [
-        subprocess.Popen([sys.executable, "-c", APPENDER, str(home.root), home.url or "", str(home.key), "25"])
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(home.root), home.url or "", str(home.key), "25"]
+        )
         for _ in range(3)
     ]
     assert [p.wait(timeout=120) for p in processes] == [0, 0, 0]
