@@ -2,8 +2,8 @@
 
 The file store module (caracal.core.filestore) exposes them as ``_os_write``, ``_os_fdatasync`` and
 ``_os_ftruncate`` so these tests can replace them. Whatever fails, an append either returns (durable) or
-raises LedgerWriteError having left the file exactly as it was; when even the rollback fails, the writer refuses further appends and a new writer
-repairs the file. One test fills a real (tmpfs) file system.
+raises LedgerWriteError having left the file exactly as it was; when even the rollback fails, the writer
+refuses further appends and a new writer repairs the file. One test fills a real (tmpfs) file system.
 """
 
 from __future__ import annotations
