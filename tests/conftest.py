@@ -37,6 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = metafunc.definition.path.as_posix()
+    if getattr(metafunc.module, "BACKENDS_PER_MODULE", False):
+        return  # its module-scoped home is parametrised by backend instead (tests.pg.BACKEND_PARAMS)
     if "storage" in metafunc.fixturenames and any(f"/{suite}" in path for suite in BOTH_BACKENDS):
         marker = metafunc.definition.get_closest_marker("files_only")
         params = [

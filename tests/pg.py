@@ -82,3 +82,33 @@ def database_url_or_skip(request: pytest.FixtureRequest) -> str:
         raise  # unreachable: unavailable() skips or fails
     request.addfinalizer(lambda: drop_schema(schema))
     return url
+
+
+BACKEND_PARAMS = ("files", "postgresql")
+"""For a module-scoped fixture that builds one home for a whole module: ``params=BACKEND_PARAMS`` and
+:func:`home_database` (the module then sets ``BACKENDS_PER_MODULE = True`` so that its tests are not
+doubled again by the function-level ``storage`` fixture)."""
+
+
+def home_database(request: pytest.FixtureRequest) -> str | None:
+    """The database URL of a module-scoped home for ``request.param`` (None: files). The schema is fresh,
+    brought up to date, and dropped when the fixture ends."""
+    if request.param != "postgresql":
+        return None
+    url = database_url_or_skip(request)
+    from pathlib import Path
+
+    from caracal.config import Settings
+    from caracal.storage.backends import open_backend
+
+    backend = open_backend(Path("."), Settings(), url)
+    try:
+        backend.initialize()
+    finally:
+        backend.close()
+    return url
+
+
+def storage_config(url: str | None) -> str:
+    """The ``[storage]`` table of a test home's config.toml ('' for files)."""
+    return "" if url is None else f'[storage]\nurl = "{url}"\n\n'

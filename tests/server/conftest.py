@@ -20,6 +20,7 @@ import pytest
 from caracal.server.app import create_app
 from caracal.server.runner import ServerThread
 from caracal.server.service import Service
+from tests.pg import storage_config
 
 RESOURCE = "tool.search"
 UNIT_PRICE = "0.25"
@@ -85,7 +86,10 @@ def _window(kind: str) -> Any:
     return parse_window(kind, None, "UTC")
 
 
-def start(home: Path, **app_options: Any) -> Generator[Live, None, None]:
+def start(home: Path, database_url: str | None = None, **app_options: Any) -> Generator[Live, None, None]:
+    if database_url is not None:  # a module's shared home on PostgreSQL (see tests.pg.home_database)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(storage_config(database_url))
     service = Service(home)
     admin_token = service.keys.ensure_admin_key(home / "keys" / "admin.key")
     assert admin_token is not None

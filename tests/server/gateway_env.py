@@ -41,6 +41,7 @@ from caracal.server.gateway.estimate import (
 from caracal.server.gateway.pricing import hold_amount
 from caracal.server.runner import ServerThread
 from caracal.server.service import Service
+from tests.pg import storage_config
 from tests.server.fake_upstream import FakeRequest, FakeUpstream, serve_fake_upstream
 
 PROVIDER_KEY = "sk-upstream-test"
@@ -251,10 +252,15 @@ def _config(upstream_url: str, *, upstream_timeout: float) -> str:
 
 @contextmanager
 def _serving(
-    home: Path, fake: FakeUpstream | None, upstream_url: str, upstream_timeout: float
+    home: Path,
+    fake: FakeUpstream | None,
+    upstream_url: str,
+    upstream_timeout: float,
+    database_url: str | None = None,
 ) -> Iterator[GatewayEnv]:
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(_config(upstream_url, upstream_timeout=upstream_timeout))
+    config = storage_config(database_url) + _config(upstream_url, upstream_timeout=upstream_timeout)
+    (home / "config.toml").write_text(config)
     service = Service(home)
     admin_token = service.keys.ensure_admin_key(home / "keys" / "admin.key")
     assert admin_token is not None
@@ -274,28 +280,30 @@ def start_gateway(
     upstream_url: str | None = None,
     upstream_timeout: float = 30.0,
     gzip: bool = False,
+    database_url: str | None = None,
     **fake_knobs: Any,
 ) -> Iterator[GatewayEnv]:
     """A live gateway over a fresh home at ``home``, its upstreams a new fake (``fake_knobs`` set on it), or
-    ``upstream_url`` when given (then no fake is started).
+    ``upstream_url`` when given (then no fake is started). ``database_url``: the home's storage is that
+    PostgreSQL schema (``[storage] url``) instead of its files.
 
     ``gzip`` serves the fake behind Starlette's ``GZipMiddleware``: JSON answers are gzip-compressed for a
     client that accepts it (``Accept-Encoding: gzip``), as the real providers' front ends do.
     """
     if upstream_url is not None:
-        with _serving(home, None, upstream_url, upstream_timeout) as env:
+        with _serving(home, None, upstream_url, upstream_timeout, database_url) as env:
             yield env
         return
     if gzip:
         fake = FakeUpstream(**fake_knobs)
         with ServerThread(GZipMiddleware(fake, minimum_size=1)) as upstream:
             fake.base_url = upstream.base_url
-            with _serving(home, fake, fake.base_url, upstream_timeout) as env:
+            with _serving(home, fake, fake.base_url, upstream_timeout, database_url) as env:
                 yield env
         return
     with (
         serve_fake_upstream(**fake_knobs) as fake,
-        _serving(home, fake, fake.base_url, upstream_timeout) as env,
+        _serving(home, fake, fake.base_url, upstream_timeout, database_url) as env,
     ):
         yield env
 

@@ -18,12 +18,15 @@ from fastapi.openapi.utils import get_openapi
 from hypothesis import HealthCheck, settings
 
 from caracal.server import api
+from tests.pg import BACKEND_PARAMS, home_database
 from tests.server.conftest import Live, start
 
+BACKENDS_PER_MODULE = True
 
-@pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    yield from start(tmp_path_factory.mktemp("fuzz") / "home")
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def fuzzed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Live]:
+    yield from start(tmp_path_factory.mktemp("fuzz") / "home", home_database(request))
 
 
 def _document() -> dict[str, Any]:

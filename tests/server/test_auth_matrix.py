@@ -174,7 +174,8 @@ BAD_KEYS = {
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """One server for the tests that change nothing (every request is refused)."""
+    """One server for the tests that change nothing (every request is refused; the ``server`` tests of
+    this module run on both backends)."""
     yield from start(tmp_path_factory.mktemp("shared") / "home")
 
 

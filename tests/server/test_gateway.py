@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from caracal.core.events import LedgerEvent
+from tests.pg import BACKEND_PARAMS, home_database
 from tests.server.fake_upstream import prompt_tokens
 from tests.server.gateway_env import (
     CHAT,
@@ -43,9 +44,13 @@ from tests.server.gateway_env import (
 FAKE_COMPLETION = 20  # the fake's default completion_tokens
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
-    with start_gateway(tmp_path_factory.mktemp("gateway") / "home") as live:
+BACKENDS_PER_MODULE = True
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[GatewayEnv]:
+    home = tmp_path_factory.mktemp("gateway") / "home"
+    with start_gateway(home, database_url=home_database(request)) as live:
         yield live
 
 

@@ -25,6 +25,7 @@ import pytest
 from caracal.core.events import LedgerEvent
 from caracal.core.ledger import LedgerReader
 from caracal.core.verify import verify_ledger
+from tests.pg import BACKEND_PARAMS, home_database
 from tests.server.gateway_env import (
     CHAT,
     MESSAGES,
@@ -47,10 +48,13 @@ OUTPUT = Decimal("0.01")
 CAP = 10
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayEnv]:
+BACKENDS_PER_MODULE = True
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[GatewayEnv]:
     home = tmp_path_factory.mktemp("overspend") / "home"
-    with start_gateway(home, delay_ms=150) as live:
+    with start_gateway(home, delay_ms=150, database_url=home_database(request)) as live:
         live.set_price("openai", OPENAI_MODEL, INPUT, OUTPUT)
         live.set_price("anthropic", ANTHROPIC_MODEL, INPUT, OUTPUT)
         yield live
