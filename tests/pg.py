@@ -112,3 +112,22 @@ def home_database(request: pytest.FixtureRequest) -> str | None:
 def storage_config(url: str | None) -> str:
     """The ``[storage]`` table of a test home's config.toml ('' for files)."""
     return "" if url is None else f'[storage]\nurl = "{url}"\n\n'
+
+
+def ledger_end(ledger: object) -> int:
+    """Where a home's ledger ends (the file's size, or the last event id): equal before and after means
+    nothing was appended, on any backend."""
+    from pathlib import Path
+
+    if isinstance(ledger, Path):
+        return ledger.stat().st_size if ledger.exists() else 0
+    return int(ledger.end())  # type: ignore[attr-defined]
+
+
+def ledger_lines(ledger: object) -> list[bytes]:
+    """Every line of a home's ledger (the same bytes on every backend)."""
+    from pathlib import Path
+
+    if isinstance(ledger, Path):
+        return ledger.read_bytes().splitlines() if ledger.exists() else []
+    return [line for _position, line in ledger.iter_lines(0)]  # type: ignore[attr-defined]

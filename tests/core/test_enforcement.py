@@ -31,6 +31,7 @@ from caracal.exceptions import (
 )
 from caracal.storage.home import EmbeddedHome
 from tests.caches import read_sealed, write_sealed
+from tests.pg import ledger_end
 
 UTC = timezone.utc
 NOON = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
@@ -65,11 +66,10 @@ class Env:
         return self.home.policies.create(agent_id, limit, window, currency)
 
     def ledger_size(self) -> int:
-        path = self.home.ledger_path
-        return path.stat().st_size if path.exists() else 0
+        return ledger_end(self.home.ledger)
 
     def events(self) -> list[Any]:
-        return list(LedgerReader(self.home.ledger_path).iter_events())
+        return list(LedgerReader(self.home.ledger).iter_events())
 
     def spend(self, agent: str, amount: str) -> None:
         """Reserve ``amount`` and settle exactly that (a completed call)."""
@@ -509,7 +509,7 @@ def test_open_holds_and_spend_survive_a_restart(env: Env) -> None:
         fresh.enforcer.release(charged.hold_id)
         assert fresh.enforcer.check("child").remaining == Decimal("4.1")
         assert fresh.enforcer.catch_up().open_holds(parent) == []
-        assert verify_ledger(fresh.home.ledger_path).ok
+        assert verify_ledger(fresh.home.ledger).ok
     finally:
         fresh.home.close()
 
@@ -827,7 +827,7 @@ def test_ledger_query_sums_only_charges(env: Env) -> None:
     partly = env.enforcer.reserve("worker", "3")
     env.enforcer.charge(partly.hold_id, charge("0.5", "llm.output"))
 
-    query = LedgerQuery(env.home.ledger_path)
+    query = LedgerQuery(env.home.ledger)
     assert query.sum_spending(agent) == Decimal("1.75")
     assert query.aggregate_by_agent() == {agent: Decimal("1.75")}
     by_resource = query.summary_by_resource()

@@ -73,7 +73,7 @@ def test_a_charge_on_expiry_hold_keeps_counting_and_expires_into_an_estimated_ch
     assert remaining(enf) == Decimal("1.00") - Decimal("0.15") - Decimal("0.25")
     assert not enf.check("worker", "0.70").allowed  # freeing it first would let it be spent twice
     assert sorted(enf.expire()) == sorted([hold.hold_id, plain.hold_id])
-    events = list(LedgerReader(home.ledger_path).iter_events())
+    events = list(LedgerReader(home.ledger).iter_events())
     estimated = [e for e in events if e.resource_type == ESTIMATED_RESOURCE]
     assert len(estimated) == 1
     bill = estimated[0]
@@ -93,12 +93,12 @@ def test_a_charge_on_expiry_hold_keeps_counting_and_expires_into_an_estimated_ch
     assert remaining(enf) == Decimal("0.60")
     with pytest.raises(BudgetExceededError):
         enf.reserve("worker", "0.70")
-    summary = LedgerQuery(home.ledger_path).summary_by_resource()
+    summary = LedgerQuery(home.ledger).summary_by_resource()
     assert {resource for resource, _currency in summary} == {"llm.tokens", ESTIMATED_RESOURCE}
     assert enf.expire() == []
     with pytest.raises(HoldNotFoundError):
         enf.settle(hold.hold_id, [])
-    assert verify_ledger(home.ledger_path).ok
+    assert verify_ledger(home.ledger).ok
 
 
 def test_any_later_write_bills_an_expired_charge_hold(home: EmbeddedHome) -> None:
@@ -111,7 +111,7 @@ def test_any_later_write_bills_an_expired_charge_hold(home: EmbeddedHome) -> Non
     try:
         other = enforcer(other_home, clock)
         other.reserve("worker", "0.05")  # an unrelated write by another process's enforcer
-        charges = [e for e in LedgerReader(home.ledger_path).iter_events() if e.is_charge]
+        charges = [e for e in LedgerReader(home.ledger).iter_events() if e.is_charge]
         assert [(e.resource_type, e.cost, e.hold_id) for e in charges] == [
             (ESTIMATED_RESOURCE, Decimal("0.30"), hold.hold_id)
         ]
@@ -127,7 +127,7 @@ def test_a_settled_charge_hold_is_billed_at_its_usage_not_its_bound(home: Embedd
     enf.settle(hold.hold_id, [{"resource_type": "llm.tokens", "quantity": "10", "cost": "0.02"}])
     clock.advance(minutes=10)
     assert enf.expire() == []
-    assert LedgerQuery(home.ledger_path).sum_spending(hold.agent_id) == Decimal("0.02")
+    assert LedgerQuery(home.ledger).sum_spending(hold.agent_id) == Decimal("0.02")
 
 
 def test_a_charge_hold_survives_a_restart_and_its_snapshot(home: EmbeddedHome) -> None:

@@ -205,7 +205,7 @@ def test_concurrent_workers_cannot_overspend(caracal_home: Path, tmp_path: Path)
     assert acknowledged["a"] and acknowledged["b"] and released and denied
 
     # --- what the ledger holds
-    events = list(LedgerReader(home.ledger_path).iter_events())
+    events = list(LedgerReader(home.ledger).iter_events())
     by_id = {event.event_id: event for event in events}
     assert [e.event_id for e in events] == list(range(1, len(events) + 1))
     for agent, settlements in acknowledged.items():
@@ -224,7 +224,7 @@ def test_concurrent_workers_cannot_overspend(caracal_home: Path, tmp_path: Path)
     closed = [str(e.hold_id) for e in events if e.kind == "release"]
     assert sorted(closed) == sorted(holds), "every hold is closed exactly once"
 
-    query = LedgerQuery(home.ledger_path)
+    query = LedgerQuery(home.ledger)
     days = []
     for round_ in range(ROUNDS):
         day = (ANCHOR + timedelta(days=round_)).date()
@@ -270,7 +270,7 @@ def test_concurrent_workers_cannot_overspend(caracal_home: Path, tmp_path: Path)
                 name,
                 decision,
             )
-    assert verify_ledger(home.ledger_path).ok
+    assert verify_ledger(home.ledger).ok
     home.close()
     print(
         f"\n{sum(PROCESSES.values())} processes x {THREADS} threads x {ROUNDS} days, {elapsed:.1f}s: "

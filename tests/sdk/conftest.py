@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from caracal.core.store import LedgerStore
 from caracal.sdk.client import CaracalClient
 from caracal.server.app import create_app
 from caracal.server.runner import ServerThread
 from caracal.server.service import Service
+from caracal.storage.home import EmbeddedHome
 
 TRANSPORTS = ("embedded", "remote")
 
@@ -51,6 +53,7 @@ class Transport:
         self.admin_token: str | None = None
         self._port = 0
         self._clients: list[CaracalClient] = []
+        self._reader: EmbeddedHome | None = None
 
     @property
     def remote(self) -> bool:
@@ -59,6 +62,13 @@ class Transport:
     @property
     def ledger_path(self) -> Path:
         return self.home / "data" / "ledger.jsonl"
+
+    @property
+    def ledger(self) -> Path | LedgerStore:
+        """The home's ledger as readers see it: its file, or (on PostgreSQL) a store of the database."""
+        if self._reader is None:
+            self._reader = EmbeddedHome(self.home)
+        return self._reader.ledger
 
     def client(self, api_key: str | None = None) -> CaracalClient:
         if self.kind == "embedded":
@@ -97,6 +107,8 @@ class Transport:
         for client in self._clients:
             client.close()
         self.stop()
+        if self._reader is not None:
+            self._reader.close()
 
 
 @pytest.fixture

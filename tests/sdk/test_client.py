@@ -27,6 +27,7 @@ from caracal.exceptions import (
     UnknownPriceError,
 )
 from caracal.sdk.client import CaracalClient
+from tests.pg import ledger_end
 from tests.sdk.conftest import Transport
 
 
@@ -35,15 +36,13 @@ def charges(sdk: Transport) -> Callable[[], list[LedgerEvent]]:
     """The charges in the home's ledger, read from the file (what was acknowledged is on disk)."""
 
     def read() -> list[LedgerEvent]:
-        if not sdk.ledger_path.exists():
-            return []
-        return LedgerQuery(sdk.ledger_path).get_events(charges_only=True)
+        return LedgerQuery(sdk.ledger).get_events(charges_only=True)
 
     return read
 
 
 def ledger_size(sdk: Transport) -> int:
-    return sdk.ledger_path.stat().st_size if sdk.ledger_path.exists() else 0
+    return ledger_end(sdk.ledger)
 
 
 def test_the_original_quick_start(client: CaracalClient, charges: Callable[[], list[LedgerEvent]]) -> None:

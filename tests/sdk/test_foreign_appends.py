@@ -124,18 +124,18 @@ def test_a_write_right_after_another_process_appended_is_counted_once(sdk: Trans
 
     expected = UNIT + OPERATIONS[operation](client)
 
-    events = list(LedgerReader(sdk.ledger_path).iter_events())
+    events = list(LedgerReader(sdk.ledger).iter_events())
     assert [e.event_id for e in events] == list(range(1, len(events) + 1))
     foreign_charges = [e for e in events if e.is_charge and e.metadata is None and e.hold_id is None]
     assert foreign_charges, "the foreign process's charges are in the ledger"
     recorded = sum((e.cost for e in events if e.is_charge), Decimal(0))
     appended_by_others = sum(1 for e in foreign_charges if e.quantity == 1)
     assert recorded == expected + (appended_by_others - 1) * UNIT
-    assert LedgerQuery(sdk.ledger_path).sum_spending(client.get_agent(AGENT).agent_id) == recorded
+    assert LedgerQuery(sdk.ledger).sum_spending(client.get_agent(AGENT).agent_id) == recorded
     assert client.check(AGENT).spent == recorded  # counted once by the client that wrote it
     with CaracalClient() as fresh:  # and by a process that reads the home cold
         assert fresh.check(AGENT).spent == recorded
-    assert verify_ledger(sdk.ledger_path).ok
+    assert verify_ledger(sdk.ledger).ok
 
 
 V01_WORKER = """

@@ -160,7 +160,7 @@ class GatewayEnv:
     # ---------------------------------------------------------------------------------------- ledger
 
     def entries(self, agent_id: str) -> list[LedgerEvent]:
-        return [e for e in LedgerReader(self.service.home.ledger_path) if e.agent_id == agent_id]
+        return [e for e in LedgerReader(self.service.home.ledger) if e.agent_id == agent_id]
 
     def closed_entries(self, agent_id: str, holds: int = 1, timeout: float = 20.0) -> list[LedgerEvent]:
         """The agent's ledger entries once it has at least ``holds`` holds and every one is closed (settled
@@ -182,7 +182,7 @@ class GatewayEnv:
     def wait_idle(self, timeout: float = 20.0) -> None:
         """Wait until no hold of any agent is open (used between tests of a shared gateway)."""
         deadline = time.monotonic() + timeout
-        while open_holds(list(LedgerReader(self.service.home.ledger_path))):
+        while open_holds(list(LedgerReader(self.service.home.ledger))):
             if time.monotonic() > deadline:
                 raise AssertionError(f"holds still open after {timeout} s")
             time.sleep(0.02)

@@ -20,6 +20,7 @@ from caracal.core.merkle import verify_consistency, verify_inclusion
 from caracal.core.validation import MAX_METADATA_BYTES
 from caracal.core.verify import verify_ledger
 from caracal.server import api
+from tests.pg import ledger_lines
 from tests.server.conftest import RESOURCE, Live, start
 
 API = "/api/v1"
@@ -380,7 +381,7 @@ def test_concurrent_holds_never_overspend(server: Live) -> None:
     for response in responses:
         if response.status_code == 402:
             assert response.json()["error"]["decision"]["policy_id"] == policy.policy_id
-    report = verify_ledger(server.service.home.ledger_path)
+    report = verify_ledger(server.service.home.ledger)
     assert report.ok, report.problems
     holds = server.get(f"{API}/ledger/events", params={"agent_id": "burst", "include_holds": True}).json()
     assert len(holds) == 20
@@ -462,7 +463,7 @@ def test_checkpoint_and_proofs_verify_independently(server: Live) -> None:
     ).verify(public_key)
     charge(server, quantity="6")
 
-    lines = server.service.home.ledger_path.read_bytes().splitlines()
+    lines = ledger_lines(server.service.home.ledger)
     inclusion = server.get(f"{API}/ledger/proofs/inclusion", params={"event_id": 3, "tree_size": 5}).json()
     assert inclusion["leaf_hash"] == hashlib.sha256(b"\x00" + lines[2]).hexdigest()
     assert inclusion["root"] == checkpoint["root_hex"] and inclusion["matches_signed_checkpoint"] is True

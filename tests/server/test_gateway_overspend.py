@@ -132,8 +132,8 @@ def check_outcome(
     assert spent <= limit, (spent, limit)
 
     # Nothing of anyone is left open, and the whole ledger is intact (hash chain, ids, checkpoints).
-    assert not open_holds(list(LedgerReader(env.service.home.ledger_path)))
-    report = verify_ledger(env.service.home.ledger_path)
+    assert not open_holds(list(LedgerReader(env.service.home.ledger)))
+    report = verify_ledger(env.service.home.ledger)
     assert report.ok, report.problems
     return granted, events
 

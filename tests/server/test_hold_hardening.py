@@ -63,7 +63,7 @@ def test_a_suspended_agents_key_may_read_but_not_write(server: Live, suspend: st
     check = server.post(f"{API}/check", "worker", json={"agent_id": "worker"})
     assert check.status_code == 200 and check.json()["allowed"] is False
     # Nothing was written by the refused calls: the ledger holds only the first hold.
-    assert [e.kind for e in LedgerReader(server.service.home.ledger_path)] == ["hold"]
+    assert [e.kind for e in LedgerReader(server.service.home.ledger)] == ["hold"]
     # The admin may still close the hold; activated again, the agent's key writes again.
     assert server.post(f"{API}/holds/{hold['hold_id']}/release").json()["released"] is True
     server.service.home.agents.activate(suspend)
