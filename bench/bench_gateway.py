@@ -76,12 +76,46 @@ def start_fake() -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
+DATABASE: str | None = None
+"""``--database``: a PostgreSQL server; each home then gets a fresh schema on it (dropped at exit)."""
+_SCHEMAS: list[str] = []
+
+
+def storage_table() -> str:
+    """``[storage] url`` of a fresh schema when benchmarking on PostgreSQL ('' on files)."""
+    if DATABASE is None:
+        return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    os.environ["CARACAL_TEST_DATABASE_URL"] = DATABASE
+    from tests.pg import create_schema
+
+    schema, url = create_schema()
+    _SCHEMAS.append(schema)
+    return f'[storage]\nurl = "{url}"\n\n'
+
+
+def drop_schemas() -> None:
+    if _SCHEMAS:
+        from tests.pg import drop_schema
+
+        for schema in _SCHEMAS:
+            drop_schema(schema)
+
+
 def make_home(home: Path, upstream: str, limit: str) -> tuple[str, str]:
     """A home whose gateway forwards to ``upstream``; two agents with keys: "bench" (``limit`` per day)
     and "tight" (for the overspend check). Returns their tokens."""
     (home / "config.toml").write_text(
-        f'[gateway.openai]\nbase_url = "{upstream}/v1"\napi_key = "{PROVIDER_KEY}"\n', encoding="utf-8"
+        storage_table() + f'[gateway.openai]\nbase_url = "{upstream}/v1"\napi_key = "{PROVIDER_KEY}"\n',
+        encoding="utf-8",
     )
+    if DATABASE is not None:
+        from caracal.config import load_settings
+        from caracal.storage.backends import open_backend
+
+        backend = open_backend(home, load_settings(home))
+        backend.initialize()
+        backend.close()
     embedded = EmbeddedHome(home)
     tokens = []
     for name in ("bench", "tight"):
@@ -259,7 +293,21 @@ def main() -> None:
         default=None,
         help="compare `caracal serve --workers N` for these N (comma-separated, e.g. 1,2) instead",
     )
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="keep each home in a fresh schema of this PostgreSQL server (default: the home's files)",
+    )
     args = parser.parse_args()
+    global DATABASE
+    DATABASE = args.database
+    try:
+        _main(args)
+    finally:
+        drop_schemas()
+
+
+def _main(args: argparse.Namespace) -> None:
     try:
         import uvloop
 
