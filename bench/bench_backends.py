@@ -101,7 +101,7 @@ def throughput(home: Path, processes: int, per_process: int) -> float:
 
 
 def gateway(server: str | None, workers: str) -> None:
-    """``bench_gateway.py --workers`` on this backend (``--database``: each of its homes in a fresh schema)."""
+    """``bench_gateway.py --workers`` on this backend (``--database``: each home in a fresh schema)."""
     script = Path(__file__).with_name("bench_gateway.py")
     extra = ["--database", server] if server is not None else []
     subprocess.run([sys.executable, str(script), "--workers", workers, *extra], check=False)
@@ -138,9 +138,8 @@ def main() -> None:
         for processes in (1, 4):
             for name, (home, _database) in homes.items():
                 rate = throughput(home, processes, args.per_process)
-                print(
-                    f"{name:<11} reserve+settle, {processes} process{'es' if processes > 1 else '  '}: {rate:8,.0f} /s"
-                )
+                plural = "es" if processes > 1 else "  "
+                print(f"{name:<11} reserve+settle, {processes} process{plural}: {rate:8,.0f} /s")
         if not args.no_gateway:
             for name in homes:
                 print(f"--- gateway on {name}")
