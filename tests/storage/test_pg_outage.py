@@ -1,0 +1,131 @@
+"""PostgreSQL goes away under load, and comes back: every action during the outage is denied with a
+reason (fail closed), the clients recover by themselves once it is back, and nothing acknowledged is lost
+or counted twice.
+
+A private server (:mod:`tests.pg_instance`: the machine's shared server is never restarted by a test) is
+stopped in the middle of four threads of embedded clients doing reserve + settle, and started again. Then:
+
+- every reserve that returned a hold is in the ledger exactly once, and every settle that returned closed
+  its hold exactly once (a COMMIT whose outcome was unknown may have landed or not, but never twice);
+- some actions were denied during the outage, each with a typed Caracal error and a message;
+- actions succeeded again after the restart, without restarting the clients;
+- the ledger verifies.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from caracal.core.ledger import LedgerReader
+from caracal.core.verify import verify_ledger
+from caracal.core.windows import parse_window
+from caracal.exceptions import CaracalError
+from caracal.sdk.client import CaracalClient
+from caracal.storage.home import EmbeddedHome
+from tests.pg import storage_config, unavailable
+from tests.pg_instance import PrivateServer, available
+
+THREADS = 4
+CHARGE = [{"resource_type": "tool.call", "quantity": "1", "cost": "0.01"}]
+
+
+def wait_for(condition: object, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout  # a bound on waiting, not a performance assertion
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_an_outage_under_load_denies_then_recovers_losing_and_doubling_nothing(tmp_path: Path) -> None:
+    with PrivateServer() as server:
+        home_dir = tmp_path / "home"
+        home_dir.mkdir()
+        (home_dir / "config.toml").write_text(storage_config(server.url) + "[ledger]\nlock_timeout = 5\n")
+        home = EmbeddedHome(home_dir)
+        home.backend.initialize()
+        agent = home.agents.register("worker", "ops@example.com")
+        home.policies.create(agent.agent_id, "1000000", parse_window("total"), "USD")
+        home.close()
+
+        lock = threading.Lock()
+        reserved: list[str] = []
+        settled: list[str] = []
+        denied: list[tuple[str, CaracalError]] = []
+        phase = ["before"]
+        successes = Counter[str]()
+        stop = threading.Event()
+
+        def work() -> None:
+            client = CaracalClient(home_dir)
+            try:
+                while not stop.is_set():
+                    try:
+                        hold = client.reserve("worker", "0.01", ttl=3600)
+                    except CaracalError as exc:
+                        with lock:
+                            denied.append((phase[0], exc))
+                        time.sleep(0.01)
+                        continue
+                    with lock:
+                        reserved.append(hold.hold_id)
+                    try:
+                        client.settle(hold, CHARGE)
+                    except CaracalError as exc:
+                        with lock:
+                            denied.append((phase[0], exc))
+                        continue
+                    with lock:
+                        settled.append(hold.hold_id)
+                        successes[phase[0]] += 1
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=work) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_for(lambda: successes["before"] >= 40, "work before the outage")
+            phase[0] = "outage"
+            server.stop("fast")  # open transactions are rolled back, connections cut
+            wait_for(lambda: sum(p == "outage" for p, _ in denied) >= THREADS, "denials during the outage")
+            server.start()
+            phase[0] = "after"
+            wait_for(lambda: successes["after"] >= 40, "recovery after the restart")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+
+        outage = [exc for when, exc in denied if when == "outage"]
+        assert outage and all(str(exc) for exc in outage)  # denied, each with a reason
+        home = EmbeddedHome(home_dir)
+        try:
+            events = list(LedgerReader(home.ledger))
+            holds = Counter(e.hold_id for e in events if e.kind == "hold")
+            releases = Counter(e.hold_id for e in events if e.kind == "release")
+            assert max(holds.values()) == 1 and max(releases.values()) == 1  # nothing twice
+            assert set(reserved) <= set(holds)  # every acknowledged reserve is on record
+            assert set(settled) <= set(releases)  # every acknowledged settle closed its hold
+            charges = [e for e in events if e.is_charge]
+            assert len(charges) == len(releases) - sum(
+                1 for e in events if e.kind == "release" and (e.metadata or {}).get("reason") != "settled"
+            )
+            assert sum((c.cost for c in charges), Decimal(0)) == Decimal("0.01") * len(charges)
+            assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+            assert verify_ledger(home.ledger, public_key=home.writer().public_key).ok
+        finally:
+            home.close()
+
+
+@pytest.fixture(autouse=True)
+def _skip_without_server() -> None:
+    if available() is not None:
+        unavailable()
