@@ -9,6 +9,7 @@ failure).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -84,8 +85,6 @@ class PrivateServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(self._folder, ignore_errors=True)
