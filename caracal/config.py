@@ -80,6 +80,9 @@ class Settings:
     checkpoint_interval: float = 60.0
     backup_min_interval: float = 600.0
     lock_timeout: float = 10.0
+    replay_wait: float = 600.0
+    """Seconds a process waits for another one's replay of a long ledger (one replay per home) before it
+    replays itself: longer than a replay of the largest ledger takes here."""
     use_llm_prices: bool = True
     tiered_llm_prices: str = "refuse"
     default_ttl: float = 300.0
@@ -146,6 +149,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "checkpoint_interval": (int, float),
         "backup_min_interval": (int, float),
         "lock_timeout": (int, float),
+        "replay_wait": (int, float),
     },
     "storage": {"url": (str,)},
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},

@@ -84,6 +84,9 @@ checkpoint_interval = 60.0
 backup_min_interval = 600.0
 # Longest wait, in seconds, for the ledger's exclusive lock before an append fails (and is denied).
 lock_timeout = 10.0
+# A process that opens a long ledger without a usable budget snapshot replays it once for the whole home;
+# the others wait up to this many seconds for that replay (then read its snapshot), else replay themselves.
+replay_wait = 600.0
 
 [pricing]
 # Price LLM resources named <provider>.<model>.<kind> (kind: input_tokens, output_tokens,

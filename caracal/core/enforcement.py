@@ -187,12 +187,13 @@ class Enforcer:
         *,
         on_over_hold: Callable[[OverHold], None] | None = None,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        replay_wait: float | None = None,
     ):
         self.writer = writer
         self.directory = directory
         self.on_over_hold = on_over_hold
         self._clock = clock or writer.now  # the store's clock: the database's on PostgreSQL
-        self.live = LiveBudget(writer, directory.chain, self.now, idempotency_window)
+        self.live = LiveBudget(writer, directory.chain, self.now, idempotency_window, replay_wait)
         self._state_lock = self.live.lock
 
     # ------------------------------------------------------------------ state

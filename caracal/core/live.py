@@ -71,6 +71,7 @@ class LiveBudget:
         chain_of: Callable[[str], tuple[str, ...]],
         clock: Callable[[], datetime],
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        replay_wait: float | None = None,
     ):
         self.writer = writer
         self.store = writer.store
@@ -79,6 +80,7 @@ class LiveBudget:
         self._chain_of = chain_of
         self._clock = clock
         self._idempotency_window = idempotency_window
+        self._replay_wait = writer.lock_timeout if replay_wait is None else replay_wait
         self._distrust: LedgerVerificationError | None = None
         self._reset()
         self._load_snapshot()
@@ -129,14 +131,14 @@ class LiveBudget:
         """Replay under the home's replay lock, then save the snapshot; or, if another process replayed
         while this one waited, resume from its snapshot (see the module docstring)."""
         location = self.store.location
-        with self.store.replay_lock(self.writer.lock_timeout) as taken:
+        with self.store.replay_lock(self._replay_wait) as taken:
             if not taken:
                 # Slower than one replay should be (or stuck): replay here too rather than deny; the
                 # result is the same, only the work is done twice.
                 logger.warning(
                     "another process has been replaying %s for over %ss; replaying here too",
                     location,
-                    self.writer.lock_timeout,
+                    self._replay_wait,
                 )
                 self.catch_up_and_save()
                 return

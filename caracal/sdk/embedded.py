@@ -40,13 +40,7 @@ class EmbeddedTransport:
     def enforcer(self) -> Enforcer:
         enforcer = self._enforcer
         if enforcer is None:
-            enforcer = self._enforcer = Enforcer(
-                self.home.writer(),
-                self.home.directory,
-                clock=self._clock,
-                on_over_hold=self.home.over_hold,
-                idempotency_window=self.home.idempotency_window,
-            )
+            enforcer = self._enforcer = self.home.enforcer(self._clock)
         return enforcer
 
     @property

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from caracal.core.enforcement import Enforcer, Operation, OverHold
+from caracal.core.enforcement import Operation, OverHold
 from caracal.core.group_commit import GroupCommitter
 from caracal.core.metering import Meter
 from caracal.exceptions import CaracalError
@@ -40,13 +40,7 @@ class Service:
         a server never starts on a ledger it cannot trust."""
         self.home = EmbeddedHome(home)
         self.metrics = Metrics()
-        self.enforcer = Enforcer(
-            self.home.writer(),
-            self.home.directory,
-            clock=clock,
-            on_over_hold=self._over_hold,
-            idempotency_window=self.home.idempotency_window,
-        )
+        self.enforcer = self.home.enforcer(clock, self._over_hold)
         try:
             self.enforcer.catch_up()
         except BaseException:

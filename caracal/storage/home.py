@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,7 @@ from caracal.storage.policies import PolicyRegistry, empty_policies
 from caracal.storage.prices import PriceRegistry, empty_prices
 
 if TYPE_CHECKING:
-    from caracal.core.enforcement import OverHold
+    from caracal.core.enforcement import Enforcer, OverHold
 
 
 logger = logging.getLogger("caracal.holds")
@@ -199,6 +199,24 @@ class EmbeddedHome:
             agent.name, over.charged, over.currency, over.hold_id, over.held, over.currency, factor,
             agent.name,
         )  # fmt: skip
+
+    def enforcer(
+        self,
+        clock: Callable[[], datetime] | None = None,
+        on_over_hold: Callable[[OverHold], None] | None = None,
+    ) -> Enforcer:
+        """A new enforcer on the home's writer, configured by ``config.toml`` (the idempotency window, the
+        replay wait); ``on_over_hold`` defaults to :meth:`over_hold`."""
+        from caracal.core.enforcement import Enforcer
+
+        return Enforcer(
+            self.writer(),
+            self.directory,
+            clock=clock,
+            on_over_hold=on_over_hold or self.over_hold,
+            idempotency_window=self.idempotency_window,
+            replay_wait=self.settings.replay_wait,
+        )
 
     def writer(self) -> LedgerWriter:
         """The home's ledger writer, opened on first use (shared by every operation of this object)."""
