@@ -28,6 +28,7 @@ suspend the agent: ``[holds] suspend_over_hold_factor``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -245,6 +246,14 @@ class Enforcer:
         """
         if not operations:
             return []
+        # Fold in what other processes appended so far *before* waiting for the ledger's lock, while another
+        # process may hold it: under the lock (``caught_up``) only what was appended since is left to read,
+        # so the lock is held for less time. The live state has its own lock and may be caught up at any
+        # moment (a check does it without the ledger's lock). An error here is met again under the lock,
+        # where it is handled; a verification failure is sticky, so nothing is decided on a ledger that
+        # failed.
+        with contextlib.suppress(CaracalError):
+            self.live.catch_up()
         # First, under the same lock hold: bill expired charge-on-expiry holds (a heap peek when none is
         # due), so they end billed whichever process writes next (see the module docstring).
         swept = not operations[0].closes_expired

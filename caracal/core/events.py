@@ -38,6 +38,7 @@ import orjson
 
 from caracal.core.validation import (
     ISO_4217_CODES,
+    MAX_IDENTIFIER_LENGTH,
     check_currency,
     check_identifier,
     check_metadata,
@@ -164,7 +165,11 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
     """Check a parsed line and return its fields in :class:`LedgerEvent` order (amounts as Decimals).
 
     Kept separate from :meth:`LedgerEvent.from_dict` so ``verify`` can check millions of lines without
-    building objects it would throw away.
+    building objects it would throw away. It runs once per line read (a replay, a follower, verify), so the
+    common case is inlined: each check is the one :mod:`caracal.core.validation` makes (called for anything
+    unusual, which raises the precise error), and amount strings and the last timestamp already found valid
+    are remembered (:func:`stored_amount`, :data:`_valid_stamp`). The checks run, and fail, in the same order
+    as the validators': a missing field is reported before a bad later one.
     """
     error = InvalidLedgerEventError
     if type(data) is not dict:
@@ -172,31 +177,89 @@ def validate_event_dict(data: Any) -> tuple[Any, ...]:
     try:
         event_id = data["event_id"]
         timestamp = data["timestamp"]
-        fields = (
-            check_identifier(data["agent_id"], "agent_id", error),
-            check_identifier(data["resource_type"], "resource_type", error),
-            parse_amount(data["quantity"], "quantity", error, stored=True),
-            parse_amount(data["cost"], "cost", error, stored=True),
-            check_currency(data["currency"], error),
-        )
+        agent_id = data["agent_id"]
+        if not (
+            type(agent_id) is str
+            and 0 < len(agent_id) <= MAX_IDENTIFIER_LENGTH
+            and agent_id.isprintable()
+            and not agent_id.isspace()
+        ):
+            check_identifier(agent_id, "agent_id", error)
+        resource_type = data["resource_type"]
+        if not (
+            type(resource_type) is str
+            and 0 < len(resource_type) <= MAX_IDENTIFIER_LENGTH
+            and resource_type.isprintable()
+            and not resource_type.isspace()
+        ):
+            check_identifier(resource_type, "resource_type", error)
+        value = data["quantity"]
+        quantity = _AMOUNTS.get(value) if type(value) is str else None
+        if quantity is None:
+            quantity = stored_amount(value, "quantity")
+        value = data["cost"]
+        cost = _AMOUNTS.get(value) if type(value) is str else None
+        if cost is None:
+            cost = stored_amount(value, "cost")
+        currency = data["currency"]
+        if type(currency) is not str or currency not in ISO_4217_CODES:
+            check_currency(currency, error)
     except KeyError as exc:
         raise error(f"event is missing the field {exc.args[0]!r}") from None
     if type(event_id) is not int or event_id < 1:
         raise error(f"event_id must be a positive integer, got {event_id!r}")
-    if type(timestamp) is not str:
-        raise error(f"timestamp must be an ISO 8601 string, got {timestamp!r}")
-    parse_timestamp(timestamp, "timestamp", error)
+    if timestamp is not _valid_stamp[0]:  # lines of one batch share their timestamp: check it once
+        if type(timestamp) is not str:
+            raise error(f"timestamp must be an ISO 8601 string, got {timestamp!r}")
+        if timestamp != _valid_stamp[0]:
+            parse_timestamp(timestamp, "timestamp", error)
+        _valid_stamp[0] = timestamp
+    prev_hash = data.get("prev_hash")
+    if type(prev_hash) is str and len(data) == 8:  # the seven fields above and prev_hash, nothing else
+        if len(prev_hash) != 64:
+            raise error(f"prev_hash must be 64 hex digits, got {prev_hash!r}")
+        return (event_id, agent_id, timestamp, resource_type, quantity, cost, currency, None, prev_hash,
+                None, None, None, None, None)  # fmt: skip
     metadata = data.get("metadata")
     if metadata is not None:
         check_metadata(metadata, error)
-    prev_hash = data.get("prev_hash")
     if prev_hash is not None and (type(prev_hash) is not str or len(prev_hash) != 64):
         raise error(f"prev_hash must be 64 hex digits, got {prev_hash!r}")
-    agent_id, resource_type, quantity, cost, currency = fields
-    extensions = check_extensions(data.get("kind"), data.get("hold_id"), data.get("idempotency_key"),
-                                  data.get("expires_at"), data.get("on_expiry"))  # fmt: skip
+    kind = data.get("kind")
+    hold_id = data.get("hold_id")
+    idempotency_key = data.get("idempotency_key")
+    expires_at = data.get("expires_at")
+    on_expiry = data.get("on_expiry")
+    if (
+        kind is None
+        and hold_id is None
+        and idempotency_key is None
+        and expires_at is None
+        and on_expiry is None
+    ):
+        return (event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash,
+                None, None, None, None, None)  # fmt: skip
+    extensions = check_extensions(kind, hold_id, idempotency_key, expires_at, on_expiry)
     return (event_id, agent_id, timestamp, resource_type, quantity, cost, currency, metadata, prev_hash,
             *extensions)  # fmt: skip
+
+
+_AMOUNTS: dict[str, Decimal] = {}
+"""Amount strings of ledger lines already found valid, and their Decimals (a pure function of the string;
+Decimals are immutable, so events may share them). Bounded: cleared when it reaches :data:`_AMOUNTS_MAX`."""
+_AMOUNTS_MAX = 4096
+_valid_stamp: list[str | None] = [None]
+"""The last timestamp string (as in a line) found valid: the lines of one batch share it."""
+
+
+def stored_amount(value: object, name: str) -> Decimal:
+    """``parse_amount(value, name, InvalidLedgerEventError, stored=True)``, remembering valid strings."""
+    amount = parse_amount(value, name, InvalidLedgerEventError, stored=True)
+    if type(value) is str:
+        if len(_AMOUNTS) >= _AMOUNTS_MAX:
+            _AMOUNTS.clear()
+        _AMOUNTS[value] = amount
+    return amount
 
 
 def check_extensions(
@@ -264,39 +327,30 @@ def canonical_line_fields(line: bytes) -> tuple[int, str] | None:
 
 
 def parse_line(line: bytes, line_number: int) -> LedgerEvent:
-    """Parse one complete line (without its newline); raise :class:`LedgerCorruptError` naming it."""
-    fast = canonical_line_fields(line)
-    if fast is not None:  # a plain writer line, already validated by its pattern: build it directly
-        data = orjson.loads(line)
-        return LedgerEvent(
-            fast[0],
-            data["agent_id"],
-            data["timestamp"],
-            data["resource_type"],
-            Decimal(data["quantity"]),
-            Decimal(data["cost"]),
-            data["currency"],
-            None,
-            fast[1],
-        )
-    where = f"ledger line {line_number}" if line_number else "a ledger line near the end of the file"
+    """Parse one complete line (without its newline); raise :class:`LedgerCorruptError` naming it.
+
+    Every line is parsed once and fully validated (:func:`validate_event_dict`, whose common case is
+    inlined); the error paths build their messages only when they are taken."""
     try:
-        data = orjson.loads(line)
+        return LedgerEvent(*validate_event_dict(orjson.loads(line)))
     except orjson.JSONDecodeError as exc:
         raise LedgerCorruptError(
-            f"{where} is not valid JSON ({exc}); the ledger is corrupt, run "
+            f"{_where(line_number)} is not valid JSON ({exc}); the ledger is corrupt, run "
             f"'caracal ledger verify' and restore the line from a backup",
             line_number=line_number,
         ) from None
-    try:
-        return LedgerEvent.from_dict(data)
     except InvalidLedgerEventError as exc:
+        data = orjson.loads(line)
         event_id = data.get("event_id") if isinstance(data, dict) else None
         raise LedgerCorruptError(
-            f"{where} is not a valid event: {exc}",
+            f"{_where(line_number)} is not a valid event: {exc}",
             line_number=line_number,
             event_id=event_id if isinstance(event_id, int) else None,
         ) from None
+
+
+def _where(line_number: int) -> str:
+    return f"ledger line {line_number}" if line_number else "a ledger line near the end of the file"
 
 
 def iter_lines(handle: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:

@@ -394,6 +394,10 @@ def check_metadata(value: object, error: type[Exception]) -> dict[str, Any] | No
     """Return ``value`` if it is None or a bounded JSON object (see the module invariants)."""
     if value is None:
         return None
+    if type(value) is dict and _flat_strings(value):  # the common case (e.g. a release's reason): the
+        encoded = orjson.dumps(value)  # checks below would all pass but the size, checked the same way
+        if len(encoded) <= MAX_METADATA_BYTES:
+            return dict(value)
     if not isinstance(value, Mapping):
         _fail(error, f"metadata must be a JSON object (a dict), got {type(value).__name__}")
     _check_json_value(value, error, depth=0)
@@ -404,6 +408,11 @@ def check_metadata(value: object, error: type[Exception]) -> dict[str, Any] | No
     if len(encoded) > MAX_METADATA_BYTES:
         _fail(error, f"metadata is {len(encoded)} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
     return dict(value)
+
+
+def _flat_strings(value: dict[Any, Any]) -> bool:
+    """Whether every key and every value of ``value`` is a ``str`` (nothing nested, no numbers)."""
+    return all(type(key) is str and type(item) is str for key, item in value.items())
 
 
 def _check_json_value(value: object, error: type[Exception], depth: int) -> None:
