@@ -33,7 +33,7 @@ class PostgresBackend:
         connection = ConnectionSettings()
         if settings is not None:
             connection = ConnectionSettings(
-                statement_timeout=float(getattr(settings, "statement_timeout", connection.statement_timeout)),
+                statement_timeout=float(settings.statement_timeout),
                 lock_timeout=float(settings.lock_timeout),
             )
         self.db = Database(url, connection)
