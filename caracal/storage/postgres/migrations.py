@@ -87,7 +87,7 @@ def _check(version: int, location: str) -> None:
     if version > known:
         raise SchemaVersionError(
             f"the database {location} has Caracal schema version {version}; this Caracal knows schema "
-            f"{known}. Upgrade Caracal on this host (another host already runs a newer one)"
+            f"{known}; upgrade Caracal on this host (another host already runs a newer one)"
         )
 
 
