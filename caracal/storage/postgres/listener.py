@@ -125,8 +125,9 @@ class Listener:
         with self._start_lock:
             if self._thread is not None or self._stop.is_set():
                 return
-            self._thread = threading.Thread(target=self._run, name=f"caracal-listen {self.db.location}",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name=f"caracal-listen {self.db.location}", daemon=True
+            )
             self._thread.start()
 
     def close(self) -> None:
@@ -142,8 +143,11 @@ class Listener:
             except Exception as exc:  # any failure: not trusted until reconnected and resynced
                 self._ready = False
                 if not self._stop.is_set():
-                    logger.warning("listener on %s lost (%s); retrying", self.db.location,
-                                   str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    logger.warning(
+                        "listener on %s lost (%s); retrying",
+                        self.db.location,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:

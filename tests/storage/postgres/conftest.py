@@ -33,4 +33,3 @@ def admin(pg_url: str) -> Iterator[object]:
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         yield conn
-

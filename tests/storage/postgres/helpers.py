@@ -31,7 +31,7 @@ class CommitCutter:
         self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
         self.listener = socket.create_server(("127.0.0.1", 0))
         port = self.listener.getsockname()[1]
-        query = urllib.parse.parse_qsl(parts.query) + [("sslmode", "disable")]
+        query = [*urllib.parse.parse_qsl(parts.query), ("sslmode", "disable")]
         netloc = parts.netloc.rsplit("@", 1)
         host = f"127.0.0.1:{port}"
         self.url = urllib.parse.urlunsplit(

@@ -57,7 +57,9 @@ def test_steps_from_threads_give_contiguous_ids_and_exact_bytes(open_backend: Op
     rows = list(stores[0].iter_lines(0))
     assert [position for position, _line in rows] == list(range(1, len(rows) + 1))
     assert len(rows) == 15 * sum(w % 3 + 1 for w in range(6))
-    expected = {b'{"w":%d,"n":%d,"k":%d}' % (w, n, k) for w in range(6) for n in range(15) for k in range(w % 3 + 1)}
+    expected = {
+        b'{"w":%d,"n":%d,"k":%d}' % (w, n, k) for w in range(6) for n in range(15) for k in range(w % 3 + 1)
+    }
     assert {line for _p, line in rows} == expected
     assert stores[1].end() == len(rows)
 
@@ -72,7 +74,8 @@ for n in range(count):
     store.begin()
     try:
         after = store.end()
-        store.write([b'{"p":%d,"n":%d}' % (worker, n), b'{"p":%d,"n":%d,"second":true}' % (worker, n)], after + 1)
+        pair = [b'{"p":%d,"n":%d}' % (worker, n), b'{"p":%d,"n":%d,"second":true}' % (worker, n)]
+        store.write(pair, after + 1)
     finally:
         store.finish()
 backend.close()
@@ -89,13 +92,16 @@ def test_steps_from_processes_give_contiguous_ids_and_exact_bytes(pg_url: str, o
         assert second[1] == first[1][:-1] + b',"second":true}'
 
 
-def test_a_writer_on_processes_keeps_the_chain_verifiable(pg_url: str, tmp_path: Path, open_backend: Opener) -> None:
+def test_a_writer_on_processes_keeps_the_chain_verifiable(
+    pg_url: str, tmp_path: Path, open_backend: Opener
+) -> None:
     code = """
 import sys
 from caracal.core.ledger import LedgerWriter
 from caracal.storage.postgres import PostgresBackend
 backend = PostgresBackend(sys.argv[1])
-with LedgerWriter(backend.ledger_store(lock_timeout=60), signing_key_path=sys.argv[2], checkpoint_every=7) as w:
+store = backend.ledger_store(lock_timeout=60)
+with LedgerWriter(store, signing_key_path=sys.argv[2], checkpoint_every=7) as w:
     for _ in range(10):
         w.append_events([{"agent_id": "a", "resource_type": "r", "quantity": "1", "cost": "0.01"}] * 3)
 backend.close()
@@ -174,7 +180,9 @@ def test_a_connection_lost_during_commit_is_outcome_unknown(
     store = store_of(open_backend)
     step(store, [b"one"])
     monkeypatch.setattr(
-        pg_ledger, "before_commit", lambda conn: admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        pg_ledger,
+        "before_commit",
+        lambda conn: admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,)),
     )
     store.begin()
     try:
@@ -226,7 +234,11 @@ def test_the_ledger_table_refuses_updates_and_deletes(open_backend: Opener, admi
     import psycopg
 
     step(store_of(open_backend), [b"one"])
-    for statement in ("UPDATE caracal_ledger SET line = 'x'", "DELETE FROM caracal_ledger", "TRUNCATE caracal_ledger"):
+    for statement in (
+        "UPDATE caracal_ledger SET line = 'x'",
+        "DELETE FROM caracal_ledger",
+        "TRUNCATE caracal_ledger",
+    ):
         with pytest.raises(psycopg.Error, match="append-only"):
             admin.execute(statement)
 
@@ -269,7 +281,9 @@ def count_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return taken
 
 
-def test_end_needs_no_query_while_the_listener_is_fresh(open_backend: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_end_needs_no_query_while_the_listener_is_fresh(
+    open_backend: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reader, writer = store_of(open_backend), store_of(open_backend)
     assert reader.end() == 0
     assert eventually(reader._listener.fresh)

@@ -49,7 +49,9 @@ def test_a_backend_sets_up_an_empty_schema_on_first_use(open_backend: Callable[.
     assert store.end() == 0
 
 
-def test_a_newer_schema_is_refused(pg_url: str, admin: Any, open_backend: Callable[..., PostgresBackend]) -> None:
+def test_a_newer_schema_is_refused(
+    pg_url: str, admin: Any, open_backend: Callable[..., PostgresBackend]
+) -> None:
     migrations.upgrade(pg_url)
     admin.execute("INSERT INTO caracal_schema (version, name) VALUES (99, 'from_the_future')")
     with pytest.raises(SchemaVersionError, match="knows schema 1; upgrade Caracal"):
@@ -78,7 +80,9 @@ def test_an_older_schema_is_refused_until_upgraded(
     assert open_backend().ledger_store(lock_timeout=1).end() == 0
 
 
-def test_a_failing_migration_changes_nothing(pg_url: str, admin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_changes_nothing(
+    pg_url: str, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     migrations.upgrade(pg_url)
     broken = Migration(2, "broken", "CREATE TABLE caracal_half (x int); SELECT no_such_function();")
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.migrations(), broken])
@@ -125,6 +129,8 @@ def test_without_the_driver_caracal_imports_and_says_what_to_install(tmp_path: A
         "except ConfigurationError as exc:\n"
         "    print(exc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "caracal-core[postgres]" in result.stdout
