@@ -109,7 +109,8 @@ class PostgresLedgerStore:
         self._conn = conn
         try:
             with self.db.errors(LedgerWriteError, "lock the ledger head of"):
-                wait = wait_deadline(deadline) if self.lock_timeout > 0 else 0.0
+                # PostgreSQL reads 0 as "no limit": a spent deadline must still be a limit (1 ms).
+                wait = max(wait_deadline(deadline), 0.001) if self.lock_timeout > 0 else 0.0
                 statement = max(self.db.settings.statement_timeout, wait + 1.0) if wait else 0.0
                 with conn.pipeline():
                     conn.execute(
