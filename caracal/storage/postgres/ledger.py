@@ -141,11 +141,11 @@ class PostgresLedgerStore:
             self._end_step()
             raise
         self._step_head = int(row[0])
-        self._step_time = row[1]
+        self._step_time = row[1].astimezone(timezone.utc)  # whatever the session's TimeZone
         self._step_thread = threading.get_ident()
         self._written = False
         known = self._listener.known
-        known.clock_offset = (row[1] - _utc_now()).total_seconds()
+        known.clock_offset = (self._step_time - _utc_now()).total_seconds()
         known.saw_head(self._step_head)
         self._see(self._step_head)
 
