@@ -98,6 +98,9 @@ class Settings:
     storage_url: str | None = None
     """``[storage] url``: a ``postgresql://`` URL puts the ledger and registries in that database (many
     hosts share budgets); unset, the home's files. ``$CARACAL_DATABASE_URL`` overrides it."""
+    statement_timeout: float = 10.0
+    """``[storage] statement_timeout``: on a database, seconds before a statement is cancelled (and the
+    operation fails closed)."""
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 1 << 20
@@ -131,6 +134,7 @@ _POSITIVE = frozenset(
         ("gateway", "upstream_timeout"),
         ("holds", "suspend_over_hold_factor"),
         ("metering", "idempotency_window"),
+        ("storage", "statement_timeout"),
     }
 )
 """Settings where 0 would make the server refuse everything (or nothing)."""
@@ -151,7 +155,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "lock_timeout": (int, float),
         "replay_wait": (int, float),
     },
-    "storage": {"url": (str,)},
+    "storage": {"url": (str,), "statement_timeout": (int, float)},
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},
     "holds": {"default_ttl": (int, float), "suspend_over_hold_factor": (int, float)},
     "metering": {"idempotency_window": (int, float)},

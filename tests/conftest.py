@@ -96,3 +96,12 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """A URL of the test PostgreSQL server whose ``search_path`` is a fresh schema, dropped after the test
+    (see :mod:`tests.pg`: skipped when the server is unreachable, failed under ``CI=true``)."""
+    from tests.pg import database_url_or_skip
+
+    return database_url_or_skip(request)

@@ -69,6 +69,9 @@ CONFIG_TEMPLATE = """\
 # URL and a copy of keys/checkpoint.key (the signing key never goes into the database). $CARACAL_DATABASE_URL
 # overrides this setting. Written by `caracal init --database URL` and `caracal migrate --to URL`.
 # url = "postgresql://caracal@db.internal/caracal"
+# On a database: the longest a statement may run, in seconds, before it is cancelled and the operation
+# fails (an append is then denied, never left pending). Lock waits are bounded by [ledger] lock_timeout.
+statement_timeout = 10.0
 
 [ledger]
 # How many rolling backups ledger.jsonl.bak.1..N to keep; a backup is taken on a writer's first append to

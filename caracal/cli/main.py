@@ -55,6 +55,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "migrate_command",
         "Move the home's ledger and registries into a PostgreSQL database, verified, then use it.",
     ),
+    "db": LazyCommand(
+        "caracal.cli.db",
+        "db_group",
+        "The PostgreSQL database of the home: its schema version and upgrades.",
+    ),
     "demo": LazyCommand(
         "caracal.cli.demo",
         "demo_command",

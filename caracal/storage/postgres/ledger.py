@@ -1,0 +1,376 @@
+"""The PostgreSQL ledger store: :class:`caracal.core.store.LedgerStore` on ``caracal_ledger``.
+
+Positions are event ids (:attr:`PostgresLedgerStore.positions_are_ids`): the line of event N ends at
+position N; position 0 is the empty ledger.
+
+Invariants:
+
+- **One writer at a time, across hosts.** :meth:`~PostgresLedgerStore.begin` opens a transaction and locks
+  the single row of ``caracal_head`` (``SELECT ... FOR UPDATE``, waiting at most ``lock_timeout``, then
+  :class:`LedgerLockTimeoutError`). A row lock, not an advisory lock: it belongs to this schema's table,
+  so homes sharing a database never wait for each other, and it is released by COMMIT, ROLLBACK or a lost
+  connection (a crashed writer never leaves it held). Within one backend object, steps also queue on a
+  thread lock first, so waiting threads do not each hold a pooled connection.
+- **Contiguous ids, exact bytes.** :meth:`~PostgresLedgerStore.write` refuses ids that do not follow the
+  head, inserts the lines as given (``bytea``: the canonical bytes, without the newline), moves the head
+  and notifies, then COMMITs: all of it or nothing. The primary key on ``event_id`` is a second guard.
+- **Nothing acknowledged is lost; nothing unacknowledged is reported done.** ``write`` returns only after
+  COMMIT succeeded (the server's durability settings, ``synchronous_commit``, apply). A failure before
+  COMMIT rolls back (nothing recorded, :class:`LedgerWriteError`). A connection lost *during* COMMIT
+  raises ``LedgerWriteError(outcome_unknown=True)``: the lines may or may not be there; the writer reads
+  what is there at its next step and never writes them again on its own. No retry happens here.
+- **The database clock.** ``begin`` reads ``clock_timestamp()`` with the lock: :meth:`now` returns it
+  inside the step (on the step's thread), and elsewhere the local clock corrected by the last offset
+  measured to the database's clock (one query the first time). Hosts whose clocks disagree still stamp
+  entries with one clock.
+- **Cheap, exact enough reads.** :meth:`end` is answered from the :class:`~.listener.Listener` (no query)
+  while it is fresh, else by one query; during a step it is the locked head, exact. It never goes below
+  anything this process has read or written (a tail never sees the ledger "shrink" because a notification
+  is late). :meth:`iter_lines` reads in keyset batches on short-lived pooled connections: memory stays
+  bounded, and a slow consumer holds no connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from caracal.exceptions import (
+    LedgerLockTimeoutError,
+    LedgerReadError,
+    LedgerWriteError,
+)
+from caracal.storage.postgres.checkpoints import PostgresCheckpointLog
+from caracal.storage.postgres.connection import Database, advisory_key, millis, wait_deadline
+from caracal.storage.postgres.listener import Listener
+
+if TYPE_CHECKING:
+    import psycopg
+
+BATCH = 2000
+"""Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines`."""
+
+before_commit: Callable[[Any], None] | None = None
+"""Test hook: called with the step's connection right before COMMIT (to lose the connection there)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PostgresLedgerStore:
+    """One ledger in the database of ``db`` (see the module docstring). Safe to share between threads."""
+
+    positions_are_ids = True
+
+    def __init__(
+        self,
+        db: Database,
+        listener: Listener,
+        step_lock: threading.Lock,
+        *,
+        lock_timeout: float = 10.0,
+    ):
+        self.db = db
+        self.location = db.location
+        self.lock_timeout = float(lock_timeout)
+        self.checkpoints = PostgresCheckpointLog(db)
+        self._listener = listener
+        self._step_lock = step_lock
+        self._conn: psycopg.Connection[Any] | None = None
+        self._step_head = -1  # the locked head during a step (-1: no step)
+        self._step_time: datetime | None = None
+        self._step_thread = 0
+        self._written = False
+        self._seen = 0  # the largest position this store has read or written
+        self._closed = False
+
+    # ------------------------------------------------------------------ the append step
+
+    def begin(self) -> None:
+        if self._closed:
+            raise LedgerWriteError(f"the ledger store for {self.location} is closed")
+        deadline = time.monotonic() + self.lock_timeout
+        if not self._step_lock.acquire(timeout=self.lock_timeout if self.lock_timeout > 0 else -1):
+            raise LedgerLockTimeoutError(
+                f"timed out after {self.lock_timeout}s waiting for another thread of this process to finish "
+                f"appending to {self.location}"
+            )
+        try:
+            conn = self.db.getconn(LedgerWriteError, max(wait_deadline(deadline), 1.0))
+        except BaseException:
+            self._step_lock.release()
+            raise
+        self._conn = conn
+        try:
+            with self.db.errors(LedgerWriteError, "lock the ledger head of"):
+                # PostgreSQL reads 0 as "no limit": a spent deadline must still be a limit (1 ms).
+                wait = max(wait_deadline(deadline), 0.001) if self.lock_timeout > 0 else 0.0
+                statement = max(self.db.settings.statement_timeout, wait + 1.0) if wait else 0.0
+                with conn.pipeline():
+                    conn.execute(
+                        "SELECT set_config('lock_timeout', %s, true), "
+                        "set_config('statement_timeout', %s, true)",
+                        (millis(wait) if self.lock_timeout > 0 else "0", millis(statement)),
+                    )
+                    cursor = conn.execute(
+                        "SELECT last_event_id, clock_timestamp() FROM caracal_head FOR UPDATE"
+                    )
+                    conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        (millis(self.db.settings.statement_timeout),),
+                    )
+                row = cursor.fetchone()
+            if row is None:
+                raise LedgerWriteError(
+                    f"the ledger head row of {self.location} is missing: the schema was altered by hand. "
+                    "Restore it from a backup"
+                )
+        except LedgerLockTimeoutError as exc:
+            self._end_step()
+            raise LedgerLockTimeoutError(
+                f"timed out after {self.lock_timeout}s waiting for the ledger lock of {self.location}: "
+                f"another writer (thread, process or host) holds it ({exc})"
+            ) from None
+        except BaseException:
+            self._end_step()
+            raise
+        self._step_head = int(row[0])
+        self._step_time = row[1].astimezone(timezone.utc)  # whatever the session's TimeZone
+        self._step_thread = threading.get_ident()
+        self._written = False
+        known = self._listener.known
+        known.clock_offset = (self._step_time - _utc_now()).total_seconds()
+        known.saw_head(self._step_head)
+        self._see(self._step_head)
+
+    def new_lines(self, after: int) -> Iterator[tuple[int, bytes]]:
+        conn = self._require_step()
+        head = self._step_head
+        while after < head:
+            with self.db.errors(LedgerWriteError, "read the ledger of"):
+                rows = conn.execute(
+                    "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
+                    "ORDER BY event_id LIMIT %s",
+                    (after, head, BATCH),
+                ).fetchall()
+            if not rows:
+                return  # rows missing below the head: the caller finds the gap
+            for event_id, line in rows:
+                yield int(event_id), bytes(line)
+            after = int(rows[-1][0])
+
+    def write(self, lines: list[bytes], first_event_id: int) -> int:
+        conn = self._require_step()
+        if self._written:
+            raise LedgerWriteError(f"one write per append step on {self.location} (this step already wrote)")
+        if not lines:
+            return self._step_head
+        if first_event_id != self._step_head + 1:
+            raise LedgerWriteError(
+                f"refusing to write event {first_event_id} to {self.location}: its head is at event "
+                f"{self._step_head}, so the next event is {self._step_head + 1}. Nothing was recorded"
+            )
+        last = first_event_id + len(lines) - 1
+        ids = list(range(first_event_id, last + 1))
+        leaf = hashlib.sha256(b"\x00" + lines[-1]).digest()
+        self._written = True
+        try:
+            with conn.pipeline():
+                conn.execute(
+                    "INSERT INTO caracal_ledger (event_id, line) "
+                    "SELECT * FROM unnest(%s::bigint[], %s::bytea[])",
+                    (ids, lines),
+                )
+                updated = conn.execute(
+                    "UPDATE caracal_head SET last_event_id = %s, last_leaf = %s WHERE last_event_id = %s",
+                    (last, leaf, self._step_head),
+                )
+                conn.execute("SELECT pg_notify(%s, %s)", (self._listener.channel, f"l {last}"))
+            if updated.rowcount != 1:
+                raise LedgerWriteError(f"the ledger head of {self.location} moved during an append step")
+        except LedgerWriteError:
+            self._rollback()
+            raise
+        except Exception as exc:
+            self._rollback()
+            self._raise_nothing_recorded(exc)
+        if before_commit is not None:
+            before_commit(conn)
+        try:
+            conn.commit()
+        except Exception as exc:
+            broken = conn.closed or conn.broken
+            if not broken:  # the server answered: the transaction was rolled back
+                self._rollback()
+                self._raise_nothing_recorded(exc)
+            raise LedgerWriteError(
+                f"the connection to {self.location} was lost while committing events {first_event_id}.."
+                f"{last} ({_first_line(exc)}): they may or may not have been recorded. They are not "
+                "reported as done; the next append step reads what the ledger holds. Check that the "
+                "database is reachable",
+                outcome_unknown=True,
+            ) from None
+        self._step_head = last
+        self._listener.known.saw_head(last)
+        self._see(last)
+        return last
+
+    def finish(self) -> None:
+        if self._conn is not None:
+            self._end_step()
+
+    def _end_step(self) -> None:
+        conn, self._conn = self._conn, None
+        self._step_head = -1
+        self._step_time = None
+        self._step_thread = 0
+        try:
+            if conn is not None:
+                self.db.putconn(conn)  # rolls back what was not committed
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._step_lock.release()
+
+    def _require_step(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or self._step_head < 0:
+            raise LedgerWriteError(f"no append step is open on {self.location} (call begin first)")
+        return conn
+
+    def _rollback(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+
+    def _raise_nothing_recorded(self, exc: BaseException) -> None:
+        try:
+            self.db.raise_as(exc, LedgerWriteError, "append to")
+        except LedgerWriteError as translated:
+            raise LedgerWriteError(
+                f"{translated} Nothing was recorded (the transaction was rolled back)."
+            ) from None
+
+    def now(self) -> datetime:
+        """The step's database time on the step's thread; else the local clock corrected to the database's."""
+        step_time = self._step_time
+        if step_time is not None and self._step_thread == threading.get_ident():
+            return step_time
+        known = self._listener.known
+        if known.clock_offset is None:
+            with self.db.connection(LedgerWriteError, "read the clock of") as conn:
+                row = conn.execute("SELECT clock_timestamp()").fetchone()
+            if row is not None:
+                known.clock_offset = (row[0] - _utc_now()).total_seconds()
+        return _utc_now() + timedelta(seconds=known.clock_offset or 0.0)
+
+    # ------------------------------------------------------------------ reading, without the lock
+
+    def end(self) -> int:
+        if self._step_head >= 0:
+            return self._step_head  # the head is locked by this store: exact
+        if self._listener.fresh():
+            return max(self._listener.known.head, self._seen)
+        with self.db.connection(LedgerReadError, "read the ledger head of") as conn:
+            row = conn.execute("SELECT last_event_id FROM caracal_head").fetchone()
+        head = int(row[0]) if row is not None else 0
+        self._listener.known.saw_head(head)
+        return max(head, self._seen)
+
+    def iter_lines(self, after: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        stop = (1 << 62) if end is None else end
+        while after < stop:
+            with self.db.connection(LedgerReadError, "read the ledger of") as conn:
+                rows = conn.execute(
+                    "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
+                    "ORDER BY event_id LIMIT %s",
+                    (after, stop, BATCH),
+                ).fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            self._see(last)
+            for event_id, line in rows:
+                yield int(event_id), bytes(line)
+            if len(rows) < BATCH:
+                return
+            after = last
+
+    def line_at(self, position: int) -> bytes | None:
+        if position <= 0:
+            return None
+        with self.db.connection(LedgerReadError, "read the ledger of") as conn:
+            row = conn.execute("SELECT line FROM caracal_ledger WHERE event_id = %s", (position,)).fetchone()
+        if row is None:
+            return None
+        self._see(position)
+        return bytes(row[0])
+
+    def _see(self, position: int) -> None:
+        if position > self._seen:
+            self._seen = position
+
+    # ------------------------------------------------------------------ caches and housekeeping
+
+    def load_cache(self, name: str) -> bytes | None:
+        with self.db.connection(LedgerReadError, f"read the {name} cache of") as conn:
+            row = conn.execute("SELECT body FROM caracal_caches WHERE name = %s", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def save_cache(self, name: str, data: bytes) -> None:
+        with self.db.connection(LedgerWriteError, f"save the {name} cache of") as conn:
+            conn.execute(
+                "INSERT INTO caracal_caches (name, body) VALUES (%s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET body = excluded.body, updated_at = clock_timestamp()",
+                (name, data),
+            )
+
+    @contextlib.contextmanager
+    def replay_lock(self, timeout: float) -> Iterator[bool]:
+        """A session advisory lock keyed on the schema, polled until ``timeout``; held on a pooled
+        connection until the block ends (a lost connection releases it)."""
+        conn = self.db.getconn(LedgerReadError, max(timeout, 1.0))
+        taken = False
+        try:
+            key = advisory_key("replay", self.db.schema)
+            deadline = time.monotonic() + max(timeout, 0.0)
+            with self.db.errors(LedgerReadError, "take the replay lock of"):
+                conn.autocommit = True
+                while True:
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                    taken = bool(row and row[0])
+                    if taken or time.monotonic() >= deadline:
+                        break
+                    time.sleep(min(0.05, wait_deadline(deadline)))
+            yield taken
+        finally:
+            if taken and not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            with contextlib.suppress(Exception):
+                conn.autocommit = False
+            self.db.putconn(conn)
+
+    def backup(self, end: int) -> None:
+        """Nothing to do: a database has its own backups (``pg_dump``, base backups and WAL archiving);
+        ``caracal ledger export`` writes the file backend's exact bytes for an independent copy."""
+
+    def close(self) -> None:
+        """Release this store (the pool and the listener belong to the backend). Idempotent."""
+        self._closed = True
+        if self._conn is not None and self._step_thread == threading.get_ident():
+            self._end_step()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+__all__ = ["BATCH", "PostgresLedgerStore"]
