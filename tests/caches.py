@@ -28,3 +28,11 @@ def read_sealed(path: Path, purpose: str, key_path: str | os.PathLike[str] | Non
 
 def write_sealed(path: Path, purpose: str, data: Any, key_path: str | os.PathLike[str] | None = None) -> None:
     path.write_bytes(seal(cache_key(purpose, key_path), purpose, orjson.dumps(data)))
+
+
+def read_home_cache(home: Any, purpose: str) -> Any:
+    """A sealed cache of an :class:`EmbeddedHome` (its file, or its row on a database), unsealed."""
+    store = home.writer().store
+    data = store.load_cache(purpose)
+    assert data is not None, f"no {purpose} cache in {store.location}"
+    return orjson.loads(unseal(cache_key(purpose, home.key_path), purpose, data))

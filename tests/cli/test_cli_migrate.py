@@ -50,7 +50,7 @@ def home(tmp_path: Path) -> Path:
     caracal(home, "init")
     caracal(home, "agent", "register", "--name", "team", "--owner", "ops@example.com")
     caracal(home, "agent", "register", "--name", "worker", "--owner", "ops@example.com", "--parent", "team")
-    caracal(home, "policy", "create", "--agent", "team", "--limit", "500.00", "--window", "total")
+    caracal(home, "policy", "create", "--agent-id", "team", "--limit", "500.00", "--window", "total")
     caracal(home, "pricebook", "set", "tool.search", "0.25")
     script = (
         "from caracal.sdk.client import CaracalClient\n"
@@ -101,7 +101,8 @@ def test_a_migrated_home_answers_exactly_as_it_did_on_files(home: Path, url: str
 def test_a_ledger_that_fails_verification_is_not_migrated(home: Path, url: str) -> None:
     ledger = home / "data" / "ledger.jsonl"
     lines = ledger.read_bytes().splitlines(keepends=True)
-    lines[5] = lines[5].replace(b'"cost":"0.25"', b'"cost":"0.00"')
+    index = next(i for i, line in enumerate(lines) if b'"cost":"0.25"' in line)
+    lines[index] = lines[index].replace(b'"cost":"0.25"', b'"cost":"0.00"')  # a charge made free
     ledger.write_bytes(b"".join(lines))
     result = caracal(home, "migrate", "--to", url, check=False)
     assert result.returncode != 0
@@ -121,8 +122,9 @@ def test_a_target_holding_another_ledger_is_refused_and_a_prefix_is_resumed(
 ) -> None:
     other = tmp_path / "other"
     caracal(other, "init")
+    caracal(other, "agent", "register", "--name", "x", "--owner", "ops@example.com")
     caracal(other, "ledger", "append", "--agent-id", "x", "--resource-type", "r", "--quantity", "1",
-            "--cost", "1", "--ledger", str(other / "data" / "ledger.jsonl"))  # fmt: skip
+            "--cost", "1")  # fmt: skip
     assert caracal(other, "migrate", "--to", url, "--keep-config").returncode == 0
     refused = caracal(home, "migrate", "--to", url, check=False)
     assert refused.returncode != 0 and "migrate into an empty database" in refused.stderr

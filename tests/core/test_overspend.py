@@ -29,7 +29,7 @@ from caracal.core.ledger import LedgerQuery, LedgerReader
 from caracal.core.verify import verify_ledger
 from caracal.core.windows import WindowSpec
 from caracal.storage.home import EmbeddedHome
-from tests.caches import read_sealed
+from tests.caches import read_home_cache
 
 pytestmark = pytest.mark.slow
 
@@ -253,7 +253,7 @@ def test_concurrent_workers_cannot_overspend(caracal_home: Path, tmp_path: Path)
                 peak[policy.policy_id] = max(peak[policy.policy_id], status.spent + status.held)
 
     # --- each day's budget was used up, nothing is held, and the ledger verifies
-    snapshot = read_sealed(home.ledger_path.with_name(home.ledger_path.name + ".budget"), "budget")
+    snapshot = read_home_cache(home, "budget")
     assert 0 < snapshot["state"]["last_event_id"] <= len(events) and snapshot["line_sha256"]
     for round_ in range(ROUNDS):
         moment = ANCHOR + timedelta(days=round_, hours=6)  # later that day
