@@ -18,9 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from caracal.core.checkpoint import CheckpointStore
-from caracal.core.ledger import LedgerReader
-from caracal.core.verify import verify_ledger
+from tests import homes
 
 
 @contextmanager
@@ -110,12 +108,13 @@ def test_serve_records_over_http_and_stops_gracefully(
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status says why it stopped
     assert process.wait(timeout=60) in (0, -signal.SIGTERM)
 
-    ledger = caracal_home / "data" / "ledger.jsonl"
-    events = list(LedgerReader(ledger))
+    events = homes.events(caracal_home)
     assert [e.kind for e in events] == ["hold", None, "release"]
-    assert verify_ledger(ledger).ok
-    latest = CheckpointStore(ledger.with_name("ledger.jsonl.checkpoints")).latest()
-    assert latest is not None and latest.size == 3  # the graceful shutdown checkpointed what it served
+    report = homes.verify(caracal_home)
+    assert report.ok
+    assert report.checkpoints_matched == report.checkpoints_total >= 1
+    assert report.checkpoints_total and homes.latest_checkpoint(caracal_home).size == 3  # the graceful
+    # shutdown checkpointed what it served
 
 
 def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -> None:

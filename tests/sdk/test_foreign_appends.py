@@ -18,6 +18,7 @@ import pytest
 from caracal.core.ledger import LedgerQuery, LedgerReader
 from caracal.core.verify import verify_ledger
 from caracal.sdk.client import CaracalClient
+from tests import homes
 from tests.foreign import append_from_another_process
 from tests.sdk.conftest import Transport
 
@@ -167,9 +168,8 @@ def test_four_processes_of_the_v01_pattern_lose_no_charge(caracal_home: Path) ->
     for worker in workers:
         _out, errors = worker.communicate(timeout=300)
         assert worker.returncode == 0, errors
-    ledger = caracal_home / "data" / "ledger.jsonl"
-    charges = [e for e in LedgerReader(ledger).iter_events() if e.is_charge]
+    charges = homes.charges(caracal_home)
     assert len(charges) == 4 * per_process
     with CaracalClient() as fresh:
         assert fresh.check(AGENT).spent == 4 * per_process * UNIT
-    assert verify_ledger(ledger).ok
+    assert homes.verify(caracal_home).ok

@@ -15,11 +15,9 @@ import pytest
 
 from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState
 from caracal.core.events import LedgerEvent
-from caracal.core.ledger import LedgerQuery
-from caracal.core.sealed import unseal
 from caracal.exceptions import ConfigurationError
 from caracal.sdk.client import CaracalClient
-from caracal.storage.home import EmbeddedHome
+from tests import homes
 
 T0 = datetime(2030, 1, 15, 12, 0, tzinfo=timezone.utc)
 RESOURCE = "tool.search.calls"
@@ -59,14 +57,14 @@ def client(caracal_home: Path, clock: Clock) -> Callable[[], CaracalClient]:
 
 def snapshot_keys(home: Path) -> list[str]:
     """The idempotency keys the sealed budget snapshot on disk carries."""
-    path = home / "data" / "ledger.jsonl.budget"
-    data = orjson.loads(unseal(EmbeddedHome(home).writer().cache_key("budget"), "budget", path.read_bytes()))
+    data = homes.sealed_cache(home, "budget")
+    assert data is not None
     records = [entry if isinstance(entry, dict) else entry[1] for entry in data["state"]["keys"]]
     return [LedgerEvent.from_dict(record).idempotency_key for record in records]
 
 
 def charges(home: Path) -> list[LedgerEvent]:
-    return LedgerQuery(home / "data" / "ledger.jsonl").get_events(charges_only=True)
+    return homes.charges(home)
 
 
 def test_a_retry_inside_the_window_returns_the_first_charge_across_a_restart(

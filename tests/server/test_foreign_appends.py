@@ -17,6 +17,7 @@ import orjson
 from caracal.core.ledger import LedgerQuery, LedgerReader
 from caracal.core.verify import verify_ledger
 from caracal.sdk.client import CaracalClient
+from tests import homes
 from tests.foreign import append_from_another_process
 from tests.server.gateway_env import CHAT, GPT, behaviour_model, nonce, split, start_gateway
 
@@ -124,9 +125,8 @@ def test_cli_ledger_append_after_another_process_appended(caracal_home: Path) ->
     append_from_another_process("worker", RESOURCE)
     status = orjson.loads(caracal("budget", "status", "--agent-id", "worker", "--json"))
     assert Decimal(status[0]["spent"]) == Decimal("0.08")
-    ledger = caracal_home / "data" / "ledger.jsonl"
-    assert [e.event_id for e in LedgerReader(ledger).iter_events()] == [1, 2, 3, 4]
-    assert verify_ledger(ledger).ok
+    assert [e.event_id for e in homes.events(caracal_home)] == [1, 2, 3, 4]
+    assert homes.verify(caracal_home).ok
 
 
 def test_registry_changes_by_another_process_reach_the_next_request(caracal_home: Path) -> None:

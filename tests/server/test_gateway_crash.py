@@ -16,10 +16,9 @@ import httpx
 import orjson
 
 from caracal.core.enforcement import ESTIMATED_RESOURCE
-from caracal.core.ledger import LedgerReader
-from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
 from caracal.storage.home import EmbeddedHome
+from tests import homes
 from tests.cli.test_cli_serve import serving
 from tests.server.fake_upstream import serve_fake_upstream
 
@@ -96,9 +95,8 @@ def test_a_killed_server_leaves_no_answered_or_sent_call_unbilled(caracal_home: 
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
 
-    ledger = caracal_home / "data" / "ledger.jsonl"
-    assert verify_ledger(ledger).ok
-    events = list(LedgerReader(ledger))
+    assert homes.verify(caracal_home).ok
+    events = homes.events(caracal_home)
     for agent_id in answered | sent:
         mine = [e for e in events if e.agent_id == agent_id]
         holds = [e for e in mine if e.kind == "hold"]

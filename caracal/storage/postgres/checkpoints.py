@@ -10,8 +10,9 @@ Invariants:
   ``max(seq) + 1`` under it, so ``seq`` order is commit order, and a follower that read up to ``seq`` N
   (:meth:`read_from`, whose cursor is that ``seq``) never finds a record below N appear later.
 - **Durable on return.** ``append`` commits on its own pooled connection (it may be called inside an
-  append step, whose transaction must not carry it). Errors are :class:`CheckpointError` (reading) or
-  :class:`LedgerWriteError` (storing), never a driver exception.
+  append step, whose transaction must not carry it). Errors are :class:`LedgerReadError` (the database
+  could not be read: transient, never taken for tampering), :class:`CheckpointError` (a malformed record)
+  or :class:`LedgerWriteError` (storing), never a driver exception.
 - The record is the JSON the file backend writes (:meth:`Checkpoint.to_dict`), so exports and proofs do
   not depend on the backend.
 """
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 import orjson
 
 from caracal.core.checkpoint import Checkpoint
-from caracal.exceptions import CheckpointError, LedgerWriteError
+from caracal.exceptions import CheckpointError, LedgerReadError, LedgerWriteError
 from caracal.storage.postgres.connection import Database
 
 
@@ -54,7 +55,7 @@ class PostgresCheckpointLog:
         return iter(records)
 
     def read_from(self, cursor: int) -> tuple[list[Checkpoint], int]:
-        with self.db.connection(CheckpointError, "read the checkpoints of") as conn:
+        with self.db.connection(LedgerReadError, "read the checkpoints of") as conn:
             rows = conn.execute(
                 "SELECT seq, record FROM caracal_checkpoints WHERE seq > %s ORDER BY seq", (cursor,)
             ).fetchall()
@@ -64,7 +65,7 @@ class PostgresCheckpointLog:
     def latest(self) -> Checkpoint | None:
         """The checkpoint of the largest size (normally the last one stored; when two writers checkpoint
         at once, the one that says the most about the ledger)."""
-        with self.db.connection(CheckpointError, "read the checkpoints of") as conn:
+        with self.db.connection(LedgerReadError, "read the checkpoints of") as conn:
             row = conn.execute(
                 "SELECT seq, record FROM caracal_checkpoints ORDER BY size DESC LIMIT 1"
             ).fetchone()

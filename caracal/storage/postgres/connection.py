@@ -167,8 +167,8 @@ class Database:
         if pool is not None and self._ready:
             return pool
         with self._lock:
-            if self._closed:
-                raise error(f"the connection to {self.location} is closed")
+            if self._closed:  # used again after close (a home closed and reopened, as files allow)
+                self._closed = False
             if not self._ready:
                 self._prepare(error)
             if self._pool is None:

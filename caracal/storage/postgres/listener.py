@@ -123,6 +123,9 @@ class Listener:
 
     def start(self) -> None:
         with self._start_lock:
+            if self._stop.is_set() and (self._thread is None or not self._thread.is_alive()):
+                self._stop.clear()  # closed, and used again: a new thread (the old one has exited)
+                self._thread = None
             if self._thread is not None or self._stop.is_set():
                 return
             self._thread = threading.Thread(
