@@ -35,6 +35,7 @@ class PostgresBackend:
             connection = ConnectionSettings(
                 statement_timeout=float(settings.statement_timeout),
                 lock_timeout=float(settings.lock_timeout),
+                pool_timeout=float(settings.lock_timeout),  # no action waits longer for a connection
             )
         self.db = Database(url, connection)
         self.location = self.db.location

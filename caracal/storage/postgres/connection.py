@@ -183,6 +183,9 @@ class Database:
                     timeout=self.settings.pool_timeout,
                     name=f"caracal {self.location}",
                     num_workers=1,
+                    # A connection is checked as it leaves the pool (one empty round trip): after the server
+                    # restarted, the first action is served, not denied on a connection that died with it.
+                    check=ConnectionPool.check_connection,
                     open=True,
                 )
             return self._pool
