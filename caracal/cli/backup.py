@@ -180,11 +180,22 @@ class BackupResult:
         return {"backup": str(self.folder), "files": self.files, "verification": self.report.to_dict()}
 
 
+def _files_only(home: EmbeddedHome) -> None:
+    """Backups copy a home's ``data/`` folder; a home on a database is backed up with the database's tools."""
+    if not home.on_files:
+        raise BackupError(
+            f"this home keeps its ledger and registries in the database {home.backend.location}: back it up "
+            "with the database's own tools (pg_dump, or its backups and replicas); 'caracal ledger export "
+            "FILE' writes a verifiable copy of the ledger"
+        )
+
+
 def create_backup(
     home: EmbeddedHome, output: Path | None = None, now: datetime | None = None
 ) -> BackupResult:
     """Copy ``home``'s ``data/`` consistently into ``output`` (default: a new folder under ``backups/``)."""
     moment = now or datetime.now(timezone.utc)
+    _files_only(home)
     if not home.ledger_path.exists():
         raise BackupError(f"no ledger at {home.ledger_path}: nothing to back up (run 'caracal init' first)")
     if output is None:
@@ -296,6 +307,7 @@ def restore_backup(
     unless ``force``.
     """
     moment = now or datetime.now(timezone.utc)
+    _files_only(home)
     folder = folder.expanduser().absolute()
     source, manifest = _backup_data(folder)
     if home.data.exists() and source.resolve() == home.data.resolve():

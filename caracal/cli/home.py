@@ -18,7 +18,7 @@ import click
 from caracal import __version__
 from caracal.cli.options import apply_home
 from caracal.cli.render import EXIT_ERROR, emit_json, table
-from caracal.config import Settings, caracal_home, check_storage_url
+from caracal.config import caracal_home, check_storage_url
 from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW
 from caracal.core.checkpoint import CheckpointSigner, public_key_path
 from caracal.core.enforcement import DEFAULT_TTL
@@ -26,7 +26,6 @@ from caracal.core.fileio import write_atomically
 from caracal.core.ledger import LedgerReader, LedgerWriter
 from caracal.core.validation import dumps
 from caracal.exceptions import CaracalError
-from caracal.storage.backends import open_backend
 from caracal.storage.home import EmbeddedHome
 
 # ------------------------------------------------------------------------------------------ config.toml
@@ -289,8 +288,14 @@ def initialize_home(
         return "exists", "kept as it is"
 
     def database() -> tuple[str, str]:
+        from caracal.storage.postgres.migrations import status
+
+        before = status(home.backend.db.url)  # type: ignore[attr-defined]  # a PostgresBackend here
         home.backend.initialize()
-        return "ready", f"schema up to date at {home.backend.location}"
+        after = status(home.backend.db.url)  # type: ignore[attr-defined]  # a PostgresBackend here
+        if before.version == after.version:
+            return "exists", f"schema version {after.version}"
+        return "created", f"schema version {after.version} (was {before.version})"
 
     def key() -> tuple[str, str]:
         existed = home.key_path.exists()
@@ -318,8 +323,8 @@ def initialize_home(
         path: Path, empty: dict[str, Any], count: Callable[[], str]
     ) -> Callable[[], tuple[str, str]]:
         def make() -> tuple[str, str]:
-            if not home.on_files:
-                return "ready", count()
+            if not home.on_files:  # a row of the database (its schema made it)
+                return "exists", count()
             if _create_exclusive(path, dumps(empty)):
                 return "created", "empty"
             return "exists", count()
@@ -400,7 +405,6 @@ def init_command(home: Path | None, database_url: str | None, as_json: bool) -> 
     apply_home(home)
     if database_url is not None:
         check_storage_url(database_url, "--database")
-        open_backend(caracal_home(), Settings(), database_url).initialize()  # the schema, before the rest
     target = EmbeddedHome(caracal_home(), database_url=database_url)
     items = initialize_home(target, database_url=database_url)
     failed = [item for item in items if item.status == "error"]

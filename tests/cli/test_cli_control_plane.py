@@ -133,6 +133,7 @@ def test_the_original_quick_start_works_verbatim(caracal_home: Path) -> None:
     assert run("ledger", "verify").exit_code == 0
 
 
+@pytest.mark.files_only("checks the registry files a subprocess wrote")
 def test_python_m_caracal_runs_in_a_real_process(tmp_path: Path) -> None:
     home = tmp_path / "subprocess-home"
     env = {**os.environ, "CARACAL_HOME": str(tmp_path / "not-this-one")}
@@ -163,6 +164,9 @@ def test_python_m_caracal_runs_in_a_real_process(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- init
 
 
+@pytest.mark.files_only(
+    "the layout of a home's data folder (on PostgreSQL: tests/storage/postgres and test_cli_migrate)"
+)
 def test_init_creates_the_home_layout(caracal_home: Path) -> None:
     report = run_json("init")
     assert report["ok"] is True and report["home"] == str(caracal_home)
@@ -255,6 +259,7 @@ def test_a_second_init_keeps_everything(caracal_home: Path, populated: dict[str,
     assert data_snapshot(caracal_home) == before
 
 
+@pytest.mark.files_only("a registry file made unreadable")
 def test_init_reports_an_unreadable_registry_and_leaves_it(caracal_home: Path) -> None:
     run("init")
     agents = caracal_home / "data" / "agents.json"
@@ -347,6 +352,7 @@ def test_policy_windows_rolling_and_time_zones(populated: dict[str, str]) -> Non
 # ------------------------------------------------------------------------------------------- pricebook
 
 
+@pytest.mark.files_only("two homes; $CARACAL_DATABASE_URL points every home of the test at one database")
 def test_pricebook_set_list_price_export_import(populated: dict[str, str], tmp_path: Path) -> None:
     pytest.importorskip("genai_prices", reason="LLM prices come from genai-prices (Python 3.11+)")
     price = run_json(
@@ -471,6 +477,7 @@ def test_budget_status_without_an_agent_shows_every_agents_policies(populated: d
     ]
 
 
+@pytest.mark.files_only("appends to data/ledger.jsonl with a raw LedgerWriter")
 def test_ledger_query_shows_the_names_of_the_homes_agents(
     caracal_home: Path, populated: dict[str, str]
 ) -> None:
@@ -602,8 +609,10 @@ BAD_INPUT = [
     ("args", "message"), BAD_INPUT, ids=lambda v: " ".join(v) if isinstance(v, list) else v
 )
 def test_bad_input_exits_1_with_a_message_and_changes_nothing(
-    caracal_home: Path, populated: dict[str, str], args: list[str], message: str
+    caracal_home: Path, populated: dict[str, str], args: list[str], message: str, storage: str
 ) -> None:
+    if storage == "postgresql" and args[0] == "backup":  # a database is backed up with its own tools
+        message = "back it up with the database's own tools"
     names = {"<home>": str(caracal_home), **{f"<{key}>": value for key, value in populated.items()}}
     argv = []
     for arg in args:
@@ -650,6 +659,9 @@ def test_a_duplicate_effective_time_is_refused(populated: dict[str, str]) -> Non
 # ---------------------------------------------------------------------------------------------- backup
 
 
+@pytest.mark.files_only(
+    "backups copy data/; a database is backed up with its own tools (test_backup_on_a_database_says_how)"
+)
 def test_backup_create_and_restore_round_trip(caracal_home: Path, populated: dict[str, str]) -> None:
     made = run_json("backup", "create")
     folder = Path(made["backup"])
@@ -696,6 +708,7 @@ def test_backup_create_and_restore_round_trip(caracal_home: Path, populated: dic
     assert "previous data kept in" in human and "OK: the ledger is intact" in human
 
 
+@pytest.mark.files_only("backups copy data/")
 def test_backup_to_an_output_folder_and_a_tampered_backup_is_refused(
     caracal_home: Path, populated: dict[str, str], tmp_path: Path
 ) -> None:
@@ -718,6 +731,7 @@ def test_backup_to_an_output_folder_and_a_tampered_backup_is_refused(
     assert data_snapshot(caracal_home) == before
 
 
+@pytest.mark.files_only("backups copy data/ under the ledger file's lock")
 def test_backup_waits_for_the_ledger_lock(
     caracal_home: Path, populated: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -739,6 +753,7 @@ def test_backup_waits_for_the_ledger_lock(
         os.close(lock)
 
 
+@pytest.mark.files_only("an uninitialized home has no data/ledger.jsonl to back up")
 def test_backup_of_an_uninitialized_home_is_refused(caracal_home: Path) -> None:
     result = run("backup", "create", code=1)
     assert "caracal init" in result.stderr

@@ -117,6 +117,9 @@ def test_serve_records_over_http_and_stops_gracefully(
     # shutdown checkpointed what it served
 
 
+@pytest.mark.files_only(
+    "removes data/apikeys.json (a home from before API keys; every database home has the table)"
+)
 def test_serve_makes_an_admin_key_for_a_home_that_has_none(caracal_home: Path) -> None:
     subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
     key_file = caracal_home / "keys" / "admin.key"

@@ -534,6 +534,9 @@ def numbers(enforcer: Enforcer, agent: str) -> tuple[Any, ...]:
 @pytest.mark.parametrize(
     "snapshot", ["saved", "stale", "corrupt", "missing", "other-ledger", "forged", "foreign-key", "unsealed"]
 )
+@pytest.mark.files_only(
+    "edits the snapshot file (a sealed row on PostgreSQL: test_a_forged_snapshot_row_is_ignored)"
+)
 def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(
     env: Env, snapshot: str, tmp_path: Path
 ) -> None:
@@ -584,6 +587,7 @@ def test_a_restart_resumes_from_the_budget_snapshot_only_when_it_matches(
         fresh.home.close()
 
 
+@pytest.mark.files_only("replaces the ledger file")
 def test_a_snapshot_of_a_replaced_ledger_is_not_trusted(env: Env) -> None:
     """A ledger started over (the old one removed) whose first line ends at the same offset, with the same
     event id, as the line a leftover snapshot recorded: the snapshot's numbers are not the ledger's.

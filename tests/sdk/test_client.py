@@ -310,6 +310,7 @@ def test_a_bad_config_toml_fails_closed_with_a_clear_error(
     "a server refuses to start on a corrupt ledger (server tests); a client of a server that is not there "
     "is denied (test_remote.py)"
 )
+@pytest.mark.files_only("corrupts the ledger file (tampering on PostgreSQL: tests/storage/postgres)")
 def test_a_corrupt_ledger_denies_every_reservation(
     sdk: Transport, caracal_home: Path, client: CaracalClient
 ) -> None:
@@ -326,6 +327,10 @@ def test_a_corrupt_ledger_denies_every_reservation(
     assert ran == []
 
 
+@pytest.mark.files_only(
+    "holds the ledger file's flock (the database's lock timeout: "
+    "tests/storage/postgres/test_ledger_store.py)"
+)
 def test_a_held_lock_times_out_and_denies(sdk: Transport, caracal_home: Path, client: CaracalClient) -> None:
     import fcntl
     import os

@@ -99,6 +99,7 @@ def test_a_stopped_server_fails_closed(sdk: Transport, client: CaracalClient) ->
 @pytest.mark.embedded_only(
     "a server refuses to start on a corrupt ledger; a client of a stopped server: test_a_stopped_server..."
 )
+@pytest.mark.files_only("corrupts the ledger file")
 def test_a_corrupt_ledger_fails_closed(sdk: Transport, caracal_home: Path, client: CaracalClient) -> None:
     client.emit_event("my-agent", "tool.search.calls", 1)
     client.close()

@@ -15,7 +15,6 @@ from pathlib import Path
 import orjson
 
 from caracal.core.ledger import LedgerQuery, LedgerReader
-from caracal.core.verify import verify_ledger
 from caracal.sdk.client import CaracalClient
 from tests import homes
 from tests.foreign import append_from_another_process
@@ -79,7 +78,7 @@ def test_rest_and_gateway_writes_after_another_process_appended(caracal_home: Pa
         assert gateway_charges, "the forwarded call was billed"
         gateway_cost = sum((e.cost for e in gateway_charges), Decimal(0))
 
-        ledger = env.service.home.ledger_path
+        ledger = env.service.home.ledger
         all_events = list(LedgerReader(ledger).iter_events())
         assert [e.event_id for e in all_events] == list(range(1, len(all_events) + 1))
         spent = LedgerQuery(ledger).sum_spending(agent.agent_id)
@@ -90,7 +89,7 @@ def test_rest_and_gateway_writes_after_another_process_appended(caracal_home: Pa
         name = agent.name
     with CaracalClient() as fresh:
         assert fresh.check(name).spent == spent
-    assert verify_ledger(ledger).ok
+    assert homes.verify(caracal_home).ok
 
 
 def test_cli_ledger_append_after_another_process_appended(caracal_home: Path) -> None:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.server.conftest import RESOURCE, Live
 
@@ -90,6 +91,7 @@ def test_an_idempotency_conflict_does_not_describe_another_agents_charge(server:
     assert conflict.json()["error"]["type"] == "IdempotencyConflictError"
 
 
+@pytest.mark.files_only("breaks a registry file to cause a server-side failure")
 def test_a_server_side_failure_names_nothing_of_the_host(server: Live) -> None:
     """A failure on the server (here a damaged registry file) keeps its type and status for an agent key,
     but not its message, which names files; the admin gets the message in full."""
