@@ -235,6 +235,10 @@ class FileLedgerStore:
     def save_cache(self, name: str, data: bytes) -> None:
         write_atomically(sidecar_path(self.path, name), data, durable=False)
 
+    def claim_key(self, key_id: str) -> str:
+        """A home folder has one key (in its ``keys/``): nothing to record."""
+        return key_id
+
     @contextlib.contextmanager
     def replay_lock(self, timeout: float) -> Iterator[bool]:
         path = sidecar_path(self.path, "replay.lock")

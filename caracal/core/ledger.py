@@ -193,6 +193,18 @@ class LedgerWriter:
                 store.close()
                 raise
         self.store = store
+        try:
+            recorded = store.claim_key(self._signer.key_id)
+        except BaseException:
+            store.close()
+            raise
+        if recorded != self._signer.key_id:
+            store.close()
+            raise ConfigurationError(
+                f"this host's checkpoint signing key (id {self._signer.key_id}) is not the key of the ledger "
+                f"at {store.location} (id {recorded}): every host of a home signs with the same key. Copy "
+                "keys/checkpoint.key (and .pub) from a host of this home into this host's home"
+            )
         self.ledger_path: Path | None = getattr(store, "path", None)
         """The ledger file (None on a backend without one)."""
         self.location = store.location

@@ -122,6 +122,11 @@ class LedgerStore(Protocol):
     def save_cache(self, name: str, data: bytes) -> None:
         """Keep a cache (losing one costs a rebuild, never data; failures are the caller's to log)."""
 
+    def claim_key(self, key_id: str) -> str:
+        """Record ``key_id`` (a checkpoint signing key's id) as the ledger's, unless one is recorded; return
+        the recorded one. A writer whose key differs is refused: checkpoints signed by two keys would not
+        verify on every host."""
+
     def replay_lock(self, timeout: float) -> contextlib.AbstractContextManager[bool]:
         """Held while one process replays the whole ledger; yields whether it was taken within ``timeout``."""
 

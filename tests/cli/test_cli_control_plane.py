@@ -660,7 +660,7 @@ def test_a_duplicate_effective_time_is_refused(populated: dict[str, str]) -> Non
 
 
 @pytest.mark.files_only(
-    "backups copy data/; a database is backed up with its own tools (test_backup_on_a_database_says_how)"
+    "backups copy data/; on a database: test_bad_input_exits_1_with_a_message_and_changes_nothing"
 )
 def test_backup_create_and_restore_round_trip(caracal_home: Path, populated: dict[str, str]) -> None:
     made = run_json("backup", "create")

@@ -331,6 +331,18 @@ class PostgresLedgerStore:
                 (name, data),
             )
 
+    def claim_key(self, key_id: str) -> str:
+        """Record ``key_id`` as the key this ledger's checkpoints are signed with, if none is recorded yet;
+        return the recorded one (every host must sign with the same key: checkpoints verify on all)."""
+        with self.db.connection(LedgerWriteError, "record the signing key of") as conn:
+            conn.execute(
+                "INSERT INTO caracal_meta (key, value) VALUES ('checkpoint_key_id', %s) "
+                "ON CONFLICT DO NOTHING",
+                (key_id,),
+            )
+            row = conn.execute("SELECT value FROM caracal_meta WHERE key = 'checkpoint_key_id'").fetchone()
+        return key_id if row is None else str(row[0])
+
     @contextlib.contextmanager
     def replay_lock(self, timeout: float) -> Iterator[bool]:
         """A session advisory lock keyed on the schema, polled until ``timeout``; held on a pooled

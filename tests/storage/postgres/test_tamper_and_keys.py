@@ -1,0 +1,129 @@
+"""Tamper evidence and keys on PostgreSQL, as on files: what the database holds is input an attacker (or
+an operator with the owner's rights) may have edited.
+
+- a sealed budget snapshot row edited (seal kept), replaced by one sealed with another key, or unsealed, is
+  ignored and the ledger replayed: the spend it hid is still counted;
+- a ledger row rewritten (the append-only trigger disabled by the owner) makes every decision deny, naming
+  the event, as ``caracal ledger verify`` does;
+- a host whose checkpoint signing key is not the home's is refused with a message saying what to copy.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from caracal.core.checkpoint import load_public_key
+from caracal.core.sealed import seal
+from caracal.core.verify import verify_ledger
+from caracal.core.windows import parse_window
+from caracal.exceptions import (
+    BudgetExceededError,
+    ConfigurationError,
+    LedgerCorruptError,
+    LedgerVerificationError,
+)
+from caracal.storage.home import EmbeddedHome
+from tests.caches import cache_key
+from tests.pg import storage_config
+
+CHARGE = {"resource_type": "tool.call", "quantity": "1", "cost": "0.40"}
+
+
+def make_home(folder: Path, url: str) -> EmbeddedHome:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(storage_config(url) + "[ledger]\ncheckpoint_every = 3\n")
+    return EmbeddedHome(folder)
+
+
+@pytest.fixture
+def spent(tmp_path: Path, pg_url: str) -> tuple[Path, str]:
+    """A home on the database with an agent that has spent 0.80 of 1.00, and a saved snapshot."""
+    home = make_home(tmp_path / "home", pg_url)
+    agent = home.agents.register("worker", "ops@example.com")
+    home.policies.create(agent.agent_id, "1.00", parse_window("total"), "USD")
+    enforcer = home.enforcer()
+    for _ in range(2):
+        hold = enforcer.reserve("worker", "0.40")
+        enforcer.settle(hold.hold_id, [CHARGE])
+    enforcer.save_snapshot()
+    home.close()
+    return tmp_path / "home", pg_url
+
+
+def remaining(folder: Path) -> Decimal:
+    home = EmbeddedHome(folder)
+    try:
+        return home.enforcer().check("worker").remaining  # type: ignore[return-value]
+    finally:
+        home.close()
+
+
+def set_cache(url: str, name: str, body: bytes) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE caracal_caches SET body = %s WHERE name = %s", (body, name))
+
+
+@pytest.mark.parametrize("forgery", ["edited-seal-kept", "foreign-key", "unsealed"])
+def test_a_forged_snapshot_row_is_ignored(spent: tuple[Path, str], forgery: str, tmp_path: Path) -> None:
+    folder, url = spent
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT body FROM caracal_caches WHERE name = 'budget'").fetchone()
+    assert row is not None
+    payload = bytes(row[0]).split(b"\n", 1)[1]
+    data = orjson.loads(payload)
+    data["state"] = {**data["state"], "spend": {}}  # the agent "spent nothing"
+    forged = orjson.dumps(data)
+    if forgery == "edited-seal-kept":
+        body = bytes(row[0]).split(b"\n", 1)[0] + b"\n" + forged
+    elif forgery == "foreign-key":
+        body = seal(cache_key("budget", tmp_path / "other.key"), "budget", forged)
+    else:
+        body = forged
+    set_cache(url, "budget", body)
+    assert remaining(folder) == Decimal("0.20")  # replayed: the 0.80 still counts
+    home = EmbeddedHome(folder)
+    try:
+        with pytest.raises(BudgetExceededError):
+            home.enforcer().reserve("worker", "0.40")
+    finally:
+        home.close()
+
+
+def test_a_rewritten_ledger_row_denies_every_decision(spent: tuple[Path, str]) -> None:
+    folder, url = spent
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE caracal_ledger DISABLE TRIGGER caracal_ledger_append_only")
+        line = bytes(conn.execute("SELECT line FROM caracal_ledger WHERE event_id = 2").fetchone()[0])
+        assert b'"cost":"0.40"' in line
+        conn.execute(
+            "UPDATE caracal_ledger SET line = %s WHERE event_id = 2",
+            (line.replace(b'"cost":"0.40"', b'"cost":"0.00"'),),
+        )
+        conn.execute("DELETE FROM caracal_caches")  # and the snapshot that remembers it
+    home = EmbeddedHome(folder)
+    try:
+        # Denied as on files: by the writer, which refuses a broken chain, or by the checked replay.
+        with pytest.raises((LedgerCorruptError, LedgerVerificationError)) as denied:
+            home.enforcer().reserve("worker", "0.10")
+        error = denied.value
+        bad = error.event_id if isinstance(error, LedgerCorruptError) else error.first_bad_event_id
+        assert bad == 2
+        report = verify_ledger(home.ledger, public_key=load_public_key(home.key_path))
+        assert not report.ok and report.first_bad_event_id == 2
+    finally:
+        home.close()
+
+
+def test_a_host_with_another_signing_key_is_refused(spent: tuple[Path, str], tmp_path: Path) -> None:
+    _folder, url = spent
+    stranger = make_home(tmp_path / "other-host", url)  # its own, new key
+    try:
+        with pytest.raises(ConfigurationError, match=r"Copy keys/checkpoint\.key"):
+            stranger.writer()
+    finally:
+        stranger.close()
