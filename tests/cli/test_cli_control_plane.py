@@ -269,6 +269,7 @@ def test_init_reports_an_unreadable_registry_and_leaves_it(caracal_home: Path) -
     assert agents.read_text() == "{broken"
 
 
+@pytest.mark.files_only("three homes; $CARACAL_DATABASE_URL points every home of the test at one database")
 def test_home_option_selects_the_home_for_every_command(tmp_path: Path, caracal_home: Path) -> None:
     other = tmp_path / "other-home"
     run("--home", str(other), "init")

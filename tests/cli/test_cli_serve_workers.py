@@ -227,6 +227,8 @@ def test_concurrent_gateway_calls_through_two_workers_never_overspend_and_sigter
         agent_id, token, hold, limit = gateway_home(caracal_home, fake.base_url)
         with serving(caracal_home, "--workers", str(WORKERS), new_session=True) as (base_url, process):
             admin = (caracal_home / "keys" / "admin.key").read_text().strip()
+            # /healthz answers once one worker listens: wait until every worker does before the burst.
+            assert len(answering_pids(base_url, admin)) == WORKERS
             calls = threading.Thread(target=lambda: outcomes.extend(burst(base_url, token, marker)))
             calls.start()
             try:
