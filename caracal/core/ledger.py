@@ -931,8 +931,7 @@ class LedgerQuery(LedgerReader):
         super().__init__(ledger)
         if self.store is None and not self.ledger_path.exists():
             try:
-                self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
-                self.ledger_path.touch(exist_ok=True)
+                self.ledger_path.touch(exist_ok=True)  # not its folder: a mistyped path fails here
             except OSError as exc:
                 raise LedgerReadError(f"cannot create {self.ledger_path}: {exc.strerror or exc}") from exc
 
