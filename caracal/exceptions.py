@@ -306,7 +306,7 @@ ResourceNotFoundError = UnknownPriceError
 InvalidConfigurationError = ConfigurationError
 StorageError = RegistryError
 SDKError = ApiError
-ConnectionError = ServerUnreachableError  # noqa: A001  (v0.1's name; shadows the builtin only when imported)
+ConnectionError = ServerUnreachableError
 
 
 class PolicyEvaluationError(PolicyError):

@@ -41,7 +41,7 @@ DEFAULT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
 def _home_file(name: str) -> str:
-    return str((Path.home() / ".caracal" / name))
+    return str(Path.home() / ".caracal" / name)
 
 
 @dataclass
@@ -134,7 +134,9 @@ def load_config(config_path: str | os.PathLike[str] | None = None) -> CaracalCon
     }
     unknown = sorted(set(data) - set(sections))
     if unknown:
-        raise ConfigurationError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+        raise ConfigurationError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}"
+        )
     built: dict[str, Any] = {}
     for name, kind in sections.items():
         table = data.get(name) or {}
@@ -157,7 +159,7 @@ def parse_yaml(text: str, where: object = "configuration") -> Any:
     """YAML with floats read as exact Decimals (from their text); ConfigurationError if it does not parse."""
     import yaml  # here: only v0.1 configurations need it
 
-    class _ExactLoader(yaml.SafeLoader):
+    class _ExactLoader(yaml.SafeLoader):  # type: ignore[misc]
         pass
 
     def _decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
@@ -169,7 +171,7 @@ def parse_yaml(text: str, where: object = "configuration") -> Any:
 
     _ExactLoader.add_constructor("tag:yaml.org,2002:float", _decimal)
     try:
-        return yaml.load(text, Loader=_ExactLoader)  # noqa: S506  (a SafeLoader subclass)
+        return yaml.load(text, Loader=_ExactLoader)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{where}: Failed to parse YAML: {exc}") from None
 
@@ -203,7 +205,11 @@ def validate_config(config: CaracalConfig, where: object = "configuration") -> N
     defaults.default_budget = Decimal(budget)
     if not defaults.default_budget.is_finite() or defaults.default_budget <= 0:
         fail(f"default_budget must be positive, got {budget}")
-    if not isinstance(defaults.currency, str) or len(defaults.currency) != 3 or not defaults.currency.isupper():
+    if (
+        not isinstance(defaults.currency, str)
+        or len(defaults.currency) != 3
+        or not defaults.currency.isupper()
+    ):
         fail(f"currency must be a 3-letter code like USD, got {defaults.currency!r}")
     if str(config.logging.level).upper() not in LOG_LEVELS:
         fail(f"logging level must be one of {', '.join(LOG_LEVELS)}, got {config.logging.level!r}")

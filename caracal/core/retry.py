@@ -29,7 +29,9 @@ MAX_DELAY = 60.0
 
 def _check(max_retries: int, base_delay: float, backoff_factor: float, max_delay: float) -> None:
     if type(max_retries) is not int or not 0 <= max_retries <= MAX_RETRIES:
-        raise ConfigurationError(f"max_retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries!r}")
+        raise ConfigurationError(
+            f"max_retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries!r}"
+        )
     for name, value in (("base_delay", base_delay), ("max_delay", max_delay)):
         if not isinstance(value, (int, float)) or not 0 <= value <= MAX_DELAY:
             raise ConfigurationError(f"{name} must be from 0 to {MAX_DELAY} seconds, got {value!r}")

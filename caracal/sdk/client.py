@@ -55,14 +55,14 @@ from caracal.sdk.transport import Transport, Usage
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer
     from caracal.core.ledger import LedgerQuery, LedgerWriter
+    from caracal.core.metering import Meter
+    from caracal.sdk.embedded import EmbeddedTransport
+    from caracal.storage.home import EmbeddedHome
     from caracal.v01.home import V01Home
     from caracal.v01.identity import AgentRegistry as V01AgentRegistry
     from caracal.v01.metering import MeteringCollector
     from caracal.v01.policy import PolicyEvaluator, PolicyStore
     from caracal.v01.pricebook import CsvPricebook
-    from caracal.core.metering import Meter
-    from caracal.sdk.embedded import EmbeddedTransport
-    from caracal.storage.home import EmbeddedHome
 
 F = TypeVar("F", bound=Callable[..., Any])
 

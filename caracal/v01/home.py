@@ -74,7 +74,9 @@ class V01Home:
         """An enforcer on this configuration's ledger and registries (agents, their ancestors, policies)."""
         from caracal.core.enforcement import Enforcer
 
-        return Enforcer(self.ledger_writer, self.directory, clock=clock, idempotency_window=self.idempotency_window)
+        return Enforcer(
+            self.ledger_writer, self.directory, clock=clock, idempotency_window=self.idempotency_window
+        )
 
     def close(self) -> None:
         self.ledger_writer.close()

@@ -41,7 +41,9 @@ class MeteringEvent:
             "agent_id": self.agent_id,
             "resource_type": self.resource_type,
             "quantity": str(self.quantity),
-            "timestamp": self.timestamp.isoformat() if isinstance(self.timestamp, datetime) else self.timestamp,
+            "timestamp": self.timestamp.isoformat()
+            if isinstance(self.timestamp, datetime)
+            else self.timestamp,
             "metadata": dict(self.metadata) if self.metadata is not None else None,
         }
 
@@ -75,7 +77,9 @@ class MeteringCollector:
     def collect_event(self, event: MeteringEvent) -> LedgerEvent:
         """Price and record one event; returns the ledger event (v0.1 returned nothing)."""
         if not isinstance(event, MeteringEvent):
-            raise InvalidMeteringEventError(f"collect_event takes a MeteringEvent, got {type(event).__name__}")
+            raise InvalidMeteringEventError(
+                f"collect_event takes a MeteringEvent, got {type(event).__name__}"
+            )
         return self.meter.emit(
             event.agent_id,
             event.resource_type,
@@ -85,7 +89,7 @@ class MeteringCollector:
         )
 
 
-def _NO_POLICIES() -> Any:  # noqa: N802
+def _NO_POLICIES() -> Any:
     """A policy registry with no policy: metering records charges, it does not decide budgets."""
     from caracal.storage.policies import PolicyRegistry, empty_policies
 

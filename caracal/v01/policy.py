@@ -268,7 +268,11 @@ class PolicyEvaluator:
     def check_budget(self, agent_id: str, current_time: datetime | str | None = None) -> PolicyDecision:
         """May the agent spend now (or at ``current_time``; naive means UTC)? Raises
         :class:`PolicyEvaluationError` when the ledger or a registry cannot be read (fail closed)."""
-        at = None if current_time is None else parse_timestamp(current_time, "current_time", InvalidPolicyError)
+        at = (
+            None
+            if current_time is None
+            else parse_timestamp(current_time, "current_time", InvalidPolicyError)
+        )
         with self._lock:
             self._at = at
             try:
@@ -283,4 +287,11 @@ class PolicyEvaluator:
                 self._at = None
 
 
-__all__ = ["BudgetPolicy", "PolicyDecision", "PolicyEvaluator", "PolicyStore", "StoreDirectory", "v01_decision"]
+__all__ = [
+    "BudgetPolicy",
+    "PolicyDecision",
+    "PolicyEvaluator",
+    "PolicyStore",
+    "StoreDirectory",
+    "v01_decision",
+]

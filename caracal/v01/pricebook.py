@@ -63,7 +63,9 @@ class PriceEntry:
 
     @classmethod
     def of(cls, price: Price) -> PriceEntry:
-        return cls(price.resource_type, price.unit_price, price.currency, format_timestamp(price.effective_from))
+        return cls(
+            price.resource_type, price.unit_price, price.currency, format_timestamp(price.effective_from)
+        )
 
 
 def check_v01_price(value: object, resource_type: str = "") -> Decimal:
@@ -89,7 +91,9 @@ class CsvPricebook:
     """v0.1's ``Pricebook(csv_path, backup_count=3)`` over our registry (:attr:`registry`). A file that
     does not load raises :class:`PricebookLoadError` here, as in v0.1."""
 
-    def __init__(self, csv_path: str | os.PathLike[str], backup_count: int = 3, *, use_llm_prices: bool = True):
+    def __init__(
+        self, csv_path: str | os.PathLike[str], backup_count: int = 3, *, use_llm_prices: bool = True
+    ):
         self.csv_path = Path(csv_path)
         self.backup_count = backup_count
         document = JsonDocument(
@@ -106,7 +110,9 @@ class CsvPricebook:
         """One unit's price now; :class:`UnknownPriceError` when there is none (v0.1 said 0)."""
         return self.book().price_of(resource_type, datetime.now(timezone.utc)).unit_price
 
-    def set_price(self, resource_type: str, price_per_unit: Decimal | str | int, currency: str = "USD") -> PriceEntry:
+    def set_price(
+        self, resource_type: str, price_per_unit: Decimal | str | int, currency: str = "USD"
+    ) -> PriceEntry:
         """A new price for ``resource_type``, in effect from now."""
         price = check_v01_price(price_per_unit, resource_type)
         return PriceEntry.of(self.registry.set(resource_type, price, currency))
@@ -123,12 +129,14 @@ class CsvPricebook:
     def import_from_json(self, data: Mapping[str, Any]) -> list[PriceEntry]:
         """``{resource: {"price": "0.01", "currency": "USD"}}``: all prices or none."""
         if not isinstance(data, Mapping):
-            raise PricebookError(f"import_from_json takes a mapping of resource -> price, got {type(data).__name__}")
+            raise PricebookError(
+                f"import_from_json takes a mapping of resource -> price, got {type(data).__name__}"
+            )
         now = datetime.now(timezone.utc)
         prices = []
         for resource_type, item in data.items():
             if not isinstance(item, Mapping) or "price" not in item:
-                raise PricebookError(f"{resource_type}: missing 'price' (give {{\"price\": \"0.01\"}})")
+                raise PricebookError(f'{resource_type}: missing \'price\' (give {{"price": "0.01"}})')
             amount = check_v01_price(item["price"], str(resource_type))
             prices.append(Price(str(resource_type), amount, str(item.get("currency", "USD")), now))
         return [PriceEntry.of(price) for price in self.registry.add(prices)]
