@@ -163,7 +163,7 @@ def parse_yaml(text: str, where: object = "configuration") -> Any:
         pass
 
     def _decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal:
-        text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
+        text = str(loader.construct_scalar(node)).replace("_", "")
         try:
             return Decimal(text)
         except InvalidOperation:  # .inf, .nan: not an amount

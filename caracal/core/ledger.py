@@ -777,7 +777,8 @@ def _check_v01_wording(agent_id: object, resource_type: object, quantity: object
         if isinstance(value, str) and not value.strip():
             raise InvalidLedgerEventError(f"{name} cannot be empty")
     for name, amount in (("quantity", quantity), ("cost", cost)):
-        if isinstance(amount, (Decimal, int)) and not isinstance(amount, bool) and amount < 0:
+        finite = isinstance(amount, int) or (isinstance(amount, Decimal) and amount.is_finite())
+        if finite and not isinstance(amount, bool) and amount < 0:  # type: ignore[operator]
             raise InvalidLedgerEventError(f"{name} must be non-negative, got {amount}")
 
 
