@@ -86,7 +86,9 @@ def test_a_v01_sdk_program_runs_unchanged(tmp_path: Path) -> None:
     assert out["ran"] == ["first"]  # the denied block never ran
     assert out["remaining"] == "0.020000"  # 0.05 - 1000 x 0.000030, exact
     assert "Budget check failed for agent" in out["denied"] and "Budget exceeded" in out["denied"]
-    assert out["allowed"] is False and out["reason"].startswith("Budget exceeded: spent 0.060000 >= limit 0.05")
+    assert out["allowed"] is False and out["reason"].startswith(
+        "Budget exceeded: spent 0.060000 >= limit 0.05"
+    )
     assert out["check"] is False
     # The files are v0.1's: a JSON list of agents and of policies, the ledger's charges with exact costs.
     agents = json.loads((tmp_path / "agents.json").read_text())
@@ -115,7 +117,9 @@ def test_the_v01_library_objects_share_one_set_of_files(tmp_path: Path) -> None:
     collector = MeteringCollector(Pricebook(str(tmp_path / "pricebook.csv")), writer)
     evaluator = PolicyEvaluator(store, LedgerQuery(str(tmp_path / "ledger.jsonl")))
     assert evaluator.check_budget(child.agent_id).remaining_budget == Decimal("0.04")  # the parent's, tighter
-    event = collector.collect_event(MeteringEvent(child.agent_id, "openai.gpt4.input_tokens", Decimal("1000")))
+    event = collector.collect_event(
+        MeteringEvent(child.agent_id, "openai.gpt4.input_tokens", Decimal("1000"))
+    )
     assert event.cost == Decimal("0.030000") and event.cost != "0.030000"  # money is Decimal, never a string
     assert evaluator.check_budget(child.agent_id).remaining_budget == Decimal("0.010000")
     collector.collect_event(MeteringEvent(child.agent_id, "openai.gpt4.input_tokens", Decimal("1000")))
@@ -183,14 +187,21 @@ def test_a_denied_budget_check_is_v01_worded_and_carries_our_decision(tmp_path: 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "caracal", *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False
+        [sys.executable, "-m", "caracal", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
     )
 
 
 def test_cli_global_v01_options(tmp_path: Path) -> None:
     config = v01_config(tmp_path)
     assert run_cli("--config", str(config), "--log-level", "DEBUG", "--help", cwd=tmp_path).returncode == 0
-    refused = run_cli("--home", str(tmp_path / "home"), "--config", str(config), "agent", "list", cwd=tmp_path)
+    refused = run_cli(
+        "--home", str(tmp_path / "home"), "--config", str(config), "agent", "list", cwd=tmp_path
+    )
     assert refused.returncode == 2 and "v0.1 configuration" in refused.stderr  # never another home's files
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults:\n  currency: USD\n")
