@@ -21,7 +21,10 @@ from caracal.exceptions import (
     UnknownPriceError,
 )
 
-PRICES = "resource_type,price_per_unit,currency,updated_at\nopenai.gpt4.input_tokens,0.000030,USD,2024-01-15T10:00:00Z\n"
+PRICES = (
+    "resource_type,price_per_unit,currency,updated_at\n"
+    "openai.gpt4.input_tokens,0.000030,USD,2024-01-15T10:00:00Z\n"
+)
 
 
 def v01_config(folder: Path) -> Path:
