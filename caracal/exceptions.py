@@ -44,11 +44,27 @@ The tree::
     ├── GatewayError                  the LLM gateway
     │   ├── GatewayRequestError       a malformed request; nothing was forwarded or held (also a ValueError)
     │   └── UpstreamError             the upstream provider failed or could not be reached
-    └── AuthError                     authentication and authorization for the HTTP API
+    ├── AuthError                     authentication and authorization for the HTTP API
         ├── AuthenticationError       no key, a malformed, unknown or revoked key (HTTP 401)
         ├── PermissionDeniedError     a valid key acting outside its scope (HTTP 403)
         ├── ApiKeyNotFoundError       no API key with that id
         └── InvalidApiKeyError        bad input for an API key; nothing was changed (also a ValueError)
+
+``BudgetExceededError`` is also a ``PolicyError`` (as in Caracal Core v0.1).
+
+**Caracal Core v0.1 names.** Code written against v0.1 catches its exception names; each is one of ours
+(an alias: the same class) or, where v0.1 had a cause we did not name, a small subclass in this tree:
+
+- aliases: ``DuplicateAgentNameError`` = DuplicateAgentError, ``InvalidAgentIDError`` = InvalidAgentError,
+  ``PricebookError`` = PricingError, ``ResourceNotFoundError`` = UnknownPriceError,
+  ``InvalidConfigurationError`` = ConfigurationError, ``StorageError`` = RegistryError,
+  ``SDKError`` = ApiError, ``ConnectionError`` = ServerUnreachableError (shadows the builtin only where
+  it is imported by name, as in v0.1);
+- subclasses: ``PolicyEvaluationError`` (PolicyError: a budget could not be evaluated),
+  ``MeteringCollectionError`` (MeteringError), ``PricebookLoadError`` (PricingError and RegistryError: a
+  pricebook CSV that does not load), ``ConfigurationLoadError`` (ConfigurationError), ``FileReadError`` /
+  ``FileWriteError`` / ``BackupError`` / ``RestoreError`` (RegistryError), ``SDKConfigurationError``
+  (ApiError and ConfigurationError).
 """
 
 from __future__ import annotations
@@ -195,7 +211,7 @@ class EnforcementError(CaracalError):
     """Checks, holds and settlement."""
 
 
-class BudgetExceededError(EnforcementError):
+class BudgetExceededError(EnforcementError, PolicyError):
     """The action could take an agent (or an ancestor) past a budget. ``decision`` says which and why."""
 
     def __init__(self, message: str, *, decision: object = None):
@@ -278,3 +294,52 @@ class InvalidRequestError(ApiError, ValueError):
 class ServerUnreachableError(ApiError):
     """The remote client could not reach the server or could not read its answer. Nothing can be proven
     within budget, so the action is denied (fail closed)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Caracal Core v0.1 names (see the module docstring): aliases of our classes, or subclasses in this tree.
+
+DuplicateAgentNameError = DuplicateAgentError
+InvalidAgentIDError = InvalidAgentError
+PricebookError = PricingError
+ResourceNotFoundError = UnknownPriceError
+InvalidConfigurationError = ConfigurationError
+StorageError = RegistryError
+SDKError = ApiError
+ConnectionError = ServerUnreachableError
+
+
+class PolicyEvaluationError(PolicyError):
+    """A budget could not be evaluated (the ledger or a registry failed); the action is denied (v0.1)."""
+
+
+class MeteringCollectionError(MeteringError):
+    """A metering event could not be collected (v0.1)."""
+
+
+class PricebookLoadError(PricingError, RegistryError):
+    """A pricebook CSV file could not be loaded: unreadable, missing columns, a bad price (v0.1)."""
+
+
+class ConfigurationLoadError(ConfigurationError):
+    """A configuration file could not be read (v0.1)."""
+
+
+class FileReadError(RegistryError):
+    """A file could not be read (v0.1)."""
+
+
+class FileWriteError(RegistryError):
+    """A file could not be written (v0.1)."""
+
+
+class BackupError(RegistryError):
+    """A backup could not be made (v0.1)."""
+
+
+class RestoreError(RegistryError):
+    """A backup could not be restored (v0.1)."""
+
+
+class SDKConfigurationError(ApiError, ConfigurationError):
+    """The SDK's configuration is unusable (v0.1)."""

@@ -74,9 +74,44 @@ COMMANDS: dict[str, LazyCommand] = {
     "-v", "--verbose", count=True, help="Log to stderr (-v: every ledger write at INFO; -vv: DEBUG)."
 )
 @home_option
-def main(verbose: int, home: Path | None) -> None:
-    """Caracal: an economic control plane for AI agents."""
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A Caracal Core v0.1 configuration (YAML), checked (see docs/v01-compatibility.md).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default=None,
+    help="Log Caracal's records at this level and above to stderr.",
+)
+@click.pass_context
+def main(
+    ctx: click.Context, verbose: int, home: Path | None, config_path: Path | None, log_level: str | None
+) -> None:
+    """Caracal Core: Economic control plane for AI agents."""
     apply_home(home)
+    if log_level is not None:
+        from caracal.logging_config import setup_logging
+
+        setup_logging(log_level)
+    if config_path is not None:
+        from caracal.config.settings import load_config
+        from caracal.exceptions import CaracalError
+
+        try:
+            load_config(config_path)
+        except CaracalError as exc:
+            raise click.ClickException(str(exc)) from None
+        if ctx.invoked_subcommand is not None:
+            # Never run a command on another home than the one the file names.
+            raise click.UsageError(
+                f"'caracal --config {config_path} {ctx.invoked_subcommand}': commands do not run on a v0.1 "
+                f"configuration's files yet; open them with CaracalClient(config_path=...) or use a Caracal "
+                f"home (--home). See docs/v01-compatibility.md"
+            )
     if verbose:
         import logging  # here: only -v needs it, and every command that writes imports it anyway
 
@@ -84,6 +119,30 @@ def main(verbose: int, home: Path | None) -> None:
             level=logging.DEBUG if verbose > 1 else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+
+
+cli = main
+"""Caracal Core v0.1's name for the command group (``from caracal.cli.main import cli``)."""
+
+_V01_VALIDATORS = frozenset(
+    (
+        "validate_currency",
+        "validate_non_negative_decimal",
+        "validate_positive_decimal",
+        "validate_resource_type",
+        "validate_time_window",
+        "validate_uuid",
+    )
+)
+
+
+def __getattr__(name: str) -> object:
+    """v0.1's parameter callbacks, loaded on first use (:mod:`caracal.cli.v01_params`)."""
+    if name in _V01_VALIDATORS:
+        from caracal.cli import v01_params
+
+        return getattr(v01_params, name)
+    raise AttributeError(f"module 'caracal.cli.main' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

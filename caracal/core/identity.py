@@ -385,3 +385,11 @@ def descendants(
         found.append(current)
         stack.extend(reversed(children.get(current, ())))
     return found
+
+
+def __getattr__(name: str) -> object:
+    """Caracal Core v0.1's names for this module, loaded from :mod:`caracal.v01` on first use (they are
+    adapters over the storage layer, which this module never imports)."""
+    from caracal.v01 import load
+
+    return load(__name__, name)

@@ -274,6 +274,14 @@ class LedgerWriter:
         """The time entries are stamped with (the store's clock unless one was injected)."""
         return self._clock()
 
+    @property
+    def _next_event_id(self) -> int:
+        """Caracal Core v0.1's attribute: the id the next append will get, learnt from the ledger itself
+        (under the lock, after folding in other writers' lines), never from a stale in-memory counter."""
+        with self._locked():
+            self._sync()
+            return self._last_id + 1
+
     def append_event(
         self,
         agent_id: str,
@@ -290,6 +298,7 @@ class LedgerWriter:
         :class:`LedgerWriteError` when the event could not be made durable (nothing acknowledged, no partial
         line left behind).
         """
+        _check_v01_wording(agent_id, resource_type, quantity, cost)
         return self.append_events(
             [
                 {
@@ -773,6 +782,18 @@ class LedgerWriter:
         return checkpoint
 
 
+def _check_v01_wording(agent_id: object, resource_type: object, quantity: object, cost: object) -> None:
+    """The seed's (Caracal Core v0.1's) messages for the commonest bad input to :meth:`append_event`;
+    everything else is checked, with our messages, by the validation every append goes through."""
+    for name, value in (("agent_id", agent_id), ("resource_type", resource_type)):
+        if isinstance(value, str) and not value.strip():
+            raise InvalidLedgerEventError(f"{name} cannot be empty")
+    for name, amount in (("quantity", quantity), ("cost", cost)):
+        finite = isinstance(amount, int) or (isinstance(amount, Decimal) and amount.is_finite())
+        if finite and not isinstance(amount, bool) and amount < 0:  # type: ignore[operator]
+            raise InvalidLedgerEventError(f"{name} must be non-negative, got {amount}")
+
+
 def _stored_stamp(line: bytes) -> str:
     """The timestamp of a complete, valid line in the stored form (lines from other tools may use another
     offset or precision)."""
@@ -916,6 +937,16 @@ class LedgerQuery(LedgerReader):
     Time bounds are inclusive; naive datetimes are UTC; a bare date as ``end_time`` means the end of that
     day. Sums are exact Decimals. Summing across currencies is refused rather than silently mixed.
     """
+
+    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore):
+        """As :class:`LedgerReader`; a ledger *path* whose file does not exist yet is created empty (as
+        Caracal Core v0.1's ``LedgerQuery`` did), so a query of a new install reads an empty ledger."""
+        super().__init__(ledger)
+        if self.store is None and not self.ledger_path.exists():
+            try:
+                self.ledger_path.touch(exist_ok=True)  # not its folder: a mistyped path fails here
+            except OSError as exc:
+                raise LedgerReadError(f"cannot create {self.ledger_path}: {exc.strerror or exc}") from exc
 
     def get_events(
         self,

@@ -84,3 +84,11 @@ class Policy:
 def check_limit(value: object) -> Decimal:
     """A policy limit: a finite, non-negative exact amount (zero allows nothing)."""
     return parse_amount(value, "limit", InvalidPolicyError)
+
+
+def __getattr__(name: str) -> object:
+    """Caracal Core v0.1's names for this module, loaded from :mod:`caracal.v01` on first use (they are
+    adapters over the storage layer, which this module never imports)."""
+    from caracal.v01 import load
+
+    return load(__name__, name)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -245,6 +246,15 @@ class Pricebook:
     ``prices`` are user prices (any order); two prices for the same resource and the same
     ``effective_from`` are refused with :class:`InvalidPriceError`.
     """
+
+    def __new__(cls, prices: Any = (), *args: Any, **kwargs: Any) -> Any:
+        """``Pricebook(path_to_csv)`` is Caracal Core v0.1's CSV-backed pricebook
+        (:class:`caracal.v01.pricebook.CsvPricebook`); anything else builds this class."""
+        if cls is Pricebook and isinstance(prices, (str, os.PathLike)):
+            from caracal.v01.pricebook import CsvPricebook
+
+            return CsvPricebook(prices, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -556,3 +566,11 @@ def _llm_price(resource_type: str, parts: LlmResource, at: datetime, tiered: Tie
         source="genai-prices",
         metadata=metadata,
     )
+
+
+def __getattr__(name: str) -> object:
+    """Caracal Core v0.1's names for this module, loaded from :mod:`caracal.v01` on first use (they are
+    adapters over the storage layer, which this module never imports)."""
+    from caracal.v01 import load
+
+    return load(__name__, name)

@@ -49,13 +49,20 @@ from caracal.core.money import total
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.exceptions import BudgetExceededError, ConfigurationError
+from caracal.sdk.context import BudgetCheckContext
 from caracal.sdk.transport import Transport, Usage
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer
+    from caracal.core.ledger import LedgerQuery, LedgerWriter
     from caracal.core.metering import Meter
     from caracal.sdk.embedded import EmbeddedTransport
     from caracal.storage.home import EmbeddedHome
+    from caracal.v01.home import V01Home
+    from caracal.v01.identity import AgentRegistry as V01AgentRegistry
+    from caracal.v01.metering import MeteringCollector
+    from caracal.v01.policy import PolicyEvaluator, PolicyStore
+    from caracal.v01.pricebook import CsvPricebook
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,8 +113,22 @@ class CaracalClient:
         clock: Callable[[], datetime] | None = None,
         timeout: float | None = None,
         transport: Transport | None = None,
+        config_path: str | os.PathLike[str] | None = None,
     ):
-        if transport is not None:
+        self._v01_home: V01Home | None = None
+        if config_path is not None:
+            if any(given is not None for given in (home, base_url, api_key, timeout, transport)):
+                raise ConfigurationError(
+                    "config_path (a Caracal Core v0.1 configuration) takes no home, base_url, api_key, "
+                    "timeout or transport"
+                )
+            from caracal.config.settings import load_config
+            from caracal.sdk.embedded import EmbeddedTransport
+            from caracal.v01.home import V01Home
+
+            self._v01_home = V01Home(load_config(config_path))
+            transport = EmbeddedTransport.on(self._v01_home, clock)
+        elif transport is not None:
             if any(given is not None for given in (home, base_url, api_key, clock, timeout)):
                 raise ConfigurationError(
                     "a client given its transport takes no home, base_url, api_key, clock or timeout"
@@ -174,6 +195,45 @@ class CaracalClient:
     def meter(self) -> Meter:
         """The local meter (embedded client only)."""
         return self._embedded("meter").meter
+
+    # ------------------------------------------------------------------ the v0.1 objects (config_path only)
+
+    def _v01(self, what: str) -> V01Home:
+        if self._v01_home is None:
+            raise ConfigurationError(
+                f"this CaracalClient has no {what}: it was not opened on a Caracal Core v0.1 configuration "
+                f"(CaracalClient(config_path=...)); use the client's methods instead"
+            )
+        return self._v01_home
+
+    @property
+    def agent_registry(self) -> V01AgentRegistry:
+        """v0.1's agent registry on the configuration's file."""
+        return self._v01("agent_registry").agent_registry
+
+    @property
+    def policy_store(self) -> PolicyStore:
+        return self._v01("policy_store").policy_store
+
+    @property
+    def pricebook(self) -> CsvPricebook:
+        return self._v01("pricebook").pricebook
+
+    @property
+    def ledger_writer(self) -> LedgerWriter:
+        return self._v01("ledger_writer").ledger_writer
+
+    @property
+    def ledger_query(self) -> LedgerQuery:
+        return self._v01("ledger_query").ledger_query
+
+    @property
+    def policy_evaluator(self) -> PolicyEvaluator:
+        return self._v01("policy_evaluator").policy_evaluator
+
+    @property
+    def metering_collector(self) -> MeteringCollector:
+        return self._v01("metering_collector").metering_collector
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -293,16 +353,28 @@ class CaracalClient:
 
     # ------------------------------------------------------------------ budget blocks (shared)
 
-    @contextlib.contextmanager
     def budget_check(
         self,
         agent_id: str,
         estimated_cost: object | None = None,
         ttl: timedelta | float | None = None,
         currency: str = "USD",
-    ) -> Iterator[BudgetScope]:
+    ) -> BudgetCheckContext:
         """Reserve ``estimated_cost`` (or, without one, check that budget remains) before the block runs;
-        settle or release when it ends. See the module docstring."""
+        settle or release when it ends. See the module docstring. The block is a
+        :class:`~caracal.sdk.context.BudgetCheckContext` (as in v0.1); ``with`` gives its
+        :class:`BudgetScope`."""
+        return BudgetCheckContext(self, agent_id, estimated_cost, ttl, currency)
+
+    @contextlib.contextmanager
+    def budget_block(
+        self,
+        agent_id: str,
+        estimated_cost: object | None = None,
+        ttl: timedelta | float | None = None,
+        currency: str = "USD",
+    ) -> Iterator[BudgetScope]:
+        """The budget block behind :meth:`budget_check` (its denial worded as ours: ``denied: <reason>``)."""
         scope = self._open_scope(agent_id, estimated_cost, ttl, currency)
         token = _current_scope.set(scope)
         try:
@@ -348,7 +420,7 @@ class CaracalClient:
 
             @functools.wraps(function)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self.budget_check(agent_id, estimated_cost, ttl):
+                with self.budget_block(agent_id, estimated_cost, ttl):
                     return function(*args, **kwargs)
 
             return wrapper  # type: ignore[return-value]

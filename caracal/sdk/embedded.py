@@ -36,6 +36,17 @@ class EmbeddedTransport:
         self._enforcer: Enforcer | None = None
         self._meter: Meter | None = None
 
+    @classmethod
+    def on(cls, home: Any, clock: Callable[[], datetime] | None = None) -> EmbeddedTransport:
+        """The transport on an opened home-like object (a :class:`caracal.v01.home.V01Home`: the files a
+        Caracal Core v0.1 configuration names) instead of a home folder."""
+        transport = cls.__new__(cls)
+        transport.home = home
+        transport._clock = clock
+        transport._enforcer = None
+        transport._meter = None
+        return transport
+
     @property
     def enforcer(self) -> Enforcer:
         enforcer = self._enforcer

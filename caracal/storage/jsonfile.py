@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -32,6 +32,16 @@ from caracal.core.validation import dumps
 from caracal.exceptions import RegistryError
 
 T = TypeVar("T")
+
+
+class Codec(Protocol):
+    """How a document is stored when the file is not our JSON object (Caracal Core v0.1's JSON lists and
+    pricebook CSV): ``decode`` turns the file's bytes into the document (raising a :class:`RegistryError`
+    naming the problem), ``encode`` the document into the file's bytes."""
+
+    def decode(self, data: bytes, path: Path) -> dict[str, Any]: ...
+
+    def encode(self, document: dict[str, Any]) -> bytes: ...
 
 RACY_NS = 2_000_000_000
 """How old a file must be before an unchanged stat is taken to mean unchanged content."""
@@ -48,8 +58,11 @@ class JsonDocument:
         backup_count: int = 3,
         lock_timeout: float = 10.0,
         mode: int = 0o644,
+        codec: Codec | None = None,
     ):
         self.path = Path(path)
+        self.codec = codec
+        """None: the file is the document's JSON; else how the file stores it (see :class:`Codec`)."""
         self.mode = mode
         self.default = default
         self.backup_count = backup_count
@@ -103,6 +116,8 @@ class JsonDocument:
     def _decode(self, data: bytes | None) -> dict[str, Any]:
         if data is None:
             return self.default()
+        if self.codec is not None:
+            return self.codec.decode(data, self.path)
         try:
             document = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -126,7 +141,7 @@ class JsonDocument:
             yield document
             after = dumps(document)
             if after != before:
-                self._write(after)
+                self._write(after if self.codec is None else self.codec.encode(document))
 
     def _write(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,13 +59,17 @@ class PolicyRegistry:
         currency: str = "USD",
         *,
         reason: str | None = None,
+        policy_id: str | None = None,
     ) -> Policy:
-        """A new active policy for ``agent_id`` (the caller checks that the agent exists)."""
+        """A new active policy for ``agent_id`` (the caller checks that the agent exists). ``policy_id``
+        (default ``pol-`` and 12 hex digits) must be new: Caracal Core v0.1 named policies by UUID."""
         check_identifier(agent_id, "agent_id", InvalidPolicyError)
+        if policy_id is not None:
+            check_identifier(policy_id, "policy_id", InvalidPolicyError)
         if not isinstance(window, WindowSpec):
             raise InvalidPolicyError(f"window must be a WindowSpec, got {type(window).__name__}")
         policy = Policy(
-            policy_id=f"pol-{uuid.uuid4().hex[:12]}",
+            policy_id=policy_id or f"pol-{uuid.uuid4().hex[:12]}",
             agent_id=agent_id,
             limit=check_limit(limit),
             currency=check_currency(currency, InvalidPolicyError),
@@ -74,7 +78,9 @@ class PolicyRegistry:
             reason=reason or "created",
         )
         with self.document.transaction() as document:
-            document.setdefault("policies", {})[policy.policy_id] = [policy.to_dict()]
+            if policy.policy_id in document.setdefault("policies", {}):
+                raise InvalidPolicyError(f"a policy with id {policy.policy_id!r} already exists")
+            document["policies"][policy.policy_id] = [policy.to_dict()]
         return policy
 
     def update(self, policy_id: str, *, limit: object = None, reason: str | None = None) -> Policy:

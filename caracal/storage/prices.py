@@ -178,6 +178,15 @@ class PriceRegistry:
             document["version"] = FORMAT_VERSION
             records.extend(price.to_dict() for price in new)
 
+    def add(self, prices: list[Price]) -> list[Price]:
+        """Record several validated prices in one transaction: all of them, or none (InvalidPriceError if
+        any resource already has a price at the same effective time)."""
+        if not all(isinstance(price, Price) for price in prices):
+            raise InvalidPriceError("add takes Price objects")
+        if prices:
+            self._append(list(prices))
+        return list(prices)
+
     def set(
         self,
         resource_type: str,

@@ -342,7 +342,11 @@ def test_queries_on_a_missing_ledger_are_empty(tmp_path: Path) -> None:
     assert query.summary_by_resource() == {}
     assert query.summary_by_day() == {}
     assert query.last_events(3) == []
-    assert not (tmp_path / "never-written.jsonl").exists()  # reading creates nothing
+    # LedgerQuery creates the missing file empty (Caracal Core v0.1's LedgerQuery did; v0.1 code relies on
+    # it); it writes nothing into it, and plain readers create nothing.
+    assert (tmp_path / "never-written.jsonl").read_bytes() == b""
+    assert LedgerReader(tmp_path / "other.jsonl").last_events(3) == []
+    assert not (tmp_path / "other.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
