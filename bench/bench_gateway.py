@@ -180,10 +180,11 @@ def settled_total(home: Path, agent: str) -> tuple[Decimal, int]:
     embedded = EmbeddedHome(home)
     agent_id = embedded.agents.get(agent).agent_id
     total, holds = Decimal(0), 0
-    for event in LedgerReader(embedded.ledger_path):
+    for event in LedgerReader(embedded.ledger):
         if event.agent_id == agent_id and event.is_charge:
             total += event.cost
         holds += event.agent_id == agent_id and event.kind == "hold"
+    embedded.close()
     return total, holds
 
 

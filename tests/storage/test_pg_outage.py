@@ -169,3 +169,34 @@ def test_reading_other_hosts_entries_during_an_outage_is_a_read_error_not_a_veri
         server.start()
         assert reader.catch_up().last_event_id == 5
         first.close()
+
+
+def test_a_write_whose_outcome_cannot_be_asked_is_outcome_unknown_and_never_written_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server goes down as an append is sent: the store cannot ask whether it committed, so the append
+    is reported as neither done nor failed (``outcome_unknown``); once the server is back, the writer reads
+    what the ledger holds and goes on from there, with contiguous ids."""
+    import caracal.storage.postgres.ledger as pg_ledger
+    from caracal.core.ledger import LedgerWriter
+    from caracal.exceptions import LedgerWriteError
+
+    with PrivateServer() as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(storage_config(server.url) + "[ledger]\nlock_timeout = 1\n")
+        opened = EmbeddedHome(home)
+        writer: LedgerWriter = opened.writer()
+        writer.append_event("a", "r", "1", "0.10")
+        monkeypatch.setattr(pg_ledger, "before_commit", lambda conn: server.stop("immediate"))
+        with pytest.raises(LedgerWriteError) as caught:
+            writer.append_event("a", "r", "1", "0.20")
+        assert caught.value.outcome_unknown and "may or may not" in str(caught.value)
+        monkeypatch.setattr(pg_ledger, "before_commit", None)
+        server.start()
+        third = writer.append_event("a", "r", "1", "0.30")
+        events = list(LedgerReader(opened.ledger))
+        assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+        assert third.event_id == len(events) and str(events[0].cost) == "0.10"
+        assert [str(e.cost) for e in events].count("0.20") <= 1
+        opened.close()

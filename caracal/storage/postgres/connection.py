@@ -183,9 +183,6 @@ class Database:
                     timeout=self.settings.pool_timeout,
                     name=f"caracal {self.location}",
                     num_workers=1,
-                    # A connection is checked as it leaves the pool (one empty round trip): after the server
-                    # restarted, the first action is served, not denied on a connection that died with it.
-                    check=ConnectionPool.check_connection,
                     open=True,
                 )
             return self._pool
@@ -264,6 +261,16 @@ class Database:
                 self.raise_as(exc, error, doing)
             raise
 
+    def discard_dead(self) -> None:
+        """After a connection failed (the server restarted, the network cut): check the pool's idle
+        connections now and drop the dead ones, so that the next action gets a live one instead of failing
+        on a connection that died with the last (checking every connection as it leaves the pool would
+        cost a round trip per action)."""
+        pool = self._pool
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.check()
+
     def raise_as(self, exc: BaseException, error: type[CaracalError], doing: str) -> NoReturn:
         """Raise ``error`` for a driver exception, saying what happened and what to do."""
         import psycopg
@@ -290,6 +297,7 @@ class Database:
                 "unreachable or every connection of this process is busy. Check that the server is up"
             ) from None
         if isinstance(exc, psycopg.OperationalError):
+            self.discard_dead()
             raise error(
                 f"cannot {doing} the database {self.location}: {detail}. Check that the server is "
                 "running and reachable, and the URL ([storage] url or $CARACAL_DATABASE_URL)"

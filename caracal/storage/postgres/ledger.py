@@ -41,6 +41,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from caracal.exceptions import (
+    CaracalError,
     LedgerLockTimeoutError,
     LedgerReadError,
     LedgerWriteError,
@@ -180,6 +181,10 @@ class PostgresLedgerStore:
         ids = list(range(first_event_id, last + 1))
         leaf = hashlib.sha256(b"\x00" + lines[-1]).digest()
         self._written = True
+        if before_commit is not None:
+            before_commit(conn)
+        # One round trip: the rows, the head (the CTE fails the transaction unless exactly the locked head
+        # row moved), the notification and the COMMIT go in one pipeline.
         try:
             with conn.pipeline():
                 conn.execute(
@@ -187,39 +192,63 @@ class PostgresLedgerStore:
                     "SELECT * FROM unnest(%s::bigint[], %s::bytea[])",
                     (ids, lines),
                 )
-                updated = conn.execute(
-                    "UPDATE caracal_head SET last_event_id = %s, last_leaf = %s WHERE last_event_id = %s",
+                conn.execute(
+                    "WITH moved AS (UPDATE caracal_head SET last_event_id = %s, last_leaf = %s "
+                    "WHERE last_event_id = %s RETURNING 1) "
+                    "SELECT 1 / (SELECT count(*)::int FROM moved)",
                     (last, leaf, self._step_head),
                 )
                 conn.execute("SELECT pg_notify(%s, %s)", (self._listener.channel, f"l {last}"))
-            if updated.rowcount != 1:
-                raise LedgerWriteError(f"the ledger head of {self.location} moved during an append step")
-        except LedgerWriteError:
-            self._rollback()
-            raise
-        except Exception as exc:
-            self._rollback()
-            self._raise_nothing_recorded(exc)
-        if before_commit is not None:
-            before_commit(conn)
-        try:
-            conn.commit()
+                conn.commit()
         except Exception as exc:
             broken = conn.closed or conn.broken
             if not broken:  # the server answered: the transaction was rolled back
                 self._rollback()
+                if "division by zero" in str(exc):
+                    raise LedgerWriteError(
+                        f"the ledger head of {self.location} moved during an append step; nothing was "
+                        "recorded"
+                    ) from None
                 self._raise_nothing_recorded(exc)
-            raise LedgerWriteError(
-                f"the connection to {self.location} was lost while committing events {first_event_id}.."
-                f"{last} ({_first_line(exc)}): they may or may not have been recorded. They are not "
-                "reported as done; the next append step reads what the ledger holds. Check that the "
-                "database is reachable",
-                outcome_unknown=True,
-            ) from None
+            self.db.discard_dead()
+            landed = self._resolve(first_event_id, lines[0])
+            if landed is False:
+                raise LedgerWriteError(
+                    f"the connection to {self.location} was lost before events {first_event_id}..{last} were "
+                    f"committed ({_first_line(exc)}). Nothing was recorded"
+                ) from None
+            if landed is None:
+                raise LedgerWriteError(
+                    f"the connection to {self.location} was lost while committing events {first_event_id}.."
+                    f"{last} ({_first_line(exc)}): they may or may not have been recorded. They are not "
+                    "reported as done; the next append step reads what the ledger holds. Check that the "
+                    "database is reachable",
+                    outcome_unknown=True,
+                ) from None
         self._step_head = last
         self._listener.known.saw_head(last)
         self._see(last)
         return last
+
+    def _resolve(self, first_event_id: int, first_line: bytes) -> bool | None:
+        """After the connection broke during a write: did it commit? On a new connection, lock the head
+        row (which waits for the dead session's transaction to end, committed or rolled back), then look
+        for the first line. True: it landed; False: nothing was recorded; None: the database cannot be
+        asked (the outcome stays unknown)."""
+        try:
+            with self.db.connection(LedgerWriteError, "check the outcome of an append to") as conn:
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", (millis(max(self.lock_timeout, 0.001)),)
+                )
+                conn.execute("SELECT 1 FROM caracal_head FOR UPDATE").fetchone()
+                row = conn.execute(
+                    "SELECT line FROM caracal_ledger WHERE event_id = %s", (first_event_id,)
+                ).fetchone()
+        except CaracalError:
+            return None
+        # Another writer's line there means ours was rolled back (we held the head until our transaction
+        # ended); our own bytes mean it committed before the connection broke.
+        return row is not None and bytes(row[0]) == first_line
 
     def finish(self) -> None:
         if self._conn is not None:

@@ -59,12 +59,14 @@ class CommitCutter:
             threading.Thread(target=self._pump, args=(server, client, False, cut), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool, cut: threading.Event) -> None:
+        previous = b""  # the end of the last chunk: a message may be split across two reads
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if upstream and self.armed.is_set() and b"COMMIT\x00" in data:
+                seen, previous = previous + data, data[-16:]
+                if upstream and self.armed.is_set() and b"COMMIT\x00" in seen:
                     self.armed.clear()
                     cut.set()
                     sink.sendall(data)

@@ -174,9 +174,11 @@ def test_a_connection_killed_mid_step_records_nothing_and_the_store_recovers(
     assert [line for _p, line in other.iter_lines(0)] == [b"one", b"two"]
 
 
-def test_a_connection_lost_during_commit_is_outcome_unknown(
+def test_a_connection_lost_before_commit_is_resolved_as_nothing_recorded(
     open_backend: Opener, admin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The session is killed as the write is sent: the store asks the database on a new connection (after
+    the dead session's transaction ended) and reports exactly what happened: nothing was recorded."""
     store = store_of(open_backend)
     step(store, [b"one"])
     monkeypatch.setattr(
@@ -186,33 +188,40 @@ def test_a_connection_lost_during_commit_is_outcome_unknown(
     )
     store.begin()
     try:
-        with pytest.raises(LedgerWriteError, match="may or may not have been recorded") as caught:
+        with pytest.raises(LedgerWriteError, match="Nothing was recorded") as caught:
             store.write([b"two"], 2)
-        assert caught.value.outcome_unknown
+        assert not caught.value.outcome_unknown
     finally:
         store.finish()
     monkeypatch.setattr(pg_ledger, "before_commit", None)
     assert step(store, [b"two again"]) == 2  # terminated before COMMIT reached the server: not recorded
 
 
-def test_a_commit_that_landed_but_whose_answer_was_lost_is_read_back(
+def test_a_commit_that_landed_but_whose_answer_was_lost_is_resolved_as_done(
     pg_url: str, open_backend: Opener, tmp_path: Path
 ) -> None:
-    """Through a proxy that cuts the connection after forwarding COMMIT: the events are in the database,
-    the writer was told "outcome unknown", and its next step reads them back instead of writing them again."""
+    """Through a proxy that cuts the connection after forwarding COMMIT: the events are in the database;
+    the store asks on a new connection, finds its own line, and reports the append as done (never as
+    failed, which would invite a second charge), and the next append continues after it."""
     store_of(open_backend).end()  # the schema, directly
     proxy = CommitCutter(pg_url)
     try:
         writer = LedgerWriter(store_of(open_backend, url=proxy.url), signing_key_path=tmp_path / "key")
         writer.append_event("a", "r", "1", "0.10")
+        costs = ["0.10"]
         proxy.armed.set()
-        with pytest.raises(LedgerWriteError) as caught:
-            writer.append_event("a", "r", "1", "0.20")
-        assert caught.value.outcome_unknown
-        third = writer.append_event("a", "r", "1", "0.30")
-        assert third.event_id == 3  # event 2 landed: read back, not overwritten nor written twice
+        for attempt in range(2, 12):  # until the proxy has cut one append's answer (it arms on a COMMIT)
+            cost = f"0.{attempt:02d}"
+            appended = writer.append_event("a", "r", "1", cost)
+            assert appended.event_id == attempt  # done: reported once, with its id
+            costs.append(cost)
+            if proxy.cut.is_set():
+                break
+        assert proxy.cut.is_set(), "the proxy never cut a COMMIT's answer"
+        after = writer.append_event("a", "r", "1", "0.99")
+        assert after.event_id == len(costs) + 1  # the cut one landed once: not overwritten nor written twice
         events = list(LedgerReader(store_of(open_backend)))
-        assert [str(e.cost) for e in events] == ["0.10", "0.20", "0.30"]
+        assert [str(e.cost) for e in events] == [*costs, "0.99"]
         writer.close()
     finally:
         proxy.close()
