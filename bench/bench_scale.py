@@ -1,9 +1,10 @@
 """Scale benchmark: a home whose ledger holds many events. Prints figures, asserts nothing.
 
 Run: ``python bench/bench_scale.py`` (ten million events, about 2.7 GB on disk under ``--dir``; use
-``--events 1000000`` for a quicker look). The ledger is built with batch appends on an embedded home with
-ten agents, each with a daily policy. Then, each step in a fresh process so that its peak resident memory
-is its own (``wait4``):
+``--events 1000000`` for a quicker look). ``--database postgresql://...`` runs the same on PostgreSQL (a
+fresh schema on that server, dropped at the end; the ledger's rows take about as much as the file).
+The ledger is built with batch appends on an embedded home with ten agents, each with a daily policy.
+Then, each step in a fresh process so that its peak resident memory is its own (``wait4``):
 
 - cold open: open the home with no budget snapshot (a full, checked replay) and answer one check;
 - warm open: the same with the snapshot the cold open saved;
@@ -44,9 +45,12 @@ print(f"{opened:.3f} {p50:.1f} {p99:.1f}")
 """
 
 
-def build(home: Path, events: int) -> Path:
+def build(home: Path, events: int, url: str | None) -> None:
     """A home with ten agents and policies, and ``events`` charges appended in batches of 1,000."""
     os.environ["CARACAL_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    if url is not None:
+        (home / "config.toml").write_text(f'[storage]\nurl = "{url}"\n')
     from caracal.core.ledger import LedgerWriter
     from caracal.sdk.client import CaracalClient
 
@@ -54,20 +58,34 @@ def build(home: Path, events: int) -> Path:
         ids = [client.register_agent(f"agent-{n}", "bench@example.com").agent_id for n in range(AGENTS)]
         for n in range(AGENTS):
             client.create_policy(f"agent-{n}", "1000000000", "daily")
-        ledger = client.home.ledger_path
+        backend = client.home.backend
+        store = backend.ledger_store(lock_timeout=30, backup_count=0, backup_min_interval=0)
     batches = [
         [{"agent_id": agent, "resource_type": "tool.calls", "quantity": "1", "cost": "0.005"}] * 1000
         for agent in ids
     ]
     started = time.perf_counter()
-    with LedgerWriter(ledger, checkpoint_interval=0, backup_count=0) as writer:
+    with LedgerWriter(
+        store, signing_key_path=home / "keys" / "checkpoint.key", checkpoint_interval=0
+    ) as writer:
         for index in range(events // 1000):
             writer.append_events(batches[index % AGENTS])
             if index % 1000 == 999:
                 print(f"    {(index + 1) * 1000:,} events appended", file=sys.stderr)
     took = time.perf_counter() - started
-    print(f"built {events:,} events ({ledger.stat().st_size / 1e9:.2f} GB) in {took:.0f} s")
-    return ledger
+    where = f"{(home / 'data' / 'ledger.jsonl').stat().st_size / 1e9:.2f} GB" if url is None else "PostgreSQL"
+    print(f"built {events:,} events ({where}) in {took:.0f} s ({events / took:,.0f} events/s)")
+
+
+def forget_snapshot(home: Path, url: str | None) -> None:
+    """Delete the sealed budget snapshot, so that the next open replays the whole ledger."""
+    if url is None:
+        (home / "data" / "ledger.jsonl.budget").unlink(missing_ok=True)
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM caracal_caches WHERE name = 'budget'")
 
 
 def measured(args: list[str], home: Path) -> tuple[float, float, str]:
@@ -92,14 +110,26 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / ".data")
     parser.add_argument("--checks", type=int, default=2000)
+    parser.add_argument(
+        "--database", default=None, help="a PostgreSQL server: run on a fresh schema there (default: files)"
+    )
     options = parser.parse_args()
     options.dir.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=options.dir))
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=options.dir))
+    home = root / "home"
+    url = schema = None
+    if options.database is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        os.environ["CARACAL_TEST_DATABASE_URL"] = options.database
+        from tests.pg import create_schema
+
+        schema, url = create_schema()
     try:
-        print(f"Caracal scale benchmark on {home} ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
-        ledger = build(home, options.events)
-        snapshot = ledger.with_name(ledger.name + ".budget")
-        snapshot.unlink(missing_ok=True)
+        backend = "files" if url is None else f"PostgreSQL ({options.database}, schema {schema})"
+        print(f"Caracal scale benchmark on {backend}, home {home} ({os.cpu_count()} CPUs, "
+              f"Python {sys.version.split()[0]})")  # fmt: skip
+        build(home, options.events, url)
+        forget_snapshot(home, url)
         cold, cold_rss, _ = measured([sys.executable, "-c", _OPEN, "0"], home)
         rate = options.events / cold
         print(f"{'cold open (checked replay), first check':42}{cold:8.1f} s  {rate:>9,.0f} events/s", end="")
@@ -113,7 +143,11 @@ def main() -> None:
         print(f"{'caracal ledger verify':42}{took:8.1f} s  {options.events / took:>9,.0f} events/s", end="")
         print(f"  peak {verify_rss:,.0f} MB")
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        if schema is not None:
+            from tests.pg import drop_schema
+
+            drop_schema(schema)
 
 
 if __name__ == "__main__":
