@@ -196,7 +196,11 @@ def test_a_settle_beyond_its_hold_is_loud(home: EmbeddedHome, caplog: pytest.Log
         )
     assert settlement.over_hold
     assert seen == [OverHold(hold.agent_id, hold.hold_id, Decimal("0.0002"), Decimal("12.50"), "USD")]
-    message = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    message = next(
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "caracal.enforcement"
+    )
     assert "worker" in message and hold.hold_id in message and "12.50" in message and "0.0002" in message
     status = enf.status("worker")[0]
     assert status.remaining == Decimal("-11.50") and status.over_limit

@@ -165,7 +165,11 @@ def test_an_upstream_reporting_far_more_than_the_cap_is_billed_and_loud(
             _holds, charges, _releases = split(env.closed_entries(agent.agent_id))
         assert sum(c.cost for c in charges) == Decimal("12.5000025")  # billed in full: the provider bills it
         assert all(c.metadata and c.metadata["over_hold"] is True for c in charges)
-        warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        warning = next(
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and r.name == "caracal.enforcement"
+        )
         assert agent.name in warning and "12.5000025" in warning and "against hold" in warning
         metrics = env.client.get("/metrics", headers={"Authorization": f"Bearer {env.admin_token}"}).text
         assert "caracal_charges_over_hold_total 1.0" in metrics
