@@ -375,8 +375,11 @@ def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, 
 
 
 def print_report(report: VerificationReport) -> None:
-    click.echo(f"ledger:      {report.ledger_path}")
-    click.echo(f"events:      {report.events} ({report.bytes_checked} bytes)")
+    click.echo(f"ledger:      {report.location}")
+    click.echo(
+        f"events:      {report.events}"
+        + (f" ({report.bytes_checked} bytes)" if report.unit == "bytes" else "")
+    )
     click.echo(f"merkle root: {report.root.hex()}")
     signed = (
         f"signatures checked with key {report.key_id}"
@@ -507,9 +510,7 @@ def export_command(output: Path, ledger: Path | None, as_json: bool) -> None:
     if output.exists():
         fail(f"{output} exists; export never overwrites a file: choose another name or remove it")
     reader = LedgerReader(source)
-    lines = (
-        reader.store.iter_lines(0) if reader.store is not None else _file_lines(reader.ledger_path)
-    )
+    lines = reader.store.iter_lines(0) if reader.store is not None else _file_lines(reader.ledger_path)
     checkpoints = (
         list(CheckpointStore(source.with_name(source.name + ".checkpoints")))
         if isinstance(source, Path)

@@ -100,6 +100,7 @@ class Problem:
 @dataclass
 class VerificationReport:
     ledger_path: Path
+    """The ledger file; for a store of another backend, its location as a path (see :attr:`location`)."""
     events: int = 0
     bytes_checked: int = 0
     root: bytes = EMPTY_ROOT
@@ -111,6 +112,15 @@ class VerificationReport:
     unchained_events: int = 0
     problems: list[Problem] = field(default_factory=list)
     problems_omitted: int = 0
+    location: str = ""
+    """Where the ledger is, as a person reads it: the file, or a database's redacted URL."""
+    unit: str = "bytes"
+    """What :attr:`bytes_checked` and :attr:`torn_tail_bytes` count: ``bytes`` of a file, or ``events``
+    where positions are event ids (a database has no torn tail)."""
+
+    def __post_init__(self) -> None:
+        if not self.location:
+            self.location = str(self.ledger_path)
 
     @property
     def ok(self) -> bool:
@@ -137,9 +147,9 @@ class VerificationReport:
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
-            "ledger": str(self.ledger_path),
+            "ledger": self.location,
             "events": self.events,
-            "bytes": self.bytes_checked,
+            "bytes": self.bytes_checked if self.unit == "bytes" else None,
             "root": self.root.hex(),
             "checkpoints": self.checkpoints_total,
             "checkpoints_matched": self.checkpoints_matched,
@@ -186,6 +196,8 @@ def verify_ledger(
     else:
         source, path = ledger, Path(ledger.location)
     report = VerificationReport(ledger_path=path)
+    if source is not None:
+        report.location, report.unit = source.location, "events"
     store: CheckpointLog = (
         source.checkpoints
         if source is not None

@@ -85,6 +85,9 @@ def test_a_migrated_home_answers_exactly_as_it_did_on_files(home: Path, url: str
     assert json.loads(caracal(home, "ledger", "query", "--all", "--json").stdout) == events_before
     verified = json.loads(caracal(home, "ledger", "verify", "--json").stdout)
     assert verified["ok"] is True and verified["events"] == len(original.splitlines())
+    assert verified["ledger"].startswith("postgresql://") and verified["bytes"] is None  # no file here
+    told = caracal(home, "ledger", "verify").stdout
+    assert "ledger:      postgresql://" in told and "bytes" not in told and "OK" in told
     exported = tmp_path / "export.jsonl"
     caracal(home, "ledger", "export", str(exported))
     assert exported.read_bytes() == original  # the same bytes the file backend wrote

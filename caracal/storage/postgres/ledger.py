@@ -53,8 +53,35 @@ from caracal.storage.postgres.listener import Listener
 if TYPE_CHECKING:
     import psycopg
 
-BATCH = 2000
-"""Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines`."""
+BATCH = 5000
+"""Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines` (about 1.5 MB)."""
+
+
+
+def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tuple[int, bytes]]:
+    """Up to :data:`BATCH` rows ``(event_id, line)`` with ids in ``(after, stop]``, in order.
+
+    Event ids are contiguous, so the range ``after+1 .. after+BATCH`` is asked first: a primary-key range
+    whose plan cannot go wrong (with ``LIMIT`` alone and statistics older than a bulk load, the planner
+    chose to sort the whole rest of the table, 70 ms a batch). Only when that range comes back short (the
+    end, or rows missing, which the reader then reports as corruption) does a second query look past it.
+    Rows arrive in binary format: ``bytea`` as bytes, not hex text to decode (about twice as fast).
+    """
+    upper = min(stop, after + BATCH)
+    rows: list[tuple[int, bytes]] = conn.execute(
+        "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s ORDER BY event_id",
+        (after, upper),
+        binary=True,
+    ).fetchall()
+    if len(rows) < upper - after and upper < stop:
+        rows += conn.execute(
+            "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
+            "ORDER BY event_id LIMIT %s",
+            (upper, stop, BATCH - len(rows)),
+            binary=True,
+        ).fetchall()
+    return rows
+
 
 before_commit: Callable[[Any], None] | None = None
 """Test hook: called with the step's connection right before COMMIT (to lose the connection there)."""
@@ -155,16 +182,11 @@ class PostgresLedgerStore:
         head = self._step_head
         while after < head:
             with self.db.errors(LedgerWriteError, "read the ledger of"):
-                rows = conn.execute(
-                    "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
-                    "ORDER BY event_id LIMIT %s",
-                    (after, head, BATCH),
-                ).fetchall()
+                rows = _read_batch(conn, after, head)
             if not rows:
                 return  # rows missing below the head: the caller finds the gap
-            for event_id, line in rows:
-                yield int(event_id), bytes(line)
-            after = int(rows[-1][0])
+            yield from rows
+            after = rows[-1][0]
 
     def write(self, lines: list[bytes], first_event_id: int) -> int:
         conn = self._require_step()
@@ -316,17 +338,12 @@ class PostgresLedgerStore:
         stop = (1 << 62) if end is None else end
         while after < stop:
             with self.db.connection(LedgerReadError, "read the ledger of") as conn:
-                rows = conn.execute(
-                    "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
-                    "ORDER BY event_id LIMIT %s",
-                    (after, stop, BATCH),
-                ).fetchall()
+                rows = _read_batch(conn, after, stop)
             if not rows:
                 return
-            last = int(rows[-1][0])
+            last = rows[-1][0]
             self._see(last)
-            for event_id, line in rows:
-                yield int(event_id), bytes(line)
+            yield from rows
             if len(rows) < BATCH:
                 return
             after = last

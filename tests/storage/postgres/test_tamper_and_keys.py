@@ -127,3 +127,32 @@ def test_a_host_with_another_signing_key_is_refused(spent: tuple[Path, str], tmp
             stranger.writer()
     finally:
         stranger.close()
+
+
+@pytest.mark.parametrize("batch", [None, 2], ids=["one-batch", "gap-at-a-batch-edge"])
+def test_a_deleted_ledger_row_is_found_not_skipped(
+    spent: tuple[Path, str], batch: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are read in id ranges (ids are contiguous); a range that comes back short because a row was
+    deleted must not end the reading there: the rows after the gap are still read, and the gap named."""
+    from caracal.storage.postgres import ledger as pg_ledger
+
+    if batch is not None:
+        monkeypatch.setattr(pg_ledger, "BATCH", batch)
+    folder, url = spent
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE caracal_ledger DISABLE TRIGGER caracal_ledger_append_only")
+        conn.execute("DELETE FROM caracal_ledger WHERE event_id = 2")
+        conn.execute("DELETE FROM caracal_caches")
+        total = conn.execute("SELECT count(*), max(event_id) FROM caracal_ledger").fetchone()
+    assert total is not None and total[1] > 3
+    home = EmbeddedHome(folder)
+    try:
+        lines = [position for position, _line in home.ledger.iter_lines(0)]  # type: ignore[union-attr]
+        assert lines == [1, *range(3, total[1] + 1)]  # everything after the gap, once, in order
+        report = verify_ledger(home.ledger, public_key=load_public_key(home.key_path))
+        assert not report.ok and report.first_bad_event_id in (2, 3)
+        with pytest.raises((LedgerCorruptError, LedgerVerificationError)):
+            home.enforcer().reserve("worker", "0.10")
+    finally:
+        home.close()
