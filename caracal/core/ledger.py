@@ -29,14 +29,12 @@ PostgreSQL database with ``caracal.storage.postgres``). Guarantees (see DESIGN.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -45,31 +43,21 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from caracal.core.checkpoint import Checkpoint, CheckpointSigner
+from caracal.core.drafts import Drafter, encode
 from caracal.core.events import (
     LedgerEvent,
     canonical_line_fields,
-    check_extensions,
-    complete_end,
-    iter_lines,
-    ledger_size,
-    line_body,
     line_event_id,
     parse_line,
-    read_last_lines,
     validate_event_dict,
 )
-from caracal.core.fileio import open_for_reading
 from caracal.core.filestore import FileLedgerStore, sidecar_path
+from caracal.core.ledger_read import LedgerQuery, LedgerReader, LedgerTail, SpendTotals
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
-from caracal.core.money import add
 from caracal.core.sealed import seal, unseal
 from caracal.core.store import LedgerStore
 from caracal.core.validation import (
-    check_currency,
-    check_identifier,
-    check_metadata,
     format_timestamp,
-    parse_amount,
     parse_timestamp,
 )
 from caracal.exceptions import (
@@ -77,9 +65,7 @@ from caracal.exceptions import (
     ConfigurationError,
     InvalidLedgerEventError,
     LedgerCorruptError,
-    LedgerError,
     LedgerLockTimeoutError,
-    LedgerReadError,
     LedgerWriteError,
     ProofError,
 )
@@ -101,40 +87,9 @@ logger = logging.getLogger("caracal.ledger")
 
 Clock = Callable[[], datetime]
 
-_APPEND_FIELDS = frozenset(
-    {
-        "agent_id",
-        "resource_type",
-        "quantity",
-        "cost",
-        "currency",
-        "metadata",
-        "timestamp",
-        "kind",
-        "hold_id",
-        "idempotency_key",
-        "expires_at",
-        "on_expiry",
-    }
-)
-_NO_EXTENSIONS: tuple[None, None, None, None, None] = (None, None, None, None, None)
-_EMPTY_HASH_HEX = EMPTY_ROOT.hex()  # prev_hash of event 1: the leaf hash "before" the first line
-_TAIL_PROBE = 1 << 16
-
-
-
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-_Fields = tuple[str, str, str, Decimal, Decimal, str, "dict[str, Any] | None"]
-_Extensions = tuple["str | None", "str | None", "str | None", "str | None", "str | None"]
-_Draft = tuple[_Fields, _Extensions, bytes]
-"""A validated event without its id and chain hash (known only under the lock): its fields (agent_id,
-timestamp, resource_type, quantity, cost, currency, metadata), its control-plane extensions (kind, hold_id,
-idempotency_key, expires_at, on_expiry) and all of them already serialized as the middle of its JSON line,
-so that the work done under the lock is only splicing in the id and the hash."""
 
 
 class LedgerWriter:
@@ -210,6 +165,7 @@ class LedgerWriter:
         self.location = store.location
         self.lock_timeout = store.lock_timeout
         self._clock: Clock = clock or store.now
+        self._drafter = Drafter(self._clock)
         self._cache_keys: dict[str, bytes] = {}
         self.checkpoints = store.checkpoints
 
@@ -226,9 +182,8 @@ class LedgerWriter:
         self._backup_pending = True
         self._set_last_checkpoint(0)
         self._last_checkpoint_at = time.monotonic()
-        self._stamp: tuple[datetime | None, str] = (None, "")  # last (moment, text): a batch shares one
         # The stored-form timestamp of the last line in the ledger ("" while empty): no entry is stamped
-        # earlier (see _encode). Stored forms are fixed-width, so comparing the strings compares the times.
+        # earlier (see drafts.encode). Stored forms are fixed-width: comparing the strings compares times.
         self._last_stamp = ""
         try:
             with self._locked():
@@ -323,16 +278,16 @@ class LedgerWriter:
         if not items:
             return []
         if self.store.positions_are_ids:
-            # Stamped inside the step, with the database's time (see _prepare): drafts are made there.
+            # Stamped inside the step, with the database's time: drafts are made there.
             return self.transact(lambda: items)
-        drafts = self._drafts(items)
+        drafts = self._drafter.drafts(items)
         self._lock()
         try:
             self._ensure_usable()
             self._sync()
             leaves: list[bytes] = []
             lines: list[bytes] = []
-            events = self._encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines, self._last_stamp)
+            events = encode(drafts, self._last_id + 1, self._last_leaf, leaves, lines, self._last_stamp)
             self._write_encoded(events, leaves, lines)
         finally:
             self._unlock()
@@ -351,27 +306,6 @@ class LedgerWriter:
         if isinstance(result, Exception):
             raise result
         return result
-
-    def _drafts(self, items: Iterable[Mapping[str, Any]]) -> list[_Draft]:
-        """Validate items (all or nothing) into drafts; errors name the item's index."""
-        drafts = []
-        now = self._clock()  # one clock reading per batch: the events of a group commit share their moment
-        prepare = self._prepare
-        for index, item in enumerate(items):
-            try:
-                drafts.append(prepare(now, **item))
-            except InvalidLedgerEventError as exc:
-                raise InvalidLedgerEventError(f"item {index}: {exc}") from None
-            except TypeError:
-                if not isinstance(item, Mapping):
-                    raise InvalidLedgerEventError(
-                        f"item {index} must be a mapping, got {type(item).__name__}"
-                    ) from None
-                unknown = sorted(map(repr, set(item) - _APPEND_FIELDS))
-                if unknown:
-                    raise InvalidLedgerEventError(f"item {index} has unknown fields: {unknown}") from None
-                raise
-        return drafts
 
     def checkpoint(self) -> Checkpoint:
         """Sign and store a checkpoint of the ledger as it is now (after catching up with other writers);
@@ -414,62 +348,6 @@ class LedgerWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    # ------------------------------------------------------------------ validation
-
-    def _prepare(
-        self,
-        now: datetime | None,
-        agent_id: object = None,
-        resource_type: object = None,
-        quantity: object = None,
-        cost: object = None,
-        currency: object = "USD",
-        metadata: object = None,
-        timestamp: object = None,
-        kind: object = None,
-        hold_id: object = None,
-        idempotency_key: object = None,
-        expires_at: object = None,
-        on_expiry: object = None,
-    ) -> _Draft:
-        """Validate one event's fields (``now`` stands in for a missing timestamp; None: read the clock)."""
-        error = InvalidLedgerEventError
-        if timestamp is None:
-            timestamp = now or self._clock()
-        if type(timestamp) is datetime and (timestamp.tzinfo is None or timestamp.tzinfo is timezone.utc):
-            moment = timestamp  # fast path; other zones go through parse_timestamp, which reports overflow
-        else:
-            moment = parse_timestamp(timestamp, "timestamp", error)
-        stamp = self._stamp
-        if stamp[0] is not moment:
-            stamp = self._stamp = (moment, format_timestamp(moment))
-        fields = (
-            check_identifier(agent_id, "agent_id", error),
-            stamp[1],
-            check_identifier(resource_type, "resource_type", error),
-            parse_amount(quantity, "quantity", error),
-            parse_amount(cost, "cost", error),
-            check_currency(currency, error),
-            None if metadata is None else check_metadata(metadata, error),
-        )
-        if (
-            kind is None
-            and hold_id is None
-            and idempotency_key is None
-            and expires_at is None
-            and on_expiry is None
-        ):
-            extensions: _Extensions = _NO_EXTENSIONS
-            return fields, extensions, line_body(*fields)
-        else:
-            if isinstance(expires_at, datetime):
-                expires_at = format_timestamp(parse_timestamp(expires_at, "expires_at", error))
-            extensions = check_extensions(
-                None if kind == "charge" else kind, hold_id, idempotency_key, expires_at, on_expiry
-            )
-        # The event's line is '{"event_id":N,' + body + ',"prev_hash":"H"}', in LedgerEvent.to_dict order.
-        return fields, extensions, line_body(*fields, extensions)
 
     # ------------------------------------------------------------------ the append path
 
@@ -516,11 +394,11 @@ class LedgerWriter:
             floor = self._last_stamp
             for decide in decides:
                 try:
-                    drafts = self._drafts(decide() or ())
+                    drafts = self._drafter.drafts(decide() or ())
                 except Exception as exc:  # handed to that decision's caller, as transact would raise it
                     results.append(exc)
                     continue
-                batch = self._encode(drafts, next_id, prev, leaves, lines, floor)
+                batch = encode(drafts, next_id, prev, leaves, lines, floor)
                 if batch:
                     next_id, prev, floor = batch[-1].event_id + 1, leaves[-1], batch[-1].timestamp
                     events += batch
@@ -534,44 +412,6 @@ class LedgerWriter:
             return results
         finally:
             self._unlock()
-
-    @staticmethod
-    def _encode(
-        drafts: list[_Draft],
-        next_id: int,
-        prev: bytes,
-        leaves: list[bytes],
-        lines: list[bytes],
-        floor: str,
-    ) -> list[LedgerEvent]:
-        """Give drafts their ids and chain hashes from ``next_id`` / ``prev``; their leaf hashes and line
-        bytes are appended to ``leaves`` and ``lines``.
-
-        **Timestamps never go backwards.** ``floor`` is the stored-form timestamp of the entry before the
-        first draft (the last line of the ledger, read under the lock after catching up on other writers); a
-        draft stamped earlier (a clock behind another process's, or one that was set back) is stamped with
-        the time of the entry before it instead. So after an entry written by a clock that was ahead (say a
-        day), every later entry carries that later time until the clocks meet again: the spend counts at
-        the later time, which is also where the budget state counts it (its minutes never go backwards
-        either, see :mod:`caracal.core.budget`), so the ledger's days and the budgets' windows agree.
-        Explicit timestamps are held to the same rule: an entry is never dated before one already
-        recorded."""
-        events = []
-        sha256 = hashlib.sha256  # leaf_hash, inlined: this loop runs once per event of a batch
-        for fields, extensions, body in drafts:
-            if fields[1] < floor:  # fixed-width stored forms: string order is time order
-                fields = (fields[0], floor, *fields[2:])
-                body = line_body(*fields, extensions)
-            else:
-                floor = fields[1]
-            prev_hex = prev.hex()
-            line = b'{"event_id":%d,%s,"prev_hash":"%s"}' % (next_id, body, prev_hex.encode())
-            prev = sha256(b"\x00" + line).digest()
-            events.append(LedgerEvent(next_id, *fields, prev_hex, *extensions))
-            leaves.append(prev)
-            lines.append(line)
-            next_id += 1
-        return events
 
     def _write_encoded(self, events: list[LedgerEvent], leaves: list[bytes], lines: list[bytes]) -> None:
         """Write encoded events (continuing the ledger's last id and hash) durably, then do the bookkeeping.
@@ -820,301 +660,3 @@ def _load_signer(ledger_path: Path | None, key_path: str | os.PathLike[str] | No
         return CheckpointSigner.load_or_create(key)
     except OSError as exc:
         raise ConfigurationError(f"cannot create the checkpoint signing key {key}: {exc}") from exc
-
-
-# ====================================================================== reading
-
-
-@dataclass
-class SpendTotals:
-    """Running totals for one group of events (an agent, a resource, a day) in one currency."""
-
-    events: int = 0
-    quantity: Decimal = field(default_factory=Decimal)
-    cost: Decimal = field(default_factory=Decimal)
-
-    def add(self, event: LedgerEvent) -> None:
-        self.events += 1
-        self.quantity = add(self.quantity, event.quantity)  # exact: never rounded (caracal.core.money)
-        self.cost = add(self.cost, event.cost)
-
-
-def query_bound(
-    value: datetime | date | str | None,
-    name: str,
-    error: type[Exception] = LedgerReadError,
-    *,
-    end: bool = False,
-) -> datetime | None:
-    """A query bound as an aware UTC datetime; a bare date is the start (for ``end``, the end) of that day.
-    ``error`` is raised for something that is not a time."""
-    if value is None:
-        return None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, datetime.max.time() if end else datetime.min.time())
-    elif isinstance(value, str) and len(value.strip()) == 10:
-        try:
-            day = date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-        else:
-            return query_bound(day, name, error, end=end)
-    return parse_timestamp(value, name, error)
-
-
-class LedgerReader:
-    """Streams the events of a ledger, in order, with strict parsing.
-
-    ``ledger`` is a ledger file's path, or a :class:`LedgerStore` (any backend). Reading never takes the
-    writers' lock: the ledger is append-only, so any prefix of complete lines is a consistent view. Bytes
-    after the last newline (a write in progress) are not read.
-    """
-
-    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore):
-        if isinstance(ledger, (str, os.PathLike)):
-            self.store: LedgerStore | None = None
-            self.ledger_path = Path(ledger)
-        else:
-            path = getattr(ledger, "path", None)  # a file store: read its file directly, as for a path
-            self.store = None if path is not None else ledger
-            self.ledger_path = Path(path) if path is not None else Path(ledger.location)
-
-    def iter_events(self) -> Iterator[LedgerEvent]:
-        """Every event, in order. Raises :class:`LedgerCorruptError` on the first line that does not parse."""
-        for _offset, _number, event in self._scan(0, 0):
-            yield event
-
-    def __iter__(self) -> Iterator[LedgerEvent]:
-        return self.iter_events()
-
-    def last_events(self, count: int, end: int | None = None) -> list[LedgerEvent]:
-        """The last ``count`` events (before byte offset ``end``, a line boundary, if given), reading only
-        the end of the file."""
-        if not isinstance(count, int) or count < 0:
-            raise LedgerReadError(f"count must be a non-negative integer, got {count!r}")
-        if self.store is not None:  # positions are event ids
-            last = self.store.end() if end is None else end
-            return [parse_line(line, 0) for _id, line in self.store.iter_lines(max(0, last - count), last)]
-        handle = self._open()
-        if handle is None:
-            return []
-        with handle:
-            if end is None:
-                end = complete_end(handle, os.fstat(handle.fileno()).st_size)
-            lines = read_last_lines(handle, end, count)
-        return [parse_line(line, 0) for _offset, line in lines]
-
-    def _open(self) -> Any:
-        try:
-            return open_for_reading(self.ledger_path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
-
-    def _scan(self, start: int, line_number: int) -> Iterator[tuple[int, int, LedgerEvent]]:
-        """Yield ``(end_position, line_number, event)`` for each complete line from ``start``."""
-        if self.store is not None:
-            for position, line in self.store.iter_lines(start):
-                line_number += 1
-                yield position, line_number, parse_line(line, line_number)
-            return
-        handle = self._open()
-        if handle is None:
-            return
-        try:
-            with handle:
-                for offset, line in iter_lines(handle, start):
-                    line_number += 1
-                    yield offset + len(line) + 1, line_number, parse_line(line, line_number)
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.ledger_path}: {exc.strerror}") from exc
-
-
-class LedgerQuery(LedgerReader):
-    """Filters and sums over the ledger (the original Caracal API, plus summaries).
-
-    Time bounds are inclusive; naive datetimes are UTC; a bare date as ``end_time`` means the end of that
-    day. Sums are exact Decimals. Summing across currencies is refused rather than silently mixed.
-    """
-
-    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore):
-        """As :class:`LedgerReader`; a ledger *path* whose file does not exist yet is created empty (as
-        Caracal Core v0.1's ``LedgerQuery`` did), so a query of a new install reads an empty ledger."""
-        super().__init__(ledger)
-        if self.store is None and not self.ledger_path.exists():
-            try:
-                self.ledger_path.touch(exist_ok=True)  # not its folder: a mistyped path fails here
-            except OSError as exc:
-                raise LedgerReadError(f"cannot create {self.ledger_path}: {exc.strerror or exc}") from exc
-
-    def get_events(
-        self,
-        agent_id: str | None = None,
-        start_time: datetime | date | str | None = None,
-        end_time: datetime | date | str | None = None,
-        resource_type: str | None = None,
-        *,
-        charges_only: bool = True,
-    ) -> list[LedgerEvent]:
-        """The charges that match every given filter; ``charges_only=False`` adds holds and releases.
-
-        Charges only by default because v0.1 callers sum what this returns: holds and releases are not
-        spend, and counting them gave several times the real spend. Summing the default result gives
-        exactly :meth:`sum_spending`."""
-        return list(
-            self.iter_matching(agent_id, start_time, end_time, resource_type, charges_only=charges_only)
-        )
-
-    def iter_matching(
-        self,
-        agent_id: str | None = None,
-        start_time: datetime | date | str | None = None,
-        end_time: datetime | date | str | None = None,
-        resource_type: str | None = None,
-        *,
-        charges_only: bool = True,
-    ) -> Iterator[LedgerEvent]:
-        """Stream the events that match every given filter; only charges (spend) unless ``charges_only``
-        is False: holds and releases are not spend, so sums built on this must never see them."""
-        start = query_bound(start_time, "start_time")
-        end = query_bound(end_time, "end_time", end=True)
-        if start is not None and end is not None and start > end:
-            raise LedgerReadError(f"start_time {start.isoformat()} is after end_time {end.isoformat()}")
-        for event in self.iter_events():
-            if charges_only and not event.is_charge:
-                continue
-            if agent_id is not None and event.agent_id != agent_id:
-                continue
-            if resource_type is not None and event.resource_type != resource_type:
-                continue
-            if start is not None or end is not None:
-                moment = event.time
-                if (start is not None and moment < start) or (end is not None and moment > end):
-                    continue
-            yield event
-
-    def sum_spending(
-        self,
-        agent_id: str,
-        start_time: datetime | date | str | None = None,
-        end_time: datetime | date | str | None = None,
-        currency: str | None = None,
-    ) -> Decimal:
-        """Total cost of ``agent_id``'s events in the window (inclusive)."""
-        totals = self.summarize("agent", agent_id=agent_id, start_time=start_time, end_time=end_time)
-        return _single_currency(totals, currency).get(agent_id, SpendTotals()).cost
-
-    def aggregate_by_agent(
-        self,
-        start_time: datetime | date | str | None = None,
-        end_time: datetime | date | str | None = None,
-        currency: str | None = None,
-    ) -> dict[str, Decimal]:
-        """Total cost per agent in the window (inclusive)."""
-        totals = self.summarize("agent", start_time=start_time, end_time=end_time)
-        return {key: value.cost for key, value in _single_currency(totals, currency).items()}
-
-    def summary_by_resource(self, **filters: Any) -> dict[tuple[str, str], SpendTotals]:
-        """Totals per ``(resource_type, currency)``; accepts :meth:`get_events`'s filters."""
-        return self.summarize("resource", **filters)
-
-    def summary_by_day(self, **filters: Any) -> dict[tuple[str, str], SpendTotals]:
-        """Totals per ``(UTC day as YYYY-MM-DD, currency)``; accepts :meth:`get_events`'s filters."""
-        return self.summarize("day", **filters)
-
-    def summarize(
-        self,
-        group_by: str,
-        agent_id: str | None = None,
-        start_time: datetime | date | str | None = None,
-        end_time: datetime | date | str | None = None,
-        resource_type: str | None = None,
-    ) -> dict[tuple[str, str], SpendTotals]:
-        """Totals per ``(key, currency)`` where key is the agent, resource or UTC day."""
-        keys: dict[str, Callable[[LedgerEvent], str]] = {
-            "agent": lambda e: e.agent_id,
-            "resource": lambda e: e.resource_type,
-            "day": lambda e: e.timestamp[:10] if e.timestamp.endswith("Z") else e.time.date().isoformat(),
-        }
-        if group_by not in keys:
-            raise LedgerReadError(f"group_by must be one of {sorted(keys)}, got {group_by!r}")
-        key_of = keys[group_by]
-        totals: dict[tuple[str, str], SpendTotals] = {}
-        for event in self.iter_matching(agent_id, start_time, end_time, resource_type):
-            group = (key_of(event), event.currency)
-            if group not in totals:
-                totals[group] = SpendTotals()
-            totals[group].add(event)
-        return totals
-
-
-def _single_currency(
-    totals: dict[tuple[str, str], SpendTotals], currency: str | None
-) -> dict[str, SpendTotals]:
-    """Collapse ``(key, currency)`` totals to one currency, refusing to add different currencies."""
-    currencies = {cur for _key, cur in totals}
-    if currency is None:
-        if len(currencies) > 1:
-            raise LedgerError(
-                f"the matching events are in several currencies ({', '.join(sorted(currencies))}); "
-                f"pass currency= to choose one"
-            )
-    else:
-        check_currency(currency, LedgerReadError)
-    return {key: value for (key, cur), value in totals.items() if currency is None or cur == currency}
-
-
-class LedgerTail(LedgerReader):
-    """Follows a ledger as it grows: each :meth:`poll` returns only the events appended since the last one.
-
-    Later parts keep live aggregates with it without ever re-reading the file. It checks that ids continue
-    without a gap and that the file never shrinks; either would mean the ledger was rewritten, which is an
-    error rather than something to paper over.
-    """
-
-    def __init__(self, ledger: str | os.PathLike[str] | LedgerStore, *, from_end: bool = False):
-        super().__init__(ledger)
-        self.offset = 0
-        self.last_event_id = 0
-        if from_end and self.store is not None:
-            self.offset = self.last_event_id = self.store.end()
-        elif from_end:
-            handle = self._open()
-            if handle is not None:
-                with handle:
-                    self.offset = complete_end(handle, os.fstat(handle.fileno()).st_size)
-                    last = read_last_lines(handle, self.offset, 1)
-                if last:
-                    self.last_event_id = parse_line(last[0][1], 0).event_id
-
-    def poll(self) -> list[LedgerEvent]:
-        """Events appended since the previous call (complete lines only), in order."""
-        size = ledger_size(self.ledger_path) if self.store is None else self.store.end()
-        if size < self.offset:
-            raise LedgerCorruptError(
-                f"the ledger {self.ledger_path} shrank from {self.offset} to {size} bytes: it was truncated "
-                f"or replaced"
-            )
-        if size == self.offset:
-            return []  # the common case on a budget check: one stat, nothing to read
-        events = []
-        for end, number, event in self._scan(self.offset, self.last_event_id):
-            if event.event_id != self.last_event_id + 1:
-                raise LedgerCorruptError(
-                    f"ledger line {number} holds event {event.event_id}, expected {self.last_event_id + 1}",
-                    line_number=number,
-                    event_id=event.event_id,
-                )
-            events.append(event)
-            self.offset = end
-            self.last_event_id = event.event_id
-        return events
-
-    def follow(self, interval: float = 0.5, stop: Callable[[], bool] | None = None) -> Iterator[LedgerEvent]:
-        """Yield events as they are appended, polling every ``interval`` seconds until ``stop()`` is true."""
-        while stop is None or not stop():
-            batch = self.poll()
-            yield from batch
-            if not batch:
-                time.sleep(interval)

@@ -30,7 +30,8 @@ from starlette.responses import Response
 
 from caracal.core.apikeys import TOKEN_WARNING, Principal
 from caracal.core.checkpoint import matches_signed, public_key_path
-from caracal.core.ledger import LedgerEvent, LedgerQuery, query_bound
+from caracal.core.events import LedgerEvent
+from caracal.core.ledger_read import LedgerQuery, query_bound
 from caracal.core.verify import default_public_key, prove_consistency, prove_inclusion, verify_ledger
 from caracal.core.windows import policy_window
 from caracal.exceptions import (

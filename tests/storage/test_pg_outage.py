@@ -200,3 +200,25 @@ def test_a_write_whose_outcome_cannot_be_asked_is_outcome_unknown_and_never_writ
         assert third.event_id == len(events) and str(events[0].cost) == "0.10"
         assert [str(e.cost) for e in events].count("0.20") <= 1
         opened.close()
+
+
+def test_the_first_append_after_a_restart_succeeds(tmp_path: Path) -> None:
+    """The pool's idle connection died with the server; the first append after the restart takes a fresh
+    one instead of failing (nothing was done on the dead one, so trying another is safe)."""
+    from caracal.core.ledger import LedgerWriter
+
+    with PrivateServer() as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(storage_config(server.url) + "[ledger]\nlock_timeout = 5\n")
+        opened = EmbeddedHome(home)
+        try:
+            writer: LedgerWriter = opened.writer()
+            writer.append_event("a", "r", "1", "0.10")  # the step's connection goes back to the pool, idle
+            server.stop("fast")
+            server.start()
+            second = writer.append_event("a", "r", "1", "0.20")
+            assert second.event_id == 2
+            assert [str(e.cost) for e in LedgerReader(opened.ledger)] == ["0.10", "0.20"]
+        finally:
+            opened.close()

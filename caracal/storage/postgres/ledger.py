@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,8 @@ from caracal.storage.postgres.listener import Listener
 
 if TYPE_CHECKING:
     import psycopg
+
+logger = logging.getLogger("caracal.storage.postgres")
 
 BATCH = 5000
 """Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines` (about 1.5 MB)."""
@@ -130,35 +134,7 @@ class PostgresLedgerStore:
                 f"appending to {self.location}"
             )
         try:
-            conn = self.db.getconn(LedgerWriteError, max(wait_deadline(deadline), 1.0))
-        except BaseException:
-            self._step_lock.release()
-            raise
-        self._conn = conn
-        try:
-            with self.db.errors(LedgerWriteError, "lock the ledger head of"):
-                # PostgreSQL reads 0 as "no limit": a spent deadline must still be a limit (1 ms).
-                wait = max(wait_deadline(deadline), 0.001) if self.lock_timeout > 0 else 0.0
-                statement = max(self.db.settings.statement_timeout, wait + 1.0) if wait else 0.0
-                with conn.pipeline():
-                    conn.execute(
-                        "SELECT set_config('lock_timeout', %s, true), "
-                        "set_config('statement_timeout', %s, true)",
-                        (millis(wait) if self.lock_timeout > 0 else "0", millis(statement)),
-                    )
-                    cursor = conn.execute(
-                        "SELECT last_event_id, clock_timestamp() FROM caracal_head FOR UPDATE"
-                    )
-                    conn.execute(
-                        "SELECT set_config('statement_timeout', %s, true)",
-                        (millis(self.db.settings.statement_timeout),),
-                    )
-                row = cursor.fetchone()
-            if row is None:
-                raise LedgerWriteError(
-                    f"the ledger head row of {self.location} is missing: the schema was altered by hand. "
-                    "Restore it from a backup"
-                )
+            row = self._lock_head(deadline)
         except LedgerLockTimeoutError as exc:
             self._end_step()
             raise LedgerLockTimeoutError(
@@ -176,6 +152,50 @@ class PostgresLedgerStore:
         known.clock_offset = (self._step_time - _utc_now()).total_seconds()
         known.saw_head(self._step_head)
         self._see(self._step_head)
+
+    def _lock_head(self, deadline: float) -> Any:
+        """Take a connection (kept in ``self._conn``) and lock the head row on it: ``(last id, now)``.
+
+        A pooled connection that died while idle (the server restarted, the network was cut) fails at once,
+        before anything was done on it: it is dropped (the pool checks its siblings) and the step takes a
+        fresh one, once, rather than denying the first action after every restart."""
+        for retry in (False, True):
+            conn = self._conn = self.db.getconn(LedgerWriteError, max(wait_deadline(deadline), 1.0))
+            try:
+                with self.db.errors(LedgerWriteError, "lock the ledger head of"):
+                    # PostgreSQL reads 0 as "no limit": a spent deadline must still be a limit (1 ms).
+                    wait = max(wait_deadline(deadline), 0.001) if self.lock_timeout > 0 else 0.0
+                    statement = max(self.db.settings.statement_timeout, wait + 1.0) if wait else 0.0
+                    with conn.pipeline():
+                        conn.execute(
+                            "SELECT set_config('lock_timeout', %s, true), "
+                            "set_config('statement_timeout', %s, true)",
+                            (millis(wait) if self.lock_timeout > 0 else "0", millis(statement)),
+                        )
+                        cursor = conn.execute(
+                            "SELECT last_event_id, clock_timestamp() FROM caracal_head FOR UPDATE"
+                        )
+                        conn.execute(
+                            "SELECT set_config('statement_timeout', %s, true)",
+                            (millis(self.db.settings.statement_timeout),),
+                        )
+                    row = cursor.fetchone()
+            except LedgerLockTimeoutError:
+                raise
+            except LedgerWriteError:
+                if retry or not conn.broken:
+                    raise
+                self._conn = None
+                self.db.putconn(conn)
+                logger.info("a pooled connection to %s was dead; the step took a new one", self.location)
+                continue
+            if row is None:
+                raise LedgerWriteError(
+                    f"the ledger head row of {self.location} is missing: the schema was altered by hand. "
+                    "Restore it from a backup"
+                )
+            return row
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def new_lines(self, after: int) -> Iterator[tuple[int, bytes]]:
         conn = self._require_step()
@@ -335,18 +355,34 @@ class PostgresLedgerStore:
         return max(head, self._seen)
 
     def iter_lines(self, after: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Batches of :data:`BATCH` rows; from the second full batch on, the next batch is fetched by a
+        helper thread while the caller works through this one (the server and the network work while this
+        process parses: a replay or verify of millions of rows waits for none of its queries). At most two
+        batches are held at once."""
         stop = (1 << 62) if end is None else end
-        while after < stop:
+
+        def fetch(start: int) -> list[tuple[int, bytes]]:
             with self.db.connection(LedgerReadError, "read the ledger of") as conn:
-                rows = _read_batch(conn, after, stop)
-            if not rows:
-                return
-            last = rows[-1][0]
-            self._see(last)
-            yield from rows
-            if len(rows) < BATCH:
-                return
-            after = last
+                return _read_batch(conn, start, stop)
+
+        ahead: ThreadPoolExecutor | None = None
+        try:
+            rows = fetch(after) if after < stop else []
+            while rows:
+                last = rows[-1][0]
+                self._see(last)
+                more = len(rows) == BATCH and last < stop
+                if more:
+                    if ahead is None:
+                        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="caracal-read-ahead")
+                    following = ahead.submit(fetch, last)
+                yield from rows
+                if not more:
+                    return
+                rows = following.result()  # the reader's own errors (LedgerReadError) are raised here
+        finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True, cancel_futures=True)  # stopped early: waits for one batch at most
 
     def line_at(self, position: int) -> bytes | None:
         if position <= 0:
