@@ -8,11 +8,12 @@ float). Where v0.1 said a resource without a price costs 0, ours refuses to char
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 
 from caracal.cli.render import emit_json
 from caracal.cli.v01.common import fail, format_option, plain_time, session, v01_errors
@@ -103,10 +104,15 @@ def set_command(resource: str, price: str, currency: str) -> None:
     click.echo(f"Price:     {entry['price_per_unit']} {entry['currency']} per unit")
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a price")
+
+
 def _read_import(file: Path) -> dict[str, Any]:
     try:
-        data = orjson.loads(file.read_bytes())
-    except orjson.JSONDecodeError as exc:
+        # A JSON number is read from its text as an exact Decimal, never through a binary float.
+        data = json.loads(file.read_bytes(), parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise PricebookError(f"Invalid JSON file {file}: {exc}") from None
     except OSError as exc:
         raise PricebookError(f"Failed to read file '{file}': {exc.strerror or exc}") from None
