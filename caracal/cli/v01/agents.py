@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from caracal.cli.render import emit_json
-from caracal.cli.v01.common import fail, format_option, plain_time, session, v01_errors
+from caracal.cli.v01.common import columns, fail, format_option, plain_time, session, v01_errors
 from caracal.exceptions import InvalidAgentError
 from caracal.v01.identity import AgentIdentity
 
@@ -68,17 +68,10 @@ def list_command(as_json: bool) -> None:
         emit_json([agent.to_dict() for agent in agents])
         return
     click.echo(f"Total agents: {len(agents)}\n")
-    id_width = max(len("Agent ID"), *(len(a.agent_id) for a in agents))
-    name_width = max(len("Name"), *(len(a.name) for a in agents))
-    owner_width = max(len("Owner"), *(len(a.owner) for a in agents))
-    header = f"{'Agent ID':<{id_width}}  {'Name':<{name_width}}  {'Owner':<{owner_width}}  Created"
-    click.echo(header)
-    click.echo("-" * len(header))
-    for a in agents:
-        click.echo(
-            f"{a.agent_id:<{id_width}}  {a.name:<{name_width}}  {a.owner:<{owner_width}}  "
-            f"{plain_time(a.created_at)}"
-        )
+    columns(
+        ("Agent ID", "Name", "Owner", "Created"),
+        [(a.agent_id, a.name, a.owner, plain_time(a.created_at)) for a in agents],
+    )
 
 
 @agent_group.command("get")

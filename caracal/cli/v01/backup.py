@@ -18,7 +18,6 @@ Where v0.1 differs, ours holds:
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 
 import click
 
+from caracal.cli.backup import file_sha256, ledger_locked
 from caracal.cli.render import emit_json
 from caracal.cli.v01.common import session, v01_errors
 from caracal.core.fileio import fsync_directory, write_atomically
@@ -75,18 +75,8 @@ def _sidecars(ledger: Path) -> dict[str, Path]:
 
 @contextmanager
 def _ledger_locked(home: V01Home) -> Iterator[None]:
-    from caracal.cli.backup import ledger_locked  # the lock every ledger writer takes
-
-    with ledger_locked(home.ledger_path):
+    with ledger_locked(home.ledger_path):  # the lock every ledger writer takes
         yield
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while block := reader.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _size(count: int) -> str:
@@ -127,7 +117,7 @@ def write_archive(home: V01Home, config_path: Path, archive: Path) -> int:
         raise BackupError(f"Failed to create backup {archive}: {exc.strerror or exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
-    write_atomically(Path(f"{archive}.sha256"), f"{_sha256(archive)}  {archive.name}\n".encode())
+    write_atomically(Path(f"{archive}.sha256"), f"{file_sha256(archive)}  {archive.name}\n".encode())
     return count
 
 
@@ -170,7 +160,7 @@ def create_command(name: str | None) -> None:
     click.echo(f"✓ Backup created: {archive}")
     click.echo(f"  Size: {_size(archive.stat().st_size)}")
     click.echo(f"  Files: {count}")
-    click.echo(f"  Hash: {_sha256(archive)[:16]}...")
+    click.echo(f"  Hash: {file_sha256(archive)[:16]}...")
 
 
 def _listing(folder: Path) -> list[dict[str, Any]]:
@@ -220,7 +210,7 @@ def read_archive(archive: Path) -> dict[str, bytes]:
     checksum = Path(f"{archive}.sha256")
     if checksum.exists():
         expected = checksum.read_text(encoding="utf-8").split()[0]
-        if expected != _sha256(archive):
+        if expected != file_sha256(archive):
             raise RestoreError(f"Backup archive integrity check failed: {archive} does not match {checksum}")
     files: dict[str, bytes] = {}
     try:

@@ -8,9 +8,8 @@ they are closed when the command ends.
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from caracal.cli.options import output_options
-from caracal.exceptions import CaracalError, ConfigurationError
+from caracal.cli.render import error_handler
+from caracal.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from caracal.config.settings import CaracalConfig
@@ -80,21 +80,29 @@ def fail(message: str) -> None:
     sys.exit(EXIT_ERROR)
 
 
-def v01_errors(command: F) -> F:
-    """Turn any :class:`CaracalError` into v0.1's error output (:func:`fail`)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except CaracalError as exc:
-            fail(str(exc))
-
-    return wrapper  # type: ignore[return-value]
+v01_errors = error_handler(fail)
+"""Turn any :class:`CaracalError` into v0.1's error output (:func:`fail`)."""
 
 
 format_option = output_options("--format", "-f")
 """v0.1's ``--format/-f table|json`` and our ``--json``; the command receives ``as_json``."""
+
+
+def columns(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> None:
+    """v0.1's tables: columns two spaces apart (those in ``right`` right-aligned), the last one unpadded,
+    under a line of dashes as long as the header."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers[:-1])]
+
+    def line(cells: Sequence[str]) -> str:
+        pairs = enumerate(zip(cells[:-1], widths, strict=True))
+        padded = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs]
+        return "  ".join([*padded, cells[-1]])
+
+    header = line(headers)
+    click.echo(header)
+    click.echo("-" * len(header))
+    for row in rows:
+        click.echo(line(row))
 
 
 def plain_time(timestamp: str) -> str:
@@ -102,4 +110,4 @@ def plain_time(timestamp: str) -> str:
     return timestamp.replace("T", " ").replace("Z", "")
 
 
-__all__ = ["V01Session", "fail", "format_option", "plain_time", "session", "v01_errors"]
+__all__ = ["V01Session", "columns", "fail", "format_option", "plain_time", "session", "v01_errors"]

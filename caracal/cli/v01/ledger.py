@@ -13,7 +13,7 @@ from decimal import Decimal
 import click
 
 from caracal.cli.render import emit_json
-from caracal.cli.v01.common import format_option, plain_time, session, v01_errors
+from caracal.cli.v01.common import columns, format_option, plain_time, session, v01_errors
 from caracal.core.ledger import LedgerEvent, LedgerQuery, query_bound
 from caracal.exceptions import CaracalError, LedgerReadError
 
@@ -44,19 +44,15 @@ def _query() -> LedgerQuery:
 
 
 def _events_table(events: list[LedgerEvent]) -> None:
-    rows = [
-        (str(e.event_id), e.agent_id, e.resource_type, str(e.quantity), f"{e.cost} {e.currency}",
-         plain_time(e.timestamp))
-        for e in events
-    ]  # fmt: skip
-    headers = ("Event ID", "Agent ID", "Resource Type", "Quantity", "Cost")
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    header = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + "  Timestamp"
     click.echo(f"Total events: {len(events)}\n")
-    click.echo(header)
-    click.echo("-" * len(header))
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    columns(
+        ("Event ID", "Agent ID", "Resource Type", "Quantity", "Cost", "Timestamp"),
+        [
+            (str(e.event_id), e.agent_id, e.resource_type, str(e.quantity), f"{e.cost} {e.currency}",
+             plain_time(e.timestamp))
+            for e in events
+        ],
+    )  # fmt: skip
 
 
 @ledger_group.command("query")

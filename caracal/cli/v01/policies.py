@@ -12,7 +12,7 @@ from decimal import Decimal
 import click
 
 from caracal.cli.render import emit_json
-from caracal.cli.v01.common import format_option, plain_time, session, v01_errors
+from caracal.cli.v01.common import columns, format_option, plain_time, session, v01_errors
 from caracal.cli.v01_params import validate_currency
 from caracal.core.validation import parse_amount
 from caracal.exceptions import CaracalError, InvalidPolicyError
@@ -64,20 +64,14 @@ def create_command(agent_id: str, limit: str, window: str, currency: str) -> Non
 
 def _table(policies: list[BudgetPolicy]) -> None:
     click.echo(f"Total policies: {len(policies)}\n")
-    limits = [f"{p.limit_amount} {p.currency}" for p in policies]
-    pid = max(len("Policy ID"), *(len(p.policy_id) for p in policies))
-    aid = max(len("Agent ID"), *(len(p.agent_id) for p in policies))
-    lim = max(len("Limit"), *(len(text) for text in limits))
-    header = (
-        f"{'Policy ID':<{pid}}  {'Agent ID':<{aid}}  {'Limit':<{lim}}  {'Window':<8}  {'Active':<6}  Created"
-    )
-    click.echo(header)
-    click.echo("-" * len(header))
-    for policy, text in zip(policies, limits, strict=True):
-        click.echo(
-            f"{policy.policy_id:<{pid}}  {policy.agent_id:<{aid}}  {text:<{lim}}  {policy.time_window:<8}  "
-            f"{'Yes' if policy.active else 'No':<6}  {plain_time(policy.created_at)}"
-        )
+    columns(
+        ("Policy ID", "Agent ID", "Limit", "Window", "Active", "Created"),
+        [
+            (p.policy_id, p.agent_id, f"{p.limit_amount} {p.currency}", p.time_window,
+             "Yes" if p.active else "No", plain_time(p.created_at))
+            for p in policies
+        ],
+    )  # fmt: skip
 
 
 @policy_group.command("list")

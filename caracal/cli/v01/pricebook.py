@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from caracal.cli.render import emit_json
-from caracal.cli.v01.common import fail, format_option, plain_time, session, v01_errors
+from caracal.cli.v01.common import columns, fail, format_option, plain_time, session, v01_errors
 from caracal.cli.v01_params import validate_currency
 from caracal.exceptions import InvalidPriceError, PricebookError
 from caracal.v01.pricebook import check_v01_price
@@ -41,16 +41,14 @@ def list_command(as_json: bool) -> None:
         return
     entries = [prices[resource].to_dict() for resource in sorted(prices)]
     click.echo(f"Total resources: {len(entries)}\n")
-    rw = max(len("Resource Type"), *(len(e["resource_type"]) for e in entries))
-    pw = max(len("Price/Unit"), *(len(e["price_per_unit"]) for e in entries))
-    header = f"{'Resource Type':<{rw}}  {'Price/Unit':>{pw}}  {'Currency':<8}  Last Updated"
-    click.echo(header)
-    click.echo("-" * len(header))
-    for e in entries:
-        click.echo(
-            f"{e['resource_type']:<{rw}}  {e['price_per_unit']:>{pw}}  {e['currency']:<8}  "
-            f"{plain_time(e['updated_at'])}"
-        )
+    columns(
+        ("Resource Type", "Price/Unit", "Currency", "Last Updated"),
+        [
+            (e["resource_type"], e["price_per_unit"], e["currency"], plain_time(e["updated_at"]))
+            for e in entries
+        ],
+        right=(1,),
+    )
 
 
 @pricebook_group.command("get")
