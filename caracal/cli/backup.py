@@ -136,7 +136,8 @@ def _copy_data(source: Path, target: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as reader:
         while block := reader.read(1 << 20):
@@ -293,7 +294,7 @@ def _check_manifest(staged: Path, manifest: dict[str, Any]) -> list[str]:
         path = staged / name
         if not path.is_file():
             problems.append(f"{name} is listed in the manifest but missing")
-        elif _file_sha256(path) != entry.get("sha256"):
+        elif file_sha256(path) != entry.get("sha256"):
             problems.append(f"{name} does not match its SHA-256 in the manifest (changed since the backup)")
     return problems
 

@@ -51,7 +51,7 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
             click.option("--agent-id", default=None, help="Only this agent."),
-            click.option("--resource-type", default=None, help="Only this resource."),
+            click.option("--resource-type", "--resource", default=None, help="Only this resource."),
             click.option(
                 "--start", default=None, help="From this time or date (inclusive; naive means UTC)."
             ),
@@ -271,8 +271,8 @@ def query_command(
     limit: int | None,
     all_kinds: bool,
 ) -> None:
-    """List charges (and with --all, holds and releases), filtered by agent, resource and time; the names
-    of the home's agents beside their ids."""
+    """Query ledger events: the charges (and with --all, holds and releases), filtered by agent, resource
+    and time; the names of the home's agents beside their ids."""
     events = LedgerQuery(resolve(ledger)).get_events(
         agent_filter(agent_id), start, end, resource_type, charges_only=not all_kinds
     )
@@ -303,7 +303,8 @@ def summary_command(
     end: str | None,
     group_by: str,
 ) -> None:
-    """Total spend grouped by resource, day or agent (exact decimals, one row per currency)."""
+    """Summarize spending: the total grouped by resource, day or agent (exact decimals, one row per
+    currency)."""
     totals = LedgerQuery(resolve(ledger)).summarize(
         group_by, agent_id=agent_filter(agent_id), start_time=start, end_time=end, resource_type=resource_type
     )

@@ -68,7 +68,28 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
-@click.group(cls=LazyGroup, lazy_commands=COMMANDS)
+class CaracalGroup(LazyGroup):
+    """The ``caracal`` group: with ``--config FILE`` (a v0.1 configuration), its commands are v0.1's, on that
+    configuration's files (:mod:`caracal.cli.v01`); a command v0.1 did not have is refused."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        config_path = ctx.params.get("config_path")
+        if config_path is None:
+            return super().get_command(ctx, cmd_name)
+        from caracal.cli import v01
+
+        command = v01.command(cmd_name)  # not cached in self.commands: the next call may have no --config
+        if command is None and cmd_name in self.lazy_commands:
+            # Never run a command on another home than the one the file names.
+            raise click.UsageError(
+                f"'caracal --config {config_path} {cmd_name}': a v0.1 configuration has only the commands "
+                f"{', '.join(sorted(v01.COMMANDS))}; run '{cmd_name}' on a Caracal home (--home). See "
+                f"docs/v01-compatibility.md"
+            )
+        return command
+
+
+@click.group(cls=CaracalGroup, lazy_commands=COMMANDS)
 @click.version_option(__version__, prog_name="caracal")
 @click.option(
     "-v", "--verbose", count=True, help="Log to stderr (-v: every ledger write at INFO; -vv: DEBUG)."
@@ -79,7 +100,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="A Caracal Core v0.1 configuration (YAML), checked (see docs/v01-compatibility.md).",
+    help="A Caracal Core v0.1 configuration (YAML): run v0.1's commands on its files, with v0.1's output "
+    "(see docs/v01-compatibility.md).",
 )
 @click.option(
     "--log-level",
@@ -98,20 +120,20 @@ def main(
 
         setup_logging(log_level)
     if config_path is not None:
+        if home is not None:
+            raise click.UsageError(
+                "--config (a v0.1 configuration's files) and --home (a Caracal home) name two different "
+                "homes; give one"
+            )
+        from caracal.cli.v01.common import V01Session
         from caracal.config.settings import load_config
         from caracal.exceptions import CaracalError
 
         try:
-            load_config(config_path)
+            config = load_config(config_path)
         except CaracalError as exc:
             raise click.ClickException(str(exc)) from None
-        if ctx.invoked_subcommand is not None:
-            # Never run a command on another home than the one the file names.
-            raise click.UsageError(
-                f"'caracal --config {config_path} {ctx.invoked_subcommand}': commands do not run on a v0.1 "
-                f"configuration's files yet; open them with CaracalClient(config_path=...) or use a Caracal "
-                f"home (--home). See docs/v01-compatibility.md"
-            )
+        ctx.obj = V01Session(config_path, config)
     if verbose:
         import logging  # here: only -v needs it, and every command that writes imports it anyway
 

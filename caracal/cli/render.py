@@ -59,17 +59,24 @@ def fail(message: str, code: int = EXIT_ERROR) -> None:
     sys.exit(code)
 
 
-def handle_errors(command: F) -> F:
-    """Turn any :class:`CaracalError` into a one-line message on stderr and exit code 1."""
+def error_handler(report: Callable[[str], None]) -> Callable[[F], F]:
+    """A decorator that hands any :class:`CaracalError` of the command to ``report`` (which exits)."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except CaracalError as exc:
-            fail(str(exc))
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except CaracalError as exc:
+                report(str(exc))
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+handle_errors = error_handler(fail)
+"""Turn any :class:`CaracalError` into a one-line message on stderr and exit code 1."""
 
 
 def parse_json_object(text: str | None, option: str, error: type[CaracalError]) -> dict[str, Any] | None:
