@@ -52,7 +52,7 @@ from caracal.core.events import (
     validate_event_dict,
 )
 from caracal.core.filestore import FileLedgerStore, sidecar_path
-from caracal.core.ledger_read import LedgerQuery, LedgerReader, LedgerTail, SpendTotals
+from caracal.core.ledger_read import LedgerQuery, LedgerReader, LedgerTail, SpendTotals, query_bound
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
 from caracal.core.sealed import seal, unseal
 from caracal.core.store import LedgerStore
@@ -80,6 +80,7 @@ __all__ = [
     "LedgerTail",
     "LedgerWriter",
     "SpendTotals",
+    "query_bound",
     "sidecar_path",
 ]
 
