@@ -420,8 +420,14 @@ def init_command(home: Path | None, database_url: str | None, as_json: bool) -> 
             item.status in ("updated", "ready") for item in items if item.item in ("config", "database")
         )
         if not failed and created:
-            click.echo(f"\ninitialized Caracal home {target.home} ({created} created)")
-            click.echo('next: caracal agent register --name "my-agent" --owner "user@example.com"')
+            click.echo(f"\nCaracal Core initialized successfully: home {target.home} ({created} created)")
+            click.echo(
+                "\nNext steps:\n"
+                '  caracal agent register --name "my-agent" --owner "user@example.com"\n'
+                "  caracal policy create --agent-id my-agent --limit 10.00 --window daily\n"
+                "  caracal pricebook set tool.search.calls 0.01\n"
+                "  caracal budget status --agent-id my-agent"
+            )
         elif not failed:
             click.echo(f"\nCaracal home {target.home} already exists; nothing was changed")
     for item in failed:

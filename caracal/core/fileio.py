@@ -34,18 +34,16 @@ def write_atomically(
     ``durable=False`` skips the fsyncs: for caches that are checked before use and can be rebuilt, where
     a crash may leave the old content, the new, or an empty file, but never a mix.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(data):x}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{id(data):x}.tmp")
     try:
-        try:
+        with open(tmp, "wb", buffering=0, opener=lambda name, flags: os.open(name, flags, mode)) as handle:
+            fd = handle.fileno()
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             if durable:
                 os.fsync(fd)
-        finally:
-            os.close(fd)
         if exclusive:
             os.link(tmp, path)  # fails with FileExistsError instead of replacing
         else:

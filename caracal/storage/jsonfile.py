@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -29,9 +30,16 @@ import orjson
 
 from caracal.core.fileio import flock_within, open_for_reading, write_atomically
 from caracal.core.validation import dumps
-from caracal.exceptions import RegistryError
+from caracal.exceptions import FileWriteError, RegistryError
 
 T = TypeVar("T")
+
+logger = logging.getLogger("caracal.registry")
+
+WRITE_RETRIES = 2
+"""How many more times a registry write that failed with a passing ``OSError`` is tried (50 ms, then 100)."""
+_PERMANENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+"""Failures that trying again cannot change."""
 
 
 class Codec(Protocol):
@@ -144,6 +152,11 @@ class JsonDocument:
                 self._write(after if self.codec is None else self.codec.encode(document))
 
     def _write(self, data: bytes) -> None:
+        """Rotate the backups, then replace the file atomically. Each atomic write that fails with an
+        ``OSError`` that may pass (not a missing folder or a refused permission) is tried again, at most
+        :data:`WRITE_RETRIES` more times with a short backoff: repeating a whole-file replace is harmless,
+        unlike repeating a ledger append. What still fails raises :class:`FileWriteError` (a
+        :class:`RegistryError`) and leaves the previous document in place."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             if self.backup_count and self.path.exists():
@@ -152,10 +165,23 @@ class JsonDocument:
                     if older.exists():
                         os.replace(older, self.path.with_name(f"{self.path.name}.bak.{index + 1}"))
                 backup = self.path.with_name(f"{self.path.name}.bak.1")
-                write_atomically(backup, self.path.read_bytes(), mode=self.mode)
-            write_atomically(self.path, data, mode=self.mode)
+                self._replace(backup, self.path.read_bytes())
+            self._replace(self.path, data)
         except OSError as exc:
-            raise RegistryError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise FileWriteError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        for attempt in range(WRITE_RETRIES + 1):
+            try:
+                write_atomically(path, data, mode=self.mode)
+                return
+            except _PERMANENT:
+                raise
+            except OSError as exc:
+                if attempt == WRITE_RETRIES:
+                    raise
+                logger.warning("writing %s failed (%s); trying again", path, exc)
+                time.sleep(0.05 * 2**attempt)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

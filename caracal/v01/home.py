@@ -20,6 +20,7 @@ from caracal.config.settings import CaracalConfig
 from caracal.core.ledger import LedgerQuery, LedgerWriter
 from caracal.exceptions import CaracalError, ServerUnreachableError
 from caracal.v01.identity import AgentRegistry
+from caracal.v01.keys import v01_signing_key_path
 from caracal.v01.metering import MeteringCollector
 from caracal.v01.policy import PolicyEvaluator, PolicyStore, StoreDirectory
 from caracal.v01.pricebook import CsvPricebook
@@ -49,7 +50,8 @@ class V01Home:
         self.pricebook = CsvPricebook(storage.pricebook, backup_count=count)
         self.ledger_path = Path(storage.ledger)
         self.ledger_query = LedgerQuery(self.ledger_path)  # first: it refuses a folder that does not exist
-        self.ledger_writer = LedgerWriter(self.ledger_path, count)
+        self.key_path = v01_signing_key_path(self.ledger_path)
+        self.ledger_writer = LedgerWriter(self.ledger_path, count, signing_key_path=self.key_path)
         self.policy_evaluator = PolicyEvaluator(self.policy_store, self.ledger_query)
         self.metering_collector = MeteringCollector(self.pricebook, self.ledger_writer)
         self.backup_dir = Path(storage.backup_dir)

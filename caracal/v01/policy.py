@@ -257,12 +257,14 @@ class PolicyEvaluator:
         if self._enforcer is None:
             from caracal.core.enforcement import Enforcer
             from caracal.core.ledger import LedgerWriter
+            from caracal.v01.keys import v01_signing_key_path
 
             ledger = getattr(self.ledger_query, "store", None) or self.ledger_query.ledger_path
             if not isinstance(ledger, (str, os.PathLike)) and not hasattr(ledger, "new_lines"):
                 raise TypeError(f"{type(self.ledger_query).__name__} does not name a ledger")
             directory = StoreDirectory(self.policy_store.registry, self.policy_store.agents)
-            self._enforcer = Enforcer(LedgerWriter(ledger), directory, clock=self._now)
+            key = v01_signing_key_path(Path(ledger)) if isinstance(ledger, (str, os.PathLike)) else None
+            self._enforcer = Enforcer(LedgerWriter(ledger, signing_key_path=key), directory, clock=self._now)
         return self._enforcer
 
     def check_budget(self, agent_id: str, current_time: datetime | str | None = None) -> PolicyDecision:

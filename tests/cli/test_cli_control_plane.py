@@ -150,10 +150,14 @@ def test_python_m_caracal_runs_in_a_real_process(tmp_path: Path) -> None:
 
     created = caracal("init")
     assert created.returncode == 0, created.stderr
-    assert "initialized Caracal home" in created.stdout
-    registered = caracal("agent", "register", "--name", "my-agent", "--owner", "user@example.com", "--json")
-    assert registered.returncode == 0, registered.stderr
-    assert json.loads(registered.stdout)["name"] == "my-agent"
+    assert "Caracal Core initialized successfully" in created.stdout
+    steps = created.stdout.split("Next steps:\n", 1)[1].splitlines()
+    assert steps[0].strip().startswith("caracal agent register --name")
+    for step in steps:  # the next steps it prints work, as printed
+        done = caracal(*shlex.split(step)[1:])
+        assert done.returncode == 0, (step, done.stderr)
+    listed = json.loads(caracal("agent", "list", "--json").stdout)
+    assert [agent["name"] for agent in listed] == ["my-agent"]
     duplicate = caracal("agent", "register", "--name", "my-agent", "--owner", "x")
     assert duplicate.returncode == 1
     assert duplicate.stderr.startswith("error: ") and "already exists" in duplicate.stderr

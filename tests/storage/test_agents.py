@@ -502,6 +502,55 @@ def test_backups_roll(registry: AgentRegistry, path: Path) -> None:
     assert not leftovers
 
 
+def failing_fsync(monkeypatch: pytest.MonkeyPatch, times: int, error: OSError) -> list[int]:
+    """The disk refuses the next ``times`` fsyncs of a registry write with ``error``, then works."""
+    import caracal.core.fileio as fileio
+
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) <= times:
+            raise error
+        real(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    return calls
+
+
+def test_a_transient_write_failure_is_tried_again(
+    registry: AgentRegistry, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry.register("first", "ops")
+    calls = failing_fsync(monkeypatch, 2, OSError(5, "Input/output error"))
+    agent = registry.register("second", "ops")  # the backup write failed twice, then went through
+    assert len(calls) >= 3
+    names = sorted(a["name"] for a in json.loads(path.read_bytes())["agents"].values())
+    assert names == ["first", "second"] and AgentRegistry(path).get(agent.agent_id) is not None
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [(OSError(5, "Input/output error"), 3), (PermissionError(13, "Permission denied"), 1)],
+    ids=["still-failing", "permanent"],
+)
+def test_a_write_that_keeps_failing_raises_and_keeps_the_old_document(
+    registry: AgentRegistry, path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, attempts: int
+) -> None:
+    from caracal.exceptions import FileWriteError
+
+    registry.register("first", "ops")
+    before = path.read_bytes()
+    calls = failing_fsync(monkeypatch, 100, error)
+    with pytest.raises(FileWriteError, match="cannot write"):
+        registry.register("second", "ops")
+    assert len(calls) == attempts  # tried again only when it may pass, and a bounded number of times
+    assert path.read_bytes() == before
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_default_path_is_under_caracal_home(caracal_home: Path) -> None:
     assert default_agents_path() == caracal_home / "data" / "agents.json"
     assert default_agents_path(Path("/x")) == Path("/x/data/agents.json")

@@ -102,6 +102,38 @@ def test_a_v01_sdk_program_runs_unchanged(tmp_path: Path) -> None:
     assert [c["cost"] for c in charges] == ["0.030000", "0.030000"]
 
 
+def test_a_v01_install_at_the_default_home_runs(tmp_path: Path) -> None:
+    """v0.1's default layout keeps everything in ``~/.caracal``, which is also our default home: the program
+    runs there with no ``$CARACAL_HOME``, and the ledger's signing key is kept outside that folder (under
+    ``~/.config/caracal/keys``), the same key on every run."""
+    import os
+
+    folder = tmp_path / ".caracal"
+    folder.mkdir()
+    config = v01_config(folder)
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    env = {k: v for k, v in os.environ.items() if k not in ("CARACAL_HOME", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script), str(config)], capture_output=True, text=True, timeout=120, env=env,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ran"] == ["first"]
+    keys = list((tmp_path / ".config" / "caracal" / "keys").glob("*/checkpoint.key"))
+    assert len(keys) == 1 and not list(folder.rglob("*.key"))
+    again = subprocess.run(
+        [sys.executable, "-c", "import sys; from caracal.sdk.client import CaracalClient; "
+         "c = CaracalClient(config_path=sys.argv[1]); print(len(c.ledger_query.get_events())); c.close()",
+         str(config)],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr  # the same key: its checkpoints still verify
+    assert again.stdout.split() == ["2"]
+    assert list((tmp_path / ".config" / "caracal" / "keys").glob("*/checkpoint.key")) == keys
+
+
 def test_the_v01_library_objects_share_one_set_of_files(tmp_path: Path) -> None:
     from caracal.core.identity import AgentRegistry
     from caracal.core.ledger import LedgerQuery, LedgerWriter
