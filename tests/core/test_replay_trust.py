@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 
@@ -232,32 +231,3 @@ def test_a_checkpoint_written_later_by_another_process_is_checked_too(
         assert caught.value.first_bad_event_id == EVENTS + 1
     finally:
         writer.close()
-
-
-def replay_peak(caracal_home: Path, events: int) -> tuple[int, int]:
-    """Build a ledger of ``events`` charges (batch appends, one agent, one minute), then measure the peak
-    traced memory of a cold replay: ``(events replayed, peak bytes)``."""
-    ledger = caracal_home / "data" / "ledger.jsonl"
-    batch = [{"agent_id": "agent-1", "resource_type": "tokens", "quantity": "1", "cost": "0.001"}] * 1000
-    with LedgerWriter(ledger, checkpoint_interval=0) as writer:
-        for _ in range(events // 1000):
-            writer.append_events(batch)
-    enforcer, writer = enforcer_on(ledger, caracal_home)
-    try:
-        tracemalloc.start()
-        replayed = enforcer.catch_up().last_event_id
-        _now, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    finally:
-        writer.close()
-    return replayed, peak
-
-
-@pytest.mark.slow
-def test_replay_memory_does_not_grow_with_the_ledger(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A cold replay holds one batch of entries at a time: replaying ten times the ledger peaks at about
-    the same traced memory (before, every entry of the replay was held at once: ~740 bytes each)."""
-    small = replay_peak(tmp_path_factory.mktemp("small-home"), 20_000)
-    large = replay_peak(tmp_path_factory.mktemp("large-home"), 200_000)
-    assert small[0] == 20_000 and large[0] == 200_000
-    assert large[1] < small[1] * 1.5 + (1 << 20), (small, large)
