@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,6 +135,7 @@ class EmbeddedHome:
             documents["prices"],
             use_llm_prices=self.settings.use_llm_prices,
             tiered_llm_prices=self.settings.tiered_llm_prices,  # type: ignore[arg-type]  # checked by load_settings
+            clock=self.now,
         )
         self.keys = ApiKeyRegistry(documents["apikeys"])
         self.admin_key_path = default_admin_key_path(self.home)
@@ -174,6 +175,16 @@ class EmbeddedHome:
                     backup_min_interval=self.settings.backup_min_interval,
                 )
             return self._reader
+
+    def now(self) -> datetime:
+        """The home's clock: the one its ledger entries are stamped, and charges priced, with (the local
+        clock on files; the database's on PostgreSQL, as this process knows it). A price set "now" takes
+        effect at this time, so that a charge made after it, on any host, finds it: with the setting
+        host's own clock, a host whose clock ran ahead of the database's made a new price unusable
+        elsewhere until the database's time caught up (a few milliseconds on one machine, the whole skew
+        across hosts)."""
+        ledger = self.ledger
+        return datetime.now(timezone.utc) if isinstance(ledger, Path) else ledger.now()
 
     @property
     def location(self) -> str:

@@ -149,7 +149,7 @@ class PostgresLedgerStore:
         self._step_thread = threading.get_ident()
         self._written = False
         known = self._listener.known
-        known.clock_offset = (self._step_time - _utc_now()).total_seconds()
+        known.saw_clock_offset((self._step_time - _utc_now()).total_seconds())
         known.saw_head(self._step_head)
         self._see(self._step_head)
 
@@ -338,7 +338,7 @@ class PostgresLedgerStore:
             with self.db.connection(LedgerWriteError, "read the clock of") as conn:
                 row = conn.execute("SELECT clock_timestamp()").fetchone()
             if row is not None:
-                known.clock_offset = (row[0] - _utc_now()).total_seconds()
+                known.saw_clock_offset((row[0] - _utc_now()).total_seconds())
         return _utc_now() + timedelta(seconds=known.clock_offset or 0.0)
 
     # ------------------------------------------------------------------ reading, without the lock

@@ -42,6 +42,8 @@ logger = logging.getLogger("caracal.storage.postgres")
 
 HEARTBEAT = 1.0
 """Seconds between the listener's heartbeats (a re-read of the head and versions) when nothing is notified."""
+CLOCK_STEP = 1.0
+"""A clock offset this much lower than the one kept means a clock was stepped (see Known.saw_clock_offset)."""
 STALE_AFTER = 3.0
 """A listener that has shown no sign of life for this long is not trusted (callers query instead)."""
 
@@ -56,6 +58,18 @@ class Known:
     clock_offset: float | None = None
     """Seconds to add to the local clock to get the database's (last measured)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def saw_clock_offset(self, measured: float) -> None:
+        """One measurement of the database's clock minus this host's, in seconds.
+
+        Each measurement reads the database's clock before this host's (the answer has to travel back), so
+        it is at most the true offset, short by the way back. Keeping the largest keeps the best estimate,
+        and makes this process's idea of the database's time never step back by a round trip's jitter (a
+        price set "now" and a charge an instant later must not swap order). A measurement lower by more
+        than :data:`CLOCK_STEP` seconds means a clock was stepped: it replaces the old one."""
+        current = self.clock_offset
+        if current is None or measured > current or measured < current - CLOCK_STEP:
+            self.clock_offset = measured
 
     def saw_head(self, event_id: int) -> None:
         if event_id > self.head:
@@ -197,4 +211,4 @@ class Listener:
             logger.warning("ignoring a malformed notification on %s: %r", self.db.location, payload)
 
 
-__all__ = ["HEARTBEAT", "STALE_AFTER", "Known", "Listener", "known_for"]
+__all__ = ["CLOCK_STEP", "HEARTBEAT", "STALE_AFTER", "Known", "Listener", "known_for"]

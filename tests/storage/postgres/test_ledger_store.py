@@ -344,3 +344,16 @@ def test_reads_of_an_unreachable_database_are_read_errors(closed_port: int) -> N
             store.begin()
     finally:
         backend.close()
+
+
+def test_the_database_clock_estimate_never_steps_back_by_a_round_trip() -> None:
+    """Each offset measurement is short of the true one by the answer's way back: the largest is kept (so
+    "now" never steps back by a round trip's jitter), unless a clock was stepped by more than a second."""
+    from caracal.storage.postgres.listener import CLOCK_STEP, Known
+
+    known = Known()
+    for measured in (-0.0031, -0.0004, -0.0025):  # round trips of 3.1, 0.4 and 2.5 ms
+        known.saw_clock_offset(measured)
+    assert known.clock_offset == -0.0004
+    known.saw_clock_offset(-0.0004 - CLOCK_STEP - 0.5)  # the database's clock was set back
+    assert known.clock_offset == -0.0004 - CLOCK_STEP - 0.5

@@ -156,3 +156,46 @@ def test_a_deleted_ledger_row_is_found_not_skipped(
             home.enforcer().reserve("worker", "0.10")
     finally:
         home.close()
+
+
+HOST_AHEAD = """
+import sys
+from datetime import datetime, timedelta, timezone
+import caracal.storage.postgres.ledger as pg_ledger
+import caracal.storage.prices as prices
+from caracal.storage.home import EmbeddedHome
+
+class Ahead(datetime):  # this host's clock runs an hour ahead
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) + timedelta(hours=1)
+
+pg_ledger._utc_now = lambda: Ahead.now(timezone.utc)
+prices.datetime = Ahead
+home = EmbeddedHome(sys.argv[1])
+home.prices.set("tool.lookup.calls", "0.25")
+home.close()
+"""
+
+
+def test_a_price_set_on_a_host_whose_clock_runs_ahead_is_in_effect_on_every_host(
+    spent: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Prices, like entries, take the database's time: a price set "now" on a host whose clock is an hour
+    ahead prices the charges other hosts make right after (with that host's time, they were refused as
+    unpriced for an hour)."""
+    import subprocess
+    import sys
+
+    from caracal.sdk.client import CaracalClient
+
+    folder, _url = spent
+    script = tmp_path / "host_ahead.py"
+    script.write_text(HOST_AHEAD)
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    with CaracalClient(folder) as client:
+        event = client.emit_event("worker", "tool.lookup.calls", 1)
+    assert event.cost == Decimal("0.25")
