@@ -51,6 +51,7 @@ class Codec(Protocol):
 
     def encode(self, document: dict[str, Any]) -> bytes: ...
 
+
 RACY_NS = 2_000_000_000
 """How old a file must be before an unchanged stat is taken to mean unchanged content."""
 

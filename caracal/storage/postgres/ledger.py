@@ -61,7 +61,6 @@ BATCH = 5000
 """Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines` (about 1.5 MB)."""
 
 
-
 def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tuple[int, bytes]]:
     """Up to :data:`BATCH` rows ``(event_id, line)`` with ids in ``(after, stop]``, in order.
 
