@@ -17,15 +17,15 @@ Every home is built the same way: a parent with four children, policies on all, 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_budget import percentiles, throughput  # the same measures as bench_budget.py, on both backends
 
 from caracal.sdk.client import CaracalClient
 
@@ -46,13 +46,6 @@ def build_home(home: Path, url: str | None) -> None:
     client.close()
 
 
-def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered) * 1e6
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e6
-    return f"p50 {p50:9.1f} us   p99 {p99:9.1f} us"
-
-
 def latencies(home: Path, label: str) -> None:
     client = CaracalClient(home)
     for _ in range(300):
@@ -71,33 +64,6 @@ def latencies(home: Path, label: str) -> None:
         samples.append(time.perf_counter() - t0)
     print(f"{label:<11} reserve+settle  {percentiles(samples)}")
     client.close()
-
-
-def _worker(home: str, agent: str, count: int, queue: multiprocessing.Queue[float]) -> None:
-    client = CaracalClient(home)
-    client.check(agent, "0.01")  # build the state before timing
-    queue.put(time.perf_counter())
-    for _ in range(count):
-        hold = client.reserve(agent, "0.01")
-        client.settle(hold, SETTLE)
-    queue.put(time.perf_counter())
-    client.close()
-
-
-def throughput(home: Path, processes: int, per_process: int) -> float:
-    context = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[float] = context.Queue()
-    workers = [
-        context.Process(target=_worker, args=(str(home), f"worker-{n % 4}", per_process, queue))
-        for n in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    stamps = [queue.get(timeout=600) for _ in range(2 * processes)]
-    for worker in workers:
-        worker.join()
-    starts, ends = sorted(stamps)[:processes], sorted(stamps)[processes:]
-    return processes * per_process / (max(ends) - max(starts))
 
 
 def gateway(server: str | None, workers: str) -> None:

@@ -57,17 +57,9 @@ def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     kind = getattr(request, "param", "files")
     monkeypatch.delenv("CARACAL_DATABASE_URL", raising=False)
     if kind == "postgresql":
-        from caracal.config import Settings
-        from caracal.storage.backends import open_backend
-        from tests.pg import database_url_or_skip
+        from tests.pg import initialized_database
 
-        url = database_url_or_skip(request)
-        backend = open_backend(Path("."), Settings(), url)
-        try:
-            backend.initialize()
-        finally:
-            backend.close()
-        monkeypatch.setenv("CARACAL_DATABASE_URL", url)
+        monkeypatch.setenv("CARACAL_DATABASE_URL", initialized_database(request))
     return str(kind)
 
 

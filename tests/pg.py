@@ -95,6 +95,11 @@ def home_database(request: pytest.FixtureRequest) -> str | None:
     brought up to date, and dropped when the fixture ends."""
     if request.param != "postgresql":
         return None
+    return initialized_database(request)
+
+
+def initialized_database(request: pytest.FixtureRequest) -> str:
+    """A fresh schema's URL for this test or fixture, with Caracal's tables created (dropped at its end)."""
     url = database_url_or_skip(request)
     from pathlib import Path
 

@@ -146,25 +146,11 @@ def main(
 cli = main
 """Caracal Core v0.1's name for the command group (``from caracal.cli.main import cli``)."""
 
-_V01_VALIDATORS = frozenset(
-    (
-        "validate_currency",
-        "validate_non_negative_decimal",
-        "validate_positive_decimal",
-        "validate_resource_type",
-        "validate_time_window",
-        "validate_uuid",
-    )
-)
-
-
 def __getattr__(name: str) -> object:
-    """v0.1's parameter callbacks, loaded on first use (:mod:`caracal.cli.v01_params`)."""
-    if name in _V01_VALIDATORS:
-        from caracal.cli import v01_params
+    """v0.1's parameter callbacks (``validate_*``), loaded on first use (:mod:`caracal.cli.v01_params`)."""
+    from caracal.v01 import load
 
-        return getattr(v01_params, name)
-    raise AttributeError(f"module 'caracal.cli.main' has no attribute {name!r}")
+    return load(__name__, name)
 
 
 if __name__ == "__main__":

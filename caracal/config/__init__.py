@@ -286,26 +286,10 @@ def _upstream(path: Path, api: str, table: dict[str, object]) -> UpstreamSetting
     return replace(DEFAULT_UPSTREAMS[api], **fields)  # type: ignore[arg-type]
 
 
-# Caracal Core v0.1's configuration (a YAML file naming each file): :mod:`caracal.config.settings`. Its
-# names are importable from here as in v0.1 (``from caracal.config import load_config``), loaded on first
-# use so that nothing here imports YAML.
-_V01_NAMES = frozenset(
-    (
-        "CaracalConfig",
-        "DefaultsConfig",
-        "LoggingConfig",
-        "PerformanceConfig",
-        "StorageConfig",
-        "get_default_config",
-        "get_default_config_path",
-        "load_config",
-    )
-)
-
-
 def __getattr__(name: str) -> object:
-    if name in _V01_NAMES:
-        from caracal.config import settings
+    """Caracal Core v0.1's configuration (a YAML file naming each file, :mod:`caracal.config.settings`):
+    its names import from here as in v0.1 (``from caracal.config import load_config``), loaded on first
+    use so that nothing here imports YAML."""
+    from caracal.v01 import load
 
-        return getattr(settings, name)
-    raise AttributeError(f"module 'caracal.config' has no attribute {name!r}")
+    return load(__name__, name)

@@ -27,6 +27,32 @@ LOCATIONS: dict[str, str] = {
     "MeteringEvent": "caracal.v01.metering",
     "MeteringCollector": "caracal.v01.metering",
     "PolicyEvaluationError": "caracal.exceptions",
+    # from caracal.config (its YAML file: caracal.config.settings)
+    **dict.fromkeys(
+        (
+            "CaracalConfig",
+            "DefaultsConfig",
+            "LoggingConfig",
+            "PerformanceConfig",
+            "StorageConfig",
+            "get_default_config",
+            "get_default_config_path",
+            "load_config",
+        ),
+        "caracal.config.settings",
+    ),
+    # from caracal.cli.main (its click parameter callbacks)
+    **dict.fromkeys(
+        (
+            "validate_currency",
+            "validate_non_negative_decimal",
+            "validate_positive_decimal",
+            "validate_resource_type",
+            "validate_time_window",
+            "validate_uuid",
+        ),
+        "caracal.cli.v01_params",
+    ),
 }
 
 
