@@ -225,7 +225,9 @@ class InitItem:
     (left untouched) or could not be checked/created (``error``)."""
 
     item: str
-    path: Path
+    path: Path | str
+    """A file or folder, or where a database keeps it (a redacted URL: never made a Path, which would
+    fold its ``//``)."""
     status: str  # "created" | "exists" | "error"
     detail: str = ""
 
@@ -261,7 +263,7 @@ def initialize_home(
     moment = now or datetime.now(timezone.utc)
     items: list[InitItem] = []
 
-    def step(item: str, path: Path, action: Callable[[], tuple[str, str]]) -> None:
+    def step(item: str, path: Path | str, action: Callable[[], tuple[str, str]]) -> None:
         try:
             status, detail = action()
         except CaracalError as exc:
@@ -359,25 +361,25 @@ def initialize_home(
     if home.on_files:
         step("data folder", home.data, folder(home.data))
     else:
-        step("database", Path(home.backend.location), database)
+        step("database", home.backend.location, database)
     step("keys folder", home.key_path.parent, folder(home.key_path.parent, 0o700))
     step("signing key", home.key_path, key)
-    step("ledger", home.ledger_path, ledger)
+    step("ledger", home.ledger_path if home.on_files else home.location, ledger)
     step(
         "agents",
-        Path(home.agents.path),
+        home.agents.path,
         registry(Path(home.agents.path), {"agents": {}}, lambda: _plural(len(home.agents.list()), "agent")),
     )
     step(
         "policies",
-        Path(home.policies.path),
+        home.policies.path,
         registry(
             Path(home.policies.path),
             {"policies": {}},
             lambda: _plural(len(home.policies.list(include_inactive=True)), "policy", "policies"),
         ),
     )
-    step("prices", Path(home.prices.path), prices)
+    step("prices", home.prices.path, prices)
     step("admin API key", home.admin_key_path, admin_key)
     return items
 

@@ -62,3 +62,16 @@ def test_an_unreachable_database_is_a_one_line_error(closed_port: int) -> None:
         and "pw@" not in result.stderr
         and "Traceback" not in result.stderr
     )
+
+
+def test_init_on_a_database_names_where_things_are(pg_url: str, tmp_path: Path) -> None:
+    """``caracal init --database`` shows the database's URL as it is (not folded into a path) and no
+    ledger file: on a database home the ledger and registries are rows."""
+    home = tmp_path / "home"
+    env = {**os.environ, "CARACAL_HOME": str(home)}
+    env.pop("CARACAL_DATABASE_URL", None)
+    done = run("init", "--database", pg_url, "--json", env=env)
+    items = {item["item"]: item for item in json.loads(done.stdout)["items"]}
+    for name in ("database", "ledger", "agents", "policies", "prices"):
+        assert items[name]["path"].startswith("postgresql://"), items[name]
+    assert not (home / "data").exists()
