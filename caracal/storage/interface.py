@@ -24,8 +24,8 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys")
-"""The registry documents every backend keeps."""
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials")
+"""The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`)."""
 
 
 class Document(Protocol):
