@@ -113,10 +113,12 @@ def test_a_forged_budget_snapshot_does_not_give_budget_back(caracal_home: Path, 
 def assert_refused(message: str) -> None:
     """A denial because the ledger does not check out: the enforcer's replay ("failed verification at
     event N") or the ledger writer's own checks on open (a broken chain, a tail shorter than a signed
-    checkpoint) got there first; either way nothing is decided on it and the person is sent to verify."""
+    checkpoint, a ledger that no longer hashes to the writer's sealed state) got there first; either way
+    nothing is decided on it and the person is sent to verify."""
     assert "error" in message and "caracal ledger verify" in message, message
     assert any(
-        words in message for words in ("failed verification at event", "does not chain", "truncated")
+        words in message
+        for words in ("failed verification at event", "does not chain", "truncated", "no longer has the bytes")
     ), message
 
 
