@@ -24,8 +24,8 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys")
-"""The registry documents every backend keeps."""
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "alerts", "alert_outbox")
+"""The registry documents every backend keeps (``alerts``, ``alert_outbox``: see caracal.storage.alerts)."""
 
 
 class Document(Protocol):

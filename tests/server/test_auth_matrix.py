@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from caracal.server import api
+from caracal.server import alerts_api, api
 from tests.server.conftest import RESOURCE, Live, start
 
 API = "/api/v1"
@@ -50,6 +50,13 @@ def hold_of_worker(server: Live) -> str:
     assert response.status_code == 201, response.text
     hold_id: str = response.json()["hold_id"]
     return hold_id
+
+
+def alert_rule(server: Live) -> str:
+    rule = server.service.home.alerts.create(
+        name=unique("rule"), url="http://127.0.0.1:9/hook", on="suspended"
+    )
+    return rule.rule_id
 
 
 def throwaway_key(server: Live) -> str:
@@ -152,6 +159,25 @@ MATRIX: dict[tuple[str, str], tuple[str, Builder]] = {
         "admin",
         lambda s: Call("GET", f"{API}/ledger/proofs/consistency", params={"first": 1}),
     ),
+    ("POST", f"{API}/alerts"): (
+        "admin",
+        lambda s: Call(
+            "POST",
+            f"{API}/alerts",
+            {"name": unique("rule"), "url": "http://127.0.0.1:9/h", "on": "suspended"},
+        ),
+    ),
+    ("GET", f"{API}/alerts"): ("admin", lambda s: Call("GET", f"{API}/alerts")),
+    ("GET", f"{API}/alerts/deliveries"): ("admin", lambda s: Call("GET", f"{API}/alerts/deliveries")),
+    ("GET", f"{API}/alerts/{{rule_id}}"): ("admin", lambda s: Call("GET", f"{API}/alerts/{alert_rule(s)}")),
+    ("DELETE", f"{API}/alerts/{{rule_id}}"): (
+        "admin",
+        lambda s: Call("DELETE", f"{API}/alerts/{alert_rule(s)}"),
+    ),
+    ("POST", f"{API}/alerts/{{rule_id}}/test"): (
+        "admin",
+        lambda s: Call("POST", f"{API}/alerts/{alert_rule(s)}/test"),
+    ),
 }
 
 # Who is allowed, per scope ("worker" is the agent every call is about; "team" is its parent).
@@ -181,7 +207,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 def routes_of_the_app() -> set[tuple[str, str]]:
     found = {("GET", "/metrics")}
-    for route in api.router.routes:
+    for route in [*api.router.routes, *alerts_api.router.routes]:
         assert isinstance(route, APIRoute), route
         for method in route.methods or ():
             if route.path_format.startswith(f"{API}/"):
