@@ -409,7 +409,7 @@ def _threshold_event(
         "used": str(used),
         "limit": str(policy.limit),
         "remaining": str(status.remaining),
-        "fraction": None if share is None else str(share.normalize()),
+        "fraction": None if share is None else f"{share.normalize():f}",
         "threshold": str(rule.threshold),
         "count_holds": rule.count_holds,
         "currency": policy.currency,
@@ -630,11 +630,12 @@ def verification_events(
 
 
 def payload(body: Mapping[str, Any], format: str) -> bytes:
-    """The request body: the event as compact JSON, or Slack's ``{"text": ...}``."""
+    """The request body: the event as compact JSON, or Slack's ``{"text": ...}`` (the event's id is in the
+    ``Caracal-Event-Id`` header either way)."""
     if format == "slack":
         rule = body.get("rule") or {}
         text = f"*Caracal alert* ({body.get('type')}, rule {rule.get('name')}): {body.get('summary')}"
-        return dumps({"text": text, "caracal_event_id": body.get("id")})
+        return dumps({"text": text})
     return dumps(body)
 
 

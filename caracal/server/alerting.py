@@ -137,15 +137,17 @@ class Detector:
         kinds = {rule.on for rule in rules}
         now = self.enforcer.now()
         added = 0
-        if "threshold" in kinds or "verification-failed" in kinds:
-            try:
-                statuses = policy_statuses(self.enforcer, self.home) if "threshold" in kinds else []
-            except LedgerVerificationError as exc:
-                added += self.verification_failed(exc)
-                statuses = []
-            if statuses:
-                names = {agent.agent_id: agent.name for agent in self.home.agents.list()}
-                added += self._fire(lambda fired: evaluate_thresholds(rules, statuses, fired, now, names))
+        statuses: list[PolicyStatus] = []
+        try:
+            if "threshold" in kinds:
+                statuses = policy_statuses(self.enforcer, self.home)
+            elif "verification-failed" in kinds:
+                self.enforcer.catch_up()  # raises once the ledger failed a check
+        except LedgerVerificationError as exc:
+            added += self.verification_failed(exc)
+        if statuses:
+            names = {agent.agent_id: agent.name for agent in self.home.agents.list()}
+            added += self._fire(lambda fired: evaluate_thresholds(rules, statuses, fired, now, names))
         if "suspended" in kinds:
             suspended = [
                 Suspension(agent.agent_id, agent.name, agent.updated_at)

@@ -273,7 +273,7 @@ def test_payloads_keep_money_as_strings() -> None:
     assert body["figures"]["spent"] == "8.50" and body["figures"]["limit"] == "10"
     assert body == orjson.loads(orjson.dumps(event.body)) and body["id"] == event.event_id
     slack = orjson.loads(payload(event.body, "slack"))
-    assert set(slack) == {"text", "caracal_event_id"} and "85%" in slack["text"]
+    assert set(slack) == {"text"} and "85%" in slack["text"]
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

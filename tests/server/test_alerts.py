@@ -153,7 +153,7 @@ def test_suspension_and_over_hold_fire(service: Service, receiver: Receiver) -> 
     service.enforcer.settle(hold.hold_id, [{"resource_type": "tool.calls", "quantity": "2", "cost": "2"}])
     [request] = receiver.wait_for()
     assert request.verifies(over.secret)
-    assert set(request.json) == {"text", "caracal_event_id"}  # Slack's incoming-webhook body
+    assert set(request.json) == {"text"}  # Slack's incoming-webhook body
     assert hold.hold_id in request.json["text"] and "2" in request.json["text"]
     service.home.agents.suspend("bot")
     second = receiver.wait_for(count=2)[1]
@@ -212,3 +212,28 @@ def test_rest_api(service: Service, receiver: Receiver) -> None:
         assert (
             client.get(f"{API}/deliveries", params={"state": "delivered"}).json()[0]["id"] == request.event_id
         )
+
+
+@pytest.mark.files_only("tampers with the ledger file")
+def test_a_ledger_that_fails_verification_fires(service: Service, receiver: Receiver) -> None:
+    rule = service.home.alerts.create(name="tamper", url=receiver.url, on="verification-failed")
+    charge_from_another_process(service.home.home, "1", "2", "3")
+    ledger = service.home.ledger_path
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    charges = [i for i, line in enumerate(lines) if b'"cost":"2"' in line]
+    assert len(charges) == 1
+    lines[charges[0]] = lines[charges[0]].replace(b'"cost":"2"', b'"cost":"0"')
+    ledger.write_bytes(b"".join(lines))
+    admin = service.keys.ensure_admin_key(service.home.home / "keys" / "admin.key")
+    with (
+        ServerThread(create_app(service)) as server,
+        httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {admin}"}) as client,
+    ):
+        report = client.post("/api/v1/ledger/verify").json()
+        assert report["ok"] is False
+        [request] = receiver.wait_for()
+        assert request.json["type"] == "ledger.verification_failed" and request.verifies(rule.secret)
+        assert request.json["figures"]["location"] == f"event {report['first_bad_event_id']}"
+        client.post("/api/v1/ledger/verify")  # the same failure again: no second alert
+        settle(0.5)
+        assert len(receiver.received()) == 1

@@ -105,3 +105,34 @@ def test_undelivered_alerts_survive_a_killed_server(caracal_home: Path) -> None:
         assert len({request.event_id for request in receiver.received()}) == 2
     finally:
         receiver.close()
+
+
+def test_several_server_processes_fire_a_crossing_once(caracal_home: Path) -> None:
+    """Two worker processes detect and send; the outbox's transaction and leases let one event through."""
+    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
+    fast_alerts(caracal_home)
+    home = EmbeddedHome(caracal_home)
+    try:
+        bot = home.agents.register("bot", "ops@example.com")
+        home.policies.create(bot.agent_id, "10", parse_window("daily"), "USD")
+        home.prices.set("tool.calls", "1", "USD")
+    finally:
+        home.close()
+    receiver = Receiver()
+    try:
+        rule = caracal("alert", "create", "--name", "80", "--url", receiver.url, "--threshold", "0.8")
+        with serving(caracal_home, "--workers", "2"):
+            for _ in range(3):  # each crossing step is seen by both workers
+                charge_from_another_process(caracal_home, "3")
+            receiver.wait_for()
+            wait_until(
+                lambda: [e for e in outbox(caracal_home) if e["state"] == "delivered"],
+                "the delivery to be recorded",
+            )
+            time.sleep(1.0)  # both workers look many times (every 0.05 s) more
+        [request] = receiver.received()
+        assert request.verifies(rule["secret"]) and request.json["figures"]["spent"] == "9"
+        [entry] = outbox(caracal_home)
+        assert entry["state"] == "delivered" and entry["attempts"] == 1
+    finally:
+        receiver.close()
