@@ -35,9 +35,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation, localcontext
-from typing import Any, Protocol
+from typing import Any
 
 from caracal.core.decisions import PolicyStatus, describe_window
+from caracal.core.denials import DenialRecord
 from caracal.core.validation import dumps, format_timestamp, parse_timestamp
 from caracal.exceptions import InvalidAlertError
 
@@ -450,22 +451,9 @@ def _percent(share: Decimal) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-class DenialLike(Protocol):
-    """What :func:`evaluate_denials` reads of a denial record (``caracal.core.denials.DenialRecord``)."""
-
-    agent_id: str
-    policy_id: str | None
-    reason: str
-    count: int
-    first: datetime
-    last: datetime
-    amount: Decimal | None
-    currency: str
-
-
 def evaluate_denials(
     rules: Iterable[AlertRule],
-    records: Iterable[DenialLike],
+    records: Iterable[DenialRecord],
     fired: Mapping[str, str],
     now: datetime,
     names: Mapping[str, str] | None = None,

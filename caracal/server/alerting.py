@@ -37,6 +37,7 @@ from caracal.core.alerts import (
     verification_events,
 )
 from caracal.core.decisions import PolicyStatus
+from caracal.core.validation import format_timestamp
 from caracal.exceptions import CaracalError, LedgerVerificationError
 from caracal.storage.alerts import lease_owner
 
@@ -160,13 +161,10 @@ class Detector:
         return added
 
     def _denials(self, rules: list[AlertRule], now: datetime) -> int:
-        log = getattr(self.home, "denials", None)  # the home's denial log (caracal.storage.denials)
-        if log is None:
-            return 0
         since = now - DENIAL_LOOKBACK
-        records = log.recent(since)
+        records = self.home.denials.recent(since)
         names = {agent.agent_id: agent.name for agent in self.home.agents.list()}
-        horizon = since.isoformat()
+        horizon = format_timestamp(since.replace(minute=0, second=0, microsecond=0))
 
         def evaluate(fired: dict[str, str]) -> tuple[list[Any], dict[str, str]]:
             events, state = evaluate_denials(rules, records, fired, now, names)
@@ -174,7 +172,7 @@ class Detector:
             return events, {
                 key: value
                 for key, value in state.items()
-                if "|denied|" not in key or key.rsplit("|", 1)[1] >= horizon[:13]
+                if "|denied|" not in key or key.rsplit("|", 1)[1] >= horizon
             }
 
         return self._fire(evaluate)

@@ -3,7 +3,6 @@ signatures (against a vector computed by ``openssl dgst -hmac``), backoff."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -27,6 +26,7 @@ from caracal.core.alerts import (
     verify_signature,
 )
 from caracal.core.decisions import PolicyStatus
+from caracal.core.denials import DenialRecord as Denial
 from caracal.core.policy import Policy
 from caracal.core.windows import parse_window, window_bounds
 from caracal.exceptions import CaracalError, InvalidAlertError
@@ -192,18 +192,6 @@ def test_suspensions_fire_once_per_suspension_and_not_before_the_rule() -> None:
     assert second.event_id != event.event_id
     scoped = rule(on="suspended", threshold=None, agent_id="agent-2")
     assert evaluate_suspensions([scoped], [new], {}, NOW)[0] == []
-
-
-@dataclass(frozen=True)
-class Denial:
-    agent_id: str
-    policy_id: str | None
-    reason: str
-    count: int
-    first: datetime
-    last: datetime
-    amount: Decimal | None
-    currency: str
 
 
 def test_denials_fire_once_per_agent_policy_and_hour() -> None:

@@ -237,3 +237,35 @@ def test_a_ledger_that_fails_verification_fires(service: Service, receiver: Rece
         client.post("/api/v1/ledger/verify")  # the same failure again: no second alert
         settle(0.5)
         assert len(receiver.received()) == 1
+
+
+DENY = """
+import sys
+from caracal.exceptions import BudgetExceededError
+from caracal.sdk.client import CaracalClient
+with CaracalClient(sys.argv[1]) as client:
+    for _ in range(int(sys.argv[2])):
+        try:
+            client.reserve("bot", "50")
+        except BudgetExceededError:
+            pass
+        else:
+            raise SystemExit("allowed")
+"""
+
+
+def test_denials_of_an_agent_fire_once_per_hour(service: Service, receiver: Receiver) -> None:
+    rule = service.home.alerts.create(
+        name="denied", url=receiver.url, on="denied", agent_id=service.home.agents.get("bot").agent_id
+    )
+    subprocess.run([sys.executable, "-c", DENY, str(service.home.home), "3"], check=True, timeout=120)
+    [request] = receiver.wait_for()
+    assert request.verifies(rule.secret)
+    body = request.json
+    assert body["type"] == "agent.denied" and body["agent"]["name"] == "bot"
+    assert body["policy"]["id"] == policy_of(service)
+    assert body["figures"]["denials"] == 3 and body["figures"]["amount"] == "50"
+    subprocess.run([sys.executable, "-c", DENY, str(service.home.home), "2"], check=True, timeout=120)
+    settle()
+    same_hour = receiver.received(lambda r: r.json["figures"]["hour"] == body["figures"]["hour"])
+    assert len(same_hour) == 1  # the same hour, agent and policy: told once (a new hour is a new event)

@@ -159,6 +159,7 @@ MATRIX: dict[tuple[str, str], tuple[str, Builder]] = {
         "admin",
         lambda s: Call("GET", f"{API}/ledger/proofs/consistency", params={"first": 1}),
     ),
+    ("GET", f"{API}/denials"): ("any", lambda s: Call("GET", f"{API}/denials")),
     ("POST", f"{API}/alerts"): (
         "admin",
         lambda s: Call(
