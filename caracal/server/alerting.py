@@ -65,10 +65,10 @@ class Sender:
             headers={"User-Agent": f"caracal/{__version__}"},
         )
 
-    def deliver_due(self, *, only: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def deliver_due(self, *, only: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """Claim and send up to ``limit`` due entries (``only``: that entry, due or not); returns the
         entries as recorded after their attempt."""
-        lease = self.settings.alerts_timeout + 30.0
+        lease = self.settings.alerts_timeout * limit + 30.0  # the whole batch may time out, one by one
         results = []
         for entry, rule in self.home.alerts.claim(self.owner, lease=lease, limit=limit, only=only):
             results.append(self._attempt(entry, rule))
