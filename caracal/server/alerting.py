@@ -231,6 +231,13 @@ class Alerting:
             except Exception:  # a background thread must not die
                 logger.exception("%s failed; trying again in %s s", name, self.interval)
 
+    def test(self, rule_id: str) -> dict[str, Any]:
+        """Enqueue a ``test`` event for the rule and try it once now; returns the delivery as recorded
+        (``delivered``, or ``pending`` with the error and the next try, which the sender thread makes)."""
+        event = self.home.alerts.test(rule_id)
+        self.sender.deliver_due(only=event.event_id)
+        return self.home.alerts.delivery(event.event_id)
+
     def ledger_verification_failed(self, exc: BaseException) -> None:
         """Called by the server when a verification (``POST /ledger/verify``) found a problem."""
         try:
