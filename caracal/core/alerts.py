@@ -63,6 +63,9 @@ SIGNATURE_VERSION = "v1"
 HEADER_ID = "Caracal-Event-Id"
 HEADER_TIMESTAMP = "Caracal-Timestamp"
 HEADER_SIGNATURE = "Caracal-Signature"
+CLOCK_SKEW = timedelta(minutes=1)
+"""Facts (a suspension, a denial) from before a rule was created do not fire it; "before" allows this much
+for the clocks that stamped them (a registry's host, the database) to disagree with the rule's."""
 REPLAY_WINDOW = timedelta(minutes=5)
 """How old a timestamp a receiver should accept (documented; :func:`verify_signature` enforces it)."""
 
@@ -467,7 +470,7 @@ def evaluate_denials(
     for rule in rules:
         if rule.on != "denied":
             continue
-        created = parse_timestamp(rule.created_at, "created_at", InvalidAlertError)
+        created = parse_timestamp(rule.created_at, "created_at", InvalidAlertError) - CLOCK_SKEW
         for record in records:
             if rule.agent_id is not None and record.agent_id != rule.agent_id:
                 continue
@@ -525,11 +528,13 @@ def evaluate_suspensions(
     for rule in rules:
         if rule.on != "suspended":
             continue
+        made = parse_timestamp(rule.created_at, "created_at", InvalidAlertError)
+        created = format_timestamp(made - CLOCK_SKEW)
         for agent in suspended:
             if rule.agent_id is not None and agent.agent_id != rule.agent_id:
                 continue
             key = f"{rule.rule_id}|suspended|{agent.agent_id}"
-            if state.get(key) == agent.since or agent.since < rule.created_at:
+            if state.get(key) == agent.since or agent.since < created:
                 continue
             state[key] = agent.since
             identifier = event_id("suspended", rule.rule_id, agent.agent_id, agent.since)

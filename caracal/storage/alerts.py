@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from caracal.core.alerts import AlertEvent, AlertRule, backoff, make_test_event, new_rule, over_hold_events
-from caracal.core.validation import format_timestamp, parse_timestamp
+from caracal.core.validation import format_timestamp
 from caracal.exceptions import AlertNotFoundError, InvalidAlertError, RegistryError
 from caracal.storage.interface import Document
 
@@ -166,13 +166,13 @@ class AlertStore:
         rules = {rule.rule_id: rule for rule in self.list()}
         now = format_timestamp(self.clock())
         added = []
+        pending = sum(1 for entry in entries.values() if entry["state"] == "pending")
         for event in events:
             if event.event_id in entries:
                 continue
             rule = rules.get(event.rule_id)
             if rule is None:
                 continue
-            pending = sum(1 for entry in entries.values() if entry["state"] == "pending")
             if pending >= MAX_PENDING:
                 logger.warning(
                     "alert outbox: %d events pending; refused event %s of rule %s (deliver or delete first)",
@@ -191,6 +191,7 @@ class AlertStore:
                 "attempts": 0,
                 "next_attempt_at": now,
             }
+            pending += 1
             added.append(event)
         return added
 
@@ -336,10 +337,6 @@ def _prune(entries: dict[str, Any], keep_delivered: int) -> None:
 def lease_owner() -> str:
     """A sender's lease owner name (unique per sender)."""
     return secrets.token_hex(8)
-
-
-def parse_time(value: str) -> datetime:
-    return parse_timestamp(value, "time", InvalidAlertError)
 
 
 __all__ = ["AlertStore", "empty_alerts", "empty_outbox", "lease_owner", "public_entry"]

@@ -5,6 +5,7 @@ receiver on 127.0.0.1, signed with the rule's secret, exactly once per window cr
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -223,7 +224,9 @@ def test_a_ledger_that_fails_verification_fires(service: Service, receiver: Rece
     charges = [i for i, line in enumerate(lines) if b'"cost":"2"' in line]
     assert len(charges) == 1
     lines[charges[0]] = lines[charges[0]].replace(b'"cost":"2"', b'"cost":"0"')
-    ledger.write_bytes(b"".join(lines))
+    tampered = ledger.with_name("tampered")
+    tampered.write_bytes(b"".join(lines))
+    os.replace(tampered, ledger)  # at once: the server's detector must not see a half-written file
     admin = service.keys.ensure_admin_key(service.home.home / "keys" / "admin.key")
     with (
         ServerThread(create_app(service)) as server,
