@@ -68,7 +68,7 @@ class Sender:
     def deliver_due(self, *, only: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """Claim and send up to ``limit`` due entries (``only``: that entry, due or not); returns the
         entries as recorded after their attempt."""
-        lease = self.settings.alerts_timeout * limit + 30.0  # the whole batch may time out, one by one
+        lease = self.settings.alerts_timeout  # per attempt; see AlertStore.claim
         results = []
         for entry, rule in self.home.alerts.claim(self.owner, lease=lease, limit=limit, only=only):
             results.append(self._attempt(entry, rule))

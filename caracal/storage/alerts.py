@@ -41,6 +41,8 @@ VERSION = 1
 MAX_RULES = 1000
 MAX_FAILED = 5000
 """Failed entries kept (the oldest pruned first, each logged): a bound on the outbox's size."""
+LEASE_MARGIN = 5.0
+"""Seconds a lease lasts beyond the attempts it covers."""
 MAX_PENDING = 10_000
 """Pending entries kept; past it, new events are refused with a WARNING (never silently dropped)."""
 
@@ -220,10 +222,20 @@ class AlertStore:
         return event
 
     def claim(
-        self, owner: str, *, lease: float, limit: int = 20, only: str | None = None
+        self,
+        owner: str,
+        *,
+        lease: float,
+        limit: int = 20,
+        only: str | None = None,
+        margin: float = LEASE_MARGIN,
     ) -> builtins.list[tuple[dict[str, Any], AlertRule | None]]:
         """Lease up to ``limit`` due entries (pending, next attempt reached, no live lease) to ``owner``;
-        returns copies with their rule (None when it was deleted). ``only``: just that entry, due or not."""
+        returns copies with their rule (None when it was deleted). ``only``: just that entry, due or not.
+
+        ``lease`` is the most one attempt may take: the k-th entry claimed (sent after k - 1 others) is
+        leased for ``k x lease`` plus ``margin`` seconds, so that a crashed sender's entries
+        are tried again soon after, while a slow one's are not sent twice."""
         now = self.clock()
         stamp = format_timestamp(now)
         rules = {rule.rule_id: rule for rule in self.list()}
@@ -241,7 +253,8 @@ class AlertStore:
                 if only is None and (entry.get("next_attempt_at") or "") > stamp:
                     continue
                 entry["lease_owner"] = owner
-                entry["lease_until"] = format_timestamp(now + timedelta(seconds=lease))
+                until = now + timedelta(seconds=(len(claimed) + 1) * lease + margin)
+                entry["lease_until"] = format_timestamp(until)
                 claimed.append((dict(entry), rules.get(entry["rule_id"])))
         return claimed
 

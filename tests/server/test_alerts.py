@@ -22,7 +22,7 @@ from caracal.server.service import Service
 from tests.alert_receiver import Receiver, receiving
 
 API = "/api/v1/alerts"
-FAST = "[alerts]\ninterval = 0.05\nretry_base = 0.05\nretry_max = 0.2\n"
+FAST = "[alerts]\ninterval = 0.05\nretry_base = 0.05\nretry_max = 0.2\nmax_attempts = 1000\n"
 CHARGE = """
 import sys
 from caracal.sdk.client import CaracalClient

@@ -90,7 +90,7 @@ def test_a_leased_entry_waits_for_its_lease(home: EmbeddedHome) -> None:
         event.event_id, delivered=False, status=None, error="boom", retry_base=0.0, retry_max=0.0,
         max_attempts=10, keep_delivered=10,
     )  # fmt: skip
-    [(again, _)] = home.alerts.claim("sender-b", lease=0.01)  # the lease ended with the attempt
+    [(again, _)] = home.alerts.claim("sender-b", lease=0.01, margin=0)  # the lease ended with the attempt
     assert again["attempts"] == 1
     time.sleep(0.05)
     [(lapsed, _)] = home.alerts.claim("sender-c", lease=60.0)  # b crashed: its lease lapsed

@@ -31,7 +31,7 @@ def caracal(*args: str) -> Any:
 def fast_alerts(home: Path) -> None:
     config = home / "config.toml"
     text = config.read_text()
-    for key, value in (("interval", "0.05"), ("retry_base", "0.05"), ("retry_max", "0.3")):
+    for key, value in (("interval", "0.05"), ("retry_base", "0.05"), ("retry_max", "0.3"), ("timeout", "2")):
         text, count = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.MULTILINE)
         assert count == 1, key
     config.write_text(text)
