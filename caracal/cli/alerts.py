@@ -208,6 +208,23 @@ def deliveries_command(as_json: bool, state: str | None, limit: int) -> None:
     )
 
 
+@alert_group.command("retry")
+@json_option
+@click.argument("event_id")
+@handle_errors
+def retry_command(as_json: bool, event_id: str) -> None:
+    """Queue a failed webhook again (the server sends it; its attempts start afresh)."""
+    home = EmbeddedHome()
+    try:
+        entry = home.alerts.retry(event_id)
+    finally:
+        home.close()
+    if as_json:
+        emit_json(entry)
+        return
+    click.echo(f"queued alert {entry['id']} again for {entry['url']}; 'caracal serve' sends it")
+
+
 def _delivery_row(entry: dict[str, Any]) -> list[object]:
     error = entry.get("last_error") or "-"
     return [

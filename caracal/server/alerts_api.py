@@ -20,6 +20,7 @@ from caracal.server.errors import json_response
 
 router = APIRouter(prefix="/api/v1", route_class=AuthenticatedRoute)
 RuleRef = Annotated[str, Path(min_length=1, max_length=64)]
+EventRef = Annotated[str, Path(min_length=1, max_length=64)]
 SECRET_WARNING = "the secret signs this rule's webhooks; it is shown only now: store it with the receiver"
 
 
@@ -73,6 +74,16 @@ def list_deliveries(
 ) -> Response:
     require_admin(caller)
     return json_response(service_of(request).home.alerts.deliveries(limit, state))
+
+
+@router.post(
+    "/alerts/deliveries/{event_id}/retry",
+    tags=["alerts"],
+    summary="Send a failed webhook again (admin)",
+)
+def retry_delivery(event_id: EventRef, request: Request, caller: Caller) -> Response:
+    require_admin(caller)
+    return json_response(service_of(request).home.alerts.retry(event_id))
 
 
 @router.get("/alerts/{rule_id}", tags=["alerts"], summary="One alert rule, without its secret (admin)")

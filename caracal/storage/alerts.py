@@ -317,6 +317,22 @@ class AlertStore:
             _prune(entries, keep_delivered)
             return dict(entry)
 
+    def retry(self, entry_id: str) -> dict[str, Any]:
+        """Make a ``failed`` entry ``pending`` again, due now, its attempts counted afresh (an operator
+        fixed the receiver). A pending one is made due now; a delivered one is refused."""
+        now = format_timestamp(self.clock())
+        with self.outbox.transaction() as document:
+            entry = document.setdefault("entries", {}).get(entry_id)
+            if entry is None:
+                raise AlertNotFoundError(f"no alert delivery {entry_id!r} in the outbox")
+            if entry["state"] == "delivered":
+                raise InvalidAlertError(f"alert {entry_id} was delivered at {entry.get('delivered_at')}")
+            if entry["state"] == "failed":
+                entry["state"] = "pending"
+                entry["attempts"] = 0
+            entry["next_attempt_at"] = now
+            return public_entry(entry)
+
     def deliveries(self, limit: int = 100, state: str | None = None) -> builtins.list[dict[str, Any]]:
         """Outbox entries, newest first (of ``state`` when given)."""
         entries = self.outbox.read().get("entries", {}).values()

@@ -82,6 +82,9 @@ def test_create_list_test_delete(home: Path, receiver: Receiver) -> None:
     assert [d["state"] for d in deliveries] == ["delivered", "delivered"]
     assert {d["id"] for d in deliveries} == {request.event_id, slack.event_id}
 
+    delivered = run("alert", "retry", request.event_id)
+    assert delivered.returncode == 1 and "was delivered" in delivered.stderr
+
     deleted = ok("alert", "delete", rule["id"])
     assert deleted["deleted"] is True
     assert [r["id"] for r in ok("alert", "list")] == [other["id"]]
@@ -99,6 +102,9 @@ def test_a_test_that_cannot_be_delivered_stays_in_the_outbox(home: Path, closed_
     [entry] = ok("alert", "deliveries", "--state", "pending")
     assert entry["type"] == "test" and entry["attempts"] == 1 and "Connect" in entry["last_error"]
     assert "pending" in run("alert", "deliveries").stdout
+    again = ok("alert", "retry", entry["id"])
+    assert again["state"] == "pending" and again["id"] == entry["id"]
+    assert run("alert", "retry", "evt_nope").returncode == 1
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,11 @@ def test_an_entry_that_keeps_failing_is_kept_as_failed(home: EmbeddedHome, close
     assert [e["id"] for e in home.alerts.deliveries(state="failed")] == [event.event_id]
     assert home.alerts.claim("anyone", lease=1.0, only=event.event_id) == []  # never sent again by itself
 
+    retried = home.alerts.retry(event.event_id)  # an operator fixed the receiver
+    assert retried["state"] == "pending" and retried["attempts"] == 0
+    [(entry_again, _)] = home.alerts.claim("anyone", lease=1.0)
+    assert entry_again["id"] == event.event_id
+
 
 def test_a_deleted_rules_pending_event_fails_visibly(home: EmbeddedHome, receiver: Receiver) -> None:
     rule = home.alerts.create(name="gone", url=receiver.url, on="suspended")

@@ -59,6 +59,18 @@ def alert_rule(server: Live) -> str:
     return rule.rule_id
 
 
+def failed_alert(server: Live) -> str:
+    """An outbox entry that failed (its rule was deleted before delivery)."""
+    alerts = server.service.home.alerts
+    rule_id = alert_rule(server)
+    event = alerts.test(rule_id)
+    alerts.finish(
+        event.event_id, delivered=False, status=None, error="x", retry_base=1, retry_max=1, max_attempts=1,
+        keep_delivered=1,
+    )  # fmt: skip
+    return event.event_id
+
+
 def throwaway_key(server: Live) -> str:
     key, _token = server.service.keys.create("agent", server.agent_ids["other"], "throwaway")
     return key.key_id
@@ -174,6 +186,10 @@ MATRIX: dict[tuple[str, str], tuple[str, Builder]] = {
     ("DELETE", f"{API}/alerts/{{rule_id}}"): (
         "admin",
         lambda s: Call("DELETE", f"{API}/alerts/{alert_rule(s)}"),
+    ),
+    ("POST", f"{API}/alerts/deliveries/{{event_id}}/retry"): (
+        "admin",
+        lambda s: Call("POST", f"{API}/alerts/deliveries/{failed_alert(s)}/retry"),
     ),
     ("POST", f"{API}/alerts/{{rule_id}}/test"): (
         "admin",
