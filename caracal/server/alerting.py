@@ -43,6 +43,7 @@ from caracal.storage.alerts import lease_owner
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer
+    from caracal.server.metrics import Metrics
     from caracal.storage.home import EmbeddedHome
 
 logger = logging.getLogger("caracal.alerts")
@@ -55,8 +56,11 @@ DENIAL_LOOKBACK = timedelta(hours=2)
 class Sender:
     """Deliver due outbox entries of a home: claim, POST, record."""
 
-    def __init__(self, home: EmbeddedHome, client: httpx.Client | None = None):
+    def __init__(
+        self, home: EmbeddedHome, client: httpx.Client | None = None, metrics: Metrics | None = None
+    ):
         self.home = home
+        self.metrics = metrics
         self.settings = home.settings
         self.owner = lease_owner()
         self.client = client or httpx.Client(
@@ -92,7 +96,7 @@ class Sender:
                 error = f"{type(exc).__name__}: {exc}"
         if error is not None:
             logger.info("alert %s to %s not delivered: %s", entry["id"], entry["url"], error)
-        return self.home.alerts.finish(
+        recorded = self.home.alerts.finish(
             entry["id"],
             delivered=error is None,
             status=status,
@@ -103,6 +107,10 @@ class Sender:
             keep_delivered=self.settings.alerts_keep_delivered,
             final=final,
         )
+        if self.metrics is not None and recorded is not None:
+            outcome = "retry" if recorded["state"] == "pending" else recorded["state"]
+            self.metrics.alert_deliveries.labels(outcome).inc()
+        return recorded
 
     def close(self) -> None:
         self.client.close()
@@ -126,9 +134,10 @@ def policy_statuses(enforcer: Enforcer, home: EmbeddedHome) -> list[PolicyStatus
 class Detector:
     """Evaluate the home's rules once (:meth:`run_once`); enqueue what fires."""
 
-    def __init__(self, home: EmbeddedHome, enforcer: Enforcer):
+    def __init__(self, home: EmbeddedHome, enforcer: Enforcer, metrics: Metrics | None = None):
         self.home = home
         self.enforcer = enforcer
+        self.metrics = metrics
 
     def run_once(self) -> int:
         """One look; returns how many events were enqueued."""
@@ -183,7 +192,11 @@ class Detector:
         events, state = evaluate(self.home.alerts.fired())
         if not events and state == self.home.alerts.fired():
             return 0
-        return len(self.home.alerts.record(evaluate))
+        added = self.home.alerts.record(evaluate)
+        if self.metrics is not None:
+            for event in added:
+                self.metrics.alerts_fired.labels(event.type).inc()
+        return len(added)
 
     def verification_failed(self, exc: BaseException) -> int:
         """Fire ``ledger.verification_failed`` for a failure (once per rule and location)."""
@@ -199,10 +212,10 @@ class Detector:
 class Alerting:
     """The detector and the sender of a server, as two daemon threads (:meth:`start`, :meth:`close`)."""
 
-    def __init__(self, home: EmbeddedHome, enforcer: Enforcer):
+    def __init__(self, home: EmbeddedHome, enforcer: Enforcer, metrics: Metrics | None = None):
         self.home = home
-        self.detector = Detector(home, enforcer)
-        self.sender = Sender(home)
+        self.detector = Detector(home, enforcer, metrics)
+        self.sender = Sender(home, metrics=metrics)
         self.interval = home.settings.alerts_interval
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

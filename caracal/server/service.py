@@ -55,7 +55,7 @@ class Service:
         self._expire()
         self._sweeper = threading.Thread(target=self._sweep, name="caracal-expire-holds", daemon=True)
         self._sweeper.start()
-        self.alerting = Alerting(self.home, self.enforcer)
+        self.alerting = Alerting(self.home, self.enforcer, self.metrics)
         """Fires alert rules and delivers their webhooks (:mod:`caracal.server.alerting`)."""
         self.alerting.start()
 

@@ -96,6 +96,9 @@ def test_crossing_80_percent_fires_exactly_once(service: Service, receiver: Rece
     assert len(receiver.received()) == 1
     [delivery] = service.home.alerts.deliveries()
     assert delivery["state"] == "delivered" and delivery["id"] == body["id"] and delivery["attempts"] == 1
+    metrics = service.metrics.render().decode()
+    assert 'caracal_alerts_fired_total{type="policy.threshold_crossed"} 1.0' in metrics
+    assert 'caracal_alert_deliveries_total{outcome="delivered"} 1.0' in metrics
 
 
 def test_rules_at_several_thresholds_each_fire_once(service: Service, receiver: Receiver) -> None:
