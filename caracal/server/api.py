@@ -31,6 +31,7 @@ from starlette.responses import Response
 from caracal.core.apikeys import TOKEN_WARNING, Principal
 from caracal.core.checkpoint import matches_signed, public_key_path
 from caracal.core.events import LedgerEvent
+from caracal.core.ledger import remembered_root
 from caracal.core.ledger_read import LedgerQuery, query_bound
 from caracal.core.verify import default_public_key, prove_consistency, prove_inclusion, verify_ledger
 from caracal.core.windows import policy_window
@@ -559,7 +560,9 @@ async def ledger_verify(request: Request, caller: Caller) -> Response:
     require_admin(caller)
     service = service_of(request)
     key = default_public_key(service.home.key_path)
-    report = await run_in_threadpool(verify_ledger, service.home.ledger, public_key=key)
+    ledger = service.home.ledger
+    remembered = remembered_root(ledger, service.home.key_path)
+    report = await run_in_threadpool(verify_ledger, ledger, public_key=key, remembered=remembered)
     if not report.ok:
         problem = report.problems[0].message if report.problems else "verification failed"
         failure = LedgerVerificationError(problem, first_bad_event_id=report.first_bad_event_id)
