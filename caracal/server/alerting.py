@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("caracal.alerts")
 
 MAX_ERROR_LENGTH = 500
+SEND_BATCH = 10
+"""Entries a sender claims at once (each leased for the attempts before it, see AlertStore.claim)."""
 DENIAL_LOOKBACK = timedelta(hours=2)
 """How far back the detector reads the denial log (its records are per hour)."""
 
@@ -69,7 +71,7 @@ class Sender:
             headers={"User-Agent": f"caracal/{__version__}"},
         )
 
-    def deliver_due(self, *, only: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    def deliver_due(self, *, only: str | None = None, limit: int = SEND_BATCH) -> list[dict[str, Any]]:
         """Claim and send up to ``limit`` due entries (``only``: that entry, due or not); returns the
         entries as recorded after their attempt."""
         lease = self.settings.alerts_timeout  # per attempt; see AlertStore.claim
@@ -228,7 +230,15 @@ class Alerting:
             self._threads.append(thread)
 
     def _send(self) -> int:
-        return len(self.sender.deliver_due())
+        """Send what is due, batch after batch while full batches keep coming (a backlog drains at once,
+        not ten entries an interval)."""
+        sent = 0
+        while not self._stop.is_set():
+            batch = self.sender.deliver_due(limit=SEND_BATCH)
+            sent += len(batch)
+            if len(batch) < SEND_BATCH:
+                break
+        return sent
 
     def _loop(self, name: str, step: Callable[[], int]) -> None:
         while not self._stop.wait(self.interval):
