@@ -116,12 +116,11 @@ class AlertRule:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertRule:
         try:
-            threshold = data.get("threshold")
             return new_rule(
                 name=data["name"],
                 url=data["url"],
                 on=data["on"],
-                threshold=None if threshold is None else threshold,
+                threshold=data.get("threshold"),
                 count_holds=bool(data.get("count_holds", False)),
                 policy_id=data.get("policy_id"),
                 agent_id=data.get("agent_id"),
