@@ -275,3 +275,27 @@ def test_denials_of_an_agent_fire_once_per_hour(service: Service, receiver: Rece
     settle()
     same_hour = receiver.received(lambda r: r.json["figures"]["hour"] == body["figures"]["hour"])
     assert len(same_hour) == 1  # the same hour, agent and policy: told once (a new hour is a new event)
+
+
+OVER_HOLD = """
+import sys
+from caracal.sdk.client import CaracalClient
+with CaracalClient(sys.argv[1]) as client:
+    hold = client.reserve("bot", "1")
+    client.settle(hold, [{"resource_type": "tool.calls", "quantity": "3", "cost": "3"}])
+    print(hold.hold_id)
+"""
+
+
+def test_an_over_hold_in_another_process_is_delivered_by_the_server(
+    service: Service, receiver: Receiver
+) -> None:
+    rule = service.home.alerts.create(name="o", url=receiver.url, on="over-hold")
+    done = subprocess.run(
+        [sys.executable, "-c", OVER_HOLD, str(service.home.home)], check=True, capture_output=True, text=True
+    )
+    [request] = receiver.wait_for()
+    assert request.verifies(rule.secret)
+    figures = request.json["figures"]
+    assert figures["hold_id"] == done.stdout.strip()
+    assert (figures["held"], figures["charged"], figures["over"]) == ("1", "3", "2")
