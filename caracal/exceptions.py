@@ -44,6 +44,9 @@ The tree::
     ├── GatewayError                  the LLM gateway
     │   ├── GatewayRequestError       a malformed request; nothing was forwarded or held (also a ValueError)
     │   └── UpstreamError             the upstream provider failed or could not be reached
+    ├── AlertError                    alert rules and their webhook deliveries
+    │   ├── InvalidAlertError         bad input for an alert rule; nothing was changed (also a ValueError)
+    │   └── AlertNotFoundError        no alert rule (or delivery) with that id
     ├── AuthError                     authentication and authorization for the HTTP API
         ├── AuthenticationError       no key, a malformed, unknown or revoked key (HTTP 401)
         ├── PermissionDeniedError     a valid key acting outside its scope (HTTP 403)
@@ -258,6 +261,18 @@ class UpstreamError(GatewayError):
     def __init__(self, message: str, *, outcome: str | None = None):
         super().__init__(message)
         self.outcome = outcome
+
+
+class AlertError(CaracalError):
+    """Alert rules and their webhook deliveries."""
+
+
+class InvalidAlertError(AlertError, ValueError):
+    """Bad input for an alert rule (its name, URL, threshold, scope or format); nothing was changed."""
+
+
+class AlertNotFoundError(AlertError):
+    """No alert rule (or delivery) with that id."""
 
 
 class AuthError(CaracalError):

@@ -53,6 +53,8 @@ CONFIG_TEMPLATE = """\
 #   data/policies.json               budget policies with every revision (the audit trail)
 #   data/prices.json                 the user's price history
 #   data/apikeys.json                API keys of the server (hashes only; owner-only)
+#   data/alerts.json                 alert rules with their signing secrets (owner-only)
+#   data/alert_outbox.json           alerts waiting for delivery, and recent deliveries (owner-only)
 #                                    (each registry with its .lock and rolling .bak.N copies)
 #   data/ledger.jsonl.*              other sidecars are caches, rebuilt from the ledger when missing
 #   keys/checkpoint.key              Ed25519 key signing the checkpoints; owner-only (0600). Kept out of
@@ -145,6 +147,20 @@ image_tokens = 2000
 hold_ttl = 900
 # Longest upstream call, in seconds (to the end of a stream).
 upstream_timeout = 600
+
+[alerts]
+# `caracal serve` looks for alerts to fire (thresholds, suspensions, denials) and webhooks to deliver every
+# this many seconds.
+interval = 1.0
+# A webhook that fails (no 2xx answer) is tried again after retry_base seconds, then twice as long each
+# time, at most retry_max seconds apart; after max_attempts tries it is marked failed (kept and shown by
+# `caracal alert deliveries`, never deleted). timeout: seconds one request may take.
+retry_base = 1.0
+retry_max = 300.0
+max_attempts = 25
+timeout = 10.0
+# Delivered webhooks kept in the outbox for `caracal alert deliveries` (the oldest pruned first).
+keep_delivered = 200
 
 # Where the gateway forwards calls, and the provider keys it uses (agents never see them). The key is
 # api_key if set, else the environment variable named by api_key_env, read at each call. provider is the

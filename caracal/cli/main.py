@@ -28,6 +28,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "policy_group",
         "Budget policies: a limit per window for an agent (its descendants' spend counts too).",
     ),
+    "alert": LazyCommand(
+        "caracal.cli.alerts",
+        "alert_group",
+        "Alerts: webhooks when a budget crosses a threshold, an agent is denied or suspended, and more.",
+    ),
     "pricebook": LazyCommand(
         "caracal.cli.pricebook",
         "pricebook_group",

@@ -112,6 +112,18 @@ class Settings:
     image_tokens: int = 2000
     gateway_hold_ttl: float = 900.0
     upstream_timeout: float = 600.0
+    alerts_interval: float = 1.0
+    """``[alerts] interval``: seconds between two looks of ``caracal serve`` for alerts to fire and send."""
+    alerts_retry_base: float = 1.0
+    """``[alerts] retry_base``: seconds before the second try of a webhook; doubled after each failure."""
+    alerts_retry_max: float = 300.0
+    """``[alerts] retry_max``: the longest wait between two tries of a webhook."""
+    alerts_max_attempts: int = 25
+    """``[alerts] max_attempts``: tries before a webhook is marked failed (kept, visible, never deleted)."""
+    alerts_timeout: float = 10.0
+    """``[alerts] timeout``: seconds a webhook request may take."""
+    alerts_keep_delivered: int = 200
+    """``[alerts] keep_delivered``: delivered webhooks kept in the outbox (the oldest pruned first)."""
     openai: UpstreamSettings = DEFAULT_UPSTREAMS["openai"]
     anthropic: UpstreamSettings = DEFAULT_UPSTREAMS["anthropic"]
 
@@ -122,7 +134,14 @@ class Settings:
 MAX_WORKERS = 64
 """The most server worker processes (``[server] workers``, ``caracal serve --workers``)."""
 
-_SETTING_NAMES = {("gateway", "hold_ttl"): "gateway_hold_ttl", ("storage", "url"): "storage_url"}
+_SETTING_NAMES = {
+    ("gateway", "hold_ttl"): "gateway_hold_ttl",
+    ("storage", "url"): "storage_url",
+    **{
+        ("alerts", key): f"alerts_{key}"
+        for key in ("interval", "retry_base", "retry_max", "max_attempts", "timeout", "keep_delivered")
+    },
+}
 """Settings whose attribute name differs from their key in the file."""
 
 _POSITIVE = frozenset(
@@ -135,6 +154,11 @@ _POSITIVE = frozenset(
         ("holds", "suspend_over_hold_factor"),
         ("metering", "idempotency_window"),
         ("storage", "statement_timeout"),
+        ("alerts", "interval"),
+        ("alerts", "retry_base"),
+        ("alerts", "retry_max"),
+        ("alerts", "max_attempts"),
+        ("alerts", "timeout"),
     }
 )
 """Settings where 0 would make the server refuse everything (or nothing)."""
@@ -173,6 +197,14 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "hold_ttl": (int, float),
         "upstream_timeout": (int, float),
         **{api: (dict,) for api in UPSTREAM_APIS},
+    },
+    "alerts": {
+        "interval": (int, float),
+        "retry_base": (int, float),
+        "retry_max": (int, float),
+        "max_attempts": (int,),
+        "timeout": (int, float),
+        "keep_delivered": (int,),
     },
 }
 

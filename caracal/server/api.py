@@ -39,6 +39,7 @@ from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
     InvalidRequestError,
+    LedgerVerificationError,
     PermissionDeniedError,
 )
 from caracal.server.auth import authenticate, require_admin, require_reading, require_writable
@@ -562,6 +563,10 @@ async def ledger_verify(request: Request, caller: Caller) -> Response:
     ledger = service.home.ledger
     remembered = remembered_root(ledger, service.home.key_path)
     report = await run_in_threadpool(verify_ledger, ledger, public_key=key, remembered=remembered)
+    if not report.ok:
+        problem = report.problems[0].message if report.problems else "verification failed"
+        failure = LedgerVerificationError(problem, first_bad_event_id=report.first_bad_event_id)
+        await run_in_threadpool(service.alerting.ledger_verification_failed, failure)
     return json_response(report.to_dict())
 
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caracal import __version__
 from caracal.exceptions import CaracalError, InvalidRequestError
-from caracal.server import api
+from caracal.server import alerts_api, api
 from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
@@ -121,6 +121,7 @@ def create_app(
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, body_timeout=body_timeout)

@@ -26,6 +26,7 @@ from caracal.core.validation import dumps
 from caracal.exceptions import (
     AgentNotFoundError,
     AgentSuspendedError,
+    AlertNotFoundError,
     ApiKeyNotFoundError,
     AuthenticationError,
     BudgetExceededError,
@@ -57,6 +58,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (HoldNotFoundError, 404),
     (PolicyNotFoundError, 404),
     (ApiKeyNotFoundError, 404),
+    (AlertNotFoundError, 404),
     (DuplicateAgentError, 409),
     (IdempotencyConflictError, 409),
     (UnknownPriceError, 400),

@@ -44,6 +44,18 @@ class Metrics:
             "Settlements and charges that took a hold past its amount (usage beyond the bound; recorded).",
             registry=r,
         )
+        self.alerts_fired = Counter(
+            "caracal_alerts_fired",
+            "Alert events this process detected and queued (each event once, whichever process queued it).",
+            ["type"],
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "caracal_alert_deliveries",
+            "Webhook attempts of this process by outcome: delivered, retry (tried again later), failed.",
+            ["outcome"],
+            registry=r,
+        )
         self.holds_open = Gauge(
             "caracal_holds_open", "Holds on record and not yet closed (all writers).", registry=r
         )

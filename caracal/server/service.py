@@ -19,6 +19,7 @@ from caracal.core.enforcement import Operation, OverHold
 from caracal.core.group_commit import GroupCommitter
 from caracal.core.metering import Meter
 from caracal.exceptions import CaracalError
+from caracal.server.alerting import Alerting
 from caracal.server.metrics import Metrics
 from caracal.storage.home import EmbeddedHome
 
@@ -54,6 +55,9 @@ class Service:
         self._expire()
         self._sweeper = threading.Thread(target=self._sweep, name="caracal-expire-holds", daemon=True)
         self._sweeper.start()
+        self.alerting = Alerting(self.home, self.enforcer, self.metrics)
+        """Fires alert rules and delivers their webhooks (:mod:`caracal.server.alerting`)."""
+        self.alerting.start()
 
     async def run(self, operation: Operation[T]) -> T:
         """Record ``operation`` through the group committer; returns once its entries are fsynced."""
@@ -81,6 +85,7 @@ class Service:
     def close(self) -> None:
         """Finish queued operations, save the budget snapshot, checkpoint and close the ledger."""
         self._stop.set()
+        self.alerting.close()
         self.committer.close()
         try:
             self.enforcer.close()

@@ -6,6 +6,7 @@ Layout (``$CARACAL_HOME``, else ``~/.caracal``)::
     data/ledger.jsonl (+ sidecars)
     data/agents.json  data/policies.json  data/prices.json   (each with .lock and .bak.N)
     data/apikeys.json             API keys of the server (hashes only)
+    data/alerts.json  data/alert_outbox.json   alert rules (with their secrets; 0600) and their outbox
     keys/checkpoint.key (0600) and keys/checkpoint.key.pub
     keys/admin.key (0600)         the server's admin API key
 
@@ -35,8 +36,9 @@ from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
 from caracal.core.store import LedgerStore
-from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, InvalidAgentError
+from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, CaracalError, InvalidAgentError
 from caracal.storage.agents import AgentRegistry, empty_agents
+from caracal.storage.alerts import AlertStore, empty_alerts, empty_outbox
 from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path, empty_keys
 from caracal.storage.backends import open_backend
 from caracal.storage.denials import DenialLog
@@ -142,6 +144,11 @@ class EmbeddedHome:
         self.keys = ApiKeyRegistry(documents["apikeys"])
         self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
+        self.alerts = AlertStore(
+            self.backend.document("alerts", empty_alerts, mode=0o600),
+            self.backend.document("alert_outbox", empty_outbox, mode=0o600),
+            self.now,
+        )
         self.denials = DenialLog(self.backend.document("denials", empty_denials), self.now)
         self._writer: LedgerWriter | None = None
         self._reader: LedgerStore | None = None
@@ -202,7 +209,12 @@ class EmbeddedHome:
     def over_hold(self, over: OverHold) -> None:
         """A charge beyond its hold was recorded: suspend the agent if ``[holds] suspend_over_hold_factor``
         is set and the charges exceed the hold by more than that factor (an operator activates it again
-        with ``caracal agent activate``). The enforcers of this home call it (``on_over_hold``)."""
+        with ``caracal agent activate``), and enqueue the alerts of rules that watch over-holds (delivered by
+        ``caracal serve``). The enforcers of this home call it (``on_over_hold``)."""
+        try:
+            self.alerts.over_hold(over, self._agent_name(over.agent_id))
+        except CaracalError as exc:
+            logger.warning("could not enqueue the over-hold alerts of hold %s: %s", over.hold_id, exc)
         factor = self.settings.suspend_over_hold_factor
         if factor is None or over.charged <= over.held * Decimal(str(factor)):
             return
@@ -213,6 +225,12 @@ class EmbeddedHome:
             agent.name, over.charged, over.currency, over.hold_id, over.held, over.currency, factor,
             agent.name,
         )  # fmt: skip
+
+    def _agent_name(self, agent_id: str) -> str | None:
+        try:
+            return self.agents.get(agent_id).name
+        except CaracalError:
+            return None
 
     def enforcer(
         self,

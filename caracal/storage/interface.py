@@ -24,8 +24,9 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials")
-"""The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`)."""
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox")
+"""The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`;
+``alerts``, ``alert_outbox``: the rules and outbox of :mod:`caracal.storage.alerts`)."""
 
 
 class Document(Protocol):

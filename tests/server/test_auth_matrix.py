@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from caracal.server import api
+from caracal.server import alerts_api, api
 from tests.server.conftest import RESOURCE, Live, start
 
 API = "/api/v1"
@@ -50,6 +50,25 @@ def hold_of_worker(server: Live) -> str:
     assert response.status_code == 201, response.text
     hold_id: str = response.json()["hold_id"]
     return hold_id
+
+
+def alert_rule(server: Live) -> str:
+    rule = server.service.home.alerts.create(
+        name=unique("rule"), url="http://127.0.0.1:9/hook", on="suspended"
+    )
+    return rule.rule_id
+
+
+def failed_alert(server: Live) -> str:
+    """An outbox entry that failed (its rule was deleted before delivery)."""
+    alerts = server.service.home.alerts
+    rule_id = alert_rule(server)
+    event = alerts.test(rule_id)
+    alerts.finish(
+        event.event_id, delivered=False, status=None, error="x", retry_base=1, retry_max=1, max_attempts=1,
+        keep_delivered=1,
+    )  # fmt: skip
+    return event.event_id
 
 
 def throwaway_key(server: Live) -> str:
@@ -152,6 +171,30 @@ MATRIX: dict[tuple[str, str], tuple[str, Builder]] = {
         "admin",
         lambda s: Call("GET", f"{API}/ledger/proofs/consistency", params={"first": 1}),
     ),
+    ("GET", f"{API}/denials"): ("any", lambda s: Call("GET", f"{API}/denials")),
+    ("POST", f"{API}/alerts"): (
+        "admin",
+        lambda s: Call(
+            "POST",
+            f"{API}/alerts",
+            {"name": unique("rule"), "url": "http://127.0.0.1:9/h", "on": "suspended"},
+        ),
+    ),
+    ("GET", f"{API}/alerts"): ("admin", lambda s: Call("GET", f"{API}/alerts")),
+    ("GET", f"{API}/alerts/deliveries"): ("admin", lambda s: Call("GET", f"{API}/alerts/deliveries")),
+    ("GET", f"{API}/alerts/{{rule_id}}"): ("admin", lambda s: Call("GET", f"{API}/alerts/{alert_rule(s)}")),
+    ("DELETE", f"{API}/alerts/{{rule_id}}"): (
+        "admin",
+        lambda s: Call("DELETE", f"{API}/alerts/{alert_rule(s)}"),
+    ),
+    ("POST", f"{API}/alerts/deliveries/{{event_id}}/retry"): (
+        "admin",
+        lambda s: Call("POST", f"{API}/alerts/deliveries/{failed_alert(s)}/retry"),
+    ),
+    ("POST", f"{API}/alerts/{{rule_id}}/test"): (
+        "admin",
+        lambda s: Call("POST", f"{API}/alerts/{alert_rule(s)}/test"),
+    ),
 }
 
 # Who is allowed, per scope ("worker" is the agent every call is about; "team" is its parent).
@@ -181,7 +224,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 def routes_of_the_app() -> set[tuple[str, str]]:
     found = {("GET", "/metrics")}
-    for route in api.router.routes:
+    for route in [*api.router.routes, *alerts_api.router.routes]:
         assert isinstance(route, APIRoute), route
         for method in route.methods or ():
             if route.path_format.startswith(f"{API}/"):
