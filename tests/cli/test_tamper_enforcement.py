@@ -118,7 +118,12 @@ def assert_refused(message: str) -> None:
     assert "error" in message and "caracal ledger verify" in message, message
     assert any(
         words in message
-        for words in ("failed verification at event", "does not chain", "truncated", "no longer has the bytes")
+        for words in (
+            "failed verification at event",
+            "does not chain",
+            "truncated",
+            "no longer has the bytes",
+        )
     ), message
 
 
