@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from caracal.core.alerts import verify_signature
+from caracal.core.webhooks import verify_signature
 
 
 @dataclass

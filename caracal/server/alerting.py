@@ -26,18 +26,17 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from caracal import __version__
-from caracal.core.alerts import (
-    AlertRule,
+from caracal.core.alert_events import (
     Suspension,
     evaluate_denials,
     evaluate_suspensions,
     evaluate_thresholds,
-    payload,
-    signed_headers,
     verification_events,
 )
+from caracal.core.alerts import AlertRule
 from caracal.core.decisions import PolicyStatus
 from caracal.core.validation import format_timestamp
+from caracal.core.webhooks import payload, signed_headers
 from caracal.exceptions import CaracalError, LedgerVerificationError
 from caracal.storage.alerts import lease_owner
 

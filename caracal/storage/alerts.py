@@ -8,7 +8,7 @@ Invariants:
 - **Enqueued once.** An event is inserted only if no entry has its id, inside the outbox's transaction
   (serialized across threads, processes and hosts). Threshold, denial, suspension and verification events
   are evaluated *inside* that transaction against the stored ``fired`` state and written with it, so two
-  servers that see the same crossing enqueue one event (see :mod:`caracal.core.alerts`).
+  servers that see the same crossing enqueue one event (see :mod:`caracal.core.alert_events`).
 - **Never dropped silently.** An entry is ``pending`` until a 2xx answer makes it ``delivered``; after
   ``max_attempts`` failures it becomes ``failed`` and stays visible with its last error. Only delivered
   entries are pruned (the oldest beyond ``keep_delivered``); failed ones past :data:`MAX_FAILED` are pruned
@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from caracal.core.alerts import AlertEvent, AlertRule, backoff, make_test_event, new_rule, over_hold_events
+from caracal.core.alert_events import AlertEvent, make_test_event, over_hold_events
+from caracal.core.alerts import AlertRule, new_rule
 from caracal.core.validation import format_timestamp
+from caracal.core.webhooks import backoff
 from caracal.exceptions import AlertNotFoundError, InvalidAlertError, RegistryError
 from caracal.storage.interface import Document
 

@@ -9,25 +9,26 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from caracal.core.alerts import (
-    AlertRule,
+from caracal.core.alert_events import (
     Suspension,
-    backoff,
     evaluate_denials,
     evaluate_suspensions,
     evaluate_thresholds,
     event_id,
-    new_rule,
     over_hold_events,
-    payload,
-    sign,
-    signed_headers,
     verification_events,
-    verify_signature,
 )
+from caracal.core.alerts import AlertRule, new_rule
 from caracal.core.decisions import PolicyStatus
 from caracal.core.denials import DenialRecord as Denial
 from caracal.core.policy import Policy
+from caracal.core.webhooks import (
+    backoff,
+    payload,
+    sign,
+    signed_headers,
+    verify_signature,
+)
 from caracal.core.windows import parse_window, window_bounds
 from caracal.exceptions import CaracalError, InvalidAlertError
 
