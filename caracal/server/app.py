@@ -30,6 +30,7 @@ from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
 from caracal.server.service import Service
+from caracal.server.ui import routes as ui
 
 logger = logging.getLogger("caracal.server")
 
@@ -121,6 +122,7 @@ def create_app(
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(api.router)
+    ui.install(app)
     gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, body_timeout=body_timeout)

@@ -24,8 +24,9 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys")
-"""The registry documents every backend keeps."""
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "dashboard")
+"""The registry documents every backend keeps (``dashboard``: the dashboard's session secret and the last
+verification's result, shared by every server process of the home)."""
 
 
 class Document(Protocol):
