@@ -69,8 +69,15 @@ class Errors:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A page in a fresh context (no cookies); fails the test if any page logged a JavaScript error."""
+def expected_errors() -> list[str]:
+    """Console messages a test expects (e.g. the 403 of a page it must not see); every other error fails."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, expected_errors: list[str]) -> Iterator[Any]:
+    """A page in a fresh context (no cookies); fails the test if any page logged a JavaScript error (other
+    than those the test expects)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     errors = Errors()
     found = context.new_page()
@@ -79,7 +86,8 @@ def page(browser: Any) -> Iterator[Any]:
     found.set_default_timeout(30_000)
     yield found
     context.close()
-    assert errors.messages == [], errors.messages
+    unexpected = [m for m in errors.messages if not any(e in m for e in expected_errors)]
+    assert unexpected == [], unexpected
 
 
 @dataclass
