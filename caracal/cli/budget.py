@@ -6,12 +6,14 @@ negative remainder (usage beyond a hold's bound was recorded) is shown as is, ma
 Without ``--agent-id`` it lists every agent's own policies, and names the agents no policy covers (every
 action of theirs is denied).
 ``check`` asks the enforcer the same question an action would (reserving nothing) and exits 1 on a denial.
+``denials`` lists the denied reserves of the last hours from the home's denial log
+(:mod:`caracal.storage.denials`).
 """
 
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -184,3 +186,45 @@ def check_command(as_json: bool, agent_ref: str, amount: str | None, currency: s
         show_decision(decision, names)
     if not decision.allowed:
         sys.exit(EXIT_ERROR)
+
+
+@budget_group.command("denials")
+@json_option
+@click.option(
+    "--agent-id", "agent_ref", default=None, help="Only this agent (id or name) and its descendants."
+)
+@click.option(
+    "--hours", type=click.IntRange(min=1, max=24 * 7), default=24, show_default=True, help="How far back."
+)
+@handle_errors
+def denials_command(as_json: bool, agent_ref: str | None, hours: int) -> None:
+    """The denied reserves of the last hours, per hour, agent and policy: how many, and the latest reason."""
+    with CaracalClient() as client:
+        home = client.home
+        agent_ids: set[str] | None = None
+        if agent_ref is not None:
+            agent = home.agents.get(agent_ref)
+            agent_ids = {agent.agent_id, *(a.agent_id for a in home.agents.descendants(agent.agent_id))}
+        records = home.denials.recent(home.now() - timedelta(hours=hours), agent_ids)
+        names = agent_names(client)
+    if as_json:
+        emit_json([record.to_dict() for record in records])
+        return
+    if not records:
+        click.echo(f"no denials in the last {hours} h")
+        return
+    table(
+        ["LAST", "AGENT", "POLICY", "COUNT", "AMOUNT", "REASON"],
+        [
+            [
+                format_timestamp(r.last),
+                names.get(r.agent_id, r.agent_id),
+                r.policy_id or "-",
+                r.count,
+                "-" if r.amount is None else f"{r.amount} {r.currency}",
+                r.reason,
+            ]
+            for r in records
+        ],
+        right=(3, 4),
+    )

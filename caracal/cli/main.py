@@ -152,6 +152,7 @@ def main(
 cli = main
 """Caracal Core v0.1's name for the command group (``from caracal.cli.main import cli``)."""
 
+
 def __getattr__(name: str) -> object:
     """v0.1's parameter callbacks (``validate_*``), loaded on first use (:mod:`caracal.cli.v01_params`)."""
     from caracal.v01 import load

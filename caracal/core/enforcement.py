@@ -177,7 +177,10 @@ class Enforcer:
 
     ``on_over_hold`` (optional) is called after a settle or charge that took a hold's charges past its
     amount has been recorded; its errors are logged, never raised (the charge is on record either way).
-    ``idempotency_window``: how long idempotency keys are remembered (see :mod:`caracal.core.budget`).
+    ``on_denial`` (optional) is called with the :class:`Decision` of every denied reserve (the home logs
+    it: :mod:`caracal.storage.denials`), likewise never raising; a check is a question, not an action, and
+    is not reported. ``idempotency_window``: how long idempotency keys are remembered (see
+    :mod:`caracal.core.budget`).
     """
 
     def __init__(
@@ -187,12 +190,14 @@ class Enforcer:
         clock: Callable[[], datetime] | None = None,
         *,
         on_over_hold: Callable[[OverHold], None] | None = None,
+        on_denial: Callable[[Decision], None] | None = None,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
         replay_wait: float | None = None,
     ):
         self.writer = writer
         self.directory = directory
         self.on_over_hold = on_over_hold
+        self.on_denial = on_denial
         self._clock = clock or writer.now  # the store's clock: the database's on PostgreSQL
         self.live = LiveBudget(writer, directory.chain, self.now, idempotency_window, replay_wait)
         self._state_lock = self.live.lock
@@ -377,6 +382,7 @@ class Enforcer:
         def finish(_events: list[LedgerEvent]) -> Hold:
             decision = outcome[0]
             if not decision.allowed:
+                self._denied(decision)
                 raise BudgetExceededError(f"denied: {decision.reason}", decision=decision)
             return Hold(hold_id, agent_id, value, currency, expires[0], decision, on_expiry)
 
@@ -529,6 +535,15 @@ class Enforcer:
             state = self.catch_up()
             found = {hold.hold_id: hold for agent_id in agent_ids for hold in state.open_holds(agent_id)}
         return [found[hold_id] for hold_id in sorted(found)]
+
+    def _denied(self, decision: Decision) -> None:
+        """Tell the denial observer (the home's denial log); its errors are logged, never raised: the
+        denial stands either way."""
+        if self.on_denial is not None:
+            try:
+                self.on_denial(decision)
+            except Exception:
+                logger.exception("the denial observer failed for agent %s", decision.agent_id)
 
     def open_hold(self, hold_id: str) -> OpenHold:
         """The open hold ``hold_id`` (caught up); :class:`HoldNotFoundError` if it is closed or unknown."""

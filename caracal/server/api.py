@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -149,6 +149,41 @@ def budget_status(agent: AgentRef, request: Request, caller: Caller) -> Response
     agent_id = service.home.directory.agent_id(agent)
     require_reading(service, caller, agent_id)
     return json_response([status.to_dict() for status in service.enforcer.status(agent_id)])
+
+
+def subtree(service: Service, caller: Principal, agent: str | None) -> set[str] | None:
+    """The agent ids a read about ``agent`` and its descendants covers (``None``: every agent, for the admin
+    without ``agent``). An agent key without ``agent`` reads its own subtree; naming another is 403."""
+    agents = service.home.agents
+    if agent is None:
+        if caller.is_admin:
+            return None
+        assert caller.agent_id is not None
+        agent = caller.agent_id
+    agent_id = service.home.directory.agent_id(agent)
+    require_reading(service, caller, agent_id)
+    return {agent_id, *(found.agent_id for found in agents.descendants(agent_id))}
+
+
+@router.get(
+    "/denials",
+    tags=["budget"],
+    summary="Denied reserves per hour, agent and policy (an agent key sees its own subtree)",
+)
+def denials(
+    request: Request,
+    caller: Caller,
+    agent_id: Annotated[
+        str | None, Query(min_length=1, max_length=256, description="This agent and its descendants")
+    ] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="ISO 8601 time or a date (default: 24 hours ago)")
+    ] = None,
+) -> Response:
+    service = service_of(request)
+    agent_ids = subtree(service, caller, agent_id)
+    start = query_bound(since, "since", InvalidRequestError) or service.home.now() - timedelta(hours=24)
+    return json_response([record.to_dict() for record in service.home.denials.recent(start, agent_ids)])
 
 
 @router.post("/agents/{agent}/suspend", tags=["agents"], summary="Suspend an agent and its subtree (admin)")

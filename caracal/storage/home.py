@@ -30,6 +30,7 @@ from caracal.config import (
     default_signing_key_path,
     load_settings,
 )
+from caracal.core.denials import empty_denials
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
 from caracal.core.policy import Policy
@@ -38,6 +39,7 @@ from caracal.exceptions import AgentNotFoundError, AgentSuspendedError, InvalidA
 from caracal.storage.agents import AgentRegistry, empty_agents
 from caracal.storage.apikeys import ApiKeyRegistry, default_admin_key_path, default_apikeys_path, empty_keys
 from caracal.storage.backends import open_backend
+from caracal.storage.denials import DenialLog
 from caracal.storage.interface import Backend, Document
 from caracal.storage.policies import PolicyRegistry, empty_policies
 from caracal.storage.prices import PriceRegistry, empty_prices
@@ -143,6 +145,7 @@ class EmbeddedHome:
         home, on any host, reads the same document."""
         self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
+        self.denials = DenialLog(self.backend.document("denials", empty_denials), self.now)
         self._writer: LedgerWriter | None = None
         self._reader: LedgerStore | None = None
         self._lock = threading.Lock()
@@ -228,6 +231,7 @@ class EmbeddedHome:
             self.directory,
             clock=clock,
             on_over_hold=on_over_hold or self.over_hold,
+            on_denial=self.denials.record,
             idempotency_window=self.idempotency_window,
             replay_wait=self.settings.replay_wait,
         )
@@ -240,6 +244,7 @@ class EmbeddedHome:
             return self._writer
 
     def close(self) -> None:
+        self.denials.close()
         with self._lock:
             if self._writer is not None:
                 self._writer.close()

@@ -24,9 +24,10 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys", "dashboard")
-"""The registry documents every backend keeps (``dashboard``: the dashboard's session secret and the last
-verification's result, shared by every server process of the home)."""
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials", "dashboard")
+"""The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`;
+``dashboard``: the dashboard's session secret and the last verification's result, shared by every server
+process of the home)."""
 
 
 class Document(Protocol):

@@ -222,3 +222,29 @@ def test_the_first_append_after_a_restart_succeeds(tmp_path: Path) -> None:
             assert [str(e.cost) for e in LedgerReader(opened.ledger)] == ["0.10", "0.20"]
         finally:
             opened.close()
+
+
+def test_the_first_reads_after_a_quiet_restart_succeed(tmp_path: Path) -> None:
+    """A process that was idle while the server restarted: its first budget check, registry read and
+    ledger read each get a live connection (the pool checks a connection that sat idle), not an error."""
+    from caracal.core.ledger import LedgerWriter
+    from caracal.storage.postgres import connection
+
+    with PrivateServer() as server:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(storage_config(server.url))
+        opened = EmbeddedHome(home)
+        try:
+            agent = opened.agents.register("a", "ops@example.com")
+            writer: LedgerWriter = opened.writer()
+            writer.append_event(agent.agent_id, "r", "1", "0.10")
+            assert len(list(LedgerReader(opened.ledger))) == 1
+            server.stop("fast")
+            server.start()
+            time.sleep(connection.IDLE_CHECK * 1.5)  # a quiet spell: the pooled connections sat idle
+            assert opened.agents.get("a").agent_id == agent.agent_id
+            assert [str(e.cost) for e in LedgerReader(opened.ledger)] == ["0.10"]
+            assert writer.append_event(agent.agent_id, "r", "1", "0.20").event_id == 2
+        finally:
+            opened.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.ui.conftest import UNIT_PRICE, Dashboard, figure
+from tests.ui.conftest import UNIT_PRICE, Dashboard, figure, run_sdk
 
 TODAY_USD = '[data-figure="spend-today"][data-currency="USD"]'
 
@@ -93,6 +93,8 @@ def test_an_agent_key_sees_only_its_own_subtree(
 ) -> None:
     expected_errors.append("the server responded with a status of 403")  # the pages it must not see
     dashboard.spend(("worker", "2"), ("other", "4"), ("team", "1"))
+    run_sdk(dashboard.home, "try:\n    client.reserve('other', '1000')\nexcept Exception:\n    pass\n")
+    assert len(dashboard.api("GET", "/denials").json()) == 1
     dashboard.sign_in(page, "worker")
     page.goto(f"{dashboard.base_url}/ui/overview")
     assert figure(page, TODAY_USD) == 2 * Decimal(UNIT_PRICE)  # worker's spend only
@@ -100,6 +102,7 @@ def test_an_agent_key_sees_only_its_own_subtree(
     assert "other" not in re.sub(r"<[^>]+>", " ", content).split()
     assert page.locator('#agents tr[data-agent="other"]').count() == 0
     assert page.locator('#agents tr[data-agent="team"]').count() == 0
+    assert page.locator("#denials tr[data-agent]").count() == 0  # other's denial is not worker's to see
 
     for ref in ("other", dashboard.agent_ids["other"], "team", "no-such-agent"):
         response = page.goto(f"{dashboard.base_url}/ui/agents/{ref}")

@@ -13,6 +13,14 @@ from tests.ui.conftest import UNIT_PRICE, Dashboard, figure, run_sdk
 
 TODAY_USD = '[data-figure="spend-today"][data-currency="USD"]'
 AGENT_TODAY = '[data-figure="agent-today"]'
+DENIED = """
+try:
+    client.reserve(%r, '1000')
+except Exception:
+    pass
+else:
+    raise SystemExit('not denied')
+"""
 
 
 def ledger_today(dashboard: Dashboard) -> dict[str, Decimal]:
@@ -31,6 +39,7 @@ def test_the_figures_shown_equal_the_api_and_the_ledger(
 ) -> None:
     dashboard.spend(("worker", "3"), ("worker", "1.5"), ("other", "2"), ("team", "0.1"))
     run_sdk(dashboard.home, "client.reserve('worker', '1.25', ttl=3600)")
+    run_sdk(dashboard.home, DENIED % "worker")
     expected = {name: Decimal(q) * Decimal(UNIT_PRICE) for name, q in (("worker", "4.5"), ("other", "2"))}
     expected["team"] = Decimal("0.1") * Decimal(UNIT_PRICE)
     ledger = ledger_today(dashboard)
@@ -49,6 +58,11 @@ def test_the_figures_shown_equal_the_api_and_the_ledger(
         assert Decimal(row.inner_text()) == api_totals[agent_id] == ledger[agent_id]
     newest = dashboard.api("GET", "/ledger/events", params={"limit": 1, "include_holds": "true"}).json()
     assert figure(page, '[data-figure="ledger-size"]') == newest[0]["event_id"]
+
+    denials = dashboard.api("GET", "/denials").json()
+    assert [(d["agent_id"], d["count"]) for d in denials] == [(dashboard.agent_ids["worker"], 1)]
+    assert page.locator('#denials tr[data-agent="worker"] [data-figure="denial-count"]').inner_text() == "1"
+    assert page.locator("#denials tr[data-agent]").count() == 1
 
     page.goto(f"{dashboard.base_url}/ui/agents/worker")
     budget = dashboard.api("GET", "/agents/worker/budget").json()

@@ -23,6 +23,7 @@ from typing import Any
 
 from caracal.core.apikeys import Principal
 from caracal.core.decisions import PolicyStatus
+from caracal.core.denials import DenialRecord
 from caracal.core.events import LedgerEvent
 from caracal.core.identity import Agent
 from caracal.core.ledger_read import LedgerReader, LedgerTail
@@ -33,6 +34,8 @@ PAGE_SIZE = 50
 SCAN_LIMIT = 20_000
 """Entries a ledger page reads at most per request when its filters match few of them."""
 _BACKWARD_BATCH = 2_000
+DENIALS_WINDOW = timedelta(hours=24)
+"""The denials shown: the last 24 hours, as ``GET /denials`` by default."""
 
 
 def visible_agents(service: Service, principal: Principal) -> list[Agent]:
@@ -90,7 +93,7 @@ class Overview:
     """(agent name, currency, today, this month)."""
     nearest: list[PolicyStatus]
     holds: list[Any]
-    denials: list[Any] | None
+    denials: list[DenialRecord]
     ledger: dict[str, Any]
     series: SpendSeries
     agent_names: dict[str, str]
@@ -118,12 +121,9 @@ def ledger_state(service: Service) -> dict[str, Any]:
     }
 
 
-def denials_since(service: Service, since: datetime, agent_ids: Collection[str] | None) -> list[Any] | None:
-    """The home's denial log in the window (None when this home has none to show)."""
-    log = getattr(service.home, "denials", None)
-    if log is None:
-        return None
-    return list(log.recent(since, agent_ids))
+def denials_since(service: Service, since: datetime, agent_ids: Collection[str] | None) -> list[DenialRecord]:
+    """The home's denial log from ``since`` (what ``GET /denials`` answers), latest first."""
+    return service.home.denials.recent(since, agent_ids)
 
 
 def overview(service: Service, principal: Principal, live: LiveSeries) -> Overview:
@@ -151,7 +151,7 @@ def overview(service: Service, principal: Principal, live: LiveSeries) -> Overvi
         by_agent=by_agent,
         nearest=nearest_limits(statuses(service, agents), 8),
         holds=service.enforcer.open_holds(roots),
-        denials=denials_since(service, now.replace(microsecond=0) - _DAY, scope),
+        denials=denials_since(service, now - DENIALS_WINDOW, scope),
         ledger=ledger_state(service),
         series=series,
         agent_names=names,
@@ -264,6 +264,3 @@ def _set_progress(service: Service, progress: dict[str, Any]) -> None:
 def verify_progress(service: Service) -> dict[str, Any] | None:
     found = service.home.dashboard.read().get("verify_progress")
     return found if isinstance(found, dict) else None
-
-
-_DAY = timedelta(days=1)

@@ -9,7 +9,7 @@ swaps its ``#live`` part in place.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -215,7 +215,7 @@ def agent_page(request: Request, ref: str, granularity: Literal["hour", "day"] =
         statuses=service.enforcer.status(agent.agent_id), names=names, charts=charts,
         granularity=granularity, by_resource=by_resource, recent=recent.events,
         holds=service.enforcer.open_holds([agent.agent_id]),
-        denials=figures.denials_since(service, now - timedelta(days=1), ids),
+        denials=figures.denials_since(service, now - figures.DENIALS_WINDOW, ids),
         used_fraction=used_fraction,
     )  # fmt: skip
 

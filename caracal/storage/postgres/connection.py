@@ -10,6 +10,10 @@ Invariants:
 - **Bounded waits.** Connecting gives up after ``connect_timeout``; every session runs with
   ``statement_timeout`` and ``lock_timeout`` (a statement or a lock wait that takes longer fails, and the
   caller denies: fail closed); taking a connection from the pool waits at most ``pool_timeout``.
+- **No dead connection handed out after a quiet spell.** A pooled connection that sat idle for more than
+  :data:`IDLE_CHECK` seconds is checked (one round trip) as it leaves the pool and replaced if the server
+  closed it (a restart, a failover, a cut network): the first read or write after a quiet restart works
+  instead of failing once per process. Connections in steady use skip the check.
 - **Small pools.** One :class:`psycopg_pool.ConnectionPool` per backend object, ``min_size`` 1 and
   ``max_size`` 4: a process needs one connection for its append step and a few for reads; many hosts share
   one server, whose ``max_connections`` is the limit that matters.
@@ -32,6 +36,7 @@ import hashlib
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -48,6 +53,10 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 INSTALL_HINT = "install it with: pip install 'caracal-core[postgres]'"
+
+IDLE_CHECK = 1.0
+"""Seconds a pooled connection may sit idle before it is checked as it leaves the pool (see the module
+docstring)."""
 
 
 def require_driver() -> None:
@@ -118,6 +127,10 @@ class Database:
         self.settings = settings or ConnectionSettings()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        """When each pooled connection last went back to the pool (monotonic)."""
         self._ready = False
         self._closed = False
         self.schema = ""
@@ -180,12 +193,25 @@ class Database:
                     max_size=max(self.settings.pool_min, self.settings.pool_max),
                     kwargs=self.connect_kwargs(),
                     configure=self.configure_session,
+                    check=self._check_if_idle,
+                    reset=self._returned_to_pool,
                     timeout=self.settings.pool_timeout,
                     name=f"caracal {self.location}",
                     num_workers=1,
                     open=True,
                 )
             return self._pool
+
+    def _returned_to_pool(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise (and so have the pool replace ``conn``) if it sat idle long enough to have died unseen."""
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > IDLE_CHECK:
+            from psycopg_pool import ConnectionPool
+
+            ConnectionPool.check_connection(conn)
 
     def _prepare(self, error: type[CaracalError]) -> None:
         """Connect once directly (a clear error when the server cannot be reached), learn the schema, and
