@@ -122,7 +122,11 @@ def test_an_agent_key_sees_only_its_own_subtree(
 
 def test_the_admin_sees_every_page_without_javascript_errors(dashboard: Dashboard, page: Any) -> None:
     dashboard.spend(("worker", "2"), ("other", "4"))
+    report = dashboard.api("POST", "/ledger/verify").json()
+    assert report["ok"] and report["events"] == 2
     dashboard.sign_in(page)
+    # the API's verification, recorded for the dashboard
+    assert "last verify: OK, 2 entries" in page.locator(".stat").last.inner_text()
     for path in (
         "/ui/overview",
         "/ui/overview?granularity=day&by=resource",
