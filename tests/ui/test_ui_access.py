@@ -45,6 +45,11 @@ def test_the_session_cookie_is_httponly_samesite_strict_and_scoped_to_the_dashbo
     )
     assert forged.status_code == 303 and forged.headers["location"] == "/ui/login"
     assert client.post("/ui/login", data={"key": "ck_nope_nope"}).status_code == 401
+    elsewhere = {"origin": "https://evil.example"}
+    refused = httpx.post(
+        f"{dashboard.base_url}/ui/login", data={"key": dashboard.admin_token}, headers=elsewhere
+    )
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
 
 
 def test_actions_need_the_sessions_csrf_token(dashboard: Dashboard) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Form, Query, Request
@@ -137,6 +138,11 @@ def login_page(request: Request) -> Response:
 @router.post("/login")
 def login(request: Request, key: Annotated[str, Form(max_length=512)] = "") -> Response:
     service = _service(request)
+    origin = request.headers.get("origin")
+    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}  # behind a proxy too
+    if origin is not None and urlsplit(origin).netloc not in hosts:
+        # A form on another site must not sign a browser in (login CSRF: into the attacker's session).
+        return HTMLResponse("sign in from this server's own page", 403, _HEADERS)
     try:
         principal = service.keys.authenticate(key.strip() or None)
     except CaracalError as exc:
