@@ -289,12 +289,15 @@ def initialize_home(
             return "updated", "[storage] url now names the database"
         return "exists", "kept as it is"
 
+    new_schema: list[bool] = []  # whether this run made the database's schema (set by the database step)
+
     def database() -> tuple[str, str]:
         from caracal.storage.postgres.migrations import status
 
         before = status(home.backend.db.url)  # type: ignore[attr-defined]  # a PostgresBackend here
         home.backend.initialize()
         after = status(home.backend.db.url)  # type: ignore[attr-defined]  # a PostgresBackend here
+        new_schema.append(before.version == 0)
         if before.version == after.version:
             return "exists", f"schema version {after.version}"
         return "created", f"schema version {after.version} (was {before.version})"
@@ -325,8 +328,8 @@ def initialize_home(
         path: Path, empty: dict[str, Any], count: Callable[[], str]
     ) -> Callable[[], tuple[str, str]]:
         def make() -> tuple[str, str]:
-            if not home.on_files:  # a row of the database (its schema made it)
-                return "exists", count()
+            if not home.on_files:  # a row of the database: new with the schema this run made
+                return ("created" if any(new_schema) else "exists"), count()
             if _create_exclusive(path, dumps(empty)):
                 return "created", "empty"
             return "exists", count()

@@ -23,7 +23,14 @@ from caracal.cli.options import json_option
 from caracal.cli.render import EXIT_VERIFY_FAILED, emit_json, fail, handle_errors, parse_json_object, table
 from caracal.config import default_ledger_path, default_signing_key_path, load_settings, storage_url
 from caracal.core.checkpoint import CheckpointStore, matches_signed
-from caracal.core.ledger import LedgerEvent, LedgerQuery, LedgerReader, LedgerTail, LedgerWriter
+from caracal.core.ledger import (
+    LedgerEvent,
+    LedgerQuery,
+    LedgerReader,
+    LedgerTail,
+    LedgerWriter,
+    remembered_root,
+)
 from caracal.exceptions import AgentNotFoundError, CaracalError, InvalidLedgerEventError, ProofError
 from caracal.storage.agents import AgentRegistry, default_agents_path
 
@@ -355,9 +362,11 @@ def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, 
     if isinstance(path, Path) and not path.exists():
         fail(f"no ledger at {path}")
     key = default_public_key(public_key)
+    # The home's own ledger: its writer's sealed state also covers the lines after the last checkpoint.
+    remembered = remembered_root(path, default_signing_key_path()) if ledger is None else None
     size = path.stat().st_size if isinstance(path, Path) else path.end() * 250  # about 250 bytes a line
     if quiet or as_json or size < _PROGRESS_MIN_BYTES or not isinstance(path, Path):
-        report = verify_ledger(path, public_key=key)
+        report = verify_ledger(path, public_key=key, remembered=remembered)
     else:
         with click.progressbar(length=size, label="verifying", file=sys.stderr) as bar:
             done = [0]
@@ -366,7 +375,7 @@ def verify_command(ledger: Path | None, as_json: bool, public_key: Path | None, 
                 bar.update(position - done[0])
                 done[0] = position
 
-            report = verify_ledger(path, public_key=key, progress=progress)
+            report = verify_ledger(path, public_key=key, progress=progress, remembered=remembered)
     if as_json:
         emit_json(report.to_dict())
     else:

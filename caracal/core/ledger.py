@@ -19,7 +19,11 @@ PostgreSQL database with ``caracal.storage.postgres``). Guarantees (see DESIGN.m
 - **Tamper evidence.** Each line carries ``prev_hash`` (see :mod:`caracal.core.events`), the writer keeps the
   RFC 9162 Merkle tree's frontier in memory (an append adds O(1) hashes, amortized), and signed checkpoints
   ``(size, root)`` are written every ``checkpoint_every`` events, after ``checkpoint_interval`` seconds, on
-  :meth:`LedgerWriter.checkpoint` and on :meth:`LedgerWriter.close`.
+  :meth:`LedgerWriter.checkpoint` and on :meth:`LedgerWriter.close`, which also runs when the interpreter
+  exits for a writer nobody closed (a script that never closes its client). Lines after the last
+  checkpoint are covered by nothing but the writer's memory until then: a process killed before it
+  checkpoints leaves them unsigned. The writer's sealed state (below) remembers what the ledger hashed
+  to at the last checkpoint or rebuild; a ledger that no longer hashes to it is refused, never adopted.
 - **Fast open.** Opening reads only the tail: the frontier is saved, sealed, as the store's ``merkle`` cache
   at each checkpoint and the writer catches up from there. Without it (an old ledger) the first open
   hashes the ledger once and saves it.
@@ -28,11 +32,13 @@ PostgreSQL database with ``caracal.storage.postgres``). Guarantees (see DESIGN.m
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -81,6 +87,8 @@ __all__ = [
     "LedgerWriter",
     "SpendTotals",
     "query_bound",
+    "read_merkle_state",
+    "remembered_root",
     "sidecar_path",
 ]
 
@@ -91,6 +99,19 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_OPEN_WRITERS: weakref.WeakSet[LedgerWriter] = weakref.WeakSet()
+"""Writers of this process not closed yet: closed (checkpointed) when the interpreter exits."""
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for writer in list(_OPEN_WRITERS):
+        try:
+            writer.close()
+        except Exception:  # exiting anyway: a writer that cannot checkpoint must not stop the others
+            logger.exception("could not close the ledger %s at exit", writer.location)
 
 
 class LedgerWriter:
@@ -179,6 +200,7 @@ class LedgerWriter:
         # hashing is done in bulk when a checkpoint or root needs it. Invariant: tree size + len == last id.
         self._unhashed: list[bytes] = []
         self._refused: str | None = None  # why this writer refuses to append (fail closed)
+        self._remembered: tuple[int, bytes] = (0, EMPTY_ROOT)  # (event id, leaf) of a genuine saved state
         self._closed = False
         self._backup_pending = True
         self._set_last_checkpoint(0)
@@ -200,11 +222,18 @@ class LedgerWriter:
                         f"{latest.size}: its tail was truncated. Run 'caracal ledger verify' and restore "
                         f"from a backup"
                     )
+                elif self._remembered[0] > self._last_id:
+                    self._refuse(
+                        f"the ledger holds {self._last_id} events but this home's writer recorded "
+                        f"{self._remembered[0]} (its sealed Merkle state): its tail was truncated. Run "
+                        "'caracal ledger verify' and restore from a backup"
+                    )
                 if rebuilt and self._last_id and self._refused is None:
                     self._save_state()  # no usable state: write one so the next open reads only the tail
         except BaseException:
             self.close()
             raise
+        _OPEN_WRITERS.add(self)
         logger.debug("opened ledger %s at event %d", self.location, self._last_id)
 
     # ------------------------------------------------------------------ public API
@@ -528,6 +557,15 @@ class LedgerWriter:
                         event_id=last_id or event_id,
                     )
                 prev = leaf_hash(line)
+                if event_id == self._remembered[0] and prev != self._remembered[1]:
+                    raise LedgerCorruptError(
+                        f"event {event_id} no longer has the bytes this home's writer recorded for it (its "
+                        f"sealed Merkle state: leaf {self._remembered[1].hex()[:16]}…, the ledger now: "
+                        f"{prev.hex()[:16]}…): a line up to it was modified. Run 'caracal ledger verify' "
+                        "and restore the ledger from a backup",
+                        line_number=event_id,
+                        event_id=event_id,
+                    )
                 leaves.append(prev)
                 last_id = event_id
                 self._pos = position
@@ -547,20 +585,27 @@ class LedgerWriter:
 
         The state is a cache, sealed with a key kept in ``keys/`` (:mod:`caracal.core.sealed`): a forged or
         foreign one is ignored and rebuilt. Even a genuine one is trusted only after checking that the line
-        it ends at is the event it claims and hashes to the leaf it records.
+        it ends at is the event it claims and hashes to the leaf it records. When it does not, the ledger is
+        read from the beginning, and the leaf a genuine state recorded must come out of it again: if event
+        N now hashes to something else, a line up to N was modified after this home's writer wrote it
+        (typically the last line, which no later line's ``prev_hash`` and maybe no checkpoint covers yet),
+        and the writer refuses to append (chaining onto the modified line would make the edit look
+        legitimate), keeping the state as evidence.
         """
         try:
-            cached = self.store.load_cache("merkle")
-            if cached is None:
-                return
-            state = orjson.loads(unseal(self.cache_key("merkle"), "merkle", cached))
-            tree = MerkleFrontier.from_dict(state["tree"])
-            offset = state["offset"]
-            last_leaf = bytes.fromhex(state["last_leaf"])
-        except (OSError, ValueError, KeyError, TypeError, ProofError) as exc:  # SealError is a ValueError
+            sealed = read_merkle_state(self.store, self.cache_key("merkle"))
+        except ValueError as exc:
             logger.warning("ignoring unusable Merkle state of %s (%s); rebuilding it", self.location, exc)
             return
-        line = self.store.line_at(offset) if isinstance(offset, int) and tree.size else None
+        if sealed is None:
+            return
+        tree, position, last_leaf = sealed
+        # From here on the state is genuine: whatever else is wrong, event tree.size had this leaf when this
+        # home's writer saved it. Its leaf commits to every line up to it (each line holds the previous
+        # one's hash), so the rebuild checks the whole prefix against it (see _sync).
+        self._remembered = (tree.size, last_leaf)
+        offset = position if type(position) is int else 0
+        line = self.store.line_at(offset) if offset and tree.size else None
         if line is None:
             return
         if line_event_id(line) != tree.size or leaf_hash(line) != last_leaf:
@@ -642,6 +687,49 @@ def _stored_stamp(line: bytes) -> str:
     if len(stamp) == 27 and stamp[10] == "T" and stamp[26] == "Z":
         return stamp  # type: ignore[no-any-return]
     return format_timestamp(parse_timestamp(stamp, "timestamp", LedgerCorruptError))
+
+
+def read_merkle_state(
+    ledger: str | os.PathLike[str] | LedgerStore, key: bytes
+) -> tuple[MerkleFrontier, object, bytes] | None:
+    """The writer's sealed Merkle state of ``ledger`` (its frontier, the store position it ends at, the
+    last leaf), None when there is none; ``ValueError`` when it is forged, foreign or malformed. ``key`` is
+    the ledger's ``merkle`` cache key (:meth:`CheckpointSigner.cache_key`)."""
+    try:
+        if isinstance(ledger, (str, os.PathLike)):
+            state_path = sidecar_path(Path(ledger), "merkle")
+            cached = state_path.read_bytes() if state_path.exists() else None
+        else:
+            cached = ledger.load_cache("merkle")
+        if cached is None:
+            return None
+        state = orjson.loads(unseal(key, "merkle", cached))
+        last_leaf = bytes.fromhex(state["last_leaf"])
+        if len(last_leaf) != 32:
+            raise ValueError("the last leaf is not a SHA-256 hash")
+        return MerkleFrontier.from_dict(state["tree"]), state["offset"], last_leaf
+    except (OSError, KeyError, TypeError, ProofError) as exc:  # SealError is a ValueError
+        raise ValueError(str(exc) or type(exc).__name__) from exc
+
+
+def remembered_root(
+    ledger: str | os.PathLike[str] | LedgerStore, key_path: str | os.PathLike[str]
+) -> tuple[int, bytes] | None:
+    """``(size, root)`` of the Merkle tree this home's writer last saved (sealed) for ``ledger``: what the
+    first ``size`` events hashed to when it wrote them. Between signed checkpoints it is the only record
+    of the latest lines' bytes, so ``verify`` compares it like a checkpoint. None when there is no usable
+    state or no key to check its seal with (a forged state is not evidence of anything)."""
+    path = Path(key_path)
+    if not path.exists():
+        return None
+    try:
+        signer = CheckpointSigner.load_or_create(path)
+        sealed = read_merkle_state(ledger, signer.cache_key("merkle"))
+    except (OSError, ValueError, CaracalError):
+        return None
+    if sealed is None or sealed[0].size == 0:
+        return None
+    return sealed[0].size, sealed[0].root()
 
 
 def _load_signer(ledger_path: Path | None, key_path: str | os.PathLike[str] | None) -> CheckpointSigner:

@@ -179,6 +179,7 @@ def verify_ledger(
     progress: Progress | None = None,
     max_problems: int = 50,
     parallel: bool | None = None,
+    remembered: tuple[int, bytes] | None = None,
 ) -> VerificationReport:
     """Check the whole ledger (see the module docstring) and return a report; never raises for findings.
 
@@ -187,6 +188,11 @@ def verify_ledger(
     checks the second half of the file in another process. Raises :class:`LedgerReadError` only when the
     file cannot be read at all. ``ledger`` may be a :class:`LedgerStore` of any backend: the same checks run
     over its lines (the same bytes), streamed, in one process.
+
+    ``remembered`` is ``(size, root)`` of the home writer's sealed Merkle state
+    (:func:`caracal.core.ledger.remembered_root`): compared like a checkpoint, it covers the lines written
+    since the last signed checkpoint, which nothing else does (the last line has no successor whose
+    ``prev_hash`` names it).
     """
     source: LedgerStore | None = None
     if isinstance(ledger, (str, os.PathLike)):
@@ -228,13 +234,16 @@ def verify_ledger(
                 found(Problem("checkpoint-signature", f"{exc}; the checkpoint is ignored"))
             else:
                 trusted.append(checkpoint)
-    pending = sorted(trusted, key=lambda c: c.size)
+    signed = sorted(trusted, key=lambda c: c.size)
     next_cp = 0
-    while next_cp < len(pending) and pending[next_cp].size == 0:
-        _compare_root(pending[next_cp], EMPTY_ROOT, report, found, 0)
+    while next_cp < len(signed) and signed[next_cp].size == 0:
+        _compare_root(signed[next_cp], EMPTY_ROOT, report, found, 0)
         next_cp += 1
+    pending: list[Checkpoint | _Remembered] = [*signed[next_cp:]]
+    if remembered is not None and remembered[0] > 0:
+        pending = sorted([*pending, _Remembered(*remembered)], key=lambda c: c.size)
 
-    checker = _RootChecker(pending[next_cp:], report)
+    checker = _RootChecker(pending, report)
     if source is not None:
         total = source.end()  # positions are event ids: "bytes" below count lines
         lines = ((end - 1, line) for end, line in source.iter_lines(0, total))
@@ -285,6 +294,14 @@ class _Segment:
     problems: list[Problem] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """The home writer's sealed Merkle state, compared like a checkpoint (but not counted as one)."""
+
+    size: int
+    root: bytes
+
+
 class _RootChecker:
     """Folds leaf hashes, in file order, into a :class:`MerkleFrontier` and compares the root the moment the
     tree reaches each checkpoint's size.
@@ -295,7 +312,7 @@ class _RootChecker:
     them after the lines' own problems, as before.
     """
 
-    def __init__(self, pending: Sequence[Checkpoint], report: VerificationReport) -> None:
+    def __init__(self, pending: Sequence[Checkpoint | _Remembered], report: VerificationReport) -> None:
         self.tree = MerkleFrontier()
         self.problems: list[Problem] = []
         self._pending = pending
@@ -325,6 +342,21 @@ class _RootChecker:
         while self._next < len(pending) and pending[self._next].size == tree.size:
             checkpoint = pending[self._next]
             self._next += 1
+            if isinstance(checkpoint, _Remembered):
+                if checkpoint.root != root:
+                    first = self._last_matched + 1
+                    self.problems.append(
+                        Problem(
+                            "writer-state",
+                            f"the first {checkpoint.size} events do not hash to the root this home's writer "
+                            f"recorded when it wrote them (its sealed Merkle state): some event from {first} "
+                            f"to {checkpoint.size} was modified since",
+                            first,
+                            first,
+                            exact=False,
+                        )
+                    )
+                continue
             if (checkpoint.size, checkpoint.root) in self._compared:
                 self._report.checkpoints_matched += checkpoint.root == root
                 continue
@@ -336,10 +368,15 @@ class _RootChecker:
         """After the last leaf: a checkpoint the tree never reached means the ledger's tail was cut."""
         if self._next < len(self._pending):
             size = self._pending[self._next].size
+            whose = (
+                "this home's writer recorded"
+                if all(isinstance(c, _Remembered) for c in self._pending[self._next :])
+                else "a signed checkpoint covers"
+            )
             self.problems.append(
                 Problem(
                     "truncated",
-                    f"the ledger holds {events} events but a signed checkpoint covers "
+                    f"the ledger holds {events} events but {whose} "
                     f"{size}: events {events + 1}..{size} were removed from "
                     f"its tail",
                     events + 1,

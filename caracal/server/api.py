@@ -31,6 +31,7 @@ from starlette.responses import Response
 from caracal.core.apikeys import TOKEN_WARNING, Principal
 from caracal.core.checkpoint import matches_signed, public_key_path
 from caracal.core.events import LedgerEvent
+from caracal.core.ledger import remembered_root
 from caracal.core.ledger_read import LedgerQuery, query_bound
 from caracal.core.verify import default_public_key, prove_consistency, prove_inclusion, verify_ledger
 from caracal.core.windows import policy_window
@@ -565,7 +566,9 @@ def verify_and_record(service: Service, progress: Callable[[int, int], None] | N
     verification (the dashboard shows it, from any server process); returns the report's dict."""
     key = default_public_key(service.home.key_path)
     started = service.home.now()
-    report = verify_ledger(service.home.ledger, public_key=key, progress=progress).to_dict()
+    ledger = service.home.ledger
+    remembered = remembered_root(ledger, service.home.key_path)
+    report = verify_ledger(ledger, public_key=key, progress=progress, remembered=remembered).to_dict()
     finished = service.home.now()
     record = {
         "ok": report["ok"],

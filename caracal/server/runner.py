@@ -86,9 +86,29 @@ def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socke
     return sock
 
 
+ORPHAN_CHECK = 0.5
+"""Seconds between a worker's checks that its supervisor still runs."""
+
+
+def _orphan_watch(supervisor: int) -> None:
+    """SIGTERM this process (a graceful shutdown) once its parent is no longer ``supervisor``."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(ORPHAN_CHECK)
+        logger.warning("worker %d: its supervisor %d is gone; shutting down", os.getpid(), supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="caracal-orphan-watch", daemon=True).start()
+
+
 def _worker(host: str, port: int, log_level: str, shared: socket.socket | None) -> None:
     """One worker process: its own app (:data:`WORKER_APP`) on its own ``SO_REUSEPORT`` socket (or on the
-    supervisor's ``shared`` one) until SIGTERM. Exits with :data:`STARTUP_FAILURE` if it never served."""
+    supervisor's ``shared`` one) until SIGTERM. Exits with :data:`STARTUP_FAILURE` if it never served.
+
+    A worker whose supervisor died (SIGKILL, OOM) shuts down as on SIGTERM (:func:`_orphan_watch`): an
+    orphan would go on serving the port (and sending alerts) with nobody to stop or replace it."""
+    _orphan_watch(os.getppid())
     server = uvicorn.Server(_config(WORKER_APP, host, port, log_level))
     try:
         sock = shared if shared is not None else _listening_socket(host, port, reuse_port=True)

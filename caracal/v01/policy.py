@@ -185,9 +185,16 @@ def v01_decision(decision: Decision) -> PolicyDecision:
         return PolicyDecision(True, "Within budget", decision.remaining)
     if decision.limit is not None and decision.spent is not None:
         used = decision.spent + (decision.held or Decimal(0))
+        # v0.1's words when the spend alone reached the limit; with an estimate that would cross it, say so
+        # (not "spent 0.85 >= limit 1.00", which is false).
+        over = (
+            f">= limit {decision.limit}"
+            if used >= decision.limit
+            else (f"+ estimated {decision.amount} > limit {decision.limit}")
+        )
         return PolicyDecision(
             False,
-            f"Budget exceeded: spent {used} >= limit {decision.limit} ({decision.reason})",
+            f"Budget exceeded: spent {used} {over} ({decision.reason})",
             max(decision.remaining or Decimal(0), Decimal(0)),
         )
     if decision.policy_id is None and "no active policy" in decision.reason:

@@ -127,7 +127,8 @@ class CsvPricebook:
         return latest
 
     def import_from_json(self, data: Mapping[str, Any]) -> list[PriceEntry]:
-        """``{resource: {"price": "0.01", "currency": "USD"}}``: all prices or none."""
+        """``{resource: {"price": "0.01", "currency": "USD"}}`` (or just ``{resource: "0.01"}``, in USD): all
+        prices or none."""
         if not isinstance(data, Mapping):
             raise PricebookError(
                 f"import_from_json takes a mapping of resource -> price, got {type(data).__name__}"
@@ -135,6 +136,8 @@ class CsvPricebook:
         now = datetime.now(timezone.utc)
         prices = []
         for resource_type, item in data.items():
+            if isinstance(item, (str, int, Decimal)) and not isinstance(item, bool):
+                item = {"price": item}
             if not isinstance(item, Mapping) or "price" not in item:
                 raise PricebookError(f'{resource_type}: missing \'price\' (give {{"price": "0.01"}})')
             amount = check_v01_price(item["price"], str(resource_type))

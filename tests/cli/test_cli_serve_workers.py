@@ -285,3 +285,22 @@ def test_a_bad_worker_count_in_the_config_is_refused(caracal_home: Path, value: 
     result = caracal("serve")
     assert result.returncode == 1
     assert "server.workers" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_workers_of_a_killed_supervisor_shut_down_by_themselves(caracal_home: Path) -> None:
+    """SIGKILL (or the OOM killer) leaves the supervisor no chance to stop its workers; orphans would go on
+    serving the port with nobody to stop or replace them. Each notices and shuts down gracefully."""
+    assert caracal("init").returncode == 0
+    with serving(caracal_home, "--workers", str(WORKERS), new_session=True) as (base_url, process):
+        admin = (caracal_home / "keys" / "admin.key").read_text().strip()
+        pids = answering_pids(base_url, admin)
+        assert len(pids) == WORKERS, pids
+        process.kill()  # the supervisor only; its workers are not signalled
+        process.wait()
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+        assert not alive, f"workers {alive} outlived their supervisor"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base_url}/healthz", timeout=5)

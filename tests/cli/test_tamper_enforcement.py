@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from caracal.core.checkpoint import CheckpointStore
 from caracal.core.merkle import leaf_hash
 from tests.cli.test_cli_serve import reserved_port
 
@@ -194,3 +195,27 @@ def test_a_tail_cut_with_the_checkpoints_deleted_is_caught_by_the_sealed_snapsho
     # An operator who restored an older ledger on purpose deletes the snapshot, as the message says.
     (caracal_home / "data" / "ledger.jsonl.budget").unlink()
     assert spent(caracal_home) == Decimal("0.50")
+
+
+def test_an_edit_of_the_last_line_is_not_laundered_by_the_next_write(tmp_path: Path) -> None:
+    """The ledger's last line: no later line's ``prev_hash`` covers it. A script that never closes its
+    client (v0.1's pattern) still gets its lines signed when it exits; lowering the last line's cost
+    afterwards (same id, valid JSON) must not become the record when the next process appends after it:
+    every write is refused, and ``verify`` fails."""
+    home = tmp_path / "home"
+    make_home(home, spent_calls=3)
+    run("-c", SPEND.replace("client.close()", ""), "1", home=home)  # never closes: signed at exit
+    ledger = home / "data" / "ledger.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    last = orjson.loads(lines[-1])
+    assert (last["event_id"], last["cost"]) == (4, "0.10")
+    assert max(c.size for c in CheckpointStore(ledger.with_name("ledger.jsonl.checkpoints"))) == 4
+    edited = lines[-1].replace(b'"cost":"0.10"', b'"cost":"0.01"', 1)
+    ledger.write_bytes(b"".join(lines[:-1]) + edited)
+
+    refused = run("-c", SPEND, "1", home=home, code=1)
+    assert "event 4 no longer has the bytes" in refused.stderr
+    assert reserve(home, "0.05").startswith("error:")
+    assert ledger.read_bytes().splitlines(keepends=True)[-1] == edited  # nothing chained onto it
+    report = orjson.loads(caracal("ledger", "verify", "--json", home=home, code=3).stdout)
+    assert {p["kind"] for p in report["problems"]} >= {"checkpoint", "writer-state"}, report["problems"]

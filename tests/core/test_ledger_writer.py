@@ -676,8 +676,6 @@ def damage_state(path: Path, how: str) -> None:
         state["offset"] = len(lines(path)[0]) + 1
     elif how == "unsealed":  # a forged frontier that matches the file's last line, written without the key
         state["tree"]["nodes"] = ["11" * 32 for _ in state["tree"]["nodes"]]
-    elif how == "wrong-leaf":
-        state["last_leaf"] = "00" * 32
     elif how == "leaf-not-hex":
         state["last_leaf"] = "zz"
     elif how == "tree-missing":
@@ -704,7 +702,6 @@ def damage_state(path: Path, how: str) -> None:
         "offset-negative",
         "offset-not-an-int",
         "offset-at-an-earlier-line",
-        "wrong-leaf",
         "leaf-not-hex",
         "tree-missing",
         "tree-garbage",
@@ -726,6 +723,22 @@ def test_a_damaged_merkle_state_is_rebuilt_from_the_file(ledger_path: Path, how:
     assert state["offset"] == ledger_path.stat().st_size
     with open_writer(ledger_path) as writer:
         assert writer.root() == expected_root(ledger_path)
+
+
+def test_a_modified_last_line_is_refused_not_chained_onto(ledger_path: Path) -> None:
+    """The ledger's last line has no successor whose ``prev_hash`` covers it and, between checkpoints, no
+    signature: only the writer's sealed state remembers its bytes. An edit there (same id, valid JSON) must
+    not be laundered by the next append chaining onto it (and the next checkpoint signing it)."""
+    build(ledger_path, 7, checkpoint_every=3)  # the last checkpoint covers 6 events: event 7 is uncovered
+    lines = ledger_path.read_bytes().splitlines(keepends=True)
+    edited = lines[-1].replace(b'"cost":"', b'"cost":"1', 1)
+    assert edited != lines[-1]
+    ledger_path.write_bytes(b"".join(lines[:-1]) + edited)
+    for _ in range(2):  # refused, and still refused: the sealed state is kept as evidence
+        with pytest.raises(LedgerCorruptError, match="event 7 no longer has the bytes") as refused:
+            open_writer(ledger_path)
+        assert refused.value.event_id == 7
+    assert ledger_path.read_bytes().splitlines(keepends=True)[-1] == edited  # nothing chained onto it
 
 
 def test_a_stale_merkle_state_is_caught_up(ledger_path: Path) -> None:

@@ -239,3 +239,18 @@ def test_v01_errors_and_messages(config: Path) -> None:
     assert not (config.parent / "policies.json").exists()  # nothing refused was written
     hourly = cli(*base, "policy", "create", "-a", agent_id, "-l", "1.50", "-w", "hourly", "-c", "eur")
     assert "Limit:        1.50 EUR" in hourly.output and "Time Window:  hourly" in hourly.output
+
+
+def test_pricebook_import_takes_a_flat_resource_to_price_object(config: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flat.json"
+    flat.write_text('{"tool.a": "0.25", "tool.b": 0.5}')
+    assert cli("--config", str(config), "pricebook", "import", "--file", str(flat)).exit_code == 0
+    for resource, price in (("tool.a", "0.25"), ("tool.b", "0.5")):
+        shown = json.loads(
+            cli("--config", str(config), "pricebook", "get", "-r", resource, "--format", "json").output
+        )
+        assert (shown["price_per_unit"], shown["currency"]) == (price, "USD")
+    refused = tmp_path / "refused.json"
+    refused.write_text('{"tool.c": true}')
+    done = CliRunner().invoke(main, ["--config", str(config), "pricebook", "import", "--file", str(refused)])
+    assert done.exit_code == 1 and "missing 'price'" in done.output

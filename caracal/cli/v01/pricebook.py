@@ -128,7 +128,7 @@ def _read_import(file: Path) -> dict[str, Any]:
     "file",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='JSON file: {"resource": {"price": "0.000030", "currency": "USD"}, ...}.',
+    help='JSON file: {"resource": {"price": "0.000030", "currency": "USD"}} or {"resource": "0.000030"}.',
 )
 @v01_errors
 def import_command(file: Path) -> None:

@@ -75,3 +75,8 @@ def test_init_on_a_database_names_where_things_are(pg_url: str, tmp_path: Path) 
     for name in ("database", "ledger", "agents", "policies", "prices"):
         assert items[name]["path"].startswith("postgresql://"), items[name]
     assert not (home / "data").exists()
+    # a fresh schema: everything is new, nothing "exists"; run again, everything exists
+    assert {items[name]["status"] for name in ("database", "agents", "policies", "prices")} == {"created"}
+    again = run("init", "--database", pg_url, "--json", env=env)
+    items = {item["item"]: item for item in json.loads(again.stdout)["items"]}
+    assert {items[name]["status"] for name in ("database", "agents", "policies", "prices")} == {"exists"}
