@@ -39,9 +39,17 @@ _TOOL_PRICE = Decimal("0.005")
 )
 @click.option("--steps", type=click.IntRange(min=1, max=1000), default=40, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed for the simulated work.")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Then serve the home (API, dashboard at /ui) while the agents keep spending slowly; Ctrl-C stops.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --serve: the address to use.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True, help="With --serve.")
 @handle_errors
-def demo_command(folder: Path | None, steps: int, seed: int) -> None:
-    """Two child agents spend concurrently against their budgets and their parent's; watch it hold."""
+def demo_command(folder: Path | None, steps: int, seed: int, serve: bool, host: str, port: int) -> None:
+    """Two child agents spend concurrently against their budgets and their parent's; watch it hold
+    (--serve: then watch them spend on the dashboard)."""
     home = folder or Path(tempfile.mkdtemp(prefix="caracal-demo-"))
     click.secho("Caracal demo: budgets that hold under concurrency", bold=True)
     click.echo(f"home: {home}  (nothing outside it is touched)")
@@ -139,3 +147,7 @@ def demo_command(folder: Path | None, steps: int, seed: int) -> None:
         raise SystemExit(1)
     click.echo()
     click.echo(f"Look around: CARACAL_HOME={home} caracal ledger query   (or: ledger summary, ledger verify)")
+    if serve:
+        from caracal.cli.demo_serve import serve_demo
+
+        serve_demo(home, host, port, [child.name for child in children], seed)

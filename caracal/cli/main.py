@@ -65,10 +65,16 @@ COMMANDS: dict[str, LazyCommand] = {
         "db_group",
         "The PostgreSQL database of the home: its schema version and upgrades.",
     ),
+    "ui": LazyCommand(
+        "caracal.cli.ui",
+        "ui_command",
+        "Open the dashboard of a running 'caracal serve' (or print its address).",
+    ),
     "demo": LazyCommand(
         "caracal.cli.demo",
         "demo_command",
-        "Two child agents spend concurrently against their budgets and their parent's; watch it hold.",
+        "Two child agents spend concurrently against their budgets and their parent's; watch it hold "
+        "(--serve: then watch them spend on the dashboard).",
     ),
 }
 

@@ -62,9 +62,12 @@ def serve_command(host: str | None, port: int | None, workers: int | None, log_l
     where = f"http://{listen_host}:{listen_port}"
     if processes == 1:
         app = create_app(service, own_service=True)
-        click.echo(f"Caracal {home} serving on {where} (docs at /docs)", err=True)
+        click.echo(f"Caracal {home} serving on {where} (docs at /docs, dashboard at /ui)", err=True)
         serve(app, listen_host, listen_port, log_level)
         return
     service.close()  # each worker opens its own; they resume from the snapshot this one just saved
-    click.echo(f"Caracal {home} serving on {where} with {processes} workers (docs at /docs)", err=True)
+    click.echo(
+        f"Caracal {home} serving on {where} with {processes} workers (docs at /docs, dashboard at /ui)",
+        err=True,
+    )
     serve_workers(listen_host, listen_port, processes, log_level)

@@ -529,6 +529,13 @@ class Enforcer:
             except Exception:
                 logger.exception("the over-hold observer failed for hold %s", hold_id)
 
+    def open_holds(self, agent_ids: Iterable[str]) -> list[OpenHold]:
+        """The open holds that count against any of ``agent_ids``' subtrees (caught up), each once, by id."""
+        with self._state_lock:
+            state = self.catch_up()
+            found = {hold.hold_id: hold for agent_id in agent_ids for hold in state.open_holds(agent_id)}
+        return [found[hold_id] for hold_id in sorted(found)]
+
     def _denied(self, decision: Decision) -> None:
         """Tell the denial observer (the home's denial log); its errors are logged, never raised: the
         denial stands either way."""

@@ -114,6 +114,30 @@ class LedgerReader:
             lines = read_last_lines(handle, end, count)
         return [parse_line(line, 0) for _offset, line in lines]
 
+    def events_before(self, end: int | None, count: int) -> tuple[list[tuple[int, LedgerEvent]], int]:
+        """Up to ``count`` events that end at or before position ``end`` (None: the ledger's end), newest
+        first, each with its start position, and the ledger's end position as it was read.
+
+        A start position is what to pass as ``end`` to read on backwards (a byte offset in a file, an event
+        id minus one in a store): paging a ledger newest first costs ``count`` lines per page, whatever
+        its size."""
+        if not isinstance(count, int) or count < 0:
+            raise LedgerReadError(f"count must be a non-negative integer, got {count!r}")
+        if self.store is not None:
+            total = self.store.end()
+            last = total if end is None else min(end, total)
+            stored = self.store.iter_lines(max(0, last - count), last)
+            found = [(position - 1, parse_line(line, 0)) for position, line in stored]
+            return found[::-1], total
+        handle = self._open()
+        if handle is None:
+            return [], 0
+        with handle:
+            total = complete_end(handle, os.fstat(handle.fileno()).st_size)
+            last = total if end is None else min(end, total)
+            lines = read_last_lines(handle, last, count)
+        return [(offset, parse_line(line, 0)) for offset, line in reversed(lines)], total
+
     def _open(self) -> Any:
         try:
             return open_for_reading(self.ledger_path)

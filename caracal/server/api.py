@@ -558,19 +558,38 @@ def ledger_summary(
 @router.post("/ledger/verify", tags=["ledger"], summary="Check the whole ledger (admin; can take a while)")
 async def ledger_verify(request: Request, caller: Caller) -> Response:
     require_admin(caller)
-    service = service_of(request)
+    report = await run_in_threadpool(verify_and_record, service_of(request))
+    return json_response(report)
+
+
+def verify_and_record(service: Service, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Verify the whole ledger (as ``caracal ledger verify``) and record the result as the home's last
+    verification (the dashboard shows it, from any server process); returns the report's dict."""
     key = default_public_key(service.home.key_path)
+    started = service.home.now()
     ledger = service.home.ledger
     remembered = remembered_root(ledger, service.home.key_path)
-    report = await run_in_threadpool(verify_ledger, ledger, public_key=key, remembered=remembered)
-    if not report.ok:
-        problem = report.problems[0].message if report.problems else "verification failed"
-        failure = LedgerVerificationError(problem, first_bad_event_id=report.first_bad_event_id)
-        await run_in_threadpool(service.alerting.ledger_verification_failed, failure)
-    return json_response(report.to_dict())
+    result = verify_ledger(ledger, public_key=key, progress=progress, remembered=remembered)
+    report = result.to_dict()
+    finished = service.home.now()
+    record = {
+        "ok": report["ok"],
+        "events": report["events"],
+        "first_bad_event_id": report["first_bad_event_id"],
+        "problems": [problem["message"] for problem in report["problems"][:5]],  # type: ignore[index]
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+    }
+    with service.home.dashboard.transaction() as document:
+        document["last_verify"] = record
+    if not result.ok:
+        problem = result.problems[0].message if result.problems else "verification failed"
+        failure = LedgerVerificationError(problem, first_bad_event_id=result.first_bad_event_id)
+        service.alerting.ledger_verification_failed(failure)
+    return report
 
 
-def _checkpoint_dict(service: Service, checkpoint: Any) -> dict[str, Any]:
+def checkpoint_dict(service: Service, checkpoint: Any) -> dict[str, Any]:
     public = public_key_path(service.home.key_path)
     return {
         **checkpoint.to_dict(),
@@ -586,14 +605,14 @@ def latest_checkpoint(request: Request, caller: Caller) -> Response:
     checkpoint = service.enforcer.writer.checkpoints.latest()
     if checkpoint is None:
         raise HTTPException(404, "no signed checkpoint yet: POST /api/v1/ledger/checkpoint signs one now")
-    return json_response(_checkpoint_dict(service, checkpoint))
+    return json_response(checkpoint_dict(service, checkpoint))
 
 
 @router.post("/ledger/checkpoint", tags=["ledger"], summary="Sign a checkpoint of the ledger now (admin)")
 def sign_checkpoint(request: Request, caller: Caller) -> Response:
     require_admin(caller)
     service = service_of(request)
-    return json_response(_checkpoint_dict(service, service.enforcer.writer.checkpoint()))
+    return json_response(checkpoint_dict(service, service.enforcer.writer.checkpoint()))
 
 
 TreeSize = Annotated[int, Query(ge=1, le=2**62)]
@@ -608,22 +627,24 @@ def inclusion_proof(
     request: Request, caller: Caller, event_id: TreeSize, tree_size: TreeSize | None = None
 ) -> Response:
     require_admin(caller)
-    service = service_of(request)
+    return json_response(inclusion_proof_dict(service_of(request), event_id, tree_size))
+
+
+def inclusion_proof_dict(service: Service, event_id: int, tree_size: int | None = None) -> dict[str, Any]:
+    """The inclusion proof's JSON (the API's answer; the dashboard's download)."""
     proof = prove_inclusion(service.home.ledger, event_id, tree_size)
     proof.verify()
     signed = service.enforcer.writer.checkpoints.roots()
-    return json_response(
-        {
-            "type": "inclusion",
-            "event_id": proof.event_id,
-            "leaf_index": proof.event_id - 1,
-            "tree_size": proof.size,
-            "leaf_hash": proof.leaf_hash.hex(),
-            "root": proof.root.hex(),
-            "proof": [node.hex() for node in proof.proof],
-            "matches_signed_checkpoint": matches_signed(signed, proof.size, proof.root),
-        }
-    )
+    return {
+        "type": "inclusion",
+        "event_id": proof.event_id,
+        "leaf_index": proof.event_id - 1,
+        "tree_size": proof.size,
+        "leaf_hash": proof.leaf_hash.hex(),
+        "root": proof.root.hex(),
+        "proof": [node.hex() for node in proof.proof],
+        "matches_signed_checkpoint": matches_signed(signed, proof.size, proof.root),
+    }
 
 
 @router.get(

@@ -30,6 +30,7 @@ from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
 from caracal.server.service import Service
+from caracal.server.ui import routes as ui
 
 logger = logging.getLogger("caracal.server")
 
@@ -122,6 +123,7 @@ def create_app(
 
     app.include_router(api.router)
     app.include_router(alerts_api.router)
+    ui.install(app)
     gateway = proxy.install(app, service)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, body_timeout=body_timeout)

@@ -142,6 +142,9 @@ class EmbeddedHome:
             clock=self.now,
         )
         self.keys = ApiKeyRegistry(documents["apikeys"])
+        self.dashboard: Document = self.backend.document("dashboard", dict, mode=0o600)
+        """The dashboard's shared state (session secret, last verification): every server process of the
+        home, on any host, reads the same document."""
         self.admin_key_path = default_admin_key_path(self.home)
         self.directory = RegistryDirectory(self.agents, self.policies)
         self.alerts = AlertStore(

@@ -24,9 +24,11 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox")
+REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox", "dashboard")
 """The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`;
-``alerts``, ``alert_outbox``: the rules and outbox of :mod:`caracal.storage.alerts`)."""
+``alerts``, ``alert_outbox``: the rules and outbox of :mod:`caracal.storage.alerts`; ``dashboard``: the
+dashboard's session secret and the last verification's result, shared by every server process of the
+home)."""
 
 
 class Document(Protocol):

@@ -1,0 +1,98 @@
+"""Screenshots of the dashboard for the README: ``python scripts/screenshots.py``.
+
+Runs ``caracal demo --serve`` on a temporary home, signs in with its admin key in Debian's chromium
+(Playwright), lets the demo's agents spend for a few seconds, and writes ``docs/screenshots/overview.png``,
+``agent.png``, ``ledger.png`` (desktop) and ``phone.png`` (the overview on a phone-sized screen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_out = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--spend-seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    home = Path(tempfile.mkdtemp(prefix="caracal-screens-")) / "home"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "caracal", "demo", "--home", str(home), "--serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        key = None
+        for line in demo.stdout:
+            found = re.search(r"sign in with the admin key: (ck_\S+)", line)
+            if found:
+                key = found.group(1)
+                break
+        if key is None:
+            raise SystemExit("the demo did not start its server")
+        time.sleep(args.spend_seconds)  # let the agents spend a little on the dashboard
+        base = f"http://127.0.0.1:{port}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{base}/ui/login")
+            page.fill("#key", key)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/ui/overview")
+            shots = {
+                "overview": "/ui/overview",
+                "agent": "/ui/agents/research-lead?granularity=hour",
+                "ledger": "/ui/ledger",
+            }
+            for name, path in shots.items():
+                page.goto(base + path)
+                page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+                print(f"wrote {args.out / f'{name}.png'}")
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto(f"{base}/ui/overview")
+            page.screenshot(path=str(args.out / "phone.png"), full_page=False)
+            print(f"wrote {args.out / 'phone.png'}")
+            browser.close()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+
+
+if __name__ == "__main__":
+    main()
