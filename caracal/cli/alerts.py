@@ -84,17 +84,14 @@ def create_command(
         raise click.UsageError("--policy and --agent: give one")
     home = EmbeddedHome()
     try:
-        agent_id = home.agents.get(agent_ref).agent_id if agent_ref is not None else None
-        if policy_id is not None:
-            home.policies.get(policy_id)
-        rule = home.alerts.create(
+        rule = home.create_alert(
             name=name,
             url=url,
             on=on or "threshold",
             threshold=threshold,
             count_holds=count_holds,
             policy_id=policy_id,
-            agent_id=agent_id,
+            agent=agent_ref,
             format=body_format,
         )
         names = {agent.agent_id: agent.name for agent in home.agents.list()}

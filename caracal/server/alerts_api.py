@@ -42,18 +42,14 @@ class AlertCreate(Body):
 @router.post("/alerts", status_code=201, tags=["alerts"], summary="Create an alert rule (admin)")
 def create_alert(body: AlertCreate, request: Request, caller: Caller) -> Response:
     require_admin(caller)
-    home = service_of(request).home
-    agent_id = home.agents.get(body.agent_id).agent_id if body.agent_id is not None else None
-    if body.policy_id is not None:
-        home.policies.get(body.policy_id)
-    rule = home.alerts.create(
+    rule = service_of(request).home.create_alert(
         name=body.name,
         url=body.url,
         on=body.on,
         threshold=body.threshold,
         count_holds=body.count_holds,
         policy_id=body.policy_id,
-        agent_id=agent_id,
+        agent=body.agent_id,
         format=body.format,
     )
     return json_response({**rule.public_dict(), "secret": rule.secret, "warning": SECRET_WARNING}, 201)

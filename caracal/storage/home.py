@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from caracal.config import (
     Settings,
@@ -31,6 +31,7 @@ from caracal.config import (
     default_signing_key_path,
     load_settings,
 )
+from caracal.core.alerts import AlertRule
 from caracal.core.denials import empty_denials
 from caracal.core.identity import Agent
 from caracal.core.ledger import LedgerWriter
@@ -208,6 +209,18 @@ class EmbeddedHome:
     def idempotency_window(self) -> timedelta:
         """``[metering] idempotency_window``: how long this home's enforcers remember idempotency keys."""
         return timedelta(seconds=self.settings.idempotency_window)
+
+    def create_alert(
+        self, *, agent: str | None = None, policy_id: str | None = None, **fields: Any
+    ) -> AlertRule:
+        """A new alert rule (see :func:`caracal.core.alerts.new_rule` for ``fields``): ``agent`` named by id
+        or name (stored as its id), ``policy_id`` checked to exist, so a rule never watches nothing
+        (:class:`AgentNotFoundError`, :class:`PolicyNotFoundError`). The CLI, the API and the dashboard
+        all create rules here."""
+        agent_id = self.agents.get(agent).agent_id if agent is not None else None
+        if policy_id is not None:
+            self.policies.get(policy_id)
+        return self.alerts.create(agent_id=agent_id, policy_id=policy_id, **fields)
 
     def over_hold(self, over: OverHold) -> None:
         """A charge beyond its hold was recorded: suspend the agent if ``[holds] suspend_over_hold_factor``

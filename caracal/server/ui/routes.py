@@ -333,10 +333,13 @@ def state(request: Request) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    """Mount the dashboard on ``app`` (the pages, the static assets, the sign-in redirect)."""
+    """Mount the dashboard on ``app`` (the pages, the alerts page, the static assets, the sign-in
+    redirect)."""
+    from caracal.server.ui.alerts import router as alerts_router  # it builds on this module
     app.state.ui_series = figures.LiveSeries()
     app.state.ui_verify = figures.VerifyJob()
     app.include_router(router)
+    app.include_router(alerts_router)
     static = _package / "static"
     app.mount("/ui/static", StaticFiles(directory=str(static)), name="ui-static")
 
