@@ -55,7 +55,8 @@ def wait_until(condition: Any, what: str, timeout: float = 60.0) -> Any:
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def test_undelivered_alerts_survive_a_killed_server(caracal_home: Path) -> None:
+def bot_home(caracal_home: Path) -> None:
+    """A home (fast alert settings) whose agent ``bot`` has a 10 USD daily budget; a call costs 1 USD."""
     subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
     fast_alerts(caracal_home)
     home = EmbeddedHome(caracal_home)
@@ -65,6 +66,10 @@ def test_undelivered_alerts_survive_a_killed_server(caracal_home: Path) -> None:
         home.prices.set("tool.calls", "1", "USD")
     finally:
         home.close()
+
+
+def test_undelivered_alerts_survive_a_killed_server(caracal_home: Path) -> None:
+    bot_home(caracal_home)
     receiver = Receiver(up=False)  # refuses connections
     try:
         url = receiver.url
@@ -109,15 +114,7 @@ def test_undelivered_alerts_survive_a_killed_server(caracal_home: Path) -> None:
 
 def test_several_server_processes_fire_a_crossing_once(caracal_home: Path) -> None:
     """Two worker processes detect and send; the outbox's transaction and leases let one event through."""
-    subprocess.run([sys.executable, "-m", "caracal", "init"], check=True, capture_output=True)
-    fast_alerts(caracal_home)
-    home = EmbeddedHome(caracal_home)
-    try:
-        bot = home.agents.register("bot", "ops@example.com")
-        home.policies.create(bot.agent_id, "10", parse_window("daily"), "USD")
-        home.prices.set("tool.calls", "1", "USD")
-    finally:
-        home.close()
+    bot_home(caracal_home)
     receiver = Receiver()
     try:
         rule = caracal("alert", "create", "--name", "80", "--url", receiver.url, "--threshold", "0.8")

@@ -8,6 +8,7 @@ session's CSRF token. A new rule's signing secret is shown once, on the page tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -17,6 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from caracal.core.alerts import FORMATS, KINDS
 from caracal.exceptions import CaracalError
 from caracal.server.alerts_api import SECRET_WARNING
+from caracal.server.service import Service
 from caracal.server.ui import routes
 from caracal.server.ui.session import Session
 
@@ -91,40 +93,37 @@ def create(
     return _show(request, session, 201, created=rule, warning=SECRET_WARNING)
 
 
-@router.post("/{rule_id}/delete")
-def delete(request: Request, rule_id: str, csrf: Annotated[str | None, Form()] = None) -> Response:
+async def _act(
+    request: Request, csrf: str | None, action: Callable[[Service], Any], failed: int, then: str | None
+) -> Response:
+    """Run ``action`` (in the thread pool: it may wait on the disk or a webhook) for the admin; the page
+    again with the error (``failed``) when it raises, else a redirect to ``then`` or, without one, the page
+    showing what it returned as a test's result."""
     session = _admin(request, csrf, post=True)
     if isinstance(session, Response):
         return session
     try:
-        routes._service(request).home.alerts.delete(rule_id)
+        result = await run_in_threadpool(action, routes._service(request))
     except CaracalError as exc:
-        return _show(request, session, 404, error=str(exc))
-    return RedirectResponse("/ui/alerts", 303)
+        return _show(request, session, failed, error=str(exc))
+    return RedirectResponse(then, 303) if then is not None else _show(request, session, tested=result)
+
+
+@router.post("/{rule_id}/delete")
+async def delete(request: Request, rule_id: str, csrf: Annotated[str | None, Form()] = None) -> Response:
+    return await _act(request, csrf, lambda service: service.home.alerts.delete(rule_id), 404, "/ui/alerts")
 
 
 @router.post("/{rule_id}/test")
 async def test(request: Request, rule_id: str, csrf: Annotated[str | None, Form()] = None) -> Response:
-    session = _admin(request, csrf, post=True)
-    if isinstance(session, Response):
-        return session
-    try:
-        delivery = await run_in_threadpool(routes._service(request).alerting.test, rule_id)
-    except CaracalError as exc:
-        return _show(request, session, 404, error=str(exc))
-    return _show(request, session, tested=delivery)
+    return await _act(request, csrf, lambda service: service.alerting.test(rule_id), 404, None)
 
 
 @router.post("/deliveries/{event_id}/retry")
-def retry(request: Request, event_id: str, csrf: Annotated[str | None, Form()] = None) -> Response:
-    session = _admin(request, csrf, post=True)
-    if isinstance(session, Response):
-        return session
-    try:
-        routes._service(request).home.alerts.retry(event_id)
-    except CaracalError as exc:
-        return _show(request, session, 409, error=str(exc))
-    return RedirectResponse("/ui/alerts#deliveries", 303)
+async def retry(request: Request, event_id: str, csrf: Annotated[str | None, Form()] = None) -> Response:
+    return await _act(
+        request, csrf, lambda service: service.home.alerts.retry(event_id), 409, "/ui/alerts#deliveries"
+    )
 
 
 __all__ = ["router"]
