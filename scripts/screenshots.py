@@ -1,8 +1,9 @@
 """Screenshots of the dashboard for the README: ``python scripts/screenshots.py``.
 
 Runs ``caracal demo --serve`` on a temporary home, signs in with its admin key in Debian's chromium
-(Playwright), lets the demo's agents spend for a few seconds, and writes ``docs/screenshots/overview.png``,
-``agent.png``, ``ledger.png`` (desktop) and ``phone.png`` (the overview on a phone-sized screen).
+(Playwright), lets the demo's agents spend for a few seconds, creates two alert rules (delivered to a
+receiver in this script), and writes ``docs/screenshots/overview.png``, ``agent.png``, ``ledger.png``,
+``alerts.png`` (desktop) and ``phone.png`` (the overview on a phone-sized screen).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CHROMIUM_ARGS = [
@@ -33,6 +36,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver for the alerts page's deliveries (answers 200 to everything)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def main() -> None:
@@ -72,7 +88,19 @@ def main() -> None:
             page.fill("#key", key)
             page.click("button[type=submit]")
             page.wait_for_url("**/ui/overview")
+            receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+            threading.Thread(target=receiver.serve_forever, daemon=True).start()
+            page.goto(f"{base}/ui/alerts")  # two rules, so the alerts page has something to show
+            for name, watch, threshold in (("lead at 10%", "threshold", "0.1"), ("denials", "denied", "")):
+                page.fill("input[name=name]", name)
+                page.fill("input[name=url]", f"http://127.0.0.1:{receiver.server_address[1]}/hook")
+                page.select_option("select[name=on]", watch)
+                page.fill("input[name=threshold]", threshold)
+                page.fill("input[name=agent]", "research-lead")
+                page.click("#new-rule button[type=submit]")
+            time.sleep(5)  # the server's sender delivers what fired
             shots = {
+                "alerts": "/ui/alerts",
                 "overview": "/ui/overview",
                 "agent": "/ui/agents/research-lead?granularity=hour",
                 "ledger": "/ui/ledger",
