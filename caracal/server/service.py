@@ -83,12 +83,16 @@ class Service:
         self.home.over_hold(over)
 
     def close(self) -> None:
-        """Finish queued operations, save the budget snapshot, checkpoint and close the ledger."""
+        """Finish queued operations, save the budget snapshot, checkpoint and close the ledger. A ledger
+        that cannot be read or fails verification by now keeps its last good snapshot: that is logged (every
+        decision already said so) and the rest still closes, so a shutdown never ends in a traceback."""
         self._stop.set()
         self.alerting.close()
         self.committer.close()
         try:
             self.enforcer.close()
+        except CaracalError as exc:
+            logger.error("closing %s without saving the budget snapshot: %s", self.home.location, exc)
         finally:
             self.home.close()
 
