@@ -93,16 +93,6 @@ def make_test_event(rule: AlertRule, now: datetime) -> AlertEvent:
     )
 
 
-def fraction(used: Decimal, limit: Decimal) -> Decimal | None:
-    """``used / limit`` exactly enough to compare with a threshold (28 significant digits); None for a limit
-    of 0 (every use is over it)."""
-    if limit == 0:
-        return None
-    with localcontext() as context:
-        context.prec = 28
-        return used / limit
-
-
 def window_key(status: PolicyStatus) -> str | None:
     """What identifies the policy's current window: its start (calendar windows), ``total``, or None for a
     rolling window (it has no fixed start: a rolling rule re-arms when usage drops below the threshold)."""
@@ -120,8 +110,8 @@ def _agent_ref(agent_id: str, names: Mapping[str, str]) -> dict[str, Any]:
 
 def _reached(rule: AlertRule, status: PolicyStatus) -> tuple[bool, Decimal, Decimal | None]:
     assert rule.threshold is not None
-    used = status.spent + status.held if rule.count_holds else status.spent
-    share = fraction(used, status.policy.limit)
+    used = status.used(rule.count_holds)
+    share = status.used_share(rule.count_holds)
     if share is None:
         return used > 0, used, None
     return share >= rule.threshold, used, share

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Protocol
 
 from caracal.core.budget import BudgetState
-from caracal.core.money import subtract
+from caracal.core.money import add, subtract
 from caracal.core.policy import Policy
 from caracal.core.validation import format_timestamp, parse_timestamp
 from caracal.core.windows import WindowSpec, window_bounds
@@ -116,6 +116,19 @@ class PolicyStatus:
         """Spent and held exceed the limit (``remaining`` is negative): usage beyond a hold's bound was
         recorded. Nothing more is allowed until the window resets or the limit is raised."""
         return self.remaining < 0
+
+    def used(self, count_holds: bool = True) -> Decimal:
+        """What counts as used of the limit: spent, plus held when ``count_holds``."""
+        return add(self.spent, self.held) if count_holds else self.spent
+
+    def used_share(self, count_holds: bool = True) -> Decimal | None:
+        """:meth:`used` / the limit, to 28 significant digits (enough to compare with a threshold and to
+        rank policies); None for a limit of 0, which any use is over."""
+        if self.policy.limit == 0:
+            return None
+        with localcontext() as context:
+            context.prec = 28
+            return self.used(count_holds) / self.policy.limit
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -55,6 +55,7 @@ from caracal.core.live import SNAPSHOT_EVERY, LiveBudget
 from caracal.core.money import add, subtract
 from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
 from caracal.exceptions import (
+    AgentNotFoundError,
     BudgetExceededError,
     CaracalError,
     HoldNotFoundError,
@@ -314,6 +315,18 @@ class Enforcer:
                 for _member, policies in self.directory.policies(self.directory.chain(agent_id))
                 for policy in policies
             ]
+
+    def own_statuses(self, agent_ids: Iterable[str]) -> list[PolicyStatus]:
+        """Each agent's *own* active policies' status (what :meth:`status` lists for it, less its
+        ancestors'), in the order given; an agent the directory does not know has none."""
+        found: list[PolicyStatus] = []
+        for agent_id in agent_ids:
+            try:
+                statuses = self.status(agent_id)
+            except AgentNotFoundError:
+                continue
+            found.extend(s for s in statuses if s.policy.agent_id == agent_id)
+        return found
 
     def reserve(
         self,

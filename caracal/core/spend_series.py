@@ -154,10 +154,10 @@ class SpendSeries:
 def used_fraction(status: PolicyStatus) -> Decimal:
     """How much of the limit is spent or held (1 = all of it; more when over). A zero limit counts as fully
     used."""
-    used = add(status.spent, status.held)
-    if status.policy.limit <= 0:
-        return Decimal(1) if used <= 0 else Decimal("Infinity")
-    return used / status.policy.limit
+    share = status.used_share()
+    if share is None:
+        return Decimal(1) if status.used() <= 0 else Decimal("Infinity")
+    return share
 
 
 def nearest_limits(statuses: Iterable[PolicyStatus], count: int) -> list[PolicyStatus]:

@@ -120,16 +120,7 @@ class Sender:
 def policy_statuses(enforcer: Enforcer, home: EmbeddedHome) -> list[PolicyStatus]:
     """Every active policy's figures now (from the enforcer's live state, caught up first)."""
     enforcer.catch_up()
-    owners = {policy.agent_id for policy in home.policies.list()}
-    statuses: list[PolicyStatus] = []
-    for agent_id in sorted(owners):
-        try:
-            statuses.extend(s for s in enforcer.status(agent_id) if s.policy.agent_id == agent_id)
-        except LedgerVerificationError:
-            raise
-        except CaracalError as exc:  # an agent the registry does not know: its policies have no status
-            logger.debug("no budget status for %s: %s", agent_id, exc)
-    return statuses
+    return enforcer.own_statuses(sorted({policy.agent_id for policy in home.policies.list()}))
 
 
 class Detector:
@@ -190,8 +181,9 @@ class Detector:
     def _fire(self, evaluate: Callable[[dict[str, str]], tuple[list[Any], dict[str, str]]]) -> int:
         """Evaluate against the cached fired state; only when that finds a change, evaluate again inside the
         outbox's transaction (the stored state may have moved: another process fired first) and store."""
-        events, state = evaluate(self.home.alerts.fired())
-        if not events and state == self.home.alerts.fired():
+        fired = self.home.alerts.fired()
+        events, state = evaluate(fired)
+        if not events and state == fired:
             return 0
         added = self.home.alerts.record(evaluate)
         if self.metrics is not None:

@@ -240,10 +240,10 @@ class AlertStore:
         are tried again soon after, while a slow one's are not sent twice."""
         now = self.clock()
         stamp = format_timestamp(now)
-        rules = {rule.rule_id: rule for rule in self.list()}
         claimed: builtins.list[tuple[dict[str, Any], AlertRule | None]] = []
         if not self._any_due(stamp, only):
             return claimed
+        rules = {rule.rule_id: rule for rule in self.list()}
         with self.outbox.transaction() as document:
             entries = document.setdefault("entries", {})
             candidates = [entries[only]] if only is not None and only in entries else list(entries.values())

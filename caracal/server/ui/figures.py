@@ -29,6 +29,7 @@ from caracal.core.identity import Agent
 from caracal.core.ledger_read import LedgerReader, LedgerTail
 from caracal.core.spend_series import SpendSeries, nearest_limits, period_starts
 from caracal.server.service import Service
+from caracal.server.ui.session import shared_state
 
 PAGE_SIZE = 50
 SCAN_LIMIT = 20_000
@@ -102,12 +103,7 @@ class Overview:
 
 def statuses(service: Service, agents: Collection[Agent]) -> list[PolicyStatus]:
     """Each agent's own active policies' live status (what ``GET /agents/{agent}/budget`` returns for it)."""
-    found: list[PolicyStatus] = []
-    for agent in agents:
-        found.extend(
-            s for s in service.enforcer.status(agent.agent_id) if s.policy.agent_id == agent.agent_id
-        )
-    return found
+    return service.enforcer.own_statuses(agent.agent_id for agent in agents)
 
 
 def ledger_state(service: Service) -> dict[str, Any]:
@@ -117,7 +113,7 @@ def ledger_state(service: Service) -> dict[str, Any]:
     return {
         "size": state.last_event_id,
         "checkpoint": checkpoint.to_dict() if checkpoint is not None else None,
-        "last_verify": service.home.dashboard.read().get("last_verify"),
+        "last_verify": shared_state(service).get("last_verify"),
     }
 
 
@@ -262,5 +258,5 @@ def _set_progress(service: Service, progress: dict[str, Any]) -> None:
 
 
 def verify_progress(service: Service) -> dict[str, Any] | None:
-    found = service.home.dashboard.read().get("verify_progress")
+    found = shared_state(service).get("verify_progress")
     return found if isinstance(found, dict) else None

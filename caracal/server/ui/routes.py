@@ -36,6 +36,7 @@ from caracal.server.ui.session import (
     csrf_ok,
     current_session,
     new_cookie,
+    shared_state,
 )
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -326,7 +327,7 @@ def state(request: Request) -> Response:
     session = _session(request)
     service = _service(request)
     size = service.enforcer.catch_up().last_event_id
-    document = service.home.dashboard.read()
+    document = shared_state(service)
     extra = repr((document.get("verify_progress"), document.get("last_verify"), session.principal.key_id))
     version = f"{size}-{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
     return json_response({"version": version, "ledger_size": size})
@@ -336,6 +337,7 @@ def install(app: FastAPI) -> None:
     """Mount the dashboard on ``app`` (the pages, the alerts page, the static assets, the sign-in
     redirect)."""
     from caracal.server.ui.alerts import router as alerts_router  # it builds on this module
+
     app.state.ui_series = figures.LiveSeries()
     app.state.ui_verify = figures.VerifyJob()
     app.include_router(router)

@@ -17,7 +17,10 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from starlette.requests import Request
 
@@ -31,10 +34,16 @@ SESSION_SECONDS = 12 * 3600
 _SECRET_FIELD = "session_secret"
 
 
+def shared_state(service: Service) -> Mapping[str, Any]:
+    """The home's ``dashboard`` document, read-only: re-read only when it changed (every request needs the
+    session secret, every poll the verification's state), never a file read per request."""
+    return service.home.dashboard.read_cached(MappingProxyType)
+
+
 def session_secret(service: Service) -> bytes:
     """The home's session secret, made on first use (under the document's transaction, so concurrent
     processes agree on one)."""
-    found = service.home.dashboard.read().get(_SECRET_FIELD)
+    found = shared_state(service).get(_SECRET_FIELD)
     if isinstance(found, str) and found:
         return bytes.fromhex(found)
     with service.home.dashboard.transaction() as document:
@@ -101,4 +110,13 @@ def cookie_options(request: Request) -> dict[str, object]:
     }
 
 
-__all__ = ["COOKIE", "Session", "cookie_options", "csrf_ok", "csrf_token", "current_session", "new_cookie"]
+__all__ = [
+    "shared_state",
+    "COOKIE",
+    "Session",
+    "cookie_options",
+    "csrf_ok",
+    "csrf_token",
+    "current_session",
+    "new_cookie",
+]
