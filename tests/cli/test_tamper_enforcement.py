@@ -226,3 +226,25 @@ def test_an_edit_of_the_last_line_is_not_laundered_by_the_next_write(tmp_path: P
     assert ledger.read_bytes().splitlines(keepends=True)[-1] == edited  # nothing chained onto it
     report = orjson.loads(caracal("ledger", "verify", "--json", home=home, code=3).stdout)
     assert {p["kind"] for p in report["problems"]} >= {"checkpoint", "writer-state"}, report["problems"]
+
+
+@pytest.mark.slow
+def test_an_edit_under_a_genuine_snapshot_changes_no_budget_and_stays_evident(caracal_home: Path) -> None:
+    """An edit in the middle of the ledger (same length, valid JSON) that a genuine sealed snapshot already
+    covers: the budget stays what the genuine ledger says, so decisions need no replay and stay exact
+    (0.90 spent: 0.50 is denied, 0.10 allowed). Writing on does not launder the edit: the new entries
+    chain onto the genuine state and the checkpoints signed after them are over the genuine bytes, so
+    ``verify`` still fails at the edited event."""
+    make_home(caracal_home, spent_calls=9)
+    lines = ledger_lines(caracal_home)
+    lines[3] = lines[3].replace(b'"cost":"0.10"', b'"cost":"0.01"', 1)
+    write_lines(caracal_home, lines)
+
+    assert spent(caracal_home) == Decimal("0.90")
+    assert reserve(caracal_home, "0.50").startswith("denied:")
+    assert reserve(caracal_home, "0.10") == "allowed"
+    caracal("ledger", "checkpoint", home=caracal_home)
+    report = orjson.loads(caracal("ledger", "verify", "--json", home=caracal_home, code=3).stdout)
+    chain = [p for p in report["problems"] if p["kind"] == "chain"]
+    assert [p["event_id"] for p in chain] == [4], report["problems"]
+    assert {p["kind"] for p in report["problems"]} >= {"checkpoint", "writer-state"}, report["problems"]
