@@ -47,7 +47,7 @@ def alert_group() -> None:
 
 
 @alert_group.command("create")
-@json_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")  # --format is the body's
 @click.option("--name", required=True, help="A name people recognise (shown in every alert).")
 @click.option("--url", required=True, help="The webhook: http(s) URL that receives a signed POST.")
 @click.option("--threshold", default=None, help="Fire at this fraction of a policy's limit (0.8).")

@@ -85,11 +85,16 @@ class Sender:
         final = False
         if rule is None:
             error, final = "the alert rule was deleted before delivery", True
+        elif (entry["url"], entry.get("format", "json")) != (rule.url, rule.format):
+            # Rules are never edited, so an entry naming another URL was written by someone else: never
+            # sign and send it there (the rule's secret would vouch for it).
+            error, final = f"the entry's URL is not its rule's ({rule.url}): the outbox was edited", True
+            logger.warning("alert %s not sent: %s", entry["id"], error)
         else:
-            body = payload(entry["body"], entry.get("format", "json"))
+            body = payload(entry["body"], rule.format)
             headers = signed_headers(rule.secret, entry["id"], int(time.time()), body)
             try:
-                response = self.client.post(entry["url"], content=body, headers=headers)
+                response = self.client.post(rule.url, content=body, headers=headers)
                 status = response.status_code
                 if not 200 <= status < 300:
                     error = f"HTTP {status}: {response.text[:200]}"

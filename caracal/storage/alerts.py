@@ -66,15 +66,63 @@ def _rules(document: dict[str, Any]) -> builtins.list[AlertRule]:
     return sorted((AlertRule.from_dict(record) for record in rules.values()), key=lambda r: r.created_at)
 
 
-def _outbox_view(document: dict[str, Any]) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+_STATES = frozenset(("pending", "delivered", "failed"))
+_FORMATS = frozenset(("json", "slack"))
+_TEXT_FIELDS = ("rule_id", "type", "url", "created_at")
+_OPTIONAL_TEXT_FIELDS = (
+    "next_attempt_at", "last_attempt_at", "delivered_at", "lease_until", "lease_owner", "last_error",
+)  # fmt: skip
+
+
+def checked_outbox(document: dict[str, Any], label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The outbox's ``entries`` and ``fired`` maps, each entry checked for the shape this module writes.
+
+    The outbox is input like any file beside the ledger: an entry someone edited into a shape Caracal
+    never writes raises :class:`RegistryError` naming the document and the entry (the detector and the
+    sender stop on it, as on any unreadable registry) rather than a ``KeyError`` deep in a sender, or a
+    guess. Shape-valid entries are used: the sender takes the URL, format and secret from the entry's
+    *rule*, never from the entry (see :class:`caracal.server.alerting.Sender`)."""
+
+    def bad(what: str) -> RegistryError:
+        return RegistryError(f"{label}: {what}; fix or remove it (the alert outbox is written by Caracal)")
+
+    entries = document.setdefault("entries", {})
+    fired = document.setdefault("fired", {})
+    if not isinstance(entries, dict) or not isinstance(fired, dict):
+        raise bad("'entries' and 'fired' must be objects")
+    if not all(isinstance(key, str) and isinstance(value, str) for key, value in fired.items()):
+        raise bad("'fired' must map text to text")
+    for key, entry in entries.items():
+        if not isinstance(entry, dict) or entry.get("id") != key:
+            raise bad(f"entry {key!r} is not an object whose 'id' is its key")
+        if entry.get("state") not in _STATES or entry.get("format", "json") not in _FORMATS:
+            raise bad(f"entry {key!r} has an unknown state or format")
+        attempts = entry.get("attempts")
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise bad(f"entry {key!r} has no valid 'attempts'")
+        if not all(isinstance(entry.get(field), str) for field in _TEXT_FIELDS) or not all(
+            isinstance(entry.get(field), (str, type(None))) for field in _OPTIONAL_TEXT_FIELDS
+        ):
+            raise bad(f"entry {key!r} has a missing or non-text field")
+        if not isinstance(entry.get("body"), dict):
+            raise bad(f"entry {key!r} has no object 'body'")
+    return entries, fired
+
+
+def _outbox_view(label: str) -> Callable[[dict[str, Any]], tuple[dict[str, str], list[tuple[str, str, str]]]]:
     """What the detector and the sender look at every interval (one parse per document object, cached):
     the fired state, and ``(id, next attempt, lease end)`` of each pending entry."""
-    pending = [
-        (entry["id"], entry.get("next_attempt_at") or "", entry.get("lease_until") or "")
-        for entry in document.get("entries", {}).values()
-        if entry["state"] == "pending"
-    ]
-    return dict(document.get("fired", {})), pending
+
+    def view(document: dict[str, Any]) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+        entries, fired = checked_outbox(dict(document), label)
+        pending = [
+            (entry["id"], entry.get("next_attempt_at") or "", entry.get("lease_until") or "")
+            for entry in entries.values()
+            if entry["state"] == "pending"
+        ]
+        return dict(fired), pending
+
+    return view
 
 
 def public_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +151,7 @@ class AlertStore:
         self.rules_document = rules
         self.outbox = outbox
         self.clock = clock
+        self._view = _outbox_view(outbox.label)
 
     # ------------------------------------------------------------------------------------------- rules
 
@@ -136,7 +185,7 @@ class AlertStore:
             if record is None:
                 raise AlertNotFoundError(f"no alert rule {rule_id!r}; list them with 'caracal alert list'")
         with self.outbox.transaction() as outbox:
-            fired = outbox.setdefault("fired", {})
+            fired = self._checked(outbox)[1]
             for key in [key for key in fired if key.split("|", 1)[0] == rule_id]:
                 del fired[key]
         return AlertRule.from_dict(record)
@@ -145,14 +194,14 @@ class AlertStore:
 
     def fired(self) -> dict[str, str]:
         """The stored fired state (cached read)."""
-        return dict(self.outbox.read_cached(_outbox_view)[0])
+        return dict(self.outbox.read_cached(self._view)[0])
 
     def record(self, evaluate: Evaluation) -> builtins.list[AlertEvent]:
         """Run ``evaluate(fired)`` inside the outbox's transaction and store its events (each id once) with
         the new fired state; returns the events that were new. Call it only when an evaluation against
         :meth:`fired` found something (a transaction takes the document's lock)."""
         with self.outbox.transaction() as document:
-            events, fired = evaluate(dict(document.setdefault("fired", {})))
+            events, fired = evaluate(dict(self._checked(document)[1]))
             added = self._insert(document, events)
             document["fired"] = fired
         return added
@@ -165,8 +214,11 @@ class AlertStore:
         with self.outbox.transaction() as document:
             return self._insert(document, events)
 
+    def _checked(self, document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        return checked_outbox(document, self.outbox.label)
+
     def _insert(self, document: dict[str, Any], events: Iterable[AlertEvent]) -> builtins.list[AlertEvent]:
-        entries = document.setdefault("entries", {})
+        entries = self._checked(document)[0]
         rules = {rule.rule_id: rule for rule in self.list()}
         now = format_timestamp(self.clock())
         added = []
@@ -245,7 +297,7 @@ class AlertStore:
             return claimed
         rules = {rule.rule_id: rule for rule in self.list()}
         with self.outbox.transaction() as document:
-            entries = document.setdefault("entries", {})
+            entries = self._checked(document)[0]
             candidates = [entries[only]] if only is not None and only in entries else list(entries.values())
             for entry in sorted(candidates, key=lambda e: (e.get("next_attempt_at") or "", e["created_at"])):
                 if len(claimed) >= limit:
@@ -263,7 +315,7 @@ class AlertStore:
     def _any_due(self, stamp: str, only: str | None) -> bool:
         """Whether a claim could find something (a cached read: no lock when the outbox is idle)."""
 
-        for identifier, next_at, lease_until in self.outbox.read_cached(_outbox_view)[1]:
+        for identifier, next_at, lease_until in self.outbox.read_cached(self._view)[1]:
             if only is not None:
                 if identifier == only:
                     return True
@@ -289,7 +341,7 @@ class AlertStore:
         ``max_attempts``, or at once with ``final``). Returns the entry as stored (None if it is gone)."""
         now = self.clock()
         with self.outbox.transaction() as document:
-            entries = document.setdefault("entries", {})
+            entries = self._checked(document)[0]
             entry = entries.get(entry_id)
             if entry is None:
                 return None
@@ -324,7 +376,7 @@ class AlertStore:
         fixed the receiver). A pending one is made due now; a delivered one is refused."""
         now = format_timestamp(self.clock())
         with self.outbox.transaction() as document:
-            entry = document.setdefault("entries", {}).get(entry_id)
+            entry = self._checked(document)[0].get(entry_id)
             if entry is None:
                 raise AlertNotFoundError(f"no alert delivery {entry_id!r} in the outbox")
             if entry["state"] == "delivered":
@@ -337,13 +389,13 @@ class AlertStore:
 
     def deliveries(self, limit: int = 100, state: str | None = None) -> builtins.list[dict[str, Any]]:
         """Outbox entries, newest first (of ``state`` when given)."""
-        entries = self.outbox.read().get("entries", {}).values()
+        entries = self._checked(self.outbox.read())[0].values()
         chosen = [entry for entry in entries if state is None or entry["state"] == state]
         chosen.sort(key=lambda e: e["created_at"], reverse=True)
         return [public_entry(entry) for entry in chosen[:limit]]
 
     def delivery(self, entry_id: str) -> dict[str, Any]:
-        entry = self.outbox.read().get("entries", {}).get(entry_id)
+        entry = self._checked(self.outbox.read())[0].get(entry_id)
         if entry is None:
             raise AlertNotFoundError(f"no alert delivery {entry_id!r} in the outbox")
         return public_entry(entry)
@@ -370,4 +422,4 @@ def lease_owner() -> str:
     return secrets.token_hex(8)
 
 
-__all__ = ["AlertStore", "empty_alerts", "empty_outbox", "lease_owner", "public_entry"]
+__all__ = ["AlertStore", "checked_outbox", "empty_alerts", "empty_outbox", "lease_owner", "public_entry"]

@@ -157,7 +157,14 @@ class DenialLog:
         try:
             self.flush()
         except CaracalError as exc:
-            logger.warning("could not write the denial log %s at close: %s", self.document.label, exc)
+            with self._lock:
+                lost = sum(record.count for record in self._pending.values())
+            logger.warning(
+                "%d %s of this process %s not in the denial log %s, which could not be written at close: "
+                "%s (the denials were answered; only their record is lost: fix or delete the file)",
+                lost, "denial" if lost == 1 else "denials", "is" if lost == 1 else "are",
+                self.document.label, exc,
+            )  # fmt: skip
 
 
 __all__ = ["FLUSH_INTERVAL", "DenialLog"]

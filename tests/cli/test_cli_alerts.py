@@ -24,6 +24,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def ok(*args: str) -> Any:
     done = run(*args, "--json")
     assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # e.g. click's "--format is used more than once"
     return json.loads(done.stdout)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from caracal.core.windows import parse_window
+from caracal.exceptions import RegistryError
 from caracal.server.alerting import Sender
 from caracal.storage.home import EmbeddedHome
 from tests.alert_receiver import Receiver, receiving
@@ -148,3 +149,49 @@ def test_delivered_entries_are_pruned_to_keep_delivered(home: EmbeddedHome, rece
     kept = home.alerts.deliveries()
     assert [entry["id"] for entry in kept] == [events[3].event_id, events[2].event_id]
     assert all(entry["state"] == "delivered" for entry in kept)
+
+
+def test_an_entry_edited_to_another_url_is_never_signed_and_sent(
+    home: EmbeddedHome, receiver: Receiver
+) -> None:
+    """Whoever can write the outbox must not make Caracal sign a body with a rule's secret and send it to
+    an address of their choosing: the sender posts to the rule's URL only, and refuses an entry whose URL
+    is not its rule's."""
+    rule = home.alerts.create(name="t", url=receiver.url, on="suspended")
+    elsewhere = Receiver()
+    try:
+        event = home.alerts.test(rule.rule_id)
+        with home.alerts.outbox.transaction() as document:
+            document["entries"][event.event_id]["url"] = elsewhere.url
+        sender = Sender(home)
+        try:
+            sender.deliver_due()
+        finally:
+            sender.close()
+        assert elsewhere.received() == [] and receiver.received() == []
+    finally:
+        elsewhere.close()
+    entry = home.alerts.delivery(event.event_id)
+    assert entry["state"] == "failed" and "the outbox was edited" in entry["last_error"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda entry: entry.pop("state"),
+        lambda entry: entry.update(attempts="3"),
+        lambda entry: entry.update(url=None),
+        lambda entry: entry.update(body=[]),
+        lambda entry: entry.update(id="other"),
+    ],
+    ids=["no-state", "text-attempts", "no-url", "list-body", "id-not-key"],
+)
+def test_a_malformed_outbox_entry_is_refused_by_name(home: EmbeddedHome, edit: object) -> None:
+    rule = home.alerts.create(name="t", url="http://127.0.0.1:9/", on="suspended")
+    event = home.alerts.test(rule.rule_id)
+    with home.alerts.outbox.transaction() as document:
+        edit(document["entries"][event.event_id])  # type: ignore[operator]
+    for read in (home.alerts.deliveries, lambda: home.alerts.claim("anyone", lease=1.0), home.alerts.fired):
+        with pytest.raises(RegistryError, match=f"entry '{event.event_id}'") as caught:
+            read()
+        assert home.alerts.outbox.label in str(caught.value)

@@ -116,3 +116,13 @@ def test_a_forged_denial_log_is_refused_with_its_name_not_read_as_empty(server: 
     assert "denial record" in answer.text
     # enforcement is not affected: a denial is still answered (and its logging failure only logged)
     assert server.post("/api/v1/holds", json={"agent_id": "worker", "amount": "50.00"}).status_code == 402
+    # a process denied while the log is unwritable is still answered, and says what it could not record
+    done = subprocess.run(
+        [sys.executable, "-c", DENY, str(server.home), "worker", "3", "close"],
+        env={**os.environ, "CARACAL_HOME": str(server.home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "3 denials of this process are not in the denial log" in done.stderr, done.stderr
