@@ -31,6 +31,7 @@ from caracal.core.checkpoint import CheckpointStore
 from caracal.core.ledger import LedgerReader
 from caracal.core.windows import parse_window
 from caracal.server.gateway.estimate import bound_openai_chat
+from caracal.server.gateway.tokens import counter_for_model
 from caracal.server.gateway.pricing import hold_amount
 from caracal.storage.home import EmbeddedHome
 from tests.cli.test_cli_serve import serving
@@ -143,7 +144,7 @@ MODEL = behaviour_model("gpt-4o-mini", "slow")
 INPUT, OUTPUT = Decimal("0.000001"), Decimal("0.01")
 
 
-def gateway_home(home: Path, upstream: str) -> tuple[str, str, Decimal, Decimal]:
+def gateway_home(home: Path, upstream: str, marker: str) -> tuple[str, str, Decimal, Decimal]:
     """A home whose gateway forwards to ``upstream``, with one agent (its key) whose total budget covers
     :data:`HOLDS_COVERED` worst-case calls. Returns (agent id, agent key, the hold of one call, the limit).
 
@@ -160,7 +161,9 @@ def gateway_home(home: Path, upstream: str) -> tuple[str, str, Decimal, Decimal]
         token = embedded.keys.create("agent", agent.agent_id)[1]
         embedded.prices.set(f"openai.{MODEL}.input_tokens", str(INPUT), "USD")
         embedded.prices.set(f"openai.{MODEL}.output_tokens", str(OUTPUT), "USD")
-        bound, _ = bound_openai_chat(body_of("x" * 32, 0), max_output_tokens=4096, image_tokens=2000)
+        bound, _ = bound_openai_chat(  # the bound the gateway computes (with the model's tokenizer)
+            body_of(marker, 0), max_output_tokens=4096, image_tokens=2000, counter=counter_for_model(MODEL)
+        )
         hold, _ = hold_amount(embedded.prices.pricebook(), "openai", MODEL, bound, datetime.now(timezone.utc))
         limit = hold * HOLDS_COVERED
         embedded.policies.create(agent.agent_id, str(limit), parse_window("total"), "USD")
@@ -170,7 +173,7 @@ def gateway_home(home: Path, upstream: str) -> tuple[str, str, Decimal, Decimal]
 
 
 def body_of(marker: str, index: int) -> dict[str, Any]:
-    # A fixed-width marker and index: every call has the same byte length, so the same worst-case hold.
+    # One marker and a fixed-width index: every call has the same bytes and tokens, so the same hold.
     return {
         "model": MODEL,
         "max_tokens": CAP,
@@ -224,7 +227,7 @@ def test_concurrent_gateway_calls_through_two_workers_never_overspend_and_sigter
     # The upstream answers slowly, so the granted calls are still in flight when the server is stopped: the
     # workers finish them, then write their settlements before they exit.
     with serve_fake_upstream(delay_ms=1500, completion_tokens=CAP) as fake:
-        agent_id, token, hold, limit = gateway_home(caracal_home, fake.base_url)
+        agent_id, token, hold, limit = gateway_home(caracal_home, fake.base_url, marker)
         with serving(caracal_home, "--workers", str(WORKERS), new_session=True) as (base_url, process):
             admin = (caracal_home / "keys" / "admin.key").read_text().strip()
             # /healthz answers once one worker listens: wait until every worker does before the burst.

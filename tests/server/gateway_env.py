@@ -39,6 +39,7 @@ from caracal.server.gateway.estimate import (
     bound_openai_embeddings,
 )
 from caracal.server.gateway.pricing import hold_amount
+from caracal.server.gateway.tokens import counter_for_model
 from caracal.server.runner import ServerThread
 from caracal.server.service import Service
 from tests.pg import storage_config
@@ -194,14 +195,16 @@ class GatewayEnv:
         return pricebook.price_of(f"{provider}.{model}.{kind}", self.service.enforcer.now()).unit_price
 
     def worst_case(self, path: str, body: dict[str, Any]) -> tuple[Bound, dict[str, Any], Decimal]:
-        """The gateway's bound, forwarded body and hold amount for ``body`` on ``path``."""
+        """The gateway's bound, forwarded body and hold amount for ``body`` on ``path`` (with the model's
+        tokenizer where the gateway has one, as it does)."""
+        counter = counter_for_model(body.get("model"))
         if path == CHAT:
             bound, forward = bound_openai_chat(
-                body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS
+                body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS, counter=counter
             )
             provider = "openai"
         elif path == EMBEDDINGS:
-            bound, forward = bound_openai_embeddings(body)
+            bound, forward = bound_openai_embeddings(body, counter=counter)
             provider = "openai"
         else:
             bound, forward = bound_anthropic_messages(

@@ -43,6 +43,9 @@ CALLS = 200
 HOLDS_COVERED = 50
 OPENAI_MODEL = behaviour_model("gpt-4o-mini", "slow")
 ANTHROPIC_MODEL = behaviour_model("claude-3-haiku-20240307", "slow")
+BYTES_MODEL = behaviour_model("local-llama", "slow")
+"""An OpenAI-compatible model without a known tokenizer: bounded by bytes like the Anthropic model, so a
+mix of both has one worst-case hold (gpt-4o-mini's input is counted with its tokenizer instead)."""
 INPUT = Decimal("0.000001")
 OUTPUT = Decimal("0.01")
 CAP = 10
@@ -57,13 +60,22 @@ def env(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     with start_gateway(home, delay_ms=150, database_url=home_database(request)) as live:
         live.set_price("openai", OPENAI_MODEL, INPUT, OUTPUT)
         live.set_price("anthropic", ANTHROPIC_MODEL, INPUT, OUTPUT)
+        live.set_price("openai", BYTES_MODEL, INPUT, OUTPUT)
         yield live
 
 
-def body_of(marker: str, index: int, *, path: str = CHAT, stream: bool = False, cap: int | None = CAP) -> Any:
-    # A fixed-width index: every call has the same byte length, so the same worst-case hold.
+def body_of(
+    marker: str,
+    index: int,
+    *,
+    path: str = CHAT,
+    stream: bool = False,
+    cap: int | None = CAP,
+    chat_model: str = OPENAI_MODEL,
+) -> Any:
+    # A fixed-width index: every call has the same byte length (and tokens), so the same worst-case hold.
     body: dict[str, Any] = {
-        "model": OPENAI_MODEL if path == CHAT else ANTHROPIC_MODEL,
+        "model": chat_model if path == CHAT else ANTHROPIC_MODEL,
         "messages": [{"role": "user", "content": f"burst {marker} {index:04d}"}],
     }
     if cap is not None:
@@ -160,7 +172,7 @@ def test_one_agent_200_concurrent_calls_never_overspend(env: GatewayEnv) -> None
 def test_mixed_streams_and_plain_calls_never_overspend(env: GatewayEnv) -> None:
     marker = nonce()
     calls_spec = [
-        (CHAT, body_of(marker, index, stream=index % 2 == 0))
+        (CHAT, body_of(marker, index, stream=index % 2 == 0, chat_model=BYTES_MODEL))
         if index % 4 < 2
         else (MESSAGES, body_of(marker, index, path=MESSAGES, stream=index % 2 == 0))
         for index in range(CALLS)

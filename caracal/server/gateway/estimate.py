@@ -5,7 +5,9 @@ never be below what the provider can bill (promise 4, *no overspend*, and 5, *fa
 cost cannot be bounded from its body is refused with :class:`~caracal.exceptions.GatewayRequestError`
 (nothing forwarded, nothing held) instead of being guessed.
 
-Input tokens are bounded without a tokenizer (tiktoken needs to download its encodings):
+Input tokens are bounded without a tokenizer (the *byte bound*), except the text of OpenAI ``messages``
+when the model's tokenizer is available offline (the *counted bound*: :mod:`.tokens` says why it is safe;
+callers pass a :class:`~.tokens.TokenCounter`, and without one the byte bound applies everywhere):
 
 - **Every BPE token encodes at least one UTF-8 byte**, so the tokens of a text are at most its UTF-8 bytes.
   Byte-level BPE (OpenAI, Anthropic) and SentencePiece with byte fallback all have this property.
@@ -50,6 +52,12 @@ from typing import Any, Literal
 import orjson
 
 from caracal.exceptions import GatewayRequestError
+from caracal.server.gateway.tokens import (
+    COUNTED_REQUEST_OVERHEAD_TOKENS,
+    JOIN_SLACK_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    TokenCounter,
+)
 
 __all__ = [
     "ANTHROPIC_TOOLS_OVERHEAD_TOKENS",
@@ -216,14 +224,79 @@ def _inline_chars(kind: str, part: Mapping[str, Any]) -> int:
     return 0
 
 
-def _input_bound(body: Mapping[str, Any], fields: tuple[str, ...], scan: _Scan, image_tokens: int) -> int:
+def _input_bound(
+    body: Mapping[str, Any],
+    fields: tuple[str, ...],
+    scan: _Scan,
+    image_tokens: int,
+    counter: TokenCounter | None = None,
+    counted_fields: tuple[str, ...] = ("messages",),
+) -> int:
+    """The input bound of ``fields``: JSON bytes, except the ``counted_fields`` (lists of messages) when a
+    ``counter`` is given, which count the text of their messages (:func:`_counted_messages`)."""
     total = 0
+    counted = False
     for field in fields:
         value = body.get(field)
-        if value is not None:
+        if value is None:
+            continue
+        if counter is not None and field in counted_fields and isinstance(value, list):
+            total += _counted_messages(value, counter, field)
+            counted = True
+        else:
             total += _json_bytes(value, field)
-    # The inline payloads are part of the JSON counted above, so the difference is never negative.
+    if counted:
+        total += COUNTED_REQUEST_OVERHEAD_TOKENS
+    # Every image part (and so every inline payload) is counted by its JSON bytes above, whichever way the
+    # rest was bounded, so the difference is never negative.
     return total - scan.inline_chars + scan.images * image_tokens + REQUEST_OVERHEAD_TOKENS
+
+
+_COUNTED_KEYS = frozenset(("role", "content"))
+
+
+def _counted_messages(messages: list[Any], counter: TokenCounter, field: str) -> int:
+    """The counted bound of a list of messages (see :mod:`.tokens` for why it is never below the real count).
+
+    Per message: :data:`MESSAGE_OVERHEAD_TOKENS`, the tokens of its ``role`` and of a string ``content`` or
+    of each plain text part (``{"type": "text", "text": ...}`` and nothing else) plus
+    :data:`JOIN_SLACK_TOKENS` per part; every other part and every other field of the message (``name``,
+    ``tool_calls``, ...) by its JSON bytes, as the byte bound does.
+    """
+    texts: list[str] = []
+    total = 0
+    for index, message in enumerate(messages):
+        where = f"{field}[{index}]"
+        if not isinstance(message, dict):  # validated by the callers; bytes if not
+            total += _json_bytes(message, where)
+            continue
+        total += MESSAGE_OVERHEAD_TOKENS
+        role = message.get("role")
+        if isinstance(role, str):
+            texts.append(role)
+        else:
+            total += _json_bytes(role, where)
+        rest = {key: value for key, value in message.items() if key not in _COUNTED_KEYS}
+        if rest:
+            total += _json_bytes(rest, where)
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                total += JOIN_SLACK_TOKENS
+                if (
+                    isinstance(part, dict)
+                    and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)
+                    and len(part) == 2
+                ):
+                    texts.append(part["text"])
+                else:
+                    total += _json_bytes(part, where)
+        elif content is not None:
+            total += _json_bytes(content, where)
+    return total + counter.count_all(texts)
 
 
 _OPENAI_CHAT_INPUT_FIELDS = (
@@ -242,11 +315,13 @@ def bound_openai_chat(
     max_output_tokens: int,
     image_tokens: int,
     output_cap_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+    counter: TokenCounter | None = None,
 ) -> tuple[Bound, dict[str, Any]]:
     """The worst-case :class:`Bound` of an OpenAI chat completion request and the body to forward.
 
     - Input: see the module docstring (JSON bytes of ``messages``, tools, functions, response format and tool
-      choice, ``image_tokens`` per image, plus :data:`REQUEST_OVERHEAD_TOKENS`).
+      choice, ``image_tokens`` per image, plus :data:`REQUEST_OVERHEAD_TOKENS`); with a ``counter`` (the
+      model's tokenizer, :func:`~.tokens.counter_for_model`) the text of ``messages`` is counted instead.
     - Output per choice: ``max_completion_tokens`` or ``max_tokens`` (the larger when both are given: the
       provider applies one of them); when neither is given ``max_output_tokens`` is injected into the
       forwarded body as ``output_cap_field`` (``max_tokens`` by default, which every OpenAI-compatible
@@ -292,15 +367,18 @@ def bound_openai_chat(
         forward["stream_options"] = {**(options or {}), "include_usage": True}
     scan = _Scan()
     _scan(messages, scan, "messages")
-    input_tokens = _input_bound(data, _OPENAI_CHAT_INPUT_FIELDS, scan, image_tokens)
+    input_tokens = _input_bound(data, _OPENAI_CHAT_INPUT_FIELDS, scan, image_tokens, counter)
     return Bound(input_tokens, per_choice * n), forward
 
 
-def bound_openai_embeddings(body: object) -> tuple[Bound, dict[str, Any]]:
+def bound_openai_embeddings(
+    body: object, *, counter: TokenCounter | None = None
+) -> tuple[Bound, dict[str, Any]]:
     """The :class:`Bound` of an OpenAI embeddings request and the body to forward (unchanged copy).
 
     ``input`` is a string, a list of strings, a list of token ids or a list of such lists. A string counts
-    its UTF-8 bytes (tokens <= bytes), a token id list its length (exact); every item adds
+    its UTF-8 bytes (tokens <= bytes), or its tokens with a ``counter`` (the model's tokenizer: embeddings
+    encode each input on its own, so the count is exact), a token id list its length (exact); every item adds
     :data:`EMBEDDING_ITEM_OVERHEAD_TOKENS`. Embeddings produce no output tokens.
     """
     data = _check_common(body, 1, 0)
@@ -319,7 +397,7 @@ def bound_openai_embeddings(body: object) -> tuple[Bound, dict[str, Any]]:
     total = 0
     for index, item in enumerate(items):
         if isinstance(item, str):
-            total += len(item.encode("utf-8", "surrogatepass"))
+            total += len(item.encode("utf-8", "surrogatepass")) if counter is None else counter.count(item)
         elif isinstance(item, list) and item and all(_is_token_id(token) for token in item):
             total += len(item)
         else:

@@ -68,6 +68,7 @@ from caracal.server.gateway.estimate import (
     bound_openai_embeddings,
 )
 from caracal.server.gateway.pricing import hold_amount, usage_charges
+from caracal.server.gateway.tokens import TokenCounter, counter_for_model, is_loaded, preload
 from caracal.server.gateway.usage import ProviderApi, StreamMeter, Usage, billable, usage_from_response
 from caracal.server.service import Service
 
@@ -94,14 +95,18 @@ _ROUTES = {
         "openai",
         "/chat/completions",
         lambda body, cap, images: bound_openai_chat(
-            body, max_output_tokens=cap, image_tokens=images, output_cap_field=_output_cap_field(body)
+            body,
+            max_output_tokens=cap,
+            image_tokens=images,
+            output_cap_field=_output_cap_field(body),
+            counter=_counter(body),
         ),
     ),
     "/v1/embeddings": _Route(
         "openai-embeddings",
         "openai",
         "/embeddings",
-        lambda body, _cap, _images: bound_openai_embeddings(body),
+        lambda body, _cap, _images: bound_openai_embeddings(body, counter=_counter(body)),
     ),
     "/v1/messages": _Route(
         "anthropic",
@@ -110,6 +115,20 @@ _ROUTES = {
         lambda body, cap, images: bound_anthropic_messages(body, max_output_tokens=cap, image_tokens=images),
     ),
 }
+
+
+COUNT_INLINE_BYTES = 32 * 1024
+"""Request bodies up to this size are bounded on the event loop (counting 32 KB of text takes about 2 ms);
+larger ones, and any request that would wait for an encoding to load, are bounded in a worker thread."""
+
+
+def _model(body: object) -> object:
+    return body.get("model") if isinstance(body, dict) else None
+
+
+def _counter(body: object) -> TokenCounter | None:
+    """The tokenizer of the request's model (:mod:`.tokens`), or ``None``: the byte bound applies."""
+    return counter_for_model(_model(body))
 
 
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -134,6 +153,7 @@ class Gateway:
         self.service = service
         self.settings = service.home.settings
         self._session: aiohttp.ClientSession | None = None
+        preload()  # the tokenizers' files load in the background (tens of ms); see COUNT_INLINE_BYTES
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session per server (created in the server's event loop on first use)."""
@@ -170,11 +190,16 @@ class Gateway:
         service = self.service
         request.state.principal = caller = authenticate(service, request)
         agent_id = self._agent_of(caller, request)
+        raw = await request.body()
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise GatewayRequestError(f"the request body is not valid JSON: {exc}") from None
-        bound, forward = route.bound(body, self.settings.max_output_tokens, self.settings.image_tokens)
+        limits = (self.settings.max_output_tokens, self.settings.image_tokens)
+        if len(raw) > COUNT_INLINE_BYTES or not is_loaded(_model(body)):
+            bound, forward = await asyncio.to_thread(route.bound, body, *limits)
+        else:
+            bound, forward = route.bound(body, *limits)
         upstream = self.settings.upstream(route.upstream)
         provider_key = _provider_key(upstream)
         model = forward["model"]
