@@ -31,8 +31,8 @@ from caracal.core.checkpoint import CheckpointStore
 from caracal.core.ledger import LedgerReader
 from caracal.core.windows import parse_window
 from caracal.server.gateway.estimate import bound_openai_chat
-from caracal.server.gateway.tokens import counter_for_model
 from caracal.server.gateway.pricing import hold_amount
+from caracal.server.gateway.tokens import counter_for_model
 from caracal.storage.home import EmbeddedHome
 from tests.cli.test_cli_serve import serving
 from tests.server.fake_upstream import serve_fake_upstream
