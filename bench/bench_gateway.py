@@ -43,6 +43,7 @@ from caracal.core.ledger import LedgerReader  # noqa: E402
 from caracal.core.windows import parse_window  # noqa: E402
 from caracal.server.gateway.estimate import bound_openai_chat  # noqa: E402
 from caracal.server.gateway.pricing import hold_amount  # noqa: E402
+from caracal.server.gateway.tokens import counter_for_model  # noqa: E402
 from caracal.storage.home import EmbeddedHome  # noqa: E402
 
 FAKE = """
@@ -211,7 +212,9 @@ def worker_requests(base: str, admin: str, workers: int) -> dict[str, int]:
 
 def overspend_check(home: Path, base: str, tight_key: str) -> None:
     """200 concurrent requests of the "tight" agent against a budget for about 100 of them at their worst."""
-    bound, _ = bound_openai_chat(body(False), max_output_tokens=4096, image_tokens=2000)
+    bound, _ = bound_openai_chat(  # as the gateway bounds it (with the model's tokenizer when available)
+        body(False), max_output_tokens=4096, image_tokens=2000, counter=counter_for_model(MODEL)
+    )
     embedded = EmbeddedHome(home)
     now = datetime.now(timezone.utc)
     worst, _ = hold_amount(embedded.prices.pricebook(), "openai", MODEL, bound, now)
