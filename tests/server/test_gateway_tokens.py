@@ -13,6 +13,8 @@ import gzip
 import json
 import logging
 import string
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,23 @@ def test_an_edited_file_is_refused_and_the_byte_bound_applies(
 def test_an_unreadable_file_is_refused(tmp_path: Path, write: Callable[[Path], None]) -> None:
     write(tmp_path / ENCODINGS["cl100k_base"].file)
     assert load_counter("cl100k_base", tmp_path) is None
+
+
+def test_without_tiktoken_every_model_keeps_the_byte_bound() -> None:
+    script = (
+        "import sys; sys.modules['tiktoken'] = None\n"  # as if the 'tokens' extra were not installed
+        "from caracal.server.gateway.tokens import counter_for_model, is_loaded\n"
+        "from caracal.server.gateway.estimate import bound_openai_chat\n"
+        "assert counter_for_model('gpt-4o') is None and is_loaded('gpt-4o')\n"
+        "body = {'model': 'gpt-4o', 'messages': [{'role': 'user', 'content': 'hello there'}]}\n"
+        "counter = counter_for_model('gpt-4o')\n"
+        "bound, _ = bound_openai_chat(body, max_output_tokens=1, image_tokens=0, counter=counter)\n"
+        "print(bound.input_tokens)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    messages = [{"role": "user", "content": "hello there"}]
+    assert int(done.stdout) == len(orjson.dumps(messages)) + REQUEST_OVERHEAD_TOKENS
 
 
 def test_an_unknown_encoding_name_is_a_programming_error() -> None:

@@ -30,6 +30,9 @@ Anthropic model, whose tokenizer is not public) keeps the byte bound.
   itself pins (:data:`ENCODINGS`; an edited file is never loaded), or a text the tokenizer refuses.
 
 The encoding files ship in the package (``encodings/*.tiktoken.gz``: there is no download at run time).
+They are OpenAI's published ``o200k_base.tiktoken`` and ``cl100k_base.tiktoken`` (MIT, as tiktoken),
+taken byte for byte from the ``litellm`` wheel on PyPI (``litellm/litellm_core_utils/tokenizers/``) and
+gzipped; their SHA-256 is the one tiktoken pins.
 Loading one takes a fraction of a second: :func:`preload` does it in a background thread at startup.
 """
 
