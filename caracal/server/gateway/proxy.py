@@ -7,9 +7,10 @@ For each call, in this order:
 1. **Who.** The Caracal key names the agent (an agent key acts for its own agent; the admin key must name
    one in ``X-Caracal-Agent``). The provider key is taken from the configuration; the agent's key is never
    forwarded and the provider key never reaches the agent.
-2. **Worst case.** The request is bounded (:mod:`.estimate`: input tokens <= bytes, output tokens <= the
-   request's ``max_tokens`` or the configured cap, which is then injected so the bound holds) and priced
-   from the pricebook (:mod:`.pricing`). An unknown price refuses the call (400) before anything is held.
+2. **Worst case.** The request is bounded (:mod:`.estimate`: input tokens <= bytes, or the count of the
+   model's tokenizer where :mod:`.tokens` has one; output tokens <= the request's ``max_tokens`` or the
+   configured cap, which is then injected so the bound holds) and priced from the pricebook
+   (:mod:`.pricing`). An unknown price refuses the call (400) before anything is held.
 3. **Hold.** The worst case is reserved, atomically with every other request (group commit). Denied: HTTP
    402 with the policy and what remains, and **no upstream call is made**. Granted: the hold is durable
    before the request is forwarded. Gateway holds are taken **charge-on-expiry** (``on_expiry: charge``,
@@ -118,7 +119,7 @@ _ROUTES = {
 
 
 COUNT_INLINE_BYTES = 32 * 1024
-"""Request bodies up to this size are bounded on the event loop (counting 32 KB of text takes about 2 ms);
+"""Request bodies up to this size are bounded on the event loop (counting 32 KB of text takes 1-2 ms);
 larger ones, and any request that would wait for an encoding to load, are bounded in a worker thread."""
 
 
@@ -153,7 +154,7 @@ class Gateway:
         self.service = service
         self.settings = service.home.settings
         self._session: aiohttp.ClientSession | None = None
-        preload()  # the tokenizers' files load in the background (tens of ms); see COUNT_INLINE_BYTES
+        preload()  # the tokenizers load in the background (a fraction of a second); see COUNT_INLINE_BYTES
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session per server (created in the server's event loop on first use)."""
