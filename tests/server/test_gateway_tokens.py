@@ -378,3 +378,29 @@ def test_embedding_inputs_are_counted_exactly(reference: dict[str, Any], inputs:
     assert exact <= bound.input_tokens <= exact + 2 * len(inputs)
     by_bytes, _ = bound_openai_embeddings(body)
     assert bound.input_tokens <= by_bytes.input_tokens
+
+
+@given(name=st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=64))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_tool_result_covers_the_function_name_it_is_rendered_under(
+    reference: dict[str, Any], name: str
+) -> None:
+    """The tool message alone (its bound with the rest of the conversation held fixed) covers its rendering
+    ``<start>functions.NAME to=assistant<sep>CONTENT<end>``, whose name the message does not carry."""
+    call = {"id": "c", "type": "function", "function": {"name": name, "arguments": "{}"}}
+    before = [{"role": "user", "content": "go"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    result = {"role": "tool", "tool_call_id": "c", "content": "42 degrees and sunny"}
+    loaded = counter("o200k_base")
+    without, _ = bound_openai_chat(
+        {"model": "gpt-4o", "messages": before}, max_output_tokens=CAP, image_tokens=IMG, counter=loaded
+    )
+    with_result, _ = bound_openai_chat(
+        {"model": "gpt-4o", "messages": [*before, result]},
+        max_output_tokens=CAP,
+        image_tokens=IMG,
+        counter=loaded,
+    )
+    encoding = reference["o200k_base"]
+    rendered = FRAME_TOKENS + len(encoding.encode_ordinary(f"functions.{name} to=assistant"))
+    rendered += len(encoding.encode_ordinary(result["content"]))
+    assert with_result.input_tokens - without.input_tokens >= rendered

@@ -56,6 +56,7 @@ from caracal.server.gateway.tokens import (
     COUNTED_REQUEST_OVERHEAD_TOKENS,
     JOIN_SLACK_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
+    TOOL_RESULT_TOKENS,
     TokenCounter,
 )
 
@@ -261,7 +262,8 @@ def _counted_messages(messages: list[Any], counter: TokenCounter, field: str) ->
     Per message: :data:`MESSAGE_OVERHEAD_TOKENS`, the tokens of its ``role`` and of a string ``content`` or
     of each plain text part (``{"type": "text", "text": ...}`` and nothing else) plus
     :data:`JOIN_SLACK_TOKENS` per part; every other part and every other field of the message (``name``,
-    ``tool_calls``, ...) by its JSON bytes, as the byte bound does.
+    ``tool_calls``, ...) by its JSON bytes, as the byte bound does; a tool result adds
+    :data:`TOOL_RESULT_TOKENS` (the called function's name, under which it is rendered).
     """
     texts: list[str] = []
     total = 0
@@ -272,6 +274,8 @@ def _counted_messages(messages: list[Any], counter: TokenCounter, field: str) ->
             continue
         total += MESSAGE_OVERHEAD_TOKENS
         role = message.get("role")
+        if role in ("tool", "function"):
+            total += TOOL_RESULT_TOKENS
         if isinstance(role, str):
             texts.append(role)
         else:

@@ -15,7 +15,9 @@ Anthropic model, whose tokenizer is not public) keeps the byte bound.
   the content from their neighbours, so each is tokenized on its own and its tokens are exactly
   :meth:`TokenCounter.count` of its text. The frame costs at most 4 tokens per message (OpenAI's cookbook:
   3, plus 1 for a ``name``); :data:`MESSAGE_OVERHEAD_TOKENS` is twice that, and
-  :data:`COUNTED_REQUEST_OVERHEAD_TOKENS` covers the reply priming (3) with room to spare.
+  :data:`COUNTED_REQUEST_OVERHEAD_TOKENS` covers the reply priming (3) with room to spare. A tool result
+  is rendered under the called function's name, which the message does not carry:
+  :data:`TOOL_RESULT_TOKENS` covers the longest name OpenAI accepts (64 characters).
 - A content list of text parts is joined by the provider (with nothing, a space or newlines between
   them). BPE tokens of a concatenation can differ from the sum of the parts' tokens only around the join
   (the pre-tokenizer splits on word boundaries, so pieces away from the join are unchanged): at most
@@ -56,6 +58,7 @@ __all__ = [
     "JOIN_SLACK_TOKENS",
     "MAX_ENCODING_BYTES",
     "MESSAGE_OVERHEAD_TOKENS",
+    "TOOL_RESULT_TOKENS",
     "EncodingSpec",
     "TokenCounter",
     "counter_for_model",
@@ -74,6 +77,11 @@ name marker), doubled as a margin for template text adjacent to the content."""
 COUNTED_REQUEST_OVERHEAD_TOKENS = 16
 """Added once per counted request, on top of :data:`~.estimate.REQUEST_OVERHEAD_TOKENS`: the reply priming
 (3 tokens) and any fixed framing the provider adds, which the byte bound covered with its JSON syntax."""
+
+TOOL_RESULT_TOKENS = 72
+"""Added per ``tool`` (or legacy ``function``) message: the provider renders a tool result under the name of
+the function that was called (at most 64 characters, so at most 64 tokens), which is not in the message
+itself, plus a few tokens of routing (``to=assistant``, a channel)."""
 
 JOIN_SLACK_TOKENS = 4
 """Added per content part: the separator the provider may insert between parts plus the tokens a join can
