@@ -109,13 +109,24 @@ def _request(params: Mapping[str, Any], messages: Sequence[Sequence[BaseMessage]
     model = params.get("model") or params.get("model_name")
     converted: list[Any] = []
     for prompt in messages:
-        converted.extend(convert_to_openai_messages(list(prompt)))
+        converted.extend(_to_openai(list(prompt)))
     request: dict[str, Any] = {"model": model, "messages": converted}
     for field in _REQUEST_FIELDS:
         value = params.get(field)
         if value is not None:
             request[field] = value
     return request
+
+
+def _to_openai(messages: list[BaseMessage]) -> list[Any]:
+    """The messages as ChatOpenAI sends them (its own converter, so the bound is of the bytes it sends:
+    e.g. ``"content": null`` beside tool calls), or LangChain's generic OpenAI form without
+    ``langchain-openai``."""
+    try:
+        from langchain_openai.chat_models.base import _convert_message_to_dict
+    except ImportError:  # another provider's package only: the generic form, as long to within a few bytes
+        return list(convert_to_openai_messages(messages))
+    return [_convert_message_to_dict(message) for message in messages]
 
 
 def _usage(response: LLMResult) -> Usage | None:

@@ -57,14 +57,17 @@ def run_loop(
     stream: bool,
     meter: LlmMeter | None = None,
     max_tokens: int | None = None,
+    model: str = MODEL,
 ) -> tuple[str, list[str]]:
     """Run ``framework``'s loop; with ``meter`` its calls are metered embedded (the framework's adapter)."""
     if framework == "langchain":
-        return langchain_loop(base_url, api_key, marker, stream=stream, meter=meter, max_tokens=max_tokens)
+        return langchain_loop(
+            base_url, api_key, marker, stream=stream, meter=meter, max_tokens=max_tokens, model=model
+        )
     if framework == "litellm":
-        return litellm_loop(base_url, api_key, marker, stream=stream, meter=meter)
+        return litellm_loop(base_url, api_key, marker, stream=stream, meter=meter, model=model)
     if framework == "openai-agents":
-        return agents_loop(base_url, api_key, marker, stream=stream, meter=meter)
+        return agents_loop(base_url, api_key, marker, stream=stream, meter=meter, model=model)
     raise ValueError(f"unknown framework {framework!r}")
 
 
@@ -76,6 +79,7 @@ def langchain_loop(
     stream: bool,
     meter: LlmMeter | None = None,
     max_tokens: int | None = None,
+    model: str = MODEL,
 ) -> tuple[str, list[str]]:
     from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
     from langchain_core.tools import tool
@@ -93,7 +97,7 @@ def langchain_loop(
 
     callbacks = [CaracalCallbackHandler(meter)] if meter is not None else None
     llm = ChatOpenAI(
-        model=MODEL,
+        model=model,
         base_url=base_url,
         api_key=api_key,
         max_tokens=max_tokens,
@@ -113,7 +117,13 @@ def langchain_loop(
 
 
 def litellm_loop(
-    base_url: str, api_key: str, marker: str, *, stream: bool, meter: LlmMeter | None = None
+    base_url: str,
+    api_key: str,
+    marker: str,
+    *,
+    stream: bool,
+    meter: LlmMeter | None = None,
+    model: str = MODEL,
 ) -> tuple[str, list[str]]:
     import json
 
@@ -125,7 +135,7 @@ def litellm_loop(
     messages: list[dict[str, Any]] = [{"role": "user", "content": prompt(marker)}]
     while True:
         arguments: dict[str, Any] = {
-            "model": f"openai/{MODEL}",
+            "model": f"openai/{model}",
             "api_base": base_url,
             "api_key": api_key,
             "messages": messages,
@@ -161,13 +171,19 @@ def litellm_loop(
 
 
 def agents_loop(
-    base_url: str, api_key: str, marker: str, *, stream: bool, meter: LlmMeter | None = None
+    base_url: str,
+    api_key: str,
+    marker: str,
+    *,
+    stream: bool,
+    meter: LlmMeter | None = None,
+    model: str = MODEL,
 ) -> tuple[str, list[str]]:
-    return asyncio.run(_agents_loop(base_url, api_key, marker, stream=stream, meter=meter))
+    return asyncio.run(_agents_loop(base_url, api_key, marker, stream=stream, meter=meter, model=model))
 
 
 async def _agents_loop(
-    base_url: str, api_key: str, marker: str, *, stream: bool, meter: LlmMeter | None
+    base_url: str, api_key: str, marker: str, *, stream: bool, meter: LlmMeter | None, model: str
 ) -> tuple[str, list[str]]:
     from agents import Agent, Model, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
     from openai import AsyncOpenAI
@@ -184,10 +200,10 @@ async def _agents_loop(
         return weather(city)
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-    model: Model = OpenAIChatCompletionsModel(MODEL, client)
+    llm: Model = OpenAIChatCompletionsModel(model, client)
     if meter is not None:
-        model = CaracalModel(model, meter)
-    agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=model)
+        llm = CaracalModel(llm, meter)
+    agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=llm)
     try:
         if stream:
             result = Runner.run_streamed(agent, prompt(marker))
