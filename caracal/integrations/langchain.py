@@ -16,7 +16,8 @@
 - ``on_llm_end`` settles the hold from the usage LangChain reports (``usage_metadata`` of the message, or
   ``llm_output["token_usage"]``); with no usage reported (a stream without ``stream_usage=True``) the call
   is billed at its bound, marked estimated.
-- ``on_llm_error`` releases the hold.
+- ``on_llm_error`` releases the hold, unless the call had already streamed tokens (the provider answered,
+  so it may bill): then it is billed at its bound, marked estimated, as the gateway bills a broken stream.
 
 A callback cannot change the request, so a model without an output cap (``max_tokens``) is refused: its
 cost could not be bounded. Needs ``langchain-core`` (``pip install 'caracal-core[langchain]'``).
@@ -64,7 +65,8 @@ class CaracalCallbackHandler(BaseCallbackHandler):
     """
 
     raise_error = True  # a refusal must stop the call, not be logged and ignored
-    run_inline = True  # hold in the caller's order: the call must not start before the hold is taken
+    # Not run_inline: in async code LangChain runs the (blocking) ledger steps in a worker thread, and still
+    # awaits on_chat_model_start before the call is made.
 
     def __init__(self, meter: LlmMeter):
         super().__init__()
@@ -72,6 +74,7 @@ class CaracalCallbackHandler(BaseCallbackHandler):
             raise TypeError(f"meter must be an LlmMeter, got {type(meter).__name__}")
         self.meter = meter
         self._calls: dict[UUID, MeteredCall] = {}
+        self._streamed: set[UUID] = set()
         self._lock = threading.Lock()
 
     def on_chat_model_start(
@@ -89,19 +92,30 @@ class CaracalCallbackHandler(BaseCallbackHandler):
         with self._lock:
             self._calls[run_id] = call
 
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with self._lock:
+            if run_id in self._calls:
+                self._streamed.add(run_id)
+
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._pop(run_id)
+        call, _streamed = self._pop(run_id)
         if call is not None:
             self.meter.settle(call, _usage(response))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        call = self._pop(run_id)
-        if call is not None:
+        call, streamed = self._pop(run_id)
+        if call is None:
+            return
+        if streamed:
+            self.meter.settle(call, None)  # answered in part: billed at the bound, marked estimated
+        else:
             self.meter.release(call)
 
-    def _pop(self, run_id: UUID) -> MeteredCall | None:
+    def _pop(self, run_id: UUID) -> tuple[MeteredCall | None, bool]:
         with self._lock:
-            return self._calls.pop(run_id, None)
+            streamed = run_id in self._streamed
+            self._streamed.discard(run_id)
+            return self._calls.pop(run_id, None), streamed
 
 
 def _request(params: Mapping[str, Any], messages: Sequence[Sequence[BaseMessage]]) -> dict[str, Any]:

@@ -133,6 +133,9 @@ class CaracalModel(Model):
     async def close(self) -> None:
         await self.model.close()
 
+    def get_retry_advice(self, request: Any) -> Any:
+        return self.model.get_retry_advice(request)
+
     def _request(
         self,
         system_instructions: str | None,

@@ -8,6 +8,8 @@ OS processes sharing one home and one budget.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -34,6 +36,7 @@ from tests.server.gateway_env import nonce
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILING = "gpt-4o@error500"
+BROKEN = "gpt-4o@midstream-fail"
 LANGCHAIN_CAP = 50  # a callback cannot set the cap, so the LangChain model sets one
 
 
@@ -46,7 +49,7 @@ def fake() -> Iterator[FakeUpstream]:
 @pytest.fixture
 def client(caracal_home: Path) -> Iterator[CaracalClient]:
     with CaracalClient() as embedded:
-        for model in (MODEL, FAILING):
+        for model in (MODEL, FAILING, BROKEN):
             embedded.set_price(f"openai.{model}.input_tokens", INPUT_PRICE)
             embedded.set_price(f"openai.{model}.output_tokens", OUTPUT_PRICE)
         yield embedded
@@ -161,6 +164,66 @@ def test_a_failed_call_releases_its_hold(
     assert events[1].metadata is not None and events[1].metadata["reason"] != "settled"
     assert [s.spent for s in client.budget_status(agent)] == [Decimal(0)]
     assert [s.held for s in client.budget_status(agent)] == [Decimal(0)]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_stream_broken_after_it_began_is_billed_at_its_bound(
+    client: CaracalClient, fake: FakeUpstream, framework: str
+) -> None:
+    """The provider answered part of a stream and the connection dropped: it may bill the call, so the
+    hold is settled at its bound (marked estimated), never released for free."""
+    agent, _ = new_agent(client)
+    marker = nonce()
+    with contextlib.suppress(Exception):  # the framework may raise or end the broken stream quietly
+        loop(framework, fake, LlmMeter(client, agent), marker, stream=True, model=BROKEN)
+    assert len(sent(fake, marker)) == 1
+    events = entries(client, agent)
+    hold = events[0]
+    assert hold.kind == "hold" and hold.metadata is not None
+    charges = [e for e in events if e.is_charge]
+    assert [(c.resource_type, c.quantity) for c in charges] == [
+        (f"openai.{BROKEN}.input_tokens", Decimal(hold.metadata["input_tokens_bound"])),
+        (f"openai.{BROKEN}.output_tokens", Decimal(hold.metadata["output_tokens_bound"])),
+    ]
+    assert all(c.metadata is not None and c.metadata.get("estimated") is True for c in charges)
+    assert sum((c.cost for c in charges), Decimal(0)) == hold.cost
+    assert events[-1].kind == "release" and events[-1].metadata == {"reason": "settled"}
+
+
+def test_langchain_async_calls_are_held_and_settled(client: CaracalClient, fake: FakeUpstream) -> None:
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    from caracal.integrations.langchain import CaracalCallbackHandler
+
+    agent, _ = new_agent(client)
+    handler = CaracalCallbackHandler(LlmMeter(client, agent))
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake.base_url}/v1",
+        api_key=fake.api_key,
+        max_tokens=LANGCHAIN_CAP,
+        max_retries=0,
+        callbacks=[handler],
+    )
+    markers = [nonce() for _ in range(3)]
+
+    async def ask() -> None:
+        await asyncio.gather(*(llm.ainvoke([HumanMessage(f"hello {marker}")]) for marker in markers))
+
+    asyncio.run(ask())
+    requests = [sent(fake, marker)[0] for marker in markers]
+    events = entries(client, agent)
+    assert len([e for e in events if e.kind == "hold"]) == 3
+    assert {e.hold_id for e in events if e.kind == "hold"} == {
+        e.hold_id for e in events if e.kind == "release"
+    }
+    spent = sum((e.cost for e in events if e.is_charge), Decimal(0))
+    expected = Decimal(0)
+    for request in requests:
+        prompt, completion = expected_usage(request, fake.completion_tokens)
+        expected += Decimal(prompt) * INPUT_PRICE + Decimal(completion) * OUTPUT_PRICE
+    assert spent == expected
 
 
 # ------------------------------------------------------------------------------------------- refusals
