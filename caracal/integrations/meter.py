@@ -6,7 +6,8 @@ Caracal runs embedded on a home (``CaracalClient()``). For each call:
 
 1. **Worst case.** The chat request (OpenAI chat-completions shape) is bounded by the gateway's own
    :func:`~caracal.server.gateway.estimate.bound_openai_chat` (input tokens <= JSON bytes of the messages and
-   tools; output <= the request's cap) and priced by :func:`~caracal.server.gateway.pricing.hold_amount`, so
+   tools, plus Anthropic's hidden tool prompt for ``provider="anthropic"``; output <= the request's cap)
+   and priced by :func:`~caracal.server.gateway.pricing.hold_amount`, so
    the embedded hold and the gateway's hold of one request are the same amount. An unknown price refuses the
    call (:class:`~caracal.exceptions.UnknownPriceError`), as does a request that cannot be bounded
    (:class:`~caracal.exceptions.GatewayRequestError`).
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from caracal.core.enforcement import Hold, Settlement
 from caracal.exceptions import ConfigurationError, GatewayRequestError
-from caracal.server.gateway.estimate import Bound, bound_openai_chat
+from caracal.server.gateway.estimate import ANTHROPIC_TOOLS_OVERHEAD_TOKENS, Bound, bound_openai_chat
 from caracal.server.gateway.pricing import hold_amount, usage_charges
 from caracal.server.gateway.usage import Usage, billable
 
@@ -131,6 +132,9 @@ class LlmMeter:
         bound, forward = bound_openai_chat(
             body, max_output_tokens=self.max_output_tokens, image_tokens=self.image_tokens
         )
+        if self.provider == "anthropic" and body.get("tools"):
+            # Anthropic adds a hidden tool-use system prompt, as the gateway's Anthropic bound counts.
+            bound = Bound(bound.input_tokens + ANTHROPIC_TOOLS_OVERHEAD_TOKENS, bound.output_tokens)
         name = str(forward["model"])
         enforcer = self.client.enforcer
         amount, currency = hold_amount(

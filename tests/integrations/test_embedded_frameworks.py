@@ -27,10 +27,10 @@ from caracal.core.verify import verify_ledger
 from caracal.exceptions import BudgetExceededError, ConfigurationError, GatewayRequestError, UnknownPriceError
 from caracal.integrations.meter import LlmMeter
 from caracal.sdk.client import CaracalClient
-from caracal.server.gateway.estimate import bound_openai_chat
+from caracal.server.gateway.estimate import ANTHROPIC_TOOLS_OVERHEAD_TOKENS, bound_openai_chat
 from caracal.server.gateway.pricing import hold_amount
 from tests.integrations.ledger import INPUT_PRICE, OUTPUT_PRICE, assert_calls_billed, expected_usage
-from tests.integrations.loops import FRAMEWORKS, MODEL, run_loop
+from tests.integrations.loops import FRAMEWORKS, MODEL, TOOL_SCHEMA, run_loop
 from tests.server.fake_upstream import FakeRequest, FakeUpstream, serve_fake_upstream
 from tests.server.gateway_env import nonce
 
@@ -266,6 +266,22 @@ def test_the_meter_holds_what_the_gateway_holds(client: CaracalClient) -> None:
     assert forward["max_tokens"] == 100
     assert meter.release(call) is True
     assert meter.release(call) is False
+
+
+def test_anthropic_models_hold_the_hidden_tool_prompt_too(client: CaracalClient) -> None:
+    agent, _ = new_agent(client)
+    client.set_price("anthropic.claude-x.input_tokens", INPUT_PRICE)
+    client.set_price("anthropic.claude-x.output_tokens", OUTPUT_PRICE)
+    meter = LlmMeter(client, agent, provider="anthropic", max_output_tokens=100)
+    request = {"model": "claude-x", "messages": [{"role": "user", "content": "hi"}], "tools": [TOOL_SCHEMA]}
+    call = meter.hold(request)
+    bound, _ = bound_openai_chat(request, max_output_tokens=100, image_tokens=meter.image_tokens)
+    assert call.bound.input_tokens == bound.input_tokens + ANTHROPIC_TOOLS_OVERHEAD_TOKENS
+    assert (
+        call.amount
+        == (bound.input_tokens + ANTHROPIC_TOOLS_OVERHEAD_TOKENS) * INPUT_PRICE + 100 * OUTPUT_PRICE
+    )
+    meter.release(call)
 
 
 def test_a_remote_client_is_refused_with_what_to_use(caracal_home: Path) -> None:
