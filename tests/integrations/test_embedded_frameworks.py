@@ -193,6 +193,7 @@ def test_a_stream_broken_after_it_began_is_billed_at_its_bound(
 def test_langchain_async_calls_are_held_and_settled(client: CaracalClient, fake: FakeUpstream) -> None:
     from langchain_core.messages import HumanMessage
     from langchain_openai import ChatOpenAI
+    from openai import DefaultAsyncHttpxClient
 
     from caracal.integrations.langchain import CaracalCallbackHandler
 
@@ -205,6 +206,7 @@ def test_langchain_async_calls_are_held_and_settled(client: CaracalClient, fake:
         max_tokens=LANGCHAIN_CAP,
         max_retries=0,
         callbacks=[handler],
+        http_async_client=DefaultAsyncHttpxClient(),  # its own: LangChain's shared one is bound to one loop
     )
     markers = [nonce() for _ in range(3)]
 
@@ -224,6 +226,47 @@ def test_langchain_async_calls_are_held_and_settled(client: CaracalClient, fake:
         prompt, completion = expected_usage(request, fake.completion_tokens)
         expected += Decimal(prompt) * INPUT_PRICE + Decimal(completion) * OUTPUT_PRICE
     assert spent == expected
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_litellm_async_calls_are_held_and_settled(
+    client: CaracalClient, fake: FakeUpstream, stream: bool
+) -> None:
+    from caracal.integrations.litellm import ametered_completion
+
+    agent, _ = new_agent(client)
+    meter = LlmMeter(client, agent)
+    markers = [nonce() for _ in range(3)]
+
+    async def ask(marker: str) -> None:
+        response = await ametered_completion(
+            meter,
+            model=f"openai/{MODEL}",
+            api_base=f"{fake.base_url}/v1",
+            api_key=fake.api_key,
+            messages=[{"role": "user", "content": f"hello {marker}"}],
+            stream=stream,
+            num_retries=0,
+        )
+        if stream:
+            async for _chunk in response:
+                pass
+
+    async def ask_all() -> None:
+        await asyncio.gather(*(ask(marker) for marker in markers))
+
+    asyncio.run(ask_all())
+    requests = [sent(fake, marker)[0] for marker in markers]
+    events = entries(client, agent)
+    held = {e.hold_id for e in events if e.kind == "hold"}
+    assert len(held) == 3 and held == {e.hold_id for e in events if e.kind == "release"}
+    spent = sum((e.cost for e in events if e.is_charge), Decimal(0))
+    expected = Decimal(0)
+    for request in requests:
+        prompt, completion = expected_usage(request, fake.completion_tokens)
+        expected += Decimal(prompt) * INPUT_PRICE + Decimal(completion) * OUTPUT_PRICE
+    assert spent == expected
+    assert not any(e.metadata and e.metadata.get("estimated") for e in events if e.is_charge)
 
 
 # ------------------------------------------------------------------------------------------- refusals
