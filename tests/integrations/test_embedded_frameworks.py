@@ -116,6 +116,8 @@ def test_embedded_loop_is_held_before_and_settled_after_each_call(
             assert body["max_tokens"] == meter.max_output_tokens
         if stream:  # and asked for usage, so the settlement is the provider's report, not an estimate
             assert body["stream_options"] == {"include_usage": True}
+        # A process killed mid-call leaves a hold that is billed at its bound when it expires.
+        assert hold.on_expiry == "charge"
         # The hold covers what the gateway would have held for the request actually sent.
         bound, _forward = bound_openai_chat(
             body, max_output_tokens=meter.max_output_tokens, image_tokens=meter.image_tokens
@@ -267,6 +269,39 @@ def test_litellm_async_calls_are_held_and_settled(
         expected += Decimal(prompt) * INPUT_PRICE + Decimal(completion) * OUTPUT_PRICE
     assert spent == expected
     assert not any(e.metadata and e.metadata.get("estimated") for e in events if e.is_charge)
+
+
+def test_a_langchain_stream_without_usage_is_billed_at_its_bound(
+    client: CaracalClient, fake: FakeUpstream
+) -> None:
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    from caracal.integrations.langchain import CaracalCallbackHandler
+
+    agent, _ = new_agent(client)
+    llm = ChatOpenAI(
+        model=MODEL,
+        base_url=f"{fake.base_url}/v1",
+        api_key=fake.api_key,
+        max_tokens=LANGCHAIN_CAP,
+        streaming=True,
+        stream_usage=False,  # the provider is not asked for usage, so nothing is reported
+        max_retries=0,
+        callbacks=[CaracalCallbackHandler(LlmMeter(client, agent))],
+    )
+    marker = nonce()
+    assert str(llm.invoke([HumanMessage(f"hello {marker}")]).content).startswith("tok")
+    assert "stream_options" not in sent(fake, marker)[0].body
+    events = entries(client, agent)
+    hold = events[0]
+    assert hold.metadata is not None
+    charges = [e for e in events if e.is_charge]
+    assert [c.quantity for c in charges] == [
+        Decimal(hold.metadata["input_tokens_bound"]),
+        Decimal(LANGCHAIN_CAP),
+    ]
+    assert all(c.metadata is not None and c.metadata.get("estimated") is True for c in charges)
 
 
 # ------------------------------------------------------------------------------------------- refusals
