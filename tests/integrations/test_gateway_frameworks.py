@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from caracal.core.verify import verify_ledger
@@ -68,8 +69,12 @@ def test_a_budget_too_small_for_the_second_call_stops_the_loop(
     probe, probe_marker = env.agent("100"), nonce()
     run_loop(framework, f"{env.base_url}/v1", probe.token, probe_marker, stream=stream)
     first = env.upstream_requests(probe_marker)[0]
-    first_hold = env.worst_case(CHAT, first.body)[2]
-    agent, marker = env.agent(str(first_hold)), nonce()  # same length as probe_marker: same bound
+    marker = nonce()
+    # The same first call with this test's marker: its bound (tokens are counted, so the marker's own
+    # tokens matter, not only its length).
+    first_body = orjson.loads(orjson.dumps(first.body).replace(probe_marker.encode(), marker.encode()))
+    first_hold = env.worst_case(CHAT, first_body)[2]
+    agent = env.agent(str(first_hold))
     with pytest.raises(Exception) as refused:
         run_loop(framework, f"{env.base_url}/v1", agent.token, marker, stream=stream)
     message = str(refused.value)
