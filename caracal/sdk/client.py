@@ -278,6 +278,11 @@ class CaracalClient:
         """Price one unit of ``resource_type`` from now on (a new version; earlier charges keep theirs)."""
         return self._transport.set_price(resource_type, unit_price, currency)
 
+    def price_of(self, resource_type: str) -> Price:
+        """The price of one unit of ``resource_type`` in effect now (the server's pricebook, remote);
+        :class:`~caracal.exceptions.UnknownPriceError` when there is none (nothing is priced at zero)."""
+        return self._transport.price_of(resource_type)
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent_id: str, amount: object | None = None, currency: str = "USD") -> Decision:

@@ -86,6 +86,9 @@ class EmbeddedTransport:
     def set_price(self, resource_type: str, unit_price: object, currency: str) -> Price:
         return self.home.prices.set(resource_type, unit_price, currency)
 
+    def price_of(self, resource_type: str) -> Price:
+        return self.home.prices.pricebook().price_of(resource_type, self.enforcer.now())
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent: str, amount: object | None, currency: str) -> Decision:

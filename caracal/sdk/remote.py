@@ -224,6 +224,10 @@ class HttpTransport:
         body = {"unit_price": _money(unit_price, "unit_price", InvalidPriceError), "currency": currency}
         return self._read(path, Price.from_dict, self._call("PUT", path, body))
 
+    def price_of(self, resource_type: str) -> Price:
+        path = "/prices/" + _segment(check_identifier(resource_type, "resource_type", InvalidPriceError))
+        return self._read(path, Price.from_dict, self._call("GET", path))
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent: str, amount: object | None, currency: str) -> Decision:

@@ -56,6 +56,10 @@ class Transport(Protocol):
 
     def set_price(self, resource_type: str, unit_price: object, currency: str) -> Price: ...
 
+    def price_of(self, resource_type: str) -> Price:
+        """The price of one unit of ``resource_type`` in effect now (:class:`UnknownPriceError` if none)."""
+        ...
+
     def check(self, agent: str, amount: object | None, currency: str) -> Decision: ...
 
     def reserve(

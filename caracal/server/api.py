@@ -345,6 +345,19 @@ def list_prices(request: Request, caller: Caller) -> Response:
     return json_response([price.to_dict() for price in service_of(request).home.prices.history()])
 
 
+@router.get(
+    "/prices/{resource_type:path}",
+    tags=["prices"],
+    summary="The price in effect now (any valid key; 400 if none)",
+)
+def current_price(
+    resource_type: Annotated[str, Path(min_length=1, max_length=256)], request: Request, caller: Caller
+) -> Response:
+    service = service_of(request)
+    price = service.home.prices.pricebook().price_of(resource_type, service.enforcer.now())
+    return json_response(price.to_dict())
+
+
 # ------------------------------------------------------------------------------- metering, enforcement
 
 
