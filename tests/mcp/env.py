@@ -90,8 +90,18 @@ class McpHome:
         return StdioServerParameters(
             command=sys.executable,
             args=[
-                "-m", "caracal", "mcp", "proxy", "--name", SERVER, "--agent-id", self.agent_name, *extra,
-                "--", sys.executable, str(TOOL_SERVER),
+                "-m",
+                "caracal",
+                "mcp",
+                "proxy",
+                "--name",
+                SERVER,
+                "--agent-id",
+                self.agent_name,
+                *extra,
+                "--",
+                sys.executable,
+                str(TOOL_SERVER),
             ],  # fmt: skip
             env={**os.environ, "CARACAL_HOME": str(self.home), "MCP_TEST_SEEN": str(self.seen_file)},
         )
@@ -142,7 +152,9 @@ async def direct(env: McpHome) -> AsyncIterator[ClientSession]:
 
 
 @asynccontextmanager
-async def over_http(base_url: str, token: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
+async def over_http(
+    base_url: str, token: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
     """A client session with ``caracal serve``'s ``/mcp/tools`` (streamable HTTP), initialized."""
     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
     async with httpx.AsyncClient(headers=sent, timeout=60) as http:
