@@ -102,7 +102,7 @@ class McpHome:
                 "--",
                 sys.executable,
                 str(TOOL_SERVER),
-            ],  # fmt: skip
+            ],
             env={**os.environ, "CARACAL_HOME": str(self.home), "MCP_TEST_SEEN": str(self.seen_file)},
         )
 
@@ -135,20 +135,21 @@ def make_home(home: Path, limit: str, *, hold_ttl: int = 30) -> McpHome:
 @asynccontextmanager
 async def proxied(env: McpHome, *extra: str) -> AsyncIterator[ClientSession]:
     """A client session with ``caracal mcp proxy`` (a subprocess), initialized."""
-    async with stdio_client(env.proxy_parameters(*extra)) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+    async with (
+        stdio_client(env.proxy_parameters(*extra)) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
 
 
 @asynccontextmanager
 async def direct(env: McpHome) -> AsyncIterator[ClientSession]:
     """A client session with the tool server itself (no Caracal), initialized."""
     parameters = StdioServerParameters(command=sys.executable, args=[str(TOOL_SERVER)])
-    async with stdio_client(parameters) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+    async with stdio_client(parameters) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
 
 
 @asynccontextmanager
@@ -157,8 +158,11 @@ async def over_http(
 ) -> AsyncIterator[ClientSession]:
     """A client session with ``caracal serve``'s ``/mcp/tools`` (streamable HTTP), initialized."""
     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
-    async with httpx.AsyncClient(headers=sent, timeout=60) as http:
-        async with streamable_http_client(f"{base_url}/mcp/{SERVER}", http_client=http) as (read, write, _):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                yield session
+    url = f"{base_url}/mcp/{SERVER}"
+    async with (
+        httpx.AsyncClient(headers=sent, timeout=60) as http,
+        streamable_http_client(url, http_client=http) as (read, write, _),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
