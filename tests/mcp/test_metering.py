@@ -88,7 +88,8 @@ def test_units_that_cannot_be_read_are_billed_at_the_bound_and_more_than_the_bou
     run_call(env, "search", rows(MAX_ROWS + 5))
     run_call(env, "search", rows(0))
     estimated, over, zero = env.charges()
-    assert estimated.quantity == MAX_ROWS and estimated.metadata is not None and estimated.metadata["estimated"]
+    assert estimated.quantity == MAX_ROWS
+    assert estimated.metadata is not None and estimated.metadata["estimated"] is True
     assert over.quantity == MAX_ROWS + 5  # the work was done: recorded, flagged beyond its hold
     assert over.cost == multiply_exactly(Decimal(MAX_ROWS + 5), ROW_PRICE)
     assert over.metadata is not None and over.metadata.get("over_hold") is True

@@ -22,7 +22,7 @@ def test_price_of_is_the_latest_price_with_its_exact_digits(client: CaracalClien
 
 
 def test_price_of_refuses_what_has_no_price(client: CaracalClient) -> None:
-    with pytest.raises(UnknownPriceError, match="mcp.files.search.calls"):
+    with pytest.raises(UnknownPriceError, match=r"mcp\.files\.search\.calls"):
         client.price_of("mcp.files.search.calls")
     with pytest.raises(InvalidPriceError):
         client.price_of("bad\nname")
