@@ -66,6 +66,9 @@ def proxy_command(
 
     Give the server's command after '--', e.g. 'caracal mcp proxy --agent-id bot -- python server.py'.
     """
+    from caracal.mcp import require_mcp
+
+    require_mcp()
     import anyio
 
     from caracal.config import caracal_home, load_settings

@@ -98,6 +98,9 @@ class McpEndpoints:
         if not self.config.servers:
             yield
             return
+        from caracal.mcp import require_mcp
+
+        require_mcp()  # [mcp.servers] without the SDK: the server refuses to start, saying what to install
         from caracal.mcp.metering import ToolMeter
         from caracal.mcp.proxy import build_server
         from caracal.mcp.upstream import connect
