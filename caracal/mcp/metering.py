@@ -21,7 +21,8 @@ For each call to tool ``T`` of server ``S`` (:meth:`ToolMeter.call`), in this or
    ``max_units`` (then the charge is recorded, flagged over its hold: the work was done).
    **Release** instead when the call did not run: the upstream answered with a JSON-RPC error (unknown
    tool, bad parameters), or could not be reached at all (:class:`NotForwarded`). A call that failed after
-   it was sent (the upstream's connection dropped, the caller cancelled it) is billed at its bound, marked
+   it was sent (the upstream's connection dropped, the caller cancelled it, or it ran past 90% of
+   ``hold_ttl`` and was cut off, see :data:`CALL_TIMEOUT_SHARE`) is billed at its bound, marked
    estimated, because the tool may have run.
 
 :class:`Budget` is where holds go: :class:`ClientBudget` over a :class:`~caracal.sdk.client.CaracalClient`
@@ -35,7 +36,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import anyio
@@ -66,6 +69,14 @@ DENIED_META = "caracal/denied"
 """The ``_meta`` key of a refused call's result: ``{"reason": "budget_exceeded" | "unpriced" | "error",
 "server", "tool", "resource_type", "message", ...}`` (with ``amount``, ``currency`` and the ``decision``
 for a budget denial)."""
+
+
+CALL_TIMEOUT_SHARE = 0.9
+"""A tool call is given this share of ``[mcp] hold_ttl`` to answer."""
+
+_MAY_HAVE_RUN = frozenset({types.CONNECTION_CLOSED, int(HTTPStatus.REQUEST_TIMEOUT)})
+"""JSON-RPC error codes the client side raises for a call that was sent and got no answer: the connection
+dropped, or the call ran out of time. The tool may have run: billed at its bound."""
 
 
 class NotForwarded(Exception):
@@ -169,6 +180,9 @@ class ToolMeter:
         self.budget = budget
         self.server = server
         self.hold_ttl = hold_ttl
+        self.call_timeout = timedelta(seconds=hold_ttl * CALL_TIMEOUT_SHARE)
+        """How long a call may run upstream: less than its hold lives, so a call that runs too long is cut
+        off and billed at its bound by this process rather than left to the hold's expiry."""
 
     async def call(
         self,
@@ -225,8 +239,7 @@ class ToolMeter:
             await self._close(hold, None)
             raise
         except McpError as exc:
-            if exc.error.code == types.CONNECTION_CLOSED:  # sent, then the connection dropped: it may
-                # have run, so it is billed at its bound
+            if exc.error.code in _MAY_HAVE_RUN:
                 await self._close(hold, self._charges(tool, plan, None, estimated=True))
             else:  # the upstream answered with an error: the call did not run
                 await self._close(hold, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -59,13 +60,16 @@ def _forwarder(upstream: ClientSession, result_type: type) -> Callable[[Any], Aw
     return forward
 
 
-async def _send(upstream: ClientSession, request: Any, result_type: type) -> Any:
-    """``request`` sent upstream as it came; a broken connection before sending is :class:`NotForwarded`."""
+async def _send(
+    upstream: ClientSession, request: Any, result_type: type, timeout: timedelta | None = None
+) -> Any:
+    """``request`` sent upstream as it came; a broken connection before sending is :class:`NotForwarded`;
+    no answer within ``timeout`` raises :class:`McpError` (``REQUEST_TIMEOUT``)."""
     # Rebuilt from its method and params: the request as parsed also carries the envelope's jsonrpc and id
     # (its models keep extra fields), which belong to this hop, not to the next.
     clean = type(request)(method=request.method, params=request.params)
     try:
-        return await upstream.send_request(types.ClientRequest(clean), result_type)
+        return await upstream.send_request(types.ClientRequest(clean), result_type, timeout)
     except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
         raise NotForwarded(f"the MCP server's connection is closed ({type(exc).__name__})") from exc
 
@@ -98,7 +102,9 @@ def build_server(
             agent_id = agent_of(server)
 
             async def forward() -> types.CallToolResult:
-                result: types.CallToolResult = await _send(upstream, request, types.CallToolResult)
+                result: types.CallToolResult = await _send(
+                    upstream, request, types.CallToolResult, meter.call_timeout
+                )
                 return result
 
             try:

@@ -16,10 +16,11 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import types
+from mcp.shared.exceptions import McpError
 
 from caracal.core.enforcement import ESTIMATED_RESOURCE
 from caracal.sdk.client import CaracalClient
-from tests.mcp.env import LOOKUP_PRICE, SLOW_PRICE, make_home, proxied
+from tests.mcp.env import LOOKUP_PRICE, SERVER, SLOW_PRICE, make_home, proxied
 
 PROXIES = 3
 CALLS_PER_PROXY = 4
@@ -128,4 +129,30 @@ def test_a_proxy_killed_mid_call_leaves_a_hold_that_expires_billed_at_its_bound(
     assert charge.resource_type == ESTIMATED_RESOURCE
     assert charge.cost == SLOW_PRICE and charge.hold_id == hold.hold_id
     assert charge.metadata is not None and charge.metadata["estimated"] is True
+    env.assert_sound()
+
+
+@pytest.mark.slow
+def test_a_call_that_runs_past_its_hold_is_cut_off_and_billed_at_its_bound(caracal_home: Path) -> None:
+    env = make_home(caracal_home, "10", hold_ttl=2)  # the slow tool runs for a minute; it gets 1.8 s
+
+    async def scenario() -> BaseException | None:
+        async with proxied(env) as session:
+            try:
+                await session.call_tool("slow", {})
+            except McpError as exc:
+                return exc
+        return None
+
+    try:
+        error = anyio.run(scenario)
+    finally:
+        for call in env.seen():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(str(call["pid"])), signal.SIGKILL)
+    assert isinstance(error, McpError)
+    assert env.seen_tools() == ["slow"]
+    (charge,) = env.charges()
+    assert charge.resource_type == f"mcp.{SERVER}.slow.calls"
+    assert charge.cost == SLOW_PRICE and charge.metadata is not None and charge.metadata["estimated"] is True
     env.assert_sound()
