@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -87,6 +89,23 @@ def test_listings_pass_through_and_every_request_needs_a_key(caracal_home: Path)
             headers={**headers, "Authorization": f"Bearer {env.admin_token}"},
         )
         through, itself = anyio.run(scenario, base_url)
+        no_agent = httpx.post(
+            f"{base_url}/mcp/{SERVER}",
+            json=initialize,
+            headers={**headers, "Authorization": f"Bearer {env.admin_token}"},
+        )
+        subprocess.run(
+            [sys.executable, "-m", "caracal", "agent", "suspend", env.agent_name],
+            check=True,
+            capture_output=True,
+        )
+        suspended = httpx.post(
+            f"{base_url}/mcp/{SERVER}",
+            json=initialize,
+            headers={**headers, "Authorization": f"Bearer {env.agent_token}"},
+        )
+    assert no_agent.status_code == 400 and "x-caracal-agent header" in no_agent.text
+    assert suspended.status_code == 403 and "suspended" in suspended.text
     assert anonymous.status_code == 401 and wrong.status_code == 401
     assert unknown.status_code == 404
     assert through == itself
