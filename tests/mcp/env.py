@@ -154,11 +154,11 @@ async def direct(env: McpHome) -> AsyncIterator[ClientSession]:
 
 @asynccontextmanager
 async def over_http(
-    base_url: str, token: str, headers: dict[str, str] | None = None
+    base_url: str, token: str, headers: dict[str, str] | None = None, *, server: str = SERVER
 ) -> AsyncIterator[ClientSession]:
-    """A client session with ``caracal serve``'s ``/mcp/tools`` (streamable HTTP), initialized."""
+    """A client session with ``caracal serve``'s ``/mcp/<server>`` (streamable HTTP), initialized."""
     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
-    url = f"{base_url}/mcp/{SERVER}"
+    url = f"{base_url}/mcp/{server}"
     async with (
         httpx.AsyncClient(headers=sent, timeout=60) as http,
         streamable_http_client(url, http_client=http) as (read, write, _),

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,8 +15,18 @@ import httpx
 from mcp import types
 
 from caracal.core.pricebook import multiply_exactly
-from tests.cli.test_cli_serve import serving
-from tests.mcp.env import LOOKUP_PRICE, ROW_PRICE, SERVER, direct, make_home, over_http, proxied
+from caracal.sdk.client import CaracalClient
+from tests.cli.test_cli_serve import reserved_port, serving
+from tests.mcp.env import (
+    LOOKUP_PRICE,
+    ROW_PRICE,
+    SERVER,
+    TOOL_SERVER,
+    direct,
+    make_home,
+    over_http,
+    proxied,
+)
 from tests.mcp.test_proxy_stdio import denied_meta, text_of
 
 
@@ -130,5 +142,53 @@ def test_the_stdio_proxy_enforces_through_a_remote_server(caracal_home: Path) ->
     assert env.seen_tools() == ["lookup"]
     assert [(c.resource_type, c.cost) for c in env.charges()] == [
         (f"mcp.{SERVER}.lookup.calls", LOOKUP_PRICE)
+    ]
+    env.assert_sound()
+
+
+def test_an_upstream_reached_by_url_is_metered_the_same(caracal_home: Path) -> None:
+    """``[mcp.servers.NAME] url = ...``: the tool server runs on its own (streamable HTTP) and caracal serve
+    connects to it."""
+    env = make_home(caracal_home, "10")
+    with reserved_port() as port:
+        upstream = subprocess.Popen(
+            [sys.executable, str(TOOL_SERVER), "--http", str(port)],
+            env={**os.environ, "MCP_TEST_SEEN": str(env.seen_file)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60  # a bound on waiting, not a performance assertion
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    assert upstream.poll() is None and time.monotonic() < deadline, (
+                        "the tool server did not start"
+                    )
+                    time.sleep(0.05)
+            with (caracal_home / "config.toml").open("a", encoding="utf-8") as config:
+                config.write(f'\n[mcp.servers.remote]\nurl = "http://127.0.0.1:{port}/mcp"\n')
+            with CaracalClient(caracal_home) as client:
+                client.set_price("mcp.remote.lookup.calls", "0.003")
+
+            async def scenario(base_url: str) -> list[types.CallToolResult]:
+                async with over_http(base_url, env.agent_token, server="remote") as session:
+                    return [
+                        await session.call_tool("lookup", {"key": "far"}),
+                        await session.call_tool("echo", {"text": "unpriced"}),
+                    ]
+
+            with serving(caracal_home) as (base_url, _process):
+                lookup, echo = anyio.run(scenario, base_url)
+        finally:
+            upstream.kill()
+            upstream.wait()
+    assert text_of(lookup) == "value-of-far"
+    assert denied_meta(echo)["reason"] == "unpriced"
+    assert env.seen_tools() == ["lookup"]
+    assert [(c.resource_type, c.cost) for c in env.charges()] == [
+        ("mcp.remote.lookup.calls", Decimal("0.003"))
     ]
     env.assert_sound()

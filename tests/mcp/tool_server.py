@@ -1,4 +1,5 @@
-"""A real MCP server for the tests (FastMCP over stdio): run as ``python tool_server.py``.
+"""A real MCP server for the tests (FastMCP): ``python tool_server.py`` serves stdio, ``python
+tool_server.py --http PORT`` streamable HTTP at ``http://127.0.0.1:PORT/mcp``.
 
 Every tool call it receives is appended to the file named by ``$MCP_TEST_SEEN`` (one JSON line, written
 and fsynced before the tool runs), so a test can tell exactly which calls reached it.
@@ -87,4 +88,10 @@ def greet(name: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":  # streamable HTTP on 127.0.0.1:<port>, at /mcp
+        server.settings.port = int(sys.argv[2])
+        server.run(transport="streamable-http")
+    else:
+        server.run()
