@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 from mcp import ClientSession, types
 from mcp.server.lowlevel import Server
+from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import McpError
 
@@ -28,7 +29,7 @@ from caracal.config.mcp import McpServerConfig
 from caracal.mcp.metering import Budget, NotForwarded, ToolMeter
 from caracal.mcp.upstream import connect
 
-__all__ = ["build_server", "run_stdio_proxy"]
+__all__ = ["Relay", "build_server", "run_stdio_proxy"]
 
 _PASSED: tuple[tuple[str, tuple[tuple[type, type], ...]], ...] = (
     ("tools", ((types.ListToolsRequest, types.ListToolsResult),)),
@@ -52,8 +53,34 @@ _PASSED: tuple[tuple[str, tuple[tuple[type, type], ...]], ...] = (
 """Per upstream capability, the requests passed through unchanged and the result type of each."""
 
 
-def _forwarder(upstream: ClientSession, result_type: type) -> Callable[[Any], Awaitable[types.ServerResult]]:
+class Relay:
+    """Passes the upstream's notifications (progress of a call, log messages, list changes) on to the one
+    client of a stdio proxy. The client's session is learnt from its first request; progress tokens need
+    no mapping, as requests are forwarded with their ``_meta`` (``progressToken``) unchanged."""
+
+    def __init__(self) -> None:
+        self.session: ServerSession | None = None
+
+    def attach(self, server: Server[Any, Any]) -> None:
+        if self.session is None:
+            self.session = server.request_context.session
+
+    async def __call__(self, message: Any) -> None:
+        session = self.session
+        if session is None or not isinstance(message, types.ServerNotification):
+            return
+        root: Any = message.root  # rebuilt without the envelope it was parsed with (see _send)
+        clean = types.ServerNotification(type(root)(method=root.method, params=root.params))
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):  # the client is gone
+            await session.send_notification(clean)
+
+
+def _forwarder(
+    server: Server[Any, Any], upstream: ClientSession, result_type: type, relay: Relay | None
+) -> Callable[[Any], Awaitable[types.ServerResult]]:
     async def forward(request: Any) -> types.ServerResult:
+        if relay is not None:
+            relay.attach(server)
         result = await _send(upstream, request, result_type)
         return types.ServerResult(result)
 
@@ -80,9 +107,11 @@ def build_server(
     initialized: types.InitializeResult,
     meter: ToolMeter,
     agent_of: Callable[[Server[Any, Any]], str],
+    relay: Relay | None = None,
 ) -> Server[Any, Any]:
     """The proxy server (see the module docstring). ``agent_of(server)`` is called inside each
-    ``tools/call`` (its request context is set) and returns the agent to hold against."""
+    ``tools/call`` (its request context is set) and returns the agent to hold against. ``relay`` (stdio:
+    one client) is told the client's session, to pass the upstream's notifications on to it."""
     upstream_info = initialized.serverInfo
     server: Server[Any, Any] = Server(
         name,
@@ -94,11 +123,13 @@ def build_server(
         if getattr(capabilities, capability, None) is None:
             continue
         for request_type, result_type in requests:
-            server.request_handlers[request_type] = _forwarder(upstream, result_type)
+            server.request_handlers[request_type] = _forwarder(server, upstream, result_type, relay)
 
     if capabilities.tools is not None:
 
         async def call_tool(request: types.CallToolRequest) -> types.ServerResult:
+            if relay is not None:
+                relay.attach(server)
             agent_id = agent_of(server)
 
             async def forward() -> types.CallToolResult:
@@ -133,8 +164,9 @@ async def run_stdio_proxy(
     """``caracal mcp proxy``: start ``command``, serve the proxy on this process's stdin/stdout until the
     client closes it, then stop the upstream. Every tool call is held against ``agent_id``."""
     meter = ToolMeter(budget, config, hold_ttl)
-    async with connect(command=command, env=config.env) as (upstream, initialized):
-        server = build_server(config.name, upstream, initialized, meter, lambda _server: agent_id)
+    relay = Relay()
+    async with connect(command=command, env=config.env, message_handler=relay) as (upstream, initialized):
+        server = build_server(config.name, upstream, initialized, meter, lambda _server: agent_id, relay)
         async with stdio_server() as (read, write):
             with contextlib.redirect_stdout(sys.stderr):  # stdout is the protocol: stray prints go to stderr
                 await server.run(read, write, server.create_initialization_options())

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,9 +32,11 @@ async def connect(
     command: Sequence[str] | None = None,
     url: str | None = None,
     env: Mapping[str, str] | None = None,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[tuple[ClientSession, types.InitializeResult]]:
     """An initialized session with the upstream server (``command``: started here and stopped when the block
-    ends; or ``url``), and what it answered to ``initialize`` (its capabilities)."""
+    ends; or ``url``), and what it answered to ``initialize`` (its capabilities). ``message_handler``
+    receives what the server sends on its own (notifications: progress, log messages, list changes)."""
     if (command is None) == (url is None):
         raise ConfigurationError("an MCP upstream needs either a command (stdio) or a url (streamable HTTP)")
     async with AsyncExitStack() as stack:
@@ -47,6 +50,6 @@ async def connect(
         else:
             assert url is not None
             read, write, _session_id = await stack.enter_async_context(streamable_http_client(url))
-        session = await stack.enter_async_context(ClientSession(read, write))
+        session = await stack.enter_async_context(ClientSession(read, write, message_handler=message_handler))
         initialized = await session.initialize()
         yield session, initialized

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from mcp import types
+from mcp import ClientSession, types
+from mcp.client.stdio import stdio_client
 
 from caracal.core.pricebook import multiply_exactly
+from caracal.sdk.client import CaracalClient
 from tests.mcp.env import (
     BROKEN_PRICE,
     LOOKUP_PRICE,
@@ -173,3 +175,34 @@ def test_the_proxy_refuses_to_start_for_an_unknown_agent(caracal_home: Path) -> 
     assert "no-such-agent" in finished.stderr
     assert finished.stdout == ""  # stdout is the protocol: nothing else is ever written there
     assert env.seen() == [] and env.entries() == []
+
+
+def test_progress_and_log_messages_of_a_call_reach_the_client(caracal_home: Path) -> None:
+    env = make_home(caracal_home, "10")
+    with CaracalClient(caracal_home) as client:
+        client.set_price(f"mcp.{SERVER}.progress.calls", "0.001")
+    progress: list[tuple[float, float | None, str | None]] = []
+    logged: list[object] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(params.data)
+
+    async def scenario() -> types.CallToolResult:
+        async with (
+            stdio_client(env.proxy_parameters()) as (read, write),
+            ClientSession(read, write, logging_callback=on_log) as session,
+        ):
+            await session.initialize()
+            return await session.call_tool("progress", {"steps": 3}, progress_callback=on_progress)
+
+    result = anyio.run(scenario)
+    assert text_of(result) == "3 steps"
+    assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert logged == ["all steps done"]
+    assert [(c.resource_type, c.cost) for c in env.charges()] == [
+        (f"mcp.{SERVER}.progress.calls", Decimal("0.001"))
+    ]
+    env.assert_sound()

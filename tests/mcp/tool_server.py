@@ -9,6 +9,7 @@ and fsynced before the tool runs), so a test can tell exactly which calls reache
 - ``ping()``: declared free in the tests' config.
 - ``search(n)``: returns ``{"rows": [...n rows]}``: billed per row.
 - ``broken()``: raises (an error result: the tool ran and failed).
+- ``progress(steps)``: reports progress at each step, then logs a message.
 - ``slow()``: sleeps for a minute (the tests kill the proxy while it runs).
 - resource ``notes://readme`` and prompt ``greet(name)``.
 """
@@ -19,7 +20,7 @@ import json
 import os
 import time
 
-from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp import Context, FastMCP
 
 server = FastMCP("tool-server", instructions="test tools")
 
@@ -75,6 +76,16 @@ def slow() -> str:
     _seen("slow")
     time.sleep(60)
     return "late"
+
+
+@server.tool()
+async def progress(steps: int, ctx: Context) -> str:  # type: ignore[type-arg]
+    """Reports its progress and logs as it goes."""
+    _seen("progress", steps=steps)
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps, f"step {step}")
+    await ctx.info("all steps done")
+    return f"{steps} steps"
 
 
 @server.resource("notes://readme")
