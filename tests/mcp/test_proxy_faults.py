@@ -156,3 +156,31 @@ def test_a_call_that_runs_past_its_hold_is_cut_off_and_billed_at_its_bound(carac
     assert charge.resource_type == f"mcp.{SERVER}.slow.calls"
     assert charge.cost == SLOW_PRICE and charge.metadata is not None and charge.metadata["estimated"] is True
     env.assert_sound()
+
+
+def test_a_server_that_dies_mid_call_bills_that_call_at_its_bound_and_refuses_the_next(
+    caracal_home: Path,
+) -> None:
+    env = make_home(caracal_home, "10")
+    with CaracalClient(caracal_home) as client:
+        client.set_price(f"mcp.{SERVER}.die.calls", "0.3")
+
+    async def scenario() -> list[BaseException]:
+        errors: list[BaseException] = []
+        async with proxied(env) as session:
+            for tool, arguments in (("die", {}), ("lookup", {"key": "after"})):
+                try:
+                    await session.call_tool(tool, arguments)
+                except McpError as exc:
+                    errors.append(exc)
+        return errors
+
+    died, refused = anyio.run(scenario)
+    assert "Connection closed" in str(died)
+    assert "could not be reached" in str(refused) and "nothing was forwarded or billed" in str(refused)
+    assert env.seen_tools() == ["die"]
+    (charge,) = env.charges()  # the call that was sent may have run: its bound; the next one: nothing
+    assert charge.resource_type == f"mcp.{SERVER}.die.calls" and charge.cost == Decimal("0.3")
+    assert charge.metadata is not None and charge.metadata["estimated"] is True
+    assert len(env.holds()) == 2
+    env.assert_sound()

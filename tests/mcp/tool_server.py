@@ -10,6 +10,7 @@ and fsynced before the tool runs), so a test can tell exactly which calls reache
 - ``search(n)``: returns ``{"rows": [...n rows]}``: billed per row.
 - ``broken()``: raises (an error result: the tool ran and failed).
 - ``progress(steps)``: reports progress at each step, then logs a message.
+- ``die()``: the server process exits mid-call.
 - ``slow()``: sleeps for a minute (the tests kill the proxy while it runs).
 - resource ``notes://readme`` and prompt ``greet(name)``.
 """
@@ -68,6 +69,13 @@ def broken() -> str:
     """Always fails."""
     _seen("broken")
     raise RuntimeError("the tool failed on purpose")
+
+
+@server.tool()
+def die() -> str:
+    """Kills its own server mid-call."""
+    _seen("die")
+    os._exit(3)
 
 
 @server.tool()
