@@ -111,7 +111,7 @@ class ClientBudget:
         self, agent: str, amount: Decimal, currency: str, ttl: float, metadata: Mapping[str, Any]
     ) -> Hold:
         def reserve() -> Hold:
-            return self.client.reserve(agent, amount, ttl, currency, on_expiry="charge")
+            return self.client.reserve(agent, amount, ttl, currency, on_expiry="charge", metadata=metadata)
 
         return await anyio.to_thread.run_sync(reserve)
 

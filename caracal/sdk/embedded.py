@@ -95,10 +95,18 @@ class EmbeddedTransport:
         return (self._enforcer or self.enforcer).check(agent, amount, currency)
 
     def reserve(
-        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
+        self,
+        agent: str,
+        amount: object,
+        ttl: timedelta | float | None,
+        currency: str,
+        on_expiry: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         ttl = self.home.settings.default_ttl if ttl is None else ttl
-        return (self._enforcer or self.enforcer).reserve(agent, amount, currency, ttl, on_expiry=on_expiry)
+        return (self._enforcer or self.enforcer).reserve(
+            agent, amount, currency, ttl, on_expiry=on_expiry, metadata=metadata
+        )
 
     def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement:
         return self.enforcer.settle(hold_id, charges)

@@ -237,7 +237,13 @@ class HttpTransport:
         return self._read("/check", _decision, self._call("POST", "/check", body))
 
     def reserve(
-        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
+        self,
+        agent: str,
+        amount: object,
+        ttl: timedelta | float | None,
+        currency: str,
+        on_expiry: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         body: dict[str, Any] = {
             "agent_id": _agent_ref(agent),
@@ -250,6 +256,8 @@ class HttpTransport:
             raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
         if on_expiry != "release":  # the default is left out, so older servers still accept the body
             body["on_expiry"] = on_expiry
+        if metadata is not None:  # likewise
+            body["metadata"] = check_metadata(metadata, InvalidAmountError)
         return self._read("/holds", _hold, self._call("POST", "/holds", body))
 
     def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement:

@@ -59,6 +59,7 @@ def test_a_priced_call_is_held_forwarded_and_billed_at_its_exact_price(caracal_h
     holds = env.holds()
     assert len(holds) == 3
     assert all(hold.cost == LOOKUP_PRICE and hold.on_expiry == "charge" for hold in holds)
+    assert holds[0].metadata == {"mcp_server": SERVER, "tool": "lookup", "units_bound": 1}
     assert {charge.hold_id for charge in charges} == {hold.hold_id for hold in holds}
     env.assert_sound()
 

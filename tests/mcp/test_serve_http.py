@@ -48,6 +48,7 @@ def test_tool_calls_over_streamable_http_are_held_billed_and_refused(caracal_hom
     assert text_of(ping) == "pong"
     assert denied_meta(echo)["reason"] == "unpriced"
     assert [text_of(result) for result in lookups[:4]] == [f"value-of-{key}" for key in "abcd"]
+    assert env.holds()[0].metadata == {"mcp_server": SERVER, "tool": "search", "units_bound": 50}
     meta = denied_meta(lookups[4])  # 0.003 + 4 x 0.0125 = 0.053 spent
     assert meta["reason"] == "budget_exceeded" and meta["remaining"] == "0.0070"
     assert env.seen_tools() == ["search", "ping", "lookup", "lookup", "lookup", "lookup"]
@@ -137,6 +138,7 @@ def test_the_stdio_proxy_enforces_through_a_remote_server(caracal_home: Path) ->
     with serving(caracal_home) as (base_url, _process):
         first, second = anyio.run(scenario, base_url)
     assert text_of(first) == "value-of-r1"
+    assert env.holds()[0].metadata == {"mcp_server": SERVER, "tool": "lookup", "units_bound": 1}
     meta = denied_meta(second)
     assert meta["reason"] == "budget_exceeded" and meta["remaining"] == "0.0075"
     assert env.seen_tools() == ["lookup"]
