@@ -18,6 +18,7 @@ import pytest
 
 BOTH_BACKENDS = (
     "tests/sdk/",
+    "tests/integrations/",
     "tests/server/",
     "tests/core/test_enforcement.py",
     "tests/core/test_overspend.py",

@@ -24,7 +24,11 @@ else a ``@behaviour`` suffix of the model name (``"gpt-4o@error500"``), else ``f
 - ``error500`` / ``error429``: an error response in the provider's format (429 with ``retry-after: 1``);
 - ``midstream-fail``: send part of the body (a few stream events, or half a JSON body) and drop the
   connection without finishing it;
-- ``no-usage``: answer without any usage (no ``usage`` field, no usage chunk or usage in stream events).
+- ``no-usage``: answer without any usage (no ``usage`` field, no usage chunk or usage in stream events);
+- ``tools`` (chat completions, for agent loops): while the last message is not a tool result and the
+  request offers ``tools``, answer with one call of the first tool (arguments: each declared property set to
+  ``"tok"``, ``1`` or ``true`` by its type; ``finish_reason: "tool_calls"``); after a tool result, answer
+  with text as ``ok`` does. Usage is counted as for ``ok``. Streamed, the call arrives as tool-call deltas.
 
 ``x-fake-chunk-delay-ms`` (else ``fake.chunk_delay_ms``) waits between stream chunks. Each request is
 recorded in ``fake.requests`` (path, lower-cased headers, JSON body) unless ``fake.record`` is False.
@@ -47,7 +51,7 @@ import uvicorn
 
 __all__ = ["BEHAVIOURS", "FakeRequest", "FakeUpstream", "prompt_tokens", "serve_fake_upstream"]
 
-BEHAVIOURS = frozenset(("ok", "slow", "error500", "error429", "midstream-fail", "no-usage"))
+BEHAVIOURS = frozenset(("ok", "slow", "error500", "error429", "midstream-fail", "no-usage", "tools"))
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -179,18 +183,19 @@ class FakeUpstream:
         cap = body.get("max_tokens") or body.get("max_completion_tokens") or self.completion_tokens
         completion = max(1, min(int(cap), self.completion_tokens))
         prompt = prompt_tokens(body)
+        call = _tool_call(body) if behaviour == "tools" and not anthropic else None
         if body.get("stream"):
             events = (
                 _anthropic_stream(model, prompt, completion, usage)
                 if anthropic
-                else _openai_stream(body, model, prompt, completion, usage)
+                else _openai_stream(body, model, prompt, completion, usage, call)
             )
             await self._stream(send, events, chunk_delay, fail)
             return
         data = (
             _anthropic_message(model, prompt, completion, usage)
             if anthropic
-            else _openai_completion(body, model, prompt, completion, usage)
+            else _openai_completion(body, model, prompt, completion, usage, call)
         )
         await self._json(send, 200, data, fail=fail)
 
@@ -253,8 +258,40 @@ def _reply(completion: int) -> str:
     return " ".join(["tok"] * completion)
 
 
+_ARGUMENT_VALUES: dict[str, Any] = {"string": "tok", "integer": 1, "number": 1, "boolean": True}
+
+
+def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``tools`` behaviour's call of the first offered tool, or None when it answers with text (no tools
+    offered, or the last message is already a tool result)."""
+    tools = body.get("tools")
+    messages = body.get("messages")
+    if not isinstance(tools, list) or not tools or not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return None
+    function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
+    parameters = function.get("parameters") or {}
+    properties = parameters.get("properties") or {}
+    arguments = {
+        name: _ARGUMENT_VALUES.get(spec.get("type") if isinstance(spec, dict) else None, "tok")
+        for name, spec in properties.items()
+    }
+    return {
+        "id": f"call_fake_{len(messages)}",
+        "type": "function",
+        "function": {"name": function.get("name", "tool"), "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
 def _openai_completion(
-    body: dict[str, Any], model: str, prompt: int, completion: int, usage: bool
+    body: dict[str, Any],
+    model: str,
+    prompt: int,
+    completion: int,
+    usage: bool,
+    call: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     n = body.get("n") or 1
     data: dict[str, Any] = {
@@ -271,6 +308,10 @@ def _openai_completion(
             for index in range(n)
         ],
     }
+    if call is not None:
+        for choice in data["choices"]:
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice["finish_reason"] = "tool_calls"
     if usage:
         data["usage"] = {
             "prompt_tokens": prompt,
@@ -286,7 +327,12 @@ def _sse(data: object, event: str | None = None) -> bytes:
 
 
 def _openai_stream(
-    body: dict[str, Any], model: str, prompt: int, completion: int, usage: bool
+    body: dict[str, Any],
+    model: str,
+    prompt: int,
+    completion: int,
+    usage: bool,
+    call: dict[str, Any] | None = None,
 ) -> list[bytes]:
     n = body.get("n") or 1
     base = {
@@ -303,14 +349,18 @@ def _openai_stream(
             }
         )
     ]
-    for word in range(completion):
-        text = "tok" if word == 0 else " tok"
-        events.extend(
-            _sse({**base, "choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
-            for i in range(n)
-        )
+    if call is not None:
+        events.extend(_tool_call_deltas(base, call, n))
+    else:
+        for word in range(completion):
+            text = "tok" if word == 0 else " tok"
+            events.extend(
+                _sse({**base, "choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
+                for i in range(n)
+            )
+    finish = "length" if call is None else "tool_calls"
     events.append(
-        _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": "length"} for i in range(n)]})
+        _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": finish} for i in range(n)]})
     )
     options = body.get("stream_options")
     if usage and isinstance(options, dict) and options.get("include_usage"):
@@ -321,6 +371,26 @@ def _openai_stream(
         }
         events.append(_sse({**base, "choices": [], "usage": total}))
     events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def _tool_call_deltas(base: dict[str, Any], call: dict[str, Any], n: int) -> list[bytes]:
+    """A tool call as OpenAI streams it: id and name first, then the arguments in two pieces."""
+    arguments = call["function"]["arguments"]
+    half = len(arguments) // 2
+    head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"]}}
+    head["function"]["arguments"] = ""
+    events = []
+    for delta in (head, {"index": 0, "function": {"arguments": arguments[:half]}}):
+        events.extend(
+            _sse({**base, "choices": [{"index": i, "delta": {"tool_calls": [delta]}, "finish_reason": None}]})
+            for i in range(n)
+        )
+    tail = {"index": 0, "function": {"arguments": arguments[half:]}}
+    events.extend(
+        _sse({**base, "choices": [{"index": i, "delta": {"tool_calls": [tail]}, "finish_reason": None}]})
+        for i in range(n)
+    )
     return events
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from caracal.server.gateway.estimate import bound_anthropic_messages, bound_openai_chat
@@ -194,3 +195,53 @@ def test_custom_key_and_unknown_route():
             assert http.post("/v1/chat/completions", json=chat_body(), headers=OPENAI_KEY).status_code == 401
             assert http.post("/v1/nothing", json={}, headers=OPENAI_KEY).status_code == 404
         assert fake.requests == []
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    },
+}
+
+
+def test_tools_behaviour_calls_the_first_tool_then_answers_after_its_result(client: httpx.Client):
+    body = chat_body(model="gpt-4o@tools", tools=[WEATHER_TOOL], max_tokens=3)
+    data = client.post("/v1/chat/completions", json=body, headers=OPENAI_KEY).json()
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"tok","days":1}'}
+    assert data["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    result = {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+    body["messages"] = [*MESSAGES, choice["message"], result]
+    data = client.post("/v1/chat/completions", json=body, headers=OPENAI_KEY).json()
+    assert data["choices"][0]["message"]["content"] == "tok tok tok"
+    assert data["usage"]["prompt_tokens"] == 8
+
+
+def test_tools_behaviour_streams_the_call_as_deltas_with_usage(client: httpx.Client):
+    body = chat_body(model="gpt-4o@tools", tools=[WEATHER_TOOL], stream=True, max_tokens=3)
+    body["stream_options"] = {"include_usage": True}
+    meter = StreamMeter()
+    arguments, names, finish = "", [], []
+    with client.stream("POST", "/v1/chat/completions", json=body, headers=OPENAI_KEY) as response:
+        for chunk in response.iter_raw():
+            meter.feed(chunk)
+            for line in chunk.decode().splitlines():
+                if not line.startswith("data: {"):
+                    continue
+                event = orjson.loads(line[6:])
+                for choice in event["choices"]:
+                    for delta in choice["delta"].get("tool_calls", []):
+                        names.append(delta["function"].get("name"))
+                        arguments += delta["function"].get("arguments", "")
+                    finish.append(choice.get("finish_reason"))
+    assert [name for name in names if name] == ["get_weather"]
+    assert orjson.loads(arguments) == {"city": "tok", "days": 1}
+    assert "tool_calls" in finish
+    assert meter.usage() == Usage(input_tokens=7, output_tokens=3, model="gpt-4o@tools")
