@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import pytest
 from mcp import types
 
 from caracal.core.pricebook import multiply_exactly
@@ -193,4 +194,31 @@ def test_an_upstream_reached_by_url_is_metered_the_same(caracal_home: Path) -> N
     assert [(c.resource_type, c.cost) for c in env.charges()] == [
         ("mcp.remote.lookup.calls", Decimal("0.003"))
     ]
+    env.assert_sound()
+
+
+@pytest.mark.slow
+def test_concurrent_calls_through_two_server_workers_never_overspend(caracal_home: Path) -> None:
+    """A budget for exactly five lookups; twelve calls at once over six HTTP clients, to a server with two
+    worker processes (each with its own tool server and group committer)."""
+    env = make_home(caracal_home, str(LOOKUP_PRICE * 5))
+    results: list[types.CallToolResult] = []
+
+    async def one_client(base_url: str, index: int) -> None:
+        async with over_http(base_url, env.agent_token) as session:
+            for number in range(2):
+                results.append(await session.call_tool("lookup", {"key": f"c{index}-{number}"}))
+
+    async def scenario(base_url: str) -> None:
+        async with anyio.create_task_group() as clients:
+            for index in range(6):
+                clients.start_soon(one_client, base_url, index)
+
+    with serving(caracal_home, "--workers", "2") as (base_url, _process):
+        anyio.run(scenario, base_url)
+    served = [result for result in results if not result.isError]
+    assert len(results) == 12 and len(served) == 5
+    assert all(denied_meta(r)["reason"] == "budget_exceeded" for r in results if r.isError)
+    assert len(env.seen()) == 5
+    assert [c.cost for c in env.charges()] == [LOOKUP_PRICE] * 5
     env.assert_sound()
