@@ -162,6 +162,20 @@ timeout = 10.0
 # Delivered webhooks kept in the outbox for `caracal alert deliveries` (the oldest pruned first).
 keep_delivered = 200
 
+# MCP tool calls (`caracal mcp proxy -- <server command>`, and /mcp/NAME on `caracal serve` for each
+# [mcp.servers.NAME]; needs caracal-core[mcp]). Each tools/call is held at the pricebook price of
+# mcp.NAME.TOOL.calls (a tool with no price is refused) and billed from its result; hold_ttl: seconds a
+# call's hold lives if nothing closes it (then it is billed at its bound, estimated).
+# [mcp]
+# hold_ttl = 300
+# [mcp.servers.files]
+# command = ["python", "files_server.py"]     # or: url = "https://host/mcp" (streamable HTTP)
+# [mcp.servers.files.tools.list_dir]
+# free = true                                 # never priced, held or charged
+# [mcp.servers.files.tools.search]
+# units = "rows"                              # billed per row of the result (mcp.files.search.rows)
+# max_units = 100                             # held at 100 rows
+
 # Where the gateway forwards calls, and the provider keys it uses (agents never see them). The key is
 # api_key if set, else the environment variable named by api_key_env, read at each call. provider is the
 # pricebook provider of the models: <provider>.<model>.input_tokens.

@@ -52,6 +52,11 @@ COMMANDS: dict[str, LazyCommand] = {
         "Serve the REST API (/api/v1), the gateway (/v1/chat/completions, /v1/embeddings, /v1/messages), "
         "/healthz, /metrics and the OpenAPI document (/docs).",
     ),
+    "mcp": LazyCommand(
+        "caracal.cli.mcp",
+        "mcp_group",
+        "MCP tool calls: a proxy that meters every tools/call against the agent's budget.",
+    ),
     "ledger": LazyCommand(
         "caracal.cli.ledger", "ledger_group", "The append-only, tamper-evident ledger of charges."
     ),

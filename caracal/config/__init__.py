@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
+from caracal.config.mcp import McpConfig, parse_mcp
 from caracal.exceptions import ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -126,6 +127,8 @@ class Settings:
     """``[alerts] keep_delivered``: delivered webhooks kept in the outbox (the oldest pruned first)."""
     openai: UpstreamSettings = DEFAULT_UPSTREAMS["openai"]
     anthropic: UpstreamSettings = DEFAULT_UPSTREAMS["anthropic"]
+    mcp: McpConfig = McpConfig()  # noqa: RUF009  (frozen: one shared empty default is safe)
+    """``[mcp]``: the MCP servers Caracal meters (:mod:`caracal.config.mcp`)."""
 
     def upstream(self, api: str) -> UpstreamSettings:
         return self.openai if api == "openai" else self.anthropic
@@ -228,9 +231,14 @@ def load_settings(home: Path | None = None) -> Settings:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
     values: dict[str, object] = {}
     for section, table in document.items():
+        if section == "mcp":
+            values["mcp"] = parse_mcp(path, table)
+            continue
         known = _SECTIONS.get(section)
         if known is None or not isinstance(table, dict):
-            raise ConfigurationError(f"{path}: unknown section [{section}]; known: {', '.join(_SECTIONS)}")
+            raise ConfigurationError(
+                f"{path}: unknown section [{section}]; known: {', '.join(_SECTIONS)}, mcp"
+            )
         for key, value in table.items():
             types = known.get(key)
             if types is None:

@@ -53,7 +53,13 @@ from caracal.core.events import EXPIRY_MEANINGS
 from caracal.core.ledger import LedgerEvent, LedgerWriter
 from caracal.core.live import SNAPSHOT_EVERY, LiveBudget
 from caracal.core.money import add, subtract
-from caracal.core.validation import check_currency, format_timestamp, parse_amount, parse_timestamp
+from caracal.core.validation import (
+    check_currency,
+    check_metadata,
+    format_timestamp,
+    parse_amount,
+    parse_timestamp,
+)
 from caracal.exceptions import (
     AgentNotFoundError,
     BudgetExceededError,
@@ -363,6 +369,7 @@ class Enforcer:
         duration = parse_ttl(ttl)
         if on_expiry not in EXPIRY_MEANINGS:
             raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
+        metadata = check_metadata(metadata, InvalidAmountError)  # bad metadata: a clear error, nothing held
         agent_id = self.directory.agent_id(agent)
         hold_id = f"hold-{uuid.uuid4()}"
         outcome: list[Decision] = []

@@ -278,6 +278,11 @@ class CaracalClient:
         """Price one unit of ``resource_type`` from now on (a new version; earlier charges keep theirs)."""
         return self._transport.set_price(resource_type, unit_price, currency)
 
+    def price_of(self, resource_type: str) -> Price:
+        """The price of one unit of ``resource_type`` in effect now (the server's pricebook, remote);
+        :class:`~caracal.exceptions.UnknownPriceError` when there is none (nothing is priced at zero)."""
+        return self._transport.price_of(resource_type)
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent_id: str, amount: object | None = None, currency: str = "USD") -> Decision:
@@ -292,14 +297,18 @@ class CaracalClient:
         currency: str = "USD",
         *,
         on_expiry: str = "release",
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         """Set ``amount`` aside for the agent (:class:`BudgetExceededError` if that could overspend).
 
         ``ttl`` (seconds or a ``timedelta``) defaults to the home's ``[holds] default_ttl`` (the server's
         home, remote). ``on_expiry``: what the hold's expiry means. ``release`` (default) frees the money;
         ``charge`` keeps it counting after the TTL until the hold is closed, then bills what is left of it
-        (estimated): for work that may have spent money even if this process dies before settling."""
-        return self._transport.reserve(agent_id, amount, ttl, currency, on_expiry)
+        (estimated): for work that may have spent money even if this process dies before settling.
+        ``metadata`` (a small JSON object) is recorded on the hold entry, e.g. what the amount bounds."""
+        if metadata is None:  # a transport written before metadata keeps working
+            return self._transport.reserve(agent_id, amount, ttl, currency, on_expiry)
+        return self._transport.reserve(agent_id, amount, ttl, currency, on_expiry, metadata)
 
     def settle(self, hold: Hold | str, charges: list[Mapping[str, Any]] | None = None) -> Settlement:
         """Close a hold (a :class:`Hold` or its id) and record ``charges`` against it."""

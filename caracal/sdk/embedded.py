@@ -86,16 +86,27 @@ class EmbeddedTransport:
     def set_price(self, resource_type: str, unit_price: object, currency: str) -> Price:
         return self.home.prices.set(resource_type, unit_price, currency)
 
+    def price_of(self, resource_type: str) -> Price:
+        return self.home.prices.pricebook().price_of(resource_type, self.enforcer.now())
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent: str, amount: object | None, currency: str) -> Decision:
         return (self._enforcer or self.enforcer).check(agent, amount, currency)
 
     def reserve(
-        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
+        self,
+        agent: str,
+        amount: object,
+        ttl: timedelta | float | None,
+        currency: str,
+        on_expiry: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         ttl = self.home.settings.default_ttl if ttl is None else ttl
-        return (self._enforcer or self.enforcer).reserve(agent, amount, currency, ttl, on_expiry=on_expiry)
+        return (self._enforcer or self.enforcer).reserve(
+            agent, amount, currency, ttl, on_expiry=on_expiry, metadata=metadata
+        )
 
     def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement:
         return self.enforcer.settle(hold_id, charges)

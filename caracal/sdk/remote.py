@@ -224,6 +224,10 @@ class HttpTransport:
         body = {"unit_price": _money(unit_price, "unit_price", InvalidPriceError), "currency": currency}
         return self._read(path, Price.from_dict, self._call("PUT", path, body))
 
+    def price_of(self, resource_type: str) -> Price:
+        path = "/prices/" + _segment(check_identifier(resource_type, "resource_type", InvalidPriceError))
+        return self._read(path, Price.from_dict, self._call("GET", path))
+
     # ------------------------------------------------------------------ enforcement
 
     def check(self, agent: str, amount: object | None, currency: str) -> Decision:
@@ -233,7 +237,13 @@ class HttpTransport:
         return self._read("/check", _decision, self._call("POST", "/check", body))
 
     def reserve(
-        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
+        self,
+        agent: str,
+        amount: object,
+        ttl: timedelta | float | None,
+        currency: str,
+        on_expiry: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
         body: dict[str, Any] = {
             "agent_id": _agent_ref(agent),
@@ -246,6 +256,8 @@ class HttpTransport:
             raise InvalidAmountError(f"on_expiry must be one of {sorted(EXPIRY_MEANINGS)}, got {on_expiry!r}")
         if on_expiry != "release":  # the default is left out, so older servers still accept the body
             body["on_expiry"] = on_expiry
+        if metadata is not None:  # likewise
+            body["metadata"] = check_metadata(metadata, InvalidAmountError)
         return self._read("/holds", _hold, self._call("POST", "/holds", body))
 
     def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement:

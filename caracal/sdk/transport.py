@@ -56,12 +56,23 @@ class Transport(Protocol):
 
     def set_price(self, resource_type: str, unit_price: object, currency: str) -> Price: ...
 
+    def price_of(self, resource_type: str) -> Price:
+        """The price of one unit of ``resource_type`` in effect now (:class:`UnknownPriceError` if none)."""
+        ...
+
     def check(self, agent: str, amount: object | None, currency: str) -> Decision: ...
 
     def reserve(
-        self, agent: str, amount: object, ttl: timedelta | float | None, currency: str, on_expiry: str
+        self,
+        agent: str,
+        amount: object,
+        ttl: timedelta | float | None,
+        currency: str,
+        on_expiry: str,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Hold:
-        """``ttl`` None: the home's ``[holds] default_ttl`` (the server's, for the HTTP transport)."""
+        """``ttl`` None: the home's ``[holds] default_ttl`` (the server's, for the HTTP transport).
+        ``metadata`` is recorded on the hold entry (the client passes it only when given)."""
         ...
 
     def settle(self, hold_id: str, charges: list[Mapping[str, Any]]) -> Settlement: ...

@@ -345,6 +345,19 @@ def list_prices(request: Request, caller: Caller) -> Response:
     return json_response([price.to_dict() for price in service_of(request).home.prices.history()])
 
 
+@router.get(
+    "/prices/{resource_type:path}",
+    tags=["prices"],
+    summary="The price in effect now (any valid key; 400 if none)",
+)
+def current_price(
+    resource_type: Annotated[str, Path(min_length=1, max_length=256)], request: Request, caller: Caller
+) -> Response:
+    service = service_of(request)
+    price = service.home.prices.pricebook().price_of(resource_type, service.enforcer.now())
+    return json_response(price.to_dict())
+
+
 # ------------------------------------------------------------------------------- metering, enforcement
 
 
@@ -405,6 +418,7 @@ class HoldCreate(Body):
         description="What expiry means: release the money, or charge what is left (estimated) because it "
         "may have been spent; a charge hold keeps counting after its TTL until it is closed",
     )
+    metadata: Metadata = Field(None, description="Recorded on the hold entry (e.g. what the amount bounds)")
 
 
 @router.post("/holds", status_code=201, tags=["enforcement"], summary="Reserve an amount (402 if denied)")
@@ -416,7 +430,7 @@ async def reserve(body: HoldCreate, request: Request, caller: Caller) -> Respons
     ttl = service.home.settings.default_ttl if body.ttl is None else body.ttl
     try:
         operation = service.enforcer.reserve_op(
-            agent_id, body.amount, body.currency, ttl, on_expiry=body.on_expiry
+            agent_id, body.amount, body.currency, ttl, on_expiry=body.on_expiry, metadata=body.metadata
         )
         hold = await service.run(operation)
     except BudgetExceededError:

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caracal import __version__
 from caracal.exceptions import CaracalError, InvalidRequestError
-from caracal.server import alerts_api, api
+from caracal.server import alerts_api, api, mcp
 from caracal.server.auth import authenticate, require_admin
 from caracal.server.errors import error_response, http_error_response, json_response
 from caracal.server.gateway import proxy
@@ -73,7 +73,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            async with mcp_endpoints.running():
+                yield
         finally:
             await gateway.close()
             if own_service:
@@ -125,6 +126,8 @@ def create_app(
     app.include_router(alerts_api.router)
     ui.install(app)
     gateway = proxy.install(app, service)
+    mcp_endpoints = mcp.McpEndpoints(service)
+    app.mcp_app = _BodyLimit(_Observed(mcp_endpoints, service), max_body_bytes, body_timeout)
     app.add_middleware(_Observed, service=service)
     app.add_middleware(_BodyLimit, max_body_bytes=max_body_bytes, body_timeout=body_timeout)
     app.gateway_app = _BodyLimit(_Observed(gateway, service), max_body_bytes, body_timeout)
@@ -136,10 +139,14 @@ class _CaracalApp(FastAPI):
     body limit and the latency histogram (see :func:`caracal.server.gateway.proxy.install`)."""
 
     gateway_app: ASGIApp
+    mcp_app: ASGIApp
+    """``/mcp/<name>``: the MCP endpoints (:mod:`caracal.server.mcp`), routed like the gateway."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in proxy.PATHS:
             await self.gateway_app(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith(mcp.PREFIX):
+            await self.mcp_app(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
@@ -277,7 +284,8 @@ class _Observed:
         finally:
             route: Any = scope.get("route")
             path = scope["path"]
-            template = getattr(route, "path", path if path in proxy.PATHS else "unmatched")
+            known = path if path in proxy.PATHS else "/mcp/{name}" if path.startswith(mcp.PREFIX) else None
+            template = getattr(route, "path", known or "unmatched")
             self.histogram.labels(template, scope["method"], f"{status[0] // 100}xx").observe(
                 time.perf_counter() - started
             )

@@ -133,6 +133,7 @@ MATRIX: dict[tuple[str, str], tuple[str, Builder]] = {
         lambda s: Call("PUT", f"{API}/prices/tool.other", {"unit_price": "1"}),
     ),
     ("GET", f"{API}/prices"): ("any", lambda s: Call("GET", f"{API}/prices")),
+    ("GET", f"{API}/prices/{{resource_type}}"): ("any", lambda s: Call("GET", f"{API}/prices/{RESOURCE}")),
     ("POST", f"{API}/events"): (
         "act",
         lambda s: Call(
