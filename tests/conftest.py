@@ -26,6 +26,7 @@ BOTH_BACKENDS = (
     "tests/cli/test_cli_control_plane.py",
     "tests/cli/test_cli_serve.py",
     "tests/ui/test_ui_figures.py",
+    "tests/storage/test_responses.py",
 )
 """Suites that run on every backend (the storage contract itself: tests/storage/test_contract.py)."""
 

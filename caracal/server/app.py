@@ -138,7 +138,7 @@ class _CaracalApp(FastAPI):
     gateway_app: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in proxy.PATHS:
+        if scope["type"] == "http" and proxy.is_gateway_path(scope["path"]):
             await self.gateway_app(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
@@ -277,7 +277,9 @@ class _Observed:
         finally:
             route: Any = scope.get("route")
             path = scope["path"]
-            template = getattr(route, "path", path if path in proxy.PATHS else "unmatched")
+            template = getattr(
+                route, "path", proxy.path_template(path) if proxy.is_gateway_path(path) else "unmatched"
+            )
             self.histogram.labels(template, scope["method"], f"{status[0] // 100}xx").observe(
                 time.perf_counter() - started
             )

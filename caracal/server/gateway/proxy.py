@@ -66,10 +66,12 @@ from caracal.server.gateway.estimate import (
     bound_anthropic_messages,
     bound_openai_chat,
     bound_openai_embeddings,
+    bound_openai_responses,
 )
 from caracal.server.gateway.pricing import hold_amount, usage_charges
 from caracal.server.gateway.usage import ProviderApi, StreamMeter, Usage, billable, usage_from_response
 from caracal.server.service import Service
+from caracal.storage.responses import check_response_id
 
 logger = logging.getLogger("caracal.gateway")
 
@@ -109,7 +111,18 @@ _ROUTES = {
         "/messages",
         lambda body, cap, images: bound_anthropic_messages(body, max_output_tokens=cap, image_tokens=images),
     ),
+    "/v1/responses": _Route(
+        "openai-responses",
+        "openai",
+        "/responses",
+        lambda body, cap, images: bound_openai_responses(body, max_output_tokens=cap, image_tokens=images),
+    ),
 }
+
+RESPONSES_PREFIX = "/v1/responses/"
+"""``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items``, ``POST .../cancel``: passed through for the
+agent that created the response (:meth:`Gateway.response_operation`), never charged."""
+_RESPONSE_OPERATIONS = {("GET", ""), ("DELETE", ""), ("GET", "/input_items"), ("POST", "/cancel")}
 
 
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -150,8 +163,10 @@ class Gateway:
             await self._session.close()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """ASGI entry for :data:`PATHS`."""
-        if scope["method"] != "POST":
+        """ASGI entry for :data:`PATHS` and the paths under :data:`RESPONSES_PREFIX`."""
+        if scope["path"].startswith(RESPONSES_PREFIX):
+            response = await self.response_operation(Request(scope, receive))
+        elif scope["method"] != "POST":
             response = http_error_response(405, "use POST", {"allow": "POST"})
         else:
             response = await self.handle(Request(scope, receive))
@@ -174,7 +189,15 @@ class Gateway:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError as exc:
             raise GatewayRequestError(f"the request body is not valid JSON: {exc}") from None
-        bound, forward = route.bound(body, self.settings.max_output_tokens, self.settings.image_tokens)
+        if route.api == "openai-responses":
+            bound, forward = bound_openai_responses(
+                body,
+                max_output_tokens=self.settings.max_output_tokens,
+                image_tokens=self.settings.image_tokens,
+                previous_tokens=self._previous_tokens(agent_id, body),
+            )
+        else:
+            bound, forward = route.bound(body, self.settings.max_output_tokens, self.settings.image_tokens)
         upstream = self.settings.upstream(route.upstream)
         provider_key = _provider_key(upstream)
         model = forward["model"]
@@ -200,7 +223,7 @@ class Gateway:
         service.metrics.decisions.labels("gateway", "allowed").inc()
         service.metrics.holds.labels("placed").inc()
         started = time.perf_counter()
-        call = _Call(self, route, upstream, hold, bound, model, started)
+        call = _Call(self, route, upstream, hold, bound, model, started, agent_id)
         headers = _upstream_headers(route, provider_key, request)
         try:
             response = await self.session().post(
@@ -240,11 +263,73 @@ class Gateway:
         finally:
             response.release()
         try:
-            usage = usage_from_response(route.api, orjson.loads(content))
+            answer = orjson.loads(content)
         except orjson.JSONDecodeError:
-            usage = None
-        call.settle(billable(usage, bound, None), "ok")
+            answer = None
+        usage = billable(usage_from_response(route.api, answer), bound, None)
+        call.settle(usage, "ok")
+        if route.api == "openai-responses" and isinstance(answer, dict):
+            await call.record_response(answer.get("id"), usage)  # before the client can continue it
         return Response(content, response.status, _passed_headers(response), response.content_type)
+
+    def _previous_tokens(self, agent_id: str, body: object) -> int:
+        """The recorded tokens of the response a Responses request continues (0 when it continues none);
+        :class:`ResponseNotFoundError` when the agent created no such response through the gateway."""
+        previous = body.get("previous_response_id") if isinstance(body, dict) else None
+        if previous is None:
+            return 0
+        if not isinstance(previous, str):
+            raise GatewayRequestError("previous_response_id must be a non-empty string")
+        return self.service.home.responses.get(previous, agent_id).tokens
+
+    async def response_operation(self, request: Request) -> Response:
+        """Read, delete, list the input items of, or cancel a response: passed through (with the provider
+        key) only for the agent that created it; any other caller gets 404, as for an unknown id. Nothing is
+        held or charged (the provider does not bill these)."""
+        try:
+            caller = request.state.principal = authenticate(self.service, request)
+            agent_id = self._agent_of(caller, request)
+            rest = request.scope["path"][len(RESPONSES_PREFIX) :]
+            response_id, _slash, tail = rest.partition("/")
+            suffix = f"/{tail}" if tail else ""
+            method = request.scope["method"]
+            if (method, suffix) not in _RESPONSE_OPERATIONS:
+                allowed = sorted(m for m, s in _RESPONSE_OPERATIONS if s == suffix)
+                if not allowed:
+                    return http_error_response(404, f"no gateway operation at {request.scope['path']}")
+                return http_error_response(405, f"use {' or '.join(allowed)}", {"allow": ", ".join(allowed)})
+            self.service.home.responses.get(response_id, agent_id)  # 404 unless this agent's
+            check_response_id(response_id)
+            upstream = self.settings.upstream("openai")
+            headers = _upstream_headers(_ROUTES["/v1/responses"], _provider_key(upstream), request)
+            url = f"{upstream.base_url}/responses/{response_id}{suffix}"
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            try:
+                async with self.session().request(
+                    method,
+                    url + (f"?{query}" if query else ""),
+                    data=await request.body() or None,
+                    headers=headers,
+                ) as answer:
+                    content = await answer.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                raise UpstreamError(
+                    f"the upstream {upstream.base_url} failed on {method} {url} "
+                    f"({type(exc).__name__}: {exc})",
+                    outcome="the upstream failed; nothing was held or billed",
+                ) from None
+            if answer.status in (401, 403):
+                raise UpstreamError(
+                    f"the openai upstream refused the gateway's provider key (HTTP {answer.status}) on "
+                    f"{method} {url}: the operator must check ${upstream.api_key_env}",
+                    outcome="the upstream refused the gateway's provider key; nothing was held or billed",
+                )
+            if method == "DELETE" and answer.status < 300:
+                await asyncio.to_thread(self.service.home.responses.forget, response_id)
+            return Response(content, answer.status, _passed_headers(answer), answer.content_type)
+        except CaracalError as exc:
+            self.service.metrics.errors.labels(type(exc).__name__).inc()
+            return error_response(exc, getattr(request.state, "principal", None))
 
     def _agent_of(self, principal: Principal, request: Request) -> str:
         if principal.agent_id is not None:
@@ -271,8 +356,10 @@ class _Call:
         bound: Bound,
         model: str,
         started: float,
+        agent_id: str = "",
     ):
         self.gateway = gateway
+        self.agent_id = agent_id
         self.route = route
         self.upstream = upstream
         self.hold = hold
@@ -311,6 +398,27 @@ class _Call:
                 }
             ]
         self._close(outcome, "settle", service.enforcer.settle_op(self.hold.hold_id, charges))
+
+    async def record_response(self, response_id: object, usage: Usage) -> None:
+        """Record a Responses API response for this call's agent with the tokens it was billed for (its bound
+        when the usage is an estimate), so a request that continues it is bounded (and allowed). A failure
+        is logged: the response then cannot be continued through the gateway (refused, never unbounded)."""
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if usage.estimated:
+            tokens = self.bound.input_tokens + self.bound.output_tokens
+        else:
+            tokens = (
+                usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens + usage.output_tokens
+            )
+        try:
+            await asyncio.to_thread(
+                self.gateway.service.home.responses.record, response_id, self.agent_id, tokens
+            )
+        except CaracalError as exc:
+            logger.error(
+                "could not record response %.80s of hold %s: %s", response_id, self.hold.hold_id, exc
+            )
 
     def failed(self, exc: BaseException) -> BaseException:
         """The upstream failed after the request was sent (a timeout, a dropped connection, a cancelled
@@ -368,6 +476,8 @@ class _Passthrough(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         meter = StreamMeter()
+        responses = self.call.route.api == "openai-responses"
+        recorded = False
         outcome = "cancelled"  # the client went away, or the handler was cancelled
         disconnected = asyncio.ensure_future(receive())  # the request body is read: next comes the disconnect
         try:
@@ -378,6 +488,10 @@ class _Passthrough(Response):
                 meter.feed(chunk)
                 if disconnected.done():
                     break
+                if responses and not recorded and meter.response_id is not None:
+                    # At its worst case, before the client sees the id and can continue the response.
+                    recorded = True
+                    await self.call.record_response(meter.response_id, billable(None, self.call.bound, None))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:
                 outcome = "ok"
@@ -394,7 +508,14 @@ class _Passthrough(Response):
             seen = None if _is_reasoning(self.call.model) else meter.consumed_output_bound()
             usage = billable(meter.usage(), self.call.bound, seen)
             self.call.settle(usage, outcome)
+            if recorded and not usage.estimated:  # lowered to the reported usage; else the worst case stays
+                task = asyncio.ensure_future(self.call.record_response(meter.response_id, usage))
+                _PENDING.add(task)
+                task.add_done_callback(_PENDING.discard)
 
+
+_PENDING: set[asyncio.Future[None]] = set()
+"""Record updates queued at the end of a stream (kept referenced until done)."""
 
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 """Upstream failures that happen before any byte of the request is sent: only these release the hold."""
@@ -439,6 +560,19 @@ def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dic
 
 PATHS = frozenset(_ROUTES)
 """The gateway's paths: the application hands requests for them straight to :meth:`Gateway.__call__`."""
+
+
+def is_gateway_path(path: str) -> bool:
+    """True for :data:`PATHS` and the paths under :data:`RESPONSES_PREFIX` (the gateway's requests)."""
+    return path in PATHS or path.startswith(RESPONSES_PREFIX)
+
+
+def path_template(path: str) -> str:
+    """The gateway path as metrics label it (one label for every response id)."""
+    if path.startswith(RESPONSES_PREFIX):
+        tail = path[len(RESPONSES_PREFIX) :].partition("/")[2]
+        return RESPONSES_PREFIX + "{id}" + (f"/{tail}" if tail in ("input_items", "cancel") else "")
+    return path
 
 
 def install(app: FastAPI, service: Service) -> Gateway:
@@ -490,4 +624,12 @@ def _openapi_operation(route: _Route) -> dict[str, Any]:
     }
 
 
-__all__ = ["AGENT_HEADER", "PATHS", "Gateway", "install"]
+__all__ = [
+    "AGENT_HEADER",
+    "PATHS",
+    "RESPONSES_PREFIX",
+    "Gateway",
+    "install",
+    "is_gateway_path",
+    "path_template",
+]
