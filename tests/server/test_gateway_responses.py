@@ -373,10 +373,12 @@ def test_a_stream_the_upstream_drops_is_billed_at_the_bound(env: GatewayEnv) -> 
     agent, marker = env.agent(), nonce()
     body = request(marker, model("midstream-fail", REASONING), stream=True)
     bound, _forward, hold = worst_case(env, body)
-    with pytest.raises(httpx.HTTPError):  # the client sees the failure, not a clean end
-        with env.client.stream("POST", RESPONSES, json=body, headers=agent.auth()) as response:
-            for _chunk in response.iter_raw():
-                pass
+    with (
+        pytest.raises(httpx.HTTPError),  # the client sees the failure, not a clean end
+        env.client.stream("POST", RESPONSES, json=body, headers=agent.auth()) as response,
+    ):
+        for _chunk in response.iter_raw():
+            pass
     assert_settled(
         env,
         agent,
