@@ -1,6 +1,8 @@
 """The responses the gateway created on the OpenAI Responses API: one registry document, on every backend.
 
-``responses``: ``{"version": 1, "responses": {response_id: {"agent_id", "tokens", "created_at"}}}``.
+``responses``: ``{"version": 1, "responses": {response_id: [agent_id, tokens, created_at]}}`` (a list per
+response rather than an object: the document is rewritten whole on every record, and at 20,000 records the
+field names alone would be a third of it).
 
 Why it exists: a request with ``previous_response_id`` makes the provider re-read the earlier conversation,
 so its worst case includes tokens that are not in the request. The gateway records, for every response it
@@ -26,7 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,28 +80,29 @@ class ResponseRecord:
     created_at: str
 
 
-def _records(label: str) -> Callable[[dict[str, Any]], dict[str, ResponseRecord]]:
-    def parse(document: dict[str, Any]) -> dict[str, ResponseRecord]:
-        responses = document.get("responses", {})
-        if not isinstance(responses, dict):
-            raise RegistryError(f"{label}: 'responses' must be an object (it is written by Caracal)")
-        parsed: dict[str, ResponseRecord] = {}
-        for key, entry in responses.items():
-            tokens = entry.get("tokens") if isinstance(entry, dict) else None
-            if (
-                not isinstance(entry, dict)
-                or not isinstance(entry.get("agent_id"), str)
-                or not isinstance(entry.get("created_at"), str)
-                or not isinstance(tokens, int)
-                or isinstance(tokens, bool)
-                or tokens < 0
-            ):
-                raise RegistryError(
-                    f"{label}: response {key!r} is not an object with agent_id, tokens and created_at; "
-                    f"fix or remove it (the responses registry is written by Caracal)"
-                )
-            parsed[key] = ResponseRecord(key, entry["agent_id"], tokens, entry["created_at"])
-        return parsed
+def _checked(responses: object, label: str) -> dict[str, Any]:
+    """``responses`` if every record has the shape this module writes, else :class:`RegistryError`."""
+    if not isinstance(responses, dict):
+        raise RegistryError(f"{label}: 'responses' must be an object (it is written by Caracal)")
+    for key, entry in responses.items():
+        if not (
+            type(entry) is list
+            and len(entry) == 3
+            and type(entry[0]) is str
+            and type(entry[1]) is int
+            and entry[1] >= 0
+            and type(entry[2]) is str
+        ):
+            raise RegistryError(
+                f"{label}: response {key!r} is not [agent_id, tokens, created_at]; fix or remove it (the "
+                f"responses registry is written by Caracal)"
+            )
+    return responses
+
+
+def _records(label: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def parse(document: dict[str, Any]) -> dict[str, Any]:
+        return _checked(document.get("responses", {}), label)
 
     return parse
 
@@ -128,34 +131,38 @@ class ResponseRegistry:
         """Record the response ``response_id`` created for ``agent_id`` with ``tokens`` (or set the tokens of
         its record); drop expired and surplus records. A response recorded for another agent is left as it
         is."""
-        check_response_id(response_id)
-        if not isinstance(agent_id, str) or not agent_id:
-            raise GatewayRequestError("agent_id must be a non-empty string")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise GatewayRequestError(f"tokens must be a non-negative integer, got {tokens!r}")
+        self.record_many([(response_id, agent_id, tokens)])
+
+    def record_many(self, records: Sequence[tuple[str, str, int]]) -> None:
+        """:meth:`record` each ``(response_id, agent_id, tokens)`` in order, in one transaction (the document
+        is rewritten whole, so concurrent records share one write). Nothing is written if one is invalid."""
+        for response_id, agent_id, tokens in records:
+            check_response_id(response_id)
+            if not isinstance(agent_id, str) or not agent_id:
+                raise GatewayRequestError("agent_id must be a non-empty string")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise GatewayRequestError(f"tokens must be a non-negative integer, got {tokens!r}")
         now = self.clock()
+        created = format_timestamp(now)
         with self.document.transaction() as document:
-            self._parse(document)  # refuse a damaged document before changing it
             document.setdefault("version", VERSION)
-            responses: dict[str, Any] = document.setdefault("responses", {})
-            entry = responses.get(response_id)
-            if entry is None:
-                responses[response_id] = {
-                    "agent_id": agent_id,
-                    "tokens": tokens,
-                    "created_at": format_timestamp(now),
-                }
-            elif entry["agent_id"] == agent_id:
-                entry["tokens"] = tokens
+            # A damaged document is refused before it is changed.
+            responses = _checked(document.setdefault("responses", {}), self.document.label)
+            for response_id, agent_id, tokens in records:
+                entry = responses.get(response_id)
+                if entry is None:
+                    responses[response_id] = [agent_id, tokens, created]
+                elif entry[0] == agent_id:
+                    entry[1] = tokens
             self._prune(responses, now)
 
     def _prune(self, responses: dict[str, Any], now: datetime) -> None:
         oldest = format_timestamp(now - self.retention)
-        for key in [key for key, entry in responses.items() if entry["created_at"] < oldest]:
+        for key in [key for key, entry in responses.items() if entry[2] < oldest]:
             del responses[key]
         surplus = len(responses) - self.max_entries
         if surplus > 0:
-            for key in sorted(responses, key=lambda k: responses[k]["created_at"])[:surplus]:
+            for key in sorted(responses, key=lambda k: responses[k][2])[:surplus]:
                 del responses[key]
 
     def get(self, response_id: str, agent_id: str) -> ResponseRecord:
@@ -163,15 +170,15 @@ class ResponseRegistry:
         :class:`ResponseNotFoundError` (the same for an unknown id and another agent's)."""
         if not isinstance(response_id, str) or not _RESPONSE_ID.fullmatch(response_id):
             raise ResponseNotFoundError(f"no response {str(response_id)[:40]!r} was created for this agent")
-        found = self.document.read_cached(self._parse).get(response_id)
+        entry = self.document.read_cached(self._parse).get(response_id)
         oldest = format_timestamp(self.clock() - self.retention)
-        if found is None or found.agent_id != agent_id or found.created_at < oldest:
+        if entry is None or entry[0] != agent_id or entry[2] < oldest:
             raise ResponseNotFoundError(
                 f"no response {response_id!r} was created through the gateway for this agent (or it is "
                 f"older than {self.retention.days} days); a previous_response_id must name a response this "
                 f"agent created through the gateway"
             )
-        return found
+        return ResponseRecord(response_id, entry[0], entry[1], entry[2])
 
     def forget(self, response_id: str) -> None:
         """Drop the record of ``response_id`` (deleted upstream); nothing if there is none."""

@@ -547,3 +547,30 @@ def test_response_paths_refuse_other_methods_and_need_a_key(env: GatewayEnv) -> 
     assert env.client.get(f"{RESPONSES}/{created.id}/other", headers=agent.auth()).status_code == 404
     assert env.client.get(f"{RESPONSES}/{created.id}").status_code == 401
     assert env.client.get(RESPONSES, headers=agent.auth()).status_code == 405
+
+
+def test_concurrent_responses_are_each_recorded_before_they_are_answered(env: GatewayEnv) -> None:
+    """Records written together (one document write for the calls that arrive during a write) are each
+    stored before their call is answered: every response can be continued at once."""
+    agents = [env.agent() for _ in range(8)]
+    failures: list[BaseException] = []
+
+    def create_and_continue(agent: AgentInfo) -> None:
+        try:
+            sdk = client(env, agent)
+            first = sdk.responses.create(**request(nonce(), max_output_tokens=3))
+            second = sdk.responses.create(
+                **request(nonce(), max_output_tokens=3, previous_response_id=first.id)
+            )
+            assert second.previous_response_id == first.id
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=create_and_continue, args=(agent,)) for agent in agents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    for agent in agents:
+        assert len([e for e in env.closed_entries(agent.agent_id, holds=2) if e.kind == "hold"]) == 2

@@ -162,9 +162,22 @@ def test_bad_token_counts_are_refused(home: EmbeddedHome, clock: Clock, tokens: 
 def test_a_damaged_document_is_refused_not_guessed(home: EmbeddedHome, clock: Clock) -> None:
     document = home.backend.document("responses", empty_responses)
     with document.transaction() as stored:
-        stored["responses"] = {"resp_x": {"agent_id": AGENT, "tokens": "many", "created_at": "2026"}}
+        stored["responses"] = {"resp_x": [AGENT, "many", "2026"]}
     responses = registry(home, clock)
     with pytest.raises(RegistryError, match="resp_x"):
         responses.get("resp_x", AGENT)
     with pytest.raises(RegistryError, match="resp_x"):
         responses.record("resp_y", AGENT, 1)
+
+
+def test_record_many_applies_in_order_and_writes_nothing_if_one_is_invalid(
+    home: EmbeddedHome, clock: Clock
+) -> None:
+    responses = registry(home, clock)
+    responses.record_many([("resp_a", AGENT, 900), ("resp_b", OTHER, 4), ("resp_a", AGENT, 31)])
+    assert responses.get("resp_a", AGENT).tokens == 31  # the later record of the same response wins
+    assert responses.get("resp_b", OTHER).tokens == 4
+    with pytest.raises(GatewayRequestError):
+        responses.record_many([("resp_c", AGENT, 1), ("resp d", AGENT, 1)])
+    with pytest.raises(ResponseNotFoundError):
+        responses.get("resp_c", AGENT)

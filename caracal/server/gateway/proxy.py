@@ -147,6 +147,7 @@ class Gateway:
         self.service = service
         self.settings = service.home.settings
         self._session: aiohttp.ClientSession | None = None
+        self.recorder = _Recorder(service)
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session per server (created in the server's event loop on first use)."""
@@ -412,10 +413,8 @@ class _Call:
                 usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens + usage.output_tokens
             )
         try:
-            await asyncio.to_thread(
-                self.gateway.service.home.responses.record, response_id, self.agent_id, tokens
-            )
-        except CaracalError as exc:
+            await self.gateway.recorder.record(response_id, self.agent_id, tokens)
+        except Exception as exc:  # the call is billed and answered either way; only continuing it is refused
             logger.error(
                 "could not record response %.80s of hold %s: %s", response_id, self.hold.hold_id, exc
             )
@@ -512,6 +511,40 @@ class _Passthrough(Response):
                 task = asyncio.ensure_future(self.call.record_response(meter.response_id, usage))
                 _PENDING.add(task)
                 task.add_done_callback(_PENDING.discard)
+
+
+class _Recorder:
+    """Writes the records of Responses API responses, batching the ones that arrive while a write is under
+    way into the next one: the registry is one document rewritten whole, so concurrent calls share one
+    write instead of queueing on its lock one by one. Each caller waits for the write that holds its record
+    (it must be stored before the client can continue the response); records are written in arrival order."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.pending: list[tuple[str, str, int, asyncio.Future[None]]] = []
+        self.writer: asyncio.Future[None] | None = None
+
+    async def record(self, response_id: str, agent_id: str, tokens: int) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((response_id, agent_id, tokens, done))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.ensure_future(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                records = [(response_id, agent, tokens) for response_id, agent, tokens, _done in batch]
+                await asyncio.to_thread(self.service.home.responses.record_many, records)
+            except Exception as exc:
+                for *_record, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for *_record, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
 
 _PENDING: set[asyncio.Future[None]] = set()
