@@ -1,6 +1,11 @@
-"""The gateway endpoints: OpenAI-compatible ``POST /v1/chat/completions`` and ``POST /v1/embeddings``,
-Anthropic-compatible ``POST /v1/messages``. An agent points its client's ``base_url`` at Caracal and uses
-its Caracal key as the API key; nothing else in its code changes.
+"""The gateway endpoints: OpenAI-compatible ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and
+``POST /v1/responses``, Anthropic-compatible ``POST /v1/messages``. An agent points its client's
+``base_url`` at Caracal and uses its Caracal key as the API key; nothing else in its code changes.
+
+The Responses API also has ``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items`` and ``POST
+.../cancel``: passed through, uncharged, for the agent that created the response only (the registry of
+:mod:`caracal.storage.responses`, written before a response reaches its client; 404 for anyone else). A
+request with ``previous_response_id`` holds for the recorded tokens of the response it continues too.
 
 For each call, in this order:
 
@@ -504,7 +509,9 @@ class _Passthrough(Response):
                 self.upstream.release()  # back to the pool
             else:
                 self.upstream.close()  # the provider sees the connection drop and stops generating
-            seen = None if _is_reasoning(self.call.model) else meter.consumed_output_bound()
+            # Hidden reasoning is never streamed: a reasoning model's, and any Responses API stream's (its
+            # models may reason whatever their name), output is billed at the whole bound without a report.
+            seen = None if responses or _is_reasoning(self.call.model) else meter.consumed_output_bound()
             usage = billable(meter.usage(), self.call.bound, seen)
             self.call.settle(usage, outcome)
             if recorded and not usage.estimated:  # lowered to the reported usage; else the worst case stays
