@@ -576,3 +576,17 @@ def test_concurrent_responses_are_each_recorded_before_they_are_answered(env: Ga
     assert failures == []
     for agent in agents:
         assert len([e for e in env.closed_entries(agent.agent_id, holds=2) if e.kind == "hold"]) == 2
+
+
+def test_response_paths_are_documented_and_measured_without_their_ids(env: GatewayEnv) -> None:
+    agent = env.agent()
+    created = client(env, agent).responses.create(**request(nonce()))
+    client(env, agent).responses.retrieve(created.id)
+    paths = env.client.get("/openapi.json").json()["paths"]
+    assert set(paths[RESPONSES]) == {"post"}
+    assert set(paths[f"{RESPONSES}/{{response_id}}"]) == {"get", "delete"}
+    assert set(paths[f"{RESPONSES}/{{response_id}}/input_items"]) == {"get"}
+    assert set(paths[f"{RESPONSES}/{{response_id}}/cancel"]) == {"post"}
+    metrics = env.client.get("/metrics", headers={"Authorization": f"Bearer {env.admin_token}"}).text
+    assert '"/v1/responses/{id}"' in metrics  # one label for every response id
+    assert created.id not in metrics

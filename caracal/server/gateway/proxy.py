@@ -628,12 +628,39 @@ def install(app: FastAPI, service: Service) -> Gateway:
             schema = build_schema()
             for path, route in _ROUTES.items():
                 schema["paths"][path] = _openapi_operation(route)
+            schema["paths"].update(_openapi_response_operations())
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.gateway = gateway
     return gateway
+
+
+def _openapi_response_operations() -> dict[str, Any]:
+    """``GET``/``DELETE /v1/responses/{response_id}``, ``GET .../input_items``, ``POST .../cancel``."""
+    parameter = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    error = {"description": "JSON error: {error: {type, code, message}}"}
+
+    def operation(summary: str) -> dict[str, Any]:
+        return {
+            "tags": ["gateway"],
+            "summary": summary,
+            "description": (
+                "Passed through to OpenAI, uncharged, for the agent that created the response through the "
+                "gateway; any other agent gets 404, as for an unknown id."
+            ),
+            "parameters": [parameter],
+            "responses": {"200": {"description": "The OpenAI answer"}, "401": error, "404": error},
+        }
+
+    paths: dict[str, Any] = {}
+    for method, suffix in sorted(_RESPONSE_OPERATIONS):
+        path = f"{RESPONSES_PREFIX}{{response_id}}{suffix}"
+        what = {"GET": "Read", "DELETE": "Delete", "POST": "Cancel"}[method]
+        summary = f"{what} a response" + (" (its input items)" if suffix == "/input_items" else "")
+        paths.setdefault(path, {})[method.lower()] = operation(summary)
+    return paths
 
 
 def _openapi_operation(route: _Route) -> dict[str, Any]:
