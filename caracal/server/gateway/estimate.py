@@ -35,6 +35,11 @@ tools (any tool with a ``type`` other than ``"custom"``: search results and fixe
 request), Anthropic ``mcp_servers``, and one-hour cache writes (billed at twice the input price while the
 pricebook knows the five-minute write price).
 
+The OpenAI Responses API (:func:`bound_openai_responses`) is bounded the same way, plus the recorded tokens
+of the response a ``previous_response_id`` continues; it refuses, besides the parts above, server-side
+tools (any tool whose ``type`` is not ``"function"``), stored ``prompt`` templates, ``conversation``,
+``background`` responses and ``item_reference`` input items.
+
 Output tokens are bounded by the request's own cap (``max_completion_tokens``/``max_tokens``); when there
 is none, the gateway's cap is injected into the forwarded body, so the bound holds because the provider
 enforces it. ``n`` choices multiply the output bound (the prompt is billed once).

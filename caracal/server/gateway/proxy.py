@@ -284,7 +284,7 @@ class Gateway:
         previous = body.get("previous_response_id") if isinstance(body, dict) else None
         if previous is None:
             return 0
-        if not isinstance(previous, str):
+        if not isinstance(previous, str) or not previous:
             raise GatewayRequestError("previous_response_id must be a non-empty string")
         return self.service.home.responses.get(previous, agent_id).tokens
 
