@@ -167,10 +167,16 @@ class ResponseRegistry:
 
     def get(self, response_id: str, agent_id: str) -> ResponseRecord:
         """The record of ``response_id`` if it was created for ``agent_id`` and has not expired; else
-        :class:`ResponseNotFoundError` (the same for an unknown id and another agent's)."""
+        :class:`ResponseNotFoundError` (the same for an unknown id and another agent's). A record another
+        process wrote is found as soon as its write is committed. Reads the document: call it off the
+        event loop."""
         if not isinstance(response_id, str) or not _RESPONSE_ID.fullmatch(response_id):
             raise ResponseNotFoundError(f"no response {str(response_id)[:40]!r} was created for this agent")
         entry = self.document.read_cached(self._parse).get(response_id)
+        if entry is None:
+            # Not in this process's copy: it may have been written by another process a moment ago (on
+            # PostgreSQL a cached copy is renewed when the change's notification arrives), so read it once.
+            entry = self._parse(self.document.read()).get(response_id)
         oldest = format_timestamp(self.clock() - self.retention)
         if entry is None or entry[0] != agent_id or entry[2] < oldest:
             raise ResponseNotFoundError(

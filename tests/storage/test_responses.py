@@ -181,3 +181,17 @@ def test_record_many_applies_in_order_and_writes_nothing_if_one_is_invalid(
         responses.record_many([("resp_c", AGENT, 1), ("resp d", AGENT, 1)])
     with pytest.raises(ResponseNotFoundError):
         responses.get("resp_c", AGENT)
+
+
+def test_a_record_written_elsewhere_is_found_at_once(caracal_home: Path, home: EmbeddedHome) -> None:
+    """Another server process (another home object: on PostgreSQL its own connections and notification
+    listener) records a response; this one, which has the document cached, finds it immediately, so a
+    continuation sent to another worker is not refused."""
+    home.responses.record("resp_first", AGENT, 1)
+    assert home.responses.get("resp_first", AGENT).tokens == 1  # the document is now cached here
+    elsewhere = EmbeddedHome(caracal_home)
+    try:
+        elsewhere.responses.record("resp_there", AGENT, 5)
+        assert home.responses.get("resp_there", AGENT).tokens == 5
+    finally:
+        elsewhere.close()

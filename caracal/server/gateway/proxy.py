@@ -200,7 +200,7 @@ class Gateway:
                 body,
                 max_output_tokens=self.settings.max_output_tokens,
                 image_tokens=self.settings.image_tokens,
-                previous_tokens=self._previous_tokens(agent_id, body),
+                previous_tokens=await self._previous_tokens(agent_id, body),
             )
         else:
             bound, forward = route.bound(body, self.settings.max_output_tokens, self.settings.image_tokens)
@@ -278,7 +278,7 @@ class Gateway:
             await call.record_response(answer.get("id"), usage)  # before the client can continue it
         return Response(content, response.status, _passed_headers(response), response.content_type)
 
-    def _previous_tokens(self, agent_id: str, body: object) -> int:
+    async def _previous_tokens(self, agent_id: str, body: object) -> int:
         """The recorded tokens of the response a Responses request continues (0 when it continues none);
         :class:`ResponseNotFoundError` when the agent created no such response through the gateway."""
         previous = body.get("previous_response_id") if isinstance(body, dict) else None
@@ -286,7 +286,8 @@ class Gateway:
             return 0
         if not isinstance(previous, str) or not previous:
             raise GatewayRequestError("previous_response_id must be a non-empty string")
-        return self.service.home.responses.get(previous, agent_id).tokens
+        record = await asyncio.to_thread(self.service.home.responses.get, previous, agent_id)
+        return record.tokens
 
     async def response_operation(self, request: Request) -> Response:
         """Read, delete, list the input items of, or cancel a response: passed through (with the provider
@@ -304,7 +305,8 @@ class Gateway:
                 if not allowed:
                     return http_error_response(404, f"no gateway operation at {request.scope['path']}")
                 return http_error_response(405, f"use {' or '.join(allowed)}", {"allow": ", ".join(allowed)})
-            self.service.home.responses.get(response_id, agent_id)  # 404 unless this agent's
+            # 404 unless this agent's (a registry read: off the event loop)
+            await asyncio.to_thread(self.service.home.responses.get, response_id, agent_id)
             check_response_id(response_id)
             upstream = self.settings.upstream("openai")
             headers = _upstream_headers(_ROUTES["/v1/responses"], _provider_key(upstream), request)
