@@ -333,7 +333,12 @@ class Gateway:
                     outcome="the upstream refused the gateway's provider key; nothing was held or billed",
                 )
             if method == "DELETE" and answer.status < 300:
-                await asyncio.to_thread(self.service.home.responses.forget, response_id)
+                try:
+                    await asyncio.to_thread(self.service.home.responses.forget, response_id)
+                except (
+                    CaracalError
+                ) as exc:  # deleted upstream all the same; a stale record reaches a 404 there
+                    logger.error("could not forget deleted response %s: %s", response_id, exc)
             return Response(content, answer.status, _passed_headers(answer), answer.content_type)
         except CaracalError as exc:
             self.service.metrics.errors.labels(type(exc).__name__).inc()
