@@ -73,6 +73,7 @@ def test_an_image_counts_the_image_bound_not_its_inline_bytes() -> None:
         ({"background": "yes"}, "background"),
         ({"stream": "yes"}, "stream"),
         ({"model": ""}, "model"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "computer_call_output"),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_field(extra: dict[str, Any], named: str) -> None:

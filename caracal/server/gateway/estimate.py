@@ -38,7 +38,7 @@ pricebook knows the five-minute write price).
 The OpenAI Responses API (:func:`bound_openai_responses`) is bounded the same way, plus the recorded tokens
 of the response a ``previous_response_id`` continues; it refuses, besides the parts above, server-side
 tools (any tool whose ``type`` is not ``"function"``), stored ``prompt`` templates, ``conversation``,
-``background`` responses and ``item_reference`` input items.
+``background`` responses and ``item_reference`` and ``computer_call_output`` input items.
 
 Output tokens are bounded by the request's own cap (``max_completion_tokens``/``max_tokens``); when there
 is none, the gateway's cap is injected into the forwarded body, so the bound holds because the provider
@@ -421,9 +421,8 @@ def bound_openai_responses(
     Refused (:class:`GatewayRequestError`, naming the field): server-side tools (any tool whose type is not
     ``"function"``: web/file search, code interpreter, computer use, image generation, MCP...), ``prompt``,
     ``conversation``, ``background: true``, ``service_tier: "priority"``, input items of type
-    ``item_reference`` and ``input_file``/``input_audio`` content: their tokens or fees are not in the
-    request.
-    The returned body is a shallow copy; ``body`` is not modified.
+    ``item_reference`` or ``computer_call_output``, and ``input_file``/``input_audio`` content: their tokens
+    or fees are not in the request. The returned body is a shallow copy; ``body`` is not modified.
     """
     data = _check_common(body, max_output_tokens, image_tokens)
     if isinstance(previous_tokens, bool) or not isinstance(previous_tokens, int) or previous_tokens < 0:
@@ -457,6 +456,11 @@ def bound_openai_responses(
                 raise _fail(
                     f"input[{index}] is an item_reference, which is not supported by the gateway: the "
                     f"referenced item is stored by the provider and its length is not in the request"
+                )
+            if item.get("type") == "computer_call_output":
+                raise _fail(
+                    f"input[{index}] is a computer_call_output, which is not supported by the gateway: its "
+                    f"screenshot is billed as an image the request does not bound (computer use is refused)"
                 )
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, (str, list)):
