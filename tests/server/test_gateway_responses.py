@@ -590,3 +590,14 @@ def test_response_paths_are_documented_and_measured_without_their_ids(env: Gatew
     metrics = env.client.get("/metrics", headers={"Authorization": f"Bearer {env.admin_token}"}).text
     assert '"/v1/responses/{id}"' in metrics  # one label for every response id
     assert created.id not in metrics
+
+
+def test_the_admin_key_reads_a_response_as_the_agent_it_names(env: GatewayEnv) -> None:
+    owner, other = env.agent(), env.agent()
+    created = client(env, owner).responses.create(**request(nonce()))
+    admin = {"Authorization": f"Bearer {env.admin_token}"}
+    as_owner = env.client.get(f"{RESPONSES}/{created.id}", headers={**admin, "x-caracal-agent": owner.name})
+    assert as_owner.status_code == 200 and as_owner.json()["id"] == created.id
+    as_other = env.client.get(f"{RESPONSES}/{created.id}", headers={**admin, "x-caracal-agent": other.name})
+    assert as_other.status_code == 404
+    assert env.client.get(f"{RESPONSES}/{created.id}", headers=admin).status_code == 400  # names no agent
