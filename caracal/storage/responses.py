@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,29 +81,36 @@ class ResponseRecord:
     created_at: str
 
 
-def _checked(responses: object, label: str) -> dict[str, Any]:
-    """``responses`` if every record has the shape this module writes, else :class:`RegistryError`."""
+def _checked(responses: object, label: str, expired_before: str = "") -> list[str]:
+    """The ids of the records of ``responses`` created before ``expired_before``, after checking that every
+    record has the shape this module writes (else :class:`RegistryError`). One pass: it runs on every
+    write and every re-read of a document of up to :data:`MAX_ENTRIES` records."""
     if not isinstance(responses, dict):
         raise RegistryError(f"{label}: 'responses' must be an object (it is written by Caracal)")
+    expired = []
     for key, entry in responses.items():
-        if not (
-            type(entry) is list
-            and len(entry) == 3
-            and type(entry[0]) is str
-            and type(entry[1]) is int
-            and entry[1] >= 0
-            and type(entry[2]) is str
-        ):
-            raise RegistryError(
-                f"{label}: response {key!r} is not [agent_id, tokens, created_at]; fix or remove it (the "
-                f"responses registry is written by Caracal)"
-            )
-    return responses
+        if type(entry) is not list or len(entry) != 3:
+            raise _damaged(label, key)
+        agent, tokens, created = entry
+        if type(agent) is not str or type(tokens) is not int or tokens < 0 or type(created) is not str:
+            raise _damaged(label, key)
+        if created < expired_before:
+            expired.append(key)
+    return expired
+
+
+def _damaged(label: str, key: str) -> RegistryError:
+    return RegistryError(
+        f"{label}: response {key!r} is not [agent_id, tokens, created_at]; fix or remove it (the responses "
+        f"registry is written by Caracal)"
+    )
 
 
 def _records(label: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def parse(document: dict[str, Any]) -> dict[str, Any]:
-        return _checked(document.get("responses", {}), label)
+        responses: dict[str, Any] = document.get("responses", {})
+        _checked(responses, label)
+        return responses
 
     return parse
 
@@ -146,24 +154,20 @@ class ResponseRegistry:
         created = format_timestamp(now)
         with self.document.transaction() as document:
             document.setdefault("version", VERSION)
-            # A damaged document is refused before it is changed.
-            responses = _checked(document.setdefault("responses", {}), self.document.label)
+            responses: dict[str, Any] = document.setdefault("responses", {})
+            # A damaged document is refused before it is changed; expired records are dropped.
+            for key in _checked(responses, self.document.label, format_timestamp(now - self.retention)):
+                del responses[key]
             for response_id, agent_id, tokens in records:
                 entry = responses.get(response_id)
                 if entry is None:
                     responses[response_id] = [agent_id, tokens, created]
                 elif entry[0] == agent_id:
                     entry[1] = tokens
-            self._prune(responses, now)
-
-    def _prune(self, responses: dict[str, Any], now: datetime) -> None:
-        oldest = format_timestamp(now - self.retention)
-        for key in [key for key, entry in responses.items() if entry[2] < oldest]:
-            del responses[key]
-        surplus = len(responses) - self.max_entries
-        if surplus > 0:
-            for key in sorted(responses, key=lambda k: responses[k][2])[:surplus]:
-                del responses[key]
+            surplus = len(responses) - self.max_entries
+            if surplus > 0:  # usually one: a partial selection, not a sort of the whole registry
+                for key in heapq.nsmallest(surplus, responses, key=lambda k: responses[k][2]):
+                    del responses[key]
 
     def get(self, response_id: str, agent_id: str) -> ResponseRecord:
         """The record of ``response_id`` if it was created for ``agent_id`` and has not expired; else
