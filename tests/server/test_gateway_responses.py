@@ -76,6 +76,7 @@ def _fresh_knobs(env: GatewayEnv) -> Iterator[None]:
     yield
     assert env.fake is not None
     env.fake.chunk_delay_ms = 0
+    env.fake.delay_ms = 200
     env.wait_idle()
 
 
@@ -397,6 +398,8 @@ def test_a_stream_the_upstream_drops_is_billed_at_the_bound(env: GatewayEnv) -> 
 def test_a_budget_for_one_worst_case_refuses_a_second_call_before_the_upstream_sees_it(
     env: GatewayEnv,
 ) -> None:
+    assert env.fake is not None
+    env.fake.delay_ms = 3000  # the first call is still open (held) while the second is asked for
     slow = request(nonce(), model("slow"))
     _bound, _forward, hold = worst_case(env, slow)
     agent = env.agent(str(hold + hold / 2))
