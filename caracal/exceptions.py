@@ -43,6 +43,7 @@ The tree::
     │   └── IdempotencyConflictError  the idempotency key was used with a different payload
     ├── GatewayError                  the LLM gateway
     │   ├── GatewayRequestError       a malformed request; nothing was forwarded or held (also a ValueError)
+    │   ├── ResponseNotFoundError     no Responses API response of this agent with that id (HTTP 404)
     │   └── UpstreamError             the upstream provider failed or could not be reached
     ├── AlertError                    alert rules and their webhook deliveries
     │   ├── InvalidAlertError         bad input for an alert rule; nothing was changed (also a ValueError)
@@ -248,6 +249,13 @@ class GatewayError(CaracalError):
 
 class GatewayRequestError(GatewayError, ValueError):
     """A request to the gateway is malformed; nothing was forwarded or held."""
+
+
+class ResponseNotFoundError(GatewayError):
+    """No Responses API response with that id was created through the gateway for this agent (HTTP 404).
+
+    Said the same way whether the id is unknown or another agent's, so an agent cannot learn which ids
+    exist; nothing was forwarded or held."""
 
 
 class UpstreamError(GatewayError):

@@ -27,6 +27,7 @@ BOTH_BACKENDS = (
     "tests/cli/test_cli_serve.py",
     "tests/ui/test_ui_figures.py",
     "tests/mcp/",
+    "tests/storage/test_responses.py",
 )
 """Suites that run on every backend (the storage contract itself: tests/storage/test_contract.py)."""
 

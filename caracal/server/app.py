@@ -143,7 +143,7 @@ class _CaracalApp(FastAPI):
     """``/mcp/<name>``: the MCP endpoints (:mod:`caracal.server.mcp`), routed like the gateway."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in proxy.PATHS:
+        if scope["type"] == "http" and proxy.is_gateway_path(scope["path"]):
             await self.gateway_app(scope, receive, send)
         elif scope["type"] == "http" and scope["path"].startswith(mcp.PREFIX):
             await self.mcp_app(scope, receive, send)
@@ -284,8 +284,11 @@ class _Observed:
         finally:
             route: Any = scope.get("route")
             path = scope["path"]
-            known = path if path in proxy.PATHS else "/mcp/{name}" if path.startswith(mcp.PREFIX) else None
-            template = getattr(route, "path", known or "unmatched")
+            if proxy.is_gateway_path(path):
+                known = proxy.path_template(path)
+            else:
+                known = "/mcp/{name}" if path.startswith(mcp.PREFIX) else "unmatched"
+            template = getattr(route, "path", known)
             self.histogram.labels(template, scope["method"], f"{status[0] // 100}xx").observe(
                 time.perf_counter() - started
             )

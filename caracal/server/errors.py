@@ -43,6 +43,7 @@ from caracal.exceptions import (
     PolicyNotFoundError,
     ProofError,
     RegistryError,
+    ResponseNotFoundError,
     UnknownPriceError,
     UpstreamError,
 )
@@ -59,6 +60,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (PolicyNotFoundError, 404),
     (ApiKeyNotFoundError, 404),
     (AlertNotFoundError, 404),
+    (ResponseNotFoundError, 404),
     (DuplicateAgentError, 409),
     (IdempotencyConflictError, 409),
     (UnknownPriceError, 400),

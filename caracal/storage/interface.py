@@ -24,11 +24,13 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 
 T = TypeVar("T")
 
-REGISTRIES = ("agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox", "dashboard")
+REGISTRIES = (
+    "agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox", "dashboard", "responses",
+)  # fmt: skip
 """The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`;
 ``alerts``, ``alert_outbox``: the rules and outbox of :mod:`caracal.storage.alerts`; ``dashboard``: the
 dashboard's session secret and the last verification's result, shared by every server process of the
-home)."""
+home; ``responses``: the gateway's Responses API responses, :mod:`caracal.storage.responses`)."""
 
 
 class Document(Protocol):

@@ -29,6 +29,18 @@ else a ``@behaviour`` suffix of the model name (``"gpt-4o@error500"``), else ``f
   request offers ``tools``, answer with one call of the first tool (arguments: each declared property set to
   ``"tok"``, ``1`` or ``true`` by its type; ``finish_reason: "tool_calls"``); after a tool result, answer
   with text as ``ok`` does. Usage is counted as for ``ok``. Streamed, the call arrives as tool-call deltas.
+- ``incomplete`` / ``failed`` (``/v1/responses`` only): the response ends ``incomplete`` (max output tokens)
+  or ``failed`` (a server error), with its usage, as ``response.incomplete`` / ``response.failed`` events
+  when streamed.
+
+The OpenAI Responses API (``POST /v1/responses``, plain and streamed; ``GET``/``DELETE
+/v1/responses/{id}``, ``GET .../input_items``, ``POST .../cancel``): input tokens = words of ``input`` and
+``instructions`` plus, with ``previous_response_id``, the input and output tokens of that response, which
+are reported as cached (``input_tokens_details.cached_tokens``); output tokens = ``min(max_output_tokens,
+fake.completion_tokens)``, a quarter of them (rounded down) reported as reasoning tokens
+(``output_tokens_details.reasoning_tokens``, included in ``output_tokens``) and the rest streamed as words.
+Responses are kept in ``fake.responses`` unless the request says ``"store": false``; an unknown
+``previous_response_id`` gets 404 as from OpenAI.
 
 ``x-fake-chunk-delay-ms`` (else ``fake.chunk_delay_ms``) waits between stream chunks. Each request is
 recorded in ``fake.requests`` (path, lower-cased headers, JSON body) unless ``fake.record`` is False.
@@ -41,6 +53,7 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,7 +64,9 @@ import uvicorn
 
 __all__ = ["BEHAVIOURS", "FakeRequest", "FakeUpstream", "prompt_tokens", "serve_fake_upstream"]
 
-BEHAVIOURS = frozenset(("ok", "slow", "error500", "error429", "midstream-fail", "no-usage", "tools"))
+BEHAVIOURS = frozenset(
+    ("ok", "slow", "error500", "error429", "midstream-fail", "no-usage", "tools", "incomplete", "failed")
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -121,6 +136,7 @@ class FakeUpstream:
     midstream_chunks: int = 5
     record: bool = True
     requests: list[FakeRequest] = field(default_factory=list)
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- ASGI -------------------------------------------------------------------------------------------
 
@@ -143,6 +159,9 @@ class FakeUpstream:
         if self.record:
             self.requests.append(FakeRequest(path, headers, body))
         anthropic = path == "/v1/messages"
+        if path == "/v1/responses" or path.startswith("/v1/responses/"):
+            await self._responses_api(scope["method"], path, headers, body, send)
+            return
         if scope["method"] != "POST" or path not in (
             "/v1/chat/completions",
             "/v1/embeddings",
@@ -198,6 +217,88 @@ class FakeUpstream:
             else _openai_completion(body, model, prompt, completion, usage, call)
         )
         await self._json(send, 200, data, fail=fail)
+
+    async def _responses_api(
+        self, method: str, path: str, headers: dict[str, str], body: Any, send: Send
+    ) -> None:
+        if headers.get("authorization") != f"Bearer {self.api_key}":
+            await self._json(send, 401, _error(False, "authentication_error", "invalid api key"))
+            return
+        if path != "/v1/responses":
+            await self._response_operation(method, path, send)
+            return
+        if method != "POST" or not isinstance(body, dict):
+            await self._json(send, 400, _error(False, "invalid_request_error", "POST a JSON body"))
+            return
+        requested = body.get("model")
+        model = requested if isinstance(requested, str) else "unknown"
+        behaviour = headers.get("x-fake-behaviour") or (
+            model.rpartition("@")[2] if "@" in model else self.behaviour
+        )
+        if behaviour == "slow":
+            await asyncio.sleep(int(headers.get("x-fake-delay-ms", self.delay_ms)) / 1000)
+        elif behaviour in ("error500", "error429"):
+            status = 500 if behaviour == "error500" else 429
+            extra = [(b"retry-after", b"1")] if status == 429 else None
+            await self._json(send, status, _error(False, "api_error", "fake failure"), extra=extra)
+            return
+        previous = body.get("previous_response_id")
+        cached = 0
+        if previous is not None:
+            earlier = self.responses.get(previous) if isinstance(previous, str) else None
+            if earlier is None:
+                error = _error(False, "invalid_request_error", f"Previous response {previous!r} not found.")
+                await self._json(send, 404, error)
+                return
+            cached = earlier["usage"]["input_tokens"] + earlier["usage"]["output_tokens"]
+        prompt = max(1, _words(body.get("input")) + _words(body.get("instructions"))) + cached
+        cap = body.get("max_output_tokens") or self.completion_tokens
+        completion = max(1, min(int(cap), self.completion_tokens))
+        response = _response_object(body, model, prompt, cached, completion, behaviour)
+        if body.get("store") is not False:
+            self.responses[response["id"]] = {**response, "input": body.get("input")}
+        if behaviour == "no-usage":
+            response["usage"] = None
+        fail = behaviour == "midstream-fail"
+        if body.get("stream"):
+            chunk_delay = int(headers.get("x-fake-chunk-delay-ms", self.chunk_delay_ms)) / 1000
+            await self._stream(send, _responses_stream(response), chunk_delay, fail)
+            return
+        await self._json(send, 200, response, fail=fail)
+
+    async def _response_operation(self, method: str, path: str, send: Send) -> None:
+        response_id, _slash, tail = path[len("/v1/responses/") :].partition("/")
+        stored = self.responses.get(response_id)
+        if stored is None:
+            error = _error(False, "invalid_request_error", f"No response found with id '{response_id}'.")
+            await self._json(send, 404, error)
+            return
+        public = {key: value for key, value in stored.items() if key != "input"}
+        if method == "GET" and not tail:
+            await self._json(send, 200, public)
+        elif method == "DELETE" and not tail:
+            del self.responses[response_id]
+            await self._json(send, 200, {"id": response_id, "object": "response", "deleted": True})
+        elif method == "GET" and tail == "input_items":
+            value = stored["input"]
+            items = (
+                [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
+                if isinstance(value, str)
+                else list(value or [])
+            )
+            items = [{"id": f"msg_in_{index}", **item} for index, item in enumerate(items)]
+            listing = {
+                "object": "list",
+                "data": items,
+                "first_id": items[0]["id"] if items else None,
+                "last_id": items[-1]["id"] if items else None,
+                "has_more": False,
+            }
+            await self._json(send, 200, listing)
+        elif method == "POST" and tail == "cancel":
+            await self._json(send, 200, {**public, "status": "cancelled"})
+        else:
+            await self._json(send, 405, _error(False, "invalid_request_error", f"{method} {path}"))
 
     async def _embeddings(
         self, send: Send, body: dict[str, Any], model: str, usage: bool, fail: bool
@@ -392,6 +493,108 @@ def _tool_call_deltas(base: dict[str, Any], call: dict[str, Any], n: int) -> lis
         for i in range(n)
     )
     return events
+
+
+def _response_object(
+    body: dict[str, Any], model: str, prompt: int, cached: int, completion: int, behaviour: str
+) -> dict[str, Any]:
+    """A Responses API response: a reasoning item and a message of ``completion - reasoning`` words."""
+    reasoning = completion // 4
+    words = completion - reasoning
+    response_id = "resp_" + uuid.uuid4().hex
+    status = {"incomplete": "incomplete", "failed": "failed"}.get(behaviour, "completed")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": [
+            {"type": "reasoning", "id": f"rs_{response_id[5:]}", "summary": []},
+            {
+                "type": "message",
+                "id": f"msg_{response_id[5:]}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": _reply(words), "annotations": []}],
+            },
+        ],
+        "output_text": None,
+        "error": {"code": "server_error", "message": "fake failure"} if status == "failed" else None,
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "previous_response_id": body.get("previous_response_id"),
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+def _responses_stream(response: dict[str, Any]) -> list[bytes]:
+    """The events of a streamed Responses API response, ``response.created`` to ``response.<status>``."""
+    reasoning, message = response["output"]
+    text = message["content"][0]["text"]
+    pending = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+        {"type": "response.output_item.added", "output_index": 0, "item": reasoning},
+        {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+        {
+            "type": "response.output_item.added",
+            "output_index": 1,
+            "item": {**message, "status": "in_progress", "content": []},
+        },
+        {
+            "type": "response.content_part.added",
+            "output_index": 1,
+            "content_index": 0,
+            "item_id": message["id"],
+            "part": {"type": "output_text", "text": "", "annotations": []},
+        },
+    ]
+    for index, word in enumerate(text.split(" ")):
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "output_index": 1,
+                "content_index": 0,
+                "item_id": message["id"],
+                "delta": word if index == 0 else f" {word}",
+                "logprobs": [],
+            }
+        )
+    events += [
+        {
+            "type": "response.output_text.done",
+            "output_index": 1,
+            "content_index": 0,
+            "item_id": message["id"],
+            "text": text,
+            "logprobs": [],
+        },
+        {
+            "type": "response.content_part.done",
+            "output_index": 1,
+            "content_index": 0,
+            "item_id": message["id"],
+            "part": message["content"][0],
+        },
+        {"type": "response.output_item.done", "output_index": 1, "item": message},
+        {"type": f"response.{response['status']}", "response": response},
+    ]
+    return [_sse({**event, "sequence_number": number}, event["type"]) for number, event in enumerate(events)]
 
 
 def _anthropic_message(model: str, prompt: int, completion: int, usage: bool) -> dict[str, Any]:

@@ -245,3 +245,52 @@ def test_tools_behaviour_streams_the_call_as_deltas_with_usage(client: httpx.Cli
     assert orjson.loads(arguments) == {"city": "tok", "days": 1}
     assert "tool_calls" in finish
     assert meter.usage() == Usage(input_tokens=7, output_tokens=3, model="gpt-4o@tools")
+
+
+# ------------------------------------------------------------------------------------- Responses API
+
+
+def test_responses_report_cached_and_reasoning_tokens_and_chain(client: httpx.Client, fake: FakeUpstream):
+    body = {"model": "gpt-5", "input": "say hello to the world", "instructions": "be brief"}
+    first = client.post("/v1/responses", json=body, headers=OPENAI_KEY).json()
+    assert first["usage"]["input_tokens"] == 7 and first["usage"]["output_tokens"] == 20
+    assert first["usage"]["output_tokens_details"] == {"reasoning_tokens": 5}
+    assert first["output"][1]["content"][0]["text"] == " ".join(["tok"] * 15)
+    chained = {**body, "previous_response_id": first["id"], "max_output_tokens": 4}
+    second = client.post("/v1/responses", json=chained, headers=OPENAI_KEY).json()
+    assert second["usage"]["input_tokens_details"] == {"cached_tokens": 27}
+    assert second["usage"]["input_tokens"] == 7 + 27 and second["usage"]["output_tokens"] == 4
+    # What the gateway reads from it: cached input apart, reasoning inside output.
+    usage = usage_from_response("openai-responses", second)
+    assert usage is not None and (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (
+        7,
+        27,
+        4,
+    )
+    unknown = client.post(
+        "/v1/responses", json={**body, "previous_response_id": "resp_nope"}, headers=OPENAI_KEY
+    )
+    assert unknown.status_code == 404
+
+
+def test_a_streamed_response_ends_with_its_usage_and_matches_the_plain_one(client: httpx.Client):
+    body = {"model": "gpt-4o@incomplete", "input": "hello there", "stream": True, "max_output_tokens": 8}
+    streamed = client.post("/v1/responses", json=body, headers=OPENAI_KEY).content
+    meter = StreamMeter()
+    meter.feed(streamed)
+    assert meter.usage() == Usage(input_tokens=2, output_tokens=8, model="gpt-4o@incomplete")
+    assert b"event: response.incomplete" in streamed and b"response.completed" not in streamed
+
+
+def test_stored_responses_are_read_listed_and_deleted(client: httpx.Client, fake: FakeUpstream):
+    created = client.post("/v1/responses", json={"model": "m", "input": "hi"}, headers=OPENAI_KEY).json()
+    path = f"/v1/responses/{created['id']}"
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers=OPENAI_KEY).json()["id"] == created["id"]
+    items = client.get(f"{path}/input_items", headers=OPENAI_KEY).json()["data"]
+    assert items[0]["content"][0]["text"] == "hi"
+    assert client.delete(path, headers=OPENAI_KEY).json()["deleted"] is True
+    assert client.get(path, headers=OPENAI_KEY).status_code == 404
+    unstored = {"model": "m", "input": "hi", "store": False}
+    kept = client.post("/v1/responses", json=unstored, headers=OPENAI_KEY).json()
+    assert kept["id"] not in fake.responses

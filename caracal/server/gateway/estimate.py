@@ -37,6 +37,11 @@ tools (any tool with a ``type`` other than ``"custom"``: search results and fixe
 request), Anthropic ``mcp_servers``, and one-hour cache writes (billed at twice the input price while the
 pricebook knows the five-minute write price).
 
+The OpenAI Responses API (:func:`bound_openai_responses`) is bounded the same way, plus the recorded tokens
+of the response a ``previous_response_id`` continues; it refuses, besides the parts above, server-side
+tools (any tool whose ``type`` is not ``"function"``), stored ``prompt`` templates, ``conversation``,
+``background`` responses and ``item_reference`` and ``computer_call_output`` input items.
+
 Output tokens are bounded by the request's own cap (``max_completion_tokens``/``max_tokens``); when there
 is none, the gateway's cap is injected into the forwarded body, so the bound holds because the provider
 enforces it. ``n`` choices multiply the output bound (the prompt is billed once).
@@ -69,6 +74,7 @@ __all__ = [
     "bound_anthropic_messages",
     "bound_openai_chat",
     "bound_openai_embeddings",
+    "bound_openai_responses",
 ]
 
 REQUEST_OVERHEAD_TOKENS = 16
@@ -468,4 +474,102 @@ def bound_anthropic_messages(
     input_tokens = _input_bound(data, _ANTHROPIC_INPUT_FIELDS, scan, image_tokens)
     if tools:
         input_tokens += ANTHROPIC_TOOLS_OVERHEAD_TOKENS
+    return Bound(input_tokens, cap), forward
+
+
+_OPENAI_RESPONSES_INPUT_FIELDS = ("input", "instructions", "tools", "text", "tool_choice")
+
+_RESPONSES_REFUSED_FIELDS: Mapping[str, str] = {
+    "prompt": "stored prompt templates are expanded by the provider: their text is not in the request",
+    "conversation": "a stored conversation is re-read by the provider: its length is not in the request",
+}
+
+
+def bound_openai_responses(
+    body: object, *, max_output_tokens: int, image_tokens: int, previous_tokens: int = 0
+) -> tuple[Bound, dict[str, Any]]:
+    """The worst-case :class:`Bound` of an OpenAI Responses API request (``POST /v1/responses``) and the
+    body to forward.
+
+    - Input: JSON bytes of ``input`` (a string or a list of items), ``instructions``, ``tools``, ``text`` and
+      ``tool_choice``, ``image_tokens`` per image, :data:`REQUEST_OVERHEAD_TOKENS`, plus ``previous_tokens``:
+      with ``previous_response_id`` the provider re-reads the earlier conversation, so the caller passes the
+      billed input and output tokens recorded for that response (which include its own predecessors).
+    - Output: ``max_output_tokens`` of the request, else the gateway's cap injected into the forwarded body
+      as ``max_output_tokens``. Reasoning tokens are output tokens on this API and count against that cap,
+      so the bound covers any reasoning effort.
+    - Streams always end with ``response.completed`` (or ``.incomplete``/``.failed``) carrying the usage.
+
+    Refused (:class:`GatewayRequestError`, naming the field): server-side tools (any tool whose type is not
+    ``"function"``: web/file search, code interpreter, computer use, image generation, MCP...), ``prompt``,
+    ``conversation``, ``background: true``, ``service_tier: "priority"``, input items of type
+    ``item_reference`` or ``computer_call_output``, and ``input_file``/``input_audio`` content: their tokens
+    or fees are not in the request. The returned body is a shallow copy; ``body`` is not modified.
+    """
+    data = _check_common(body, max_output_tokens, image_tokens)
+    if isinstance(previous_tokens, bool) or not isinstance(previous_tokens, int) or previous_tokens < 0:
+        raise ValueError(f"previous_tokens must be a non-negative integer, got {previous_tokens!r}")
+    for field, reason in _RESPONSES_REFUSED_FIELDS.items():
+        if data.get(field) is not None:
+            raise _fail(f"{field} is not supported by the gateway: {reason}")
+    background = data.get("background")
+    if background is not None and not isinstance(background, bool):
+        raise _fail(f"background must be true or false, got {type(background).__name__}")
+    if background:
+        raise _fail(
+            "background is not supported by the gateway: a background response is billed after the call "
+            "returns, so the gateway could not settle it; send the request without background"
+        )
+    if data.get("service_tier") == "priority":
+        raise _fail(
+            "service_tier 'priority' is not supported by the gateway: it is billed above the standard price"
+        )
+    previous = data.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise _fail("previous_response_id must be a non-empty string")
+    value = data.get("input")
+    if value is not None and not isinstance(value, (str, list)):
+        raise _fail(f"input must be a string or a list of input items, got {type(value).__name__}")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise _fail(f"input[{index}] must be an object, got {type(item).__name__}")
+            if item.get("type") == "item_reference":
+                raise _fail(
+                    f"input[{index}] is an item_reference, which is not supported by the gateway: the "
+                    f"referenced item is stored by the provider and its length is not in the request"
+                )
+            if item.get("type") == "computer_call_output":
+                raise _fail(
+                    f"input[{index}] is a computer_call_output, which is not supported by the gateway: its "
+                    f"screenshot is billed as an image the request does not bound (computer use is refused)"
+                )
+    instructions = data.get("instructions")
+    if instructions is not None and not isinstance(instructions, (str, list)):
+        raise _fail(f"instructions must be a string, got {type(instructions).__name__}")
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _fail(f"tools must be a list, got {type(tools).__name__}")
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise _fail(f"tools[{index}] must be an object, got {type(tool).__name__}")
+            kind = tool.get("type")
+            if kind != "function":
+                raise _fail(
+                    f"tools[{index}].type is {kind!r}: server-side tools (web search, file search, code "
+                    f"interpreter, computer use, image generation, MCP...) are not supported by the gateway "
+                    f"(their results and fees are not in the request); only function tools are"
+                )
+    cap = _positive_int(data, "max_output_tokens")
+    forward = dict(data)
+    if cap is None:
+        cap = max_output_tokens
+        forward["max_output_tokens"] = cap
+    scan = _Scan()
+    for field in ("input", "instructions", "tools"):
+        part = data.get(field)
+        if isinstance(part, (list, dict)):
+            _scan(part, scan, field)
+    input_tokens = _input_bound(data, _OPENAI_RESPONSES_INPUT_FIELDS, scan, image_tokens) + previous_tokens
     return Bound(input_tokens, cap), forward

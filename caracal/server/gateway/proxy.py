@@ -1,6 +1,11 @@
-"""The gateway endpoints: OpenAI-compatible ``POST /v1/chat/completions`` and ``POST /v1/embeddings``,
-Anthropic-compatible ``POST /v1/messages``. An agent points its client's ``base_url`` at Caracal and uses
-its Caracal key as the API key; nothing else in its code changes.
+"""The gateway endpoints: OpenAI-compatible ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and
+``POST /v1/responses``, Anthropic-compatible ``POST /v1/messages``. An agent points its client's
+``base_url`` at Caracal and uses its Caracal key as the API key; nothing else in its code changes.
+
+The Responses API also has ``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items`` and ``POST
+.../cancel``: passed through, uncharged, for the agent that created the response only (the registry of
+:mod:`caracal.storage.responses`, written before a response reaches its client; 404 for anyone else). A
+request with ``previous_response_id`` holds for the recorded tokens of the response it continues too.
 
 For each call, in this order:
 
@@ -67,11 +72,13 @@ from caracal.server.gateway.estimate import (
     bound_anthropic_messages,
     bound_openai_chat,
     bound_openai_embeddings,
+    bound_openai_responses,
 )
 from caracal.server.gateway.pricing import hold_amount, usage_charges
 from caracal.server.gateway.tokens import TokenCounter, counter_for_model, is_loaded, preload
 from caracal.server.gateway.usage import ProviderApi, StreamMeter, Usage, billable, usage_from_response
 from caracal.server.service import Service
+from caracal.storage.responses import check_response_id
 
 logger = logging.getLogger("caracal.gateway")
 
@@ -87,7 +94,8 @@ class _Route:
     api: ProviderApi
     upstream: str  # "openai" | "anthropic": which [gateway.<name>] table
     path: str  # appended to the upstream's base_url
-    bound: Callable[[object, int, int], tuple[Bound, dict[str, Any]]]
+    bound: Callable[[object, int, int, int], tuple[Bound, dict[str, Any]]]
+    """(body, output cap, tokens per image, tokens of the response it continues) -> (bound, forwarded body)"""
 
 
 _ROUTES = {
@@ -95,7 +103,7 @@ _ROUTES = {
         "openai-chat",
         "openai",
         "/chat/completions",
-        lambda body, cap, images: bound_openai_chat(
+        lambda body, cap, images, _previous: bound_openai_chat(
             body,
             max_output_tokens=cap,
             image_tokens=images,
@@ -107,15 +115,30 @@ _ROUTES = {
         "openai-embeddings",
         "openai",
         "/embeddings",
-        lambda body, _cap, _images: bound_openai_embeddings(body, counter=_counter(body)),
+        lambda body, _cap, _images, _previous: bound_openai_embeddings(body, counter=_counter(body)),
     ),
     "/v1/messages": _Route(
         "anthropic",
         "anthropic",
         "/messages",
-        lambda body, cap, images: bound_anthropic_messages(body, max_output_tokens=cap, image_tokens=images),
+        lambda body, cap, images, _previous: bound_anthropic_messages(
+            body, max_output_tokens=cap, image_tokens=images
+        ),
+    ),
+    "/v1/responses": _Route(
+        "openai-responses",
+        "openai",
+        "/responses",
+        lambda body, cap, images, previous: bound_openai_responses(
+            body, max_output_tokens=cap, image_tokens=images, previous_tokens=previous
+        ),
     ),
 }
+
+RESPONSES_PREFIX = "/v1/responses/"
+"""``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items``, ``POST .../cancel``: passed through for the
+agent that created the response (:meth:`Gateway.response_operation`), never charged."""
+_RESPONSE_OPERATIONS = {("GET", ""), ("DELETE", ""), ("GET", "/input_items"), ("POST", "/cancel")}
 
 
 COUNT_INLINE_BYTES = 32 * 1024
@@ -155,6 +178,7 @@ class Gateway:
         self.settings = service.home.settings
         self._session: aiohttp.ClientSession | None = None
         preload()  # the tokenizers load in the background (a fraction of a second); see COUNT_INLINE_BYTES
+        self.recorder = _Recorder(service)
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session per server (created in the server's event loop on first use)."""
@@ -171,8 +195,10 @@ class Gateway:
             await self._session.close()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """ASGI entry for :data:`PATHS`."""
-        if scope["method"] != "POST":
+        """ASGI entry for :data:`PATHS` and the paths under :data:`RESPONSES_PREFIX`."""
+        if scope["path"].startswith(RESPONSES_PREFIX):
+            response = await self.response_operation(Request(scope, receive))
+        elif scope["method"] != "POST":
             response = http_error_response(405, "use POST", {"allow": "POST"})
         else:
             response = await self.handle(Request(scope, receive))
@@ -197,10 +223,11 @@ class Gateway:
         except orjson.JSONDecodeError as exc:
             raise GatewayRequestError(f"the request body is not valid JSON: {exc}") from None
         limits = (self.settings.max_output_tokens, self.settings.image_tokens)
+        previous = await self._previous_tokens(agent_id, body) if route.api == "openai-responses" else 0
         if len(raw) > COUNT_INLINE_BYTES or not is_loaded(_model(body)):
-            bound, forward = await asyncio.to_thread(route.bound, body, *limits)
+            bound, forward = await asyncio.to_thread(route.bound, body, *limits, previous)
         else:
-            bound, forward = route.bound(body, *limits)
+            bound, forward = route.bound(body, *limits, previous)
         upstream = self.settings.upstream(route.upstream)
         provider_key = _provider_key(upstream)
         model = forward["model"]
@@ -226,7 +253,7 @@ class Gateway:
         service.metrics.decisions.labels("gateway", "allowed").inc()
         service.metrics.holds.labels("placed").inc()
         started = time.perf_counter()
-        call = _Call(self, route, upstream, hold, bound, model, started)
+        call = _Call(self, route, upstream, hold, bound, model, started, agent_id)
         headers = _upstream_headers(route, provider_key, request)
         try:
             response = await self.session().post(
@@ -266,11 +293,80 @@ class Gateway:
         finally:
             response.release()
         try:
-            usage = usage_from_response(route.api, orjson.loads(content))
+            answer = orjson.loads(content)
         except orjson.JSONDecodeError:
-            usage = None
-        call.settle(billable(usage, bound, None), "ok")
+            answer = None
+        usage = billable(usage_from_response(route.api, answer), bound, None)
+        call.settle(usage, "ok")
+        if route.api == "openai-responses" and isinstance(answer, dict):
+            await call.record_response(answer.get("id"), usage)  # before the client can continue it
         return Response(content, response.status, _passed_headers(response), response.content_type)
+
+    async def _previous_tokens(self, agent_id: str, body: object) -> int:
+        """The recorded tokens of the response a Responses request continues (0 when it continues none);
+        :class:`ResponseNotFoundError` when the agent created no such response through the gateway."""
+        previous = body.get("previous_response_id") if isinstance(body, dict) else None
+        if previous is None:
+            return 0
+        if not isinstance(previous, str) or not previous:
+            raise GatewayRequestError("previous_response_id must be a non-empty string")
+        record = await asyncio.to_thread(self.service.home.responses.get, previous, agent_id)
+        return record.tokens
+
+    async def response_operation(self, request: Request) -> Response:
+        """Read, delete, list the input items of, or cancel a response: passed through (with the provider
+        key) only for the agent that created it; any other caller gets 404, as for an unknown id. Nothing is
+        held or charged (the provider does not bill these)."""
+        try:
+            caller = request.state.principal = authenticate(self.service, request)
+            agent_id = self._agent_of(caller, request)
+            rest = request.scope["path"][len(RESPONSES_PREFIX) :]
+            response_id, _slash, tail = rest.partition("/")
+            suffix = f"/{tail}" if tail else ""
+            method = request.scope["method"]
+            if (method, suffix) not in _RESPONSE_OPERATIONS:
+                allowed = sorted(m for m, s in _RESPONSE_OPERATIONS if s == suffix)
+                if not allowed:
+                    return http_error_response(404, f"no gateway operation at {request.scope['path']}")
+                return http_error_response(405, f"use {' or '.join(allowed)}", {"allow": ", ".join(allowed)})
+            # 404 unless this agent's (a registry read: off the event loop)
+            await asyncio.to_thread(self.service.home.responses.get, response_id, agent_id)
+            check_response_id(response_id)
+            upstream = self.settings.upstream("openai")
+            headers = _upstream_headers(_ROUTES["/v1/responses"], _provider_key(upstream), request)
+            url = f"{upstream.base_url}/responses/{response_id}{suffix}"
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            try:
+                async with self.session().request(
+                    method,
+                    url + (f"?{query}" if query else ""),
+                    data=await request.body() or None,
+                    headers=headers,
+                ) as answer:
+                    content = await answer.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                raise UpstreamError(
+                    f"the upstream {upstream.base_url} failed on {method} {url} "
+                    f"({type(exc).__name__}: {exc})",
+                    outcome="the upstream failed; nothing was held or billed",
+                ) from None
+            if answer.status in (401, 403):
+                raise UpstreamError(
+                    f"the openai upstream refused the gateway's provider key (HTTP {answer.status}) on "
+                    f"{method} {url}: the operator must check ${upstream.api_key_env}",
+                    outcome="the upstream refused the gateway's provider key; nothing was held or billed",
+                )
+            if method == "DELETE" and answer.status < 300:
+                try:
+                    await asyncio.to_thread(self.service.home.responses.forget, response_id)
+                except (
+                    CaracalError
+                ) as exc:  # deleted upstream all the same; a stale record reaches a 404 there
+                    logger.error("could not forget deleted response %s: %s", response_id, exc)
+            return Response(content, answer.status, _passed_headers(answer), answer.content_type)
+        except CaracalError as exc:
+            self.service.metrics.errors.labels(type(exc).__name__).inc()
+            return error_response(exc, getattr(request.state, "principal", None))
 
     def _agent_of(self, principal: Principal, request: Request) -> str:
         if principal.agent_id is not None:
@@ -297,8 +393,10 @@ class _Call:
         bound: Bound,
         model: str,
         started: float,
+        agent_id: str = "",
     ):
         self.gateway = gateway
+        self.agent_id = agent_id
         self.route = route
         self.upstream = upstream
         self.hold = hold
@@ -337,6 +435,25 @@ class _Call:
                 }
             ]
         self._close(outcome, "settle", service.enforcer.settle_op(self.hold.hold_id, charges))
+
+    async def record_response(self, response_id: object, usage: Usage) -> None:
+        """Record a Responses API response for this call's agent with the tokens it was billed for (its bound
+        when the usage is an estimate), so a request that continues it is bounded (and allowed). A failure
+        is logged: the response then cannot be continued through the gateway (refused, never unbounded)."""
+        if not isinstance(response_id, str) or not response_id:
+            return
+        if usage.estimated:
+            tokens = self.bound.input_tokens + self.bound.output_tokens
+        else:
+            tokens = (
+                usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens + usage.output_tokens
+            )
+        try:
+            await self.gateway.recorder.record(response_id, self.agent_id, tokens)
+        except Exception as exc:  # the call is billed and answered either way; only continuing it is refused
+            logger.error(
+                "could not record response %.80s of hold %s: %s", response_id, self.hold.hold_id, exc
+            )
 
     def failed(self, exc: BaseException) -> BaseException:
         """The upstream failed after the request was sent (a timeout, a dropped connection, a cancelled
@@ -394,6 +511,8 @@ class _Passthrough(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         meter = StreamMeter()
+        responses = self.call.route.api == "openai-responses"
+        recorded = False
         outcome = "cancelled"  # the client went away, or the handler was cancelled
         disconnected = asyncio.ensure_future(receive())  # the request body is read: next comes the disconnect
         try:
@@ -404,6 +523,10 @@ class _Passthrough(Response):
                 meter.feed(chunk)
                 if disconnected.done():
                     break
+                if responses and not recorded and meter.response_id is not None:
+                    # At its worst case, before the client sees the id and can continue the response.
+                    recorded = True
+                    await self.call.record_response(meter.response_id, billable(None, self.call.bound, None))
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:
                 outcome = "ok"
@@ -417,10 +540,53 @@ class _Passthrough(Response):
                 self.upstream.release()  # back to the pool
             else:
                 self.upstream.close()  # the provider sees the connection drop and stops generating
-            seen = None if _is_reasoning(self.call.model) else meter.consumed_output_bound()
+            # Hidden reasoning is never streamed: a reasoning model's, and any Responses API stream's (its
+            # models may reason whatever their name), output is billed at the whole bound without a report.
+            seen = None if responses or _is_reasoning(self.call.model) else meter.consumed_output_bound()
             usage = billable(meter.usage(), self.call.bound, seen)
             self.call.settle(usage, outcome)
+            if recorded and not usage.estimated:  # lowered to the reported usage; else the worst case stays
+                task = asyncio.ensure_future(self.call.record_response(meter.response_id, usage))
+                _PENDING.add(task)
+                task.add_done_callback(_PENDING.discard)
 
+
+class _Recorder:
+    """Writes the records of Responses API responses, batching the ones that arrive while a write is under
+    way into the next one: the registry is one document rewritten whole, so concurrent calls share one
+    write instead of queueing on its lock one by one. Each caller waits for the write that holds its record
+    (it must be stored before the client can continue the response); records are written in arrival order."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.pending: list[tuple[str, str, int, asyncio.Future[None]]] = []
+        self.writer: asyncio.Future[None] | None = None
+
+    async def record(self, response_id: str, agent_id: str, tokens: int) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((response_id, agent_id, tokens, done))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.ensure_future(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                records = [(response_id, agent, tokens) for response_id, agent, tokens, _done in batch]
+                await asyncio.to_thread(self.service.home.responses.record_many, records)
+            except Exception as exc:
+                for *_record, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for *_record, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+_PENDING: set[asyncio.Future[None]] = set()
+"""Record updates queued at the end of a stream (kept referenced until done)."""
 
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 """Upstream failures that happen before any byte of the request is sent: only these release the hold."""
@@ -467,6 +633,19 @@ PATHS = frozenset(_ROUTES)
 """The gateway's paths: the application hands requests for them straight to :meth:`Gateway.__call__`."""
 
 
+def is_gateway_path(path: str) -> bool:
+    """True for :data:`PATHS` and the paths under :data:`RESPONSES_PREFIX` (the gateway's requests)."""
+    return path in PATHS or path.startswith(RESPONSES_PREFIX)
+
+
+def path_template(path: str) -> str:
+    """The gateway path as metrics label it (one label for every response id)."""
+    if path.startswith(RESPONSES_PREFIX):
+        tail = path[len(RESPONSES_PREFIX) :].partition("/")[2]
+        return RESPONSES_PREFIX + "{id}" + (f"/{tail}" if tail in ("input_items", "cancel") else "")
+    return path
+
+
 def install(app: FastAPI, service: Service) -> Gateway:
     """The gateway of ``app``, and its operations in ``app``'s OpenAPI document (bodies as the providers
     define them). The application routes :data:`PATHS` to the gateway itself (see
@@ -480,12 +659,39 @@ def install(app: FastAPI, service: Service) -> Gateway:
             schema = build_schema()
             for path, route in _ROUTES.items():
                 schema["paths"][path] = _openapi_operation(route)
+            schema["paths"].update(_openapi_response_operations())
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.gateway = gateway
     return gateway
+
+
+def _openapi_response_operations() -> dict[str, Any]:
+    """``GET``/``DELETE /v1/responses/{response_id}``, ``GET .../input_items``, ``POST .../cancel``."""
+    parameter = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    error = {"description": "JSON error: {error: {type, code, message}}"}
+
+    def operation(summary: str) -> dict[str, Any]:
+        return {
+            "tags": ["gateway"],
+            "summary": summary,
+            "description": (
+                "Passed through to OpenAI, uncharged, for the agent that created the response through the "
+                "gateway; any other agent gets 404, as for an unknown id."
+            ),
+            "parameters": [parameter],
+            "responses": {"200": {"description": "The OpenAI answer"}, "401": error, "404": error},
+        }
+
+    paths: dict[str, Any] = {}
+    for method, suffix in sorted(_RESPONSE_OPERATIONS):
+        path = f"{RESPONSES_PREFIX}{{response_id}}{suffix}"
+        what = {"GET": "Read", "DELETE": "Delete", "POST": "Cancel"}[method]
+        summary = f"{what} a response" + (" (its input items)" if suffix == "/input_items" else "")
+        paths.setdefault(path, {})[method.lower()] = operation(summary)
+    return paths
 
 
 def _openapi_operation(route: _Route) -> dict[str, Any]:
@@ -516,4 +722,12 @@ def _openapi_operation(route: _Route) -> dict[str, Any]:
     }
 
 
-__all__ = ["AGENT_HEADER", "PATHS", "Gateway", "install"]
+__all__ = [
+    "AGENT_HEADER",
+    "PATHS",
+    "RESPONSES_PREFIX",
+    "Gateway",
+    "install",
+    "is_gateway_path",
+    "path_template",
+]

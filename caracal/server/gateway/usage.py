@@ -23,7 +23,7 @@ from caracal.server.gateway.estimate import Bound
 
 __all__ = ["ProviderApi", "StreamMeter", "Usage", "billable", "usage_from_response"]
 
-ProviderApi = Literal["openai-chat", "openai-embeddings", "anthropic"]
+ProviderApi = Literal["openai-chat", "openai-embeddings", "anthropic", "openai-responses"]
 
 
 @dataclass
@@ -61,6 +61,8 @@ def usage_from_response(provider_api: ProviderApi, data: object) -> Usage | None
     model = data.get("model")
     model_name = model if isinstance(model, str) and model else None
     usage: Mapping[str, Any] = data["usage"]
+    if provider_api == "openai-responses":
+        return _responses_usage(usage, model_name)
     if provider_api == "anthropic":
         return Usage(
             input_tokens=_count(usage.get("input_tokens")),
@@ -81,6 +83,25 @@ def usage_from_response(provider_api: ProviderApi, data: object) -> Usage | None
     return Usage(
         input_tokens=prompt - cached, output_tokens=output, cache_read_tokens=cached, model=model_name
     )
+
+
+def _responses_usage(usage: Mapping[str, Any], model: str | None) -> Usage:
+    """OpenAI Responses API usage: ``input_tokens`` (with ``input_tokens_details.cached_tokens`` among them)
+    and ``output_tokens``, which already include ``output_tokens_details.reasoning_tokens`` (reasoning is
+    billed as output, so it is not added again)."""
+    prompt = _count(usage.get("input_tokens"))
+    details = usage.get("input_tokens_details")
+    cached = min(_count(details.get("cached_tokens")) if isinstance(details, dict) else 0, prompt)
+    output = _count(usage.get("output_tokens"))
+    out_details = usage.get("output_tokens_details")
+    reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    # A server that reported reasoning outside output_tokens is still billed for it (never under-count).
+    output = max(output, reasoning)
+    return Usage(input_tokens=prompt - cached, output_tokens=output, cache_read_tokens=cached, model=model)
+
+
+_RESPONSES_FINAL = frozenset(("response.completed", "response.incomplete", "response.failed"))
+"""Responses API stream events that carry the whole response, with its usage, at the end of a stream."""
 
 
 def _utf8_len(value: object) -> int:
@@ -122,6 +143,7 @@ class StreamMeter:
         "_final",
         "_model",
         "_output",
+        "_response_id",
         "_started",
     )
 
@@ -135,6 +157,7 @@ class StreamMeter:
         self._model: str | None = None
         self._done = False
         self._started = False
+        self._response_id: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         """Take the next bytes of the stream (any split)."""
@@ -195,7 +218,9 @@ class StreamMeter:
         if not isinstance(payload, dict):
             return
         kind = payload.get("type")
-        if isinstance(kind, str) and "choices" not in payload:
+        if isinstance(kind, str) and kind.startswith("response."):
+            self._responses(kind, payload)
+        elif isinstance(kind, str) and "choices" not in payload:
             self._anthropic(kind, payload)
         else:
             self._openai(payload)
@@ -259,6 +284,37 @@ class StreamMeter:
                 self._anthropic_usage = merged
                 self._final = {"model": self._model, "usage": merged, "type": "message"}
 
+    def _responses(self, kind: str, payload: dict[str, Any]) -> None:
+        """OpenAI Responses API events: ``*.delta`` events carry generated text (output, reasoning summary,
+        refusal, function arguments); ``response.created`` names the response and model; the final events
+        carry the usage."""
+        if kind.endswith(".delta"):
+            self._output += 1 + _utf8_len(payload.get("delta"))
+            return
+        if kind == "response.output_item.added":
+            item = payload.get("item")
+            self._output += 1 + (_utf8_len(item.get("name")) if isinstance(item, dict) else 0)
+            return
+        response = payload.get("response")
+        if not isinstance(response, dict):
+            return
+        if self._response_id is None:
+            response_id = response.get("id")
+            if isinstance(response_id, str) and response_id:
+                self._response_id = response_id
+        if self._model is None:
+            model = response.get("model")
+            if isinstance(model, str) and model:
+                self._model = model
+        usage = response.get("usage")
+        if kind in _RESPONSES_FINAL and isinstance(usage, dict):
+            self._final = {"model": self._model, "usage": usage, "type": "response"}
+
+    @property
+    def response_id(self) -> str | None:
+        """The id of the Responses API response this stream carries, once an event named it."""
+        return self._response_id
+
     @property
     def done(self) -> bool:
         """True once OpenAI's ``[DONE]`` was seen."""
@@ -269,7 +325,10 @@ class StreamMeter:
         final = self._final
         if final is None:
             return None
-        api: ProviderApi = "anthropic" if final.get("type") == "message" else "openai-chat"
+        kind = final.get("type")
+        api: ProviderApi = (
+            "anthropic" if kind == "message" else "openai-responses" if kind == "response" else "openai-chat"
+        )
         found = usage_from_response(api, final)
         if found is not None and found.model is None:
             found.model = self._model

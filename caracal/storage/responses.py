@@ -1,0 +1,198 @@
+"""The responses the gateway created on the OpenAI Responses API: one registry document, on every backend.
+
+``responses``: ``{"version": 1, "responses": {response_id: [agent_id, tokens, created_at]}}`` (a list per
+response rather than an object: the document is rewritten whole on every record, and at 20,000 records the
+field names alone would be a third of it).
+
+Why it exists: a request with ``previous_response_id`` makes the provider re-read the earlier conversation,
+so its worst case includes tokens that are not in the request. The gateway records, for every response it
+created, the agent it was created for and the tokens billed for it (input + output: the input already
+includes the response's own predecessors), and adds them to the bound of a request that continues it
+(:func:`caracal.server.gateway.estimate.bound_openai_responses`). The same record decides who may read,
+delete or cancel the response through the gateway.
+
+Invariants:
+
+- **Owned.** A response belongs to the agent it was first recorded for; a later record for another agent
+  never changes the owner. :meth:`ResponseRegistry.get` answers an unknown id, an expired one and another
+  agent's the same way (:class:`ResponseNotFoundError`), so an agent cannot learn which ids exist.
+- **Never below what can be billed.** A streamed response is recorded at its worst case (its hold's bound)
+  as soon as its id is seen, before the client can continue it, and lowered to the billed usage when the
+  stream ends with the provider's report; a stream that ends without one keeps the worst case.
+- **Bounded.** Records older than :data:`RETENTION` are dropped, and past :data:`MAX_ENTRIES` the oldest
+  are dropped, on every write; a dropped response can no longer be continued through the gateway (its
+  ``previous_response_id`` is refused, never forwarded unbounded).
+- **Fail closed.** A document in a shape this module never writes raises :class:`RegistryError` naming it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from caracal.core.validation import format_timestamp
+from caracal.exceptions import GatewayRequestError, RegistryError, ResponseNotFoundError
+from caracal.storage.interface import Document
+
+__all__ = [
+    "MAX_ENTRIES",
+    "RETENTION",
+    "ResponseRecord",
+    "ResponseRegistry",
+    "check_response_id",
+    "empty_responses",
+]
+
+VERSION = 1
+MAX_ENTRIES = 20_000
+"""Records kept; past it the oldest are dropped."""
+RETENTION = timedelta(days=30)
+"""How long a record is kept (OpenAI keeps stored responses for 30 days)."""
+
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_\-]{1,200}")
+
+
+def empty_responses() -> dict[str, Any]:
+    """The document before the first record."""
+    return {"version": VERSION, "responses": {}}
+
+
+def check_response_id(response_id: object) -> str:
+    """``response_id`` if it looks like a provider's response id (letters, digits, ``_``, ``-``; at most 200
+    characters: it is put into upstream URLs), else :class:`GatewayRequestError`."""
+    if not isinstance(response_id, str) or not _RESPONSE_ID.fullmatch(response_id):
+        raise GatewayRequestError(
+            f"a response id is 1 to 200 letters, digits, '_' or '-', got {str(response_id)[:40]!r}"
+        )
+    return response_id
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    """One response the gateway created: for whom, the tokens billed for it, and when."""
+
+    response_id: str
+    agent_id: str
+    tokens: int
+    created_at: str
+
+
+def _checked(responses: object, label: str, expired_before: str = "") -> list[str]:
+    """The ids of the records of ``responses`` created before ``expired_before``, after checking that every
+    record has the shape this module writes (else :class:`RegistryError`). One pass: it runs on every
+    write and every re-read of a document of up to :data:`MAX_ENTRIES` records."""
+    if not isinstance(responses, dict):
+        raise RegistryError(f"{label}: 'responses' must be an object (it is written by Caracal)")
+    expired = []
+    for key, entry in responses.items():
+        if type(entry) is not list or len(entry) != 3:
+            raise _damaged(label, key)
+        agent, tokens, created = entry
+        if type(agent) is not str or type(tokens) is not int or tokens < 0 or type(created) is not str:
+            raise _damaged(label, key)
+        if created < expired_before:
+            expired.append(key)
+    return expired
+
+
+def _damaged(label: str, key: str) -> RegistryError:
+    return RegistryError(
+        f"{label}: response {key!r} is not [agent_id, tokens, created_at]; fix or remove it (the responses "
+        f"registry is written by Caracal)"
+    )
+
+
+def _records(label: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def parse(document: dict[str, Any]) -> dict[str, Any]:
+        responses: dict[str, Any] = document.get("responses", {})
+        _checked(responses, label)
+        return responses
+
+    return parse
+
+
+class ResponseRegistry:
+    """The responses registry in ``document``; ``clock`` is the home's clock. Safe to share between threads;
+    any number of processes and hosts may use one document (its transactions are serialized)."""
+
+    def __init__(
+        self,
+        document: Document,
+        clock: Callable[[], datetime],
+        *,
+        max_entries: int = MAX_ENTRIES,
+        retention: timedelta = RETENTION,
+    ):
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        self.document = document
+        self.clock = clock
+        self.max_entries = max_entries
+        self.retention = retention
+        self._parse = _records(document.label)
+
+    def record(self, response_id: str, agent_id: str, tokens: int) -> None:
+        """Record the response ``response_id`` created for ``agent_id`` with ``tokens`` (or set the tokens of
+        its record); drop expired and surplus records. A response recorded for another agent is left as it
+        is."""
+        self.record_many([(response_id, agent_id, tokens)])
+
+    def record_many(self, records: Sequence[tuple[str, str, int]]) -> None:
+        """:meth:`record` each ``(response_id, agent_id, tokens)`` in order, in one transaction (the document
+        is rewritten whole, so concurrent records share one write). Nothing is written if one is invalid."""
+        for response_id, agent_id, tokens in records:
+            check_response_id(response_id)
+            if not isinstance(agent_id, str) or not agent_id:
+                raise GatewayRequestError("agent_id must be a non-empty string")
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                raise GatewayRequestError(f"tokens must be a non-negative integer, got {tokens!r}")
+        now = self.clock()
+        created = format_timestamp(now)
+        with self.document.transaction() as document:
+            document.setdefault("version", VERSION)
+            responses: dict[str, Any] = document.setdefault("responses", {})
+            # A damaged document is refused before it is changed; expired records are dropped.
+            for key in _checked(responses, self.document.label, format_timestamp(now - self.retention)):
+                del responses[key]
+            for response_id, agent_id, tokens in records:
+                entry = responses.get(response_id)
+                if entry is None:
+                    responses[response_id] = [agent_id, tokens, created]
+                elif entry[0] == agent_id:
+                    entry[1] = tokens
+            surplus = len(responses) - self.max_entries
+            if surplus > 0:  # usually one: a partial selection, not a sort of the whole registry
+                for key in heapq.nsmallest(surplus, responses, key=lambda k: responses[k][2]):
+                    del responses[key]
+
+    def get(self, response_id: str, agent_id: str) -> ResponseRecord:
+        """The record of ``response_id`` if it was created for ``agent_id`` and has not expired; else
+        :class:`ResponseNotFoundError` (the same for an unknown id and another agent's). A record another
+        process wrote is found as soon as its write is committed. Reads the document: call it off the
+        event loop."""
+        if not isinstance(response_id, str) or not _RESPONSE_ID.fullmatch(response_id):
+            raise ResponseNotFoundError(f"no response {str(response_id)[:40]!r} was created for this agent")
+        entry = self.document.read_cached(self._parse).get(response_id)
+        if entry is None:
+            # Not in this process's copy: it may have been written by another process a moment ago (on
+            # PostgreSQL a cached copy is renewed when the change's notification arrives), so read it once.
+            entry = self._parse(self.document.read()).get(response_id)
+        oldest = format_timestamp(self.clock() - self.retention)
+        if entry is None or entry[0] != agent_id or entry[2] < oldest:
+            raise ResponseNotFoundError(
+                f"no response {response_id!r} was created through the gateway for this agent (or it is "
+                f"older than {self.retention.days} days); a previous_response_id must name a response this "
+                f"agent created through the gateway"
+            )
+        return ResponseRecord(response_id, entry[0], entry[1], entry[2])
+
+    def forget(self, response_id: str) -> None:
+        """Drop the record of ``response_id`` (deleted upstream); nothing if there is none."""
+        with self.document.transaction() as document:
+            responses = document.get("responses")
+            if isinstance(responses, dict):
+                responses.pop(response_id, None)
