@@ -213,3 +213,46 @@ async def _agents_loop(
         return str((await Runner.run(agent, prompt(marker))).final_output), ran
     finally:
         await client.close()
+
+
+def agents_responses_loop(base_url: str, api_key: str, marker: str, *, stream: bool) -> tuple[str, list[str]]:
+    """The Agents SDK's loop on its default model: an ``Agent`` given only a model name runs on the OpenAI
+    Responses API through the default client, here the gateway's base URL and the agent's Caracal key."""
+    return asyncio.run(_agents_responses_loop(base_url, api_key, marker, stream=stream))
+
+
+async def _agents_responses_loop(
+    base_url: str, api_key: str, marker: str, *, stream: bool
+) -> tuple[str, list[str]]:
+    from agents import (
+        Agent,
+        Runner,
+        function_tool,
+        set_default_openai_api,
+        set_default_openai_client,
+        set_tracing_disabled,
+    )
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+    ran: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather of a city."""
+        ran.append(city)
+        return weather(city)
+
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+    set_default_openai_client(client, use_for_tracing=False)
+    set_default_openai_api("responses")  # the SDK's default, said here so the test never runs on another
+    agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=MODEL)
+    try:
+        if stream:
+            result = Runner.run_streamed(agent, prompt(marker))
+            async for _event in result.stream_events():
+                pass
+            return str(result.final_output), ran
+        return str((await Runner.run(agent, prompt(marker))).final_output), ran
+    finally:
+        await client.close()

@@ -29,6 +29,9 @@ else a ``@behaviour`` suffix of the model name (``"gpt-4o@error500"``), else ``f
   request offers ``tools``, answer with one call of the first tool (arguments: each declared property set to
   ``"tok"``, ``1`` or ``true`` by its type; ``finish_reason: "tool_calls"``); after a tool result, answer
   with text as ``ok`` does. Usage is counted as for ``ok``. Streamed, the call arrives as tool-call deltas.
+  On ``/v1/responses`` the same with the Responses API's items: while the last input item is not a
+  ``function_call_output`` and function tools are offered, the output is one ``function_call`` item
+  (streamed as ``response.function_call_arguments.*`` events).
 - ``incomplete`` / ``failed`` (``/v1/responses`` only): the response ends ``incomplete`` (max output tokens)
   or ``failed`` (a server error), with its usage, as ``response.incomplete`` / ``response.failed`` events
   when streamed.
@@ -111,6 +114,11 @@ def _words(value: object) -> int:
 def prompt_tokens(body: dict[str, Any]) -> int:
     """The fake's prompt token count of a chat/messages request: words of all message text, at least 1."""
     return max(1, _words(body.get("messages")) + _words(body.get("system")))
+
+
+def responses_prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's input token count of a Responses API request that continues no earlier response."""
+    return max(1, _words(body.get("input")) + _words(body.get("instructions")))
 
 
 def _embedding_tokens(value: object) -> int:
@@ -251,7 +259,7 @@ class FakeUpstream:
                 await self._json(send, 404, error)
                 return
             cached = earlier["usage"]["input_tokens"] + earlier["usage"]["output_tokens"]
-        prompt = max(1, _words(body.get("input")) + _words(body.get("instructions"))) + cached
+        prompt = responses_prompt_tokens(body) + cached
         cap = body.get("max_output_tokens") or self.completion_tokens
         completion = max(1, min(int(cap), self.completion_tokens))
         response = _response_object(body, model, prompt, cached, completion, behaviour)
@@ -503,22 +511,24 @@ def _response_object(
     words = completion - reasoning
     response_id = "resp_" + uuid.uuid4().hex
     status = {"incomplete": "incomplete", "failed": "failed"}.get(behaviour, "completed")
+    call = _function_call(body, response_id) if behaviour == "tools" else None
+    output: list[dict[str, Any]] = [
+        {"type": "reasoning", "id": f"rs_{response_id[5:]}", "summary": []},
+        {
+            "type": "message",
+            "id": f"msg_{response_id[5:]}",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": _reply(words), "annotations": []}],
+        },
+    ]
     return {
         "id": response_id,
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
         "model": model,
-        "output": [
-            {"type": "reasoning", "id": f"rs_{response_id[5:]}", "summary": []},
-            {
-                "type": "message",
-                "id": f"msg_{response_id[5:]}",
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": _reply(words), "annotations": []}],
-            },
-        ],
+        "output": output if call is None else [call],
         "output_text": None,
         "error": {"code": "server_error", "message": "fake failure"} if status == "failed" else None,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
@@ -541,8 +551,62 @@ def _response_object(
     }
 
 
+def _function_call(body: dict[str, Any], response_id: str) -> dict[str, Any] | None:
+    """The ``tools`` behaviour's ``function_call`` item on the Responses API (see :func:`_tool_call`), or None
+    when it answers with text (no function tools, or the last input item is a function's output)."""
+    tools = [
+        tool for tool in body.get("tools") or [] if isinstance(tool, dict) and tool.get("type") == "function"
+    ]
+    items = body.get("input")
+    last = items[-1] if isinstance(items, list) and items else None
+    if not tools or (isinstance(last, dict) and last.get("type") == "function_call_output"):
+        return None
+    properties = (tools[0].get("parameters") or {}).get("properties") or {}
+    arguments = {
+        name: _ARGUMENT_VALUES.get(spec.get("type") if isinstance(spec, dict) else None, "tok")
+        for name, spec in properties.items()
+    }
+    return {
+        "type": "function_call",
+        "id": f"fc_{response_id[5:]}",
+        "call_id": f"call_{response_id[5:]}",
+        "name": tools[0].get("name", "tool"),
+        "arguments": orjson.dumps(arguments).decode(),
+        "status": "completed",
+    }
+
+
+def _function_call_stream(response: dict[str, Any]) -> list[dict[str, Any]]:
+    (call,) = response["output"]
+    pending = {**response, "status": "in_progress", "output": [], "usage": None}
+    return [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**call, "arguments": ""}},
+        {
+            "type": "response.function_call_arguments.delta",
+            "output_index": 0,
+            "item_id": call["id"],
+            "delta": call["arguments"],
+        },
+        {
+            "type": "response.function_call_arguments.done",
+            "output_index": 0,
+            "item_id": call["id"],
+            "arguments": call["arguments"],
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": call},
+        {"type": f"response.{response['status']}", "response": response},
+    ]
+
+
 def _responses_stream(response: dict[str, Any]) -> list[bytes]:
     """The events of a streamed Responses API response, ``response.created`` to ``response.<status>``."""
+    if len(response["output"]) == 1:
+        return [
+            _sse({**event, "sequence_number": number}, event["type"])
+            for number, event in enumerate(_function_call_stream(response))
+        ]
     reasoning, message = response["output"]
     text = message["content"][0]["text"]
     pending = {**response, "status": "in_progress", "output": [], "usage": None}

@@ -37,6 +37,7 @@ from caracal.server.gateway.estimate import (
     bound_anthropic_messages,
     bound_openai_chat,
     bound_openai_embeddings,
+    bound_openai_responses,
 )
 from caracal.server.gateway.pricing import hold_amount
 from caracal.server.gateway.tokens import counter_for_model
@@ -51,6 +52,7 @@ MAX_OUTPUT_TOKENS = 64
 IMAGE_TOKENS = 1000
 
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"
 
@@ -205,6 +207,11 @@ class GatewayEnv:
             provider = "openai"
         elif path == EMBEDDINGS:
             bound, forward = bound_openai_embeddings(body, counter=counter)
+            provider = "openai"
+        elif path == RESPONSES:  # a request that continues no earlier response
+            bound, forward = bound_openai_responses(
+                body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS, previous_tokens=0
+            )
             provider = "openai"
         else:
             bound, forward = bound_anthropic_messages(
