@@ -5,8 +5,8 @@ One process: the fake upstream and a gateway (``tests/server/gateway_env.py``, e
 process, on the file backend) and the clients (httpx, threads). Figures are therefore indicative (the
 clients share the interpreter with the server); what they compare is fair: the same plain call on
 ``/v1/chat/completions`` and on ``/v1/responses`` (which also writes the responses registry before it
-answers), with the registry empty and with it full (20,000 records: the document rewritten on every
-record is then ~2.4 MiB). Printed per case: latency p50 and p99 of sequential calls, and calls/s with
+answers), with the registry empty and with it full (20,000 records, ~2.4 MiB over 16 shards: a record
+rewrites its shard, ~150 KiB). Printed per case: latency p50 and p99 of sequential calls, and calls/s with
 ``--concurrency`` clients (concurrent records share one write).
 """
 
@@ -27,7 +27,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from caracal.storage.responses import MAX_ENTRIES, empty_responses  # noqa: E402
+from caracal.storage.responses import MAX_ENTRIES, SHARD_NAMES, empty_responses  # noqa: E402
 from tests.server.gateway_env import GatewayEnv, behaviour_model, start_gateway  # noqa: E402
 
 MODEL = behaviour_model("gpt-4o", "ok")
@@ -41,15 +41,15 @@ def bodies(path: str) -> dict[str, Any]:
 
 def fill(env: GatewayEnv, agent_id: str) -> None:
     now = datetime.now(timezone.utc)
-    with env.service.home.backend.document("responses", empty_responses).transaction() as stored:
-        stored["responses"] = {
-            f"resp_{index:040x}": [
-                agent_id,
-                100,
-                (now - timedelta(seconds=MAX_ENTRIES - index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            ]
-            for index in range(MAX_ENTRIES)
-        }
+    registry = env.service.home.responses
+    shards: list[dict[str, list[object]]] = [{} for _ in SHARD_NAMES]
+    for index in range(MAX_ENTRIES):
+        key = f"resp_{index:040x}"
+        created = (now - timedelta(seconds=MAX_ENTRIES - index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        shards[registry.shard_of(key)][key] = [agent_id, 100, created]
+    for name, records in zip(SHARD_NAMES, shards, strict=True):
+        with env.service.home.backend.document(name, empty_responses).transaction() as stored:
+            stored["responses"] = records
 
 
 def measure(env: GatewayEnv, token: str, path: str, calls: int, concurrency: int) -> str:

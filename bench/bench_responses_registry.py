@@ -1,9 +1,10 @@
 """The Responses API registry at its bound: prints figures, asserts nothing.
 Run: ``python bench/bench_responses_registry.py [--database URL]``.
 
-The gateway writes the registry (one document, rewritten whole) once per ``POST /v1/responses`` (twice for a
-stream), and the call waits for that write; concurrent calls share one write. This measures, with the
-registry full (20,000 records), on files and on PostgreSQL (a fresh schema, dropped at the end):
+The gateway writes the registry once per ``POST /v1/responses`` (twice for a stream), and the call waits
+for that write; a record rewrites the one shard (of 16 documents) its id hashes to, and concurrent records
+in one shard share one write. This measures, with the registry full (20,000 records), on files and on
+PostgreSQL (a fresh schema, dropped at the end):
 
 - one record (one write): the latency a lone call adds;
 - a batch of 32 records in one write: what 32 concurrent calls share;
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from caracal.storage.files import FileBackend
 from caracal.storage.interface import Backend
-from caracal.storage.responses import MAX_ENTRIES, ResponseRegistry, empty_responses
+from caracal.storage.responses import MAX_ENTRIES, SHARD_NAMES, ResponseRegistry, empty_responses
 
 AGENT = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 
@@ -40,18 +41,17 @@ def median_ms(action: Callable[[], object], times: int) -> float:
 
 
 def run(backend: Backend, label: str) -> None:
-    document = backend.document("responses", empty_responses)
+    documents = [backend.document(name, empty_responses) for name in SHARD_NAMES]
     now = datetime.now(timezone.utc)
-    with document.transaction() as stored:
-        stored["responses"] = {
-            f"resp_{index:040x}": [
-                AGENT,
-                1234,
-                (now - timedelta(seconds=MAX_ENTRIES - index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            ]
-            for index in range(MAX_ENTRIES)
-        }
-    registry = ResponseRegistry(document, lambda: datetime.now(timezone.utc))
+    registry = ResponseRegistry(documents, lambda: datetime.now(timezone.utc))
+    filled: list[dict[str, list[object]]] = [{} for _ in documents]
+    for index in range(MAX_ENTRIES):
+        key = f"resp_{index:040x}"
+        created = (now - timedelta(seconds=MAX_ENTRIES - index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        filled[registry.shard_of(key)][key] = [AGENT, 1234, created]
+    for document, records in zip(documents, filled, strict=True):
+        with document.transaction() as stored:
+            stored["responses"] = records
     counter = iter(range(10**9))
     one = median_ms(lambda: registry.record(f"resp_new{next(counter)}", AGENT, 10), 20)
     batch = median_ms(
@@ -69,9 +69,10 @@ def run(backend: Backend, label: str) -> None:
     for _ in range(10):
         after_write()
     cached = median_ms(lambda: registry.get("resp_new0", AGENT), 1000)
-    size = len(str(document.read()))
+    size = sum(len(str(document.read())) for document in documents)
     print(
-        f"{label:>10}: {MAX_ENTRIES} records (~{size // 1024} KiB): one record {one:.1f} ms, 32 in one write "
+        f"{label:>10}: {MAX_ENTRIES} records (~{size // 1024} KiB, {len(documents)} shards): one record "
+        f"{one:.1f} ms, 32 in one call "
         f"{batch:.1f} ms, look-up after a write {statistics.median(reread) * 1000:.1f} ms, cached "
         f"{cached * 1000:.0f} us"
     )

@@ -7,7 +7,7 @@ Layout (``$CARACAL_HOME``, else ``~/.caracal``)::
     data/agents.json  data/policies.json  data/prices.json   (each with .lock and .bak.N)
     data/apikeys.json             API keys of the server (hashes only)
     data/alerts.json  data/alert_outbox.json   alert rules (with their secrets; 0600) and their outbox
-    data/responses.json           Responses API responses created through the gateway (owner, tokens)
+    data/responses.<0-f>.json     Responses API responses created through the gateway (owner, tokens)
     keys/checkpoint.key (0600) and keys/checkpoint.key.pub
     keys/admin.key (0600)         the server's admin API key
 
@@ -47,7 +47,7 @@ from caracal.storage.denials import DenialLog
 from caracal.storage.interface import Backend, Document
 from caracal.storage.policies import PolicyRegistry, empty_policies
 from caracal.storage.prices import PriceRegistry, empty_prices
-from caracal.storage.responses import ResponseRegistry, empty_responses
+from caracal.storage.responses import SHARD_NAMES, ResponseRegistry, empty_responses
 
 if TYPE_CHECKING:
     from caracal.core.enforcement import Enforcer, OverHold
@@ -157,7 +157,7 @@ class EmbeddedHome:
         )
         self.denials = DenialLog(self.backend.document("denials", empty_denials), self.now)
         self.responses = ResponseRegistry(
-            self.backend.document("responses", empty_responses, mode=0o600), self.now
+            [self.backend.document(name, empty_responses, mode=0o600) for name in SHARD_NAMES], self.now
         )
         """The gateway's Responses API responses (who created each, the tokens billed for it)."""
         self._writer: LedgerWriter | None = None

@@ -25,12 +25,14 @@ from caracal.core.store import CheckpointLog, LedgerStore, Position
 T = TypeVar("T")
 
 REGISTRIES = (
-    "agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox", "dashboard", "responses",
+    "agents", "policies", "prices", "apikeys", "denials", "alerts", "alert_outbox", "dashboard",
+    *(f"responses.{shard:x}" for shard in range(16)),
 )  # fmt: skip
 """The registry documents every backend keeps (``denials``: the log of :mod:`caracal.storage.denials`;
 ``alerts``, ``alert_outbox``: the rules and outbox of :mod:`caracal.storage.alerts`; ``dashboard``: the
 dashboard's session secret and the last verification's result, shared by every server process of the
-home; ``responses``: the gateway's Responses API responses, :mod:`caracal.storage.responses`)."""
+home; ``responses.0`` to ``responses.f``: the shards of the gateway's Responses API responses,
+:mod:`caracal.storage.responses`, whose ``SHARD_NAMES`` they are)."""
 
 
 class Document(Protocol):

@@ -12,8 +12,15 @@ import pytest
 
 from caracal.exceptions import GatewayRequestError, RegistryError, ResponseNotFoundError
 from caracal.storage.home import EmbeddedHome
-from caracal.storage.interface import REGISTRIES
-from caracal.storage.responses import RETENTION, ResponseRegistry, empty_responses
+from caracal.storage.interface import REGISTRIES, Document
+from caracal.storage.responses import (
+    MAX_ENTRIES,
+    RETENTION,
+    SHARD_NAMES,
+    SHARDS,
+    ResponseRegistry,
+    empty_responses,
+)
 
 AGENT = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 OTHER = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -45,11 +52,17 @@ def clock() -> Clock:
 
 
 def registry(home: EmbeddedHome, clock: Clock, **bounds: object) -> ResponseRegistry:
-    return ResponseRegistry(home.backend.document("responses", empty_responses), clock, **bounds)  # type: ignore[arg-type]
+    """A registry of one shard (the first of the home's), so that size bounds are exact."""
+    return ResponseRegistry([first_shard(home)], clock, **bounds)  # type: ignore[arg-type]
+
+
+def first_shard(home: EmbeddedHome) -> Document:
+    return home.backend.document(SHARD_NAMES[0], empty_responses)
 
 
 def test_the_registry_is_one_of_the_backends_registries(home: EmbeddedHome) -> None:
-    assert "responses" in REGISTRIES  # copied by `caracal migrate`, accepted by the PostgreSQL backend
+    # copied by `caracal migrate`, accepted by the PostgreSQL backend
+    assert len(SHARD_NAMES) == SHARDS and set(SHARD_NAMES) <= set(REGISTRIES)
     home.responses.record("resp_1", AGENT, 12)
     assert home.responses.get("resp_1", AGENT).tokens == 12
 
@@ -93,7 +106,7 @@ def test_records_expire_after_the_retention(home: EmbeddedHome, clock: Clock) ->
     with pytest.raises(ResponseNotFoundError):
         responses.get("resp_old", AGENT)
     responses.record("resp_new", AGENT, 2)  # a write drops the expired record from the document
-    stored = home.backend.document("responses", empty_responses).read()["responses"]
+    stored = first_shard(home).read()["responses"]
     assert set(stored) == {"resp_new"}
 
 
@@ -138,7 +151,7 @@ def test_concurrent_records_are_all_kept(home: EmbeddedHome, clock: Clock) -> No
         thread.start()
     for thread in threads:
         thread.join()
-    stored = home.backend.document("responses", empty_responses).read()["responses"]
+    stored = first_shard(home).read()["responses"]
     assert len(stored) == 40
 
 
@@ -160,8 +173,7 @@ def test_bad_token_counts_are_refused(home: EmbeddedHome, clock: Clock, tokens: 
 
 
 def test_a_damaged_document_is_refused_not_guessed(home: EmbeddedHome, clock: Clock) -> None:
-    document = home.backend.document("responses", empty_responses)
-    with document.transaction() as stored:
+    with first_shard(home).transaction() as stored:
         stored["responses"] = {"resp_x": [AGENT, "many", "2026"]}
     responses = registry(home, clock)
     with pytest.raises(RegistryError, match="resp_x"):
@@ -195,3 +207,51 @@ def test_a_record_written_elsewhere_is_found_at_once(caracal_home: Path, home: E
         assert home.responses.get("resp_there", AGENT).tokens == 5
     finally:
         elsewhere.close()
+
+
+def _shard_contents(home: EmbeddedHome) -> list[dict[str, object]]:
+    return [home.backend.document(name, empty_responses).read().get("responses", {}) for name in SHARD_NAMES]
+
+
+def test_the_homes_registry_spreads_responses_over_its_shards_and_rewrites_one_per_record(
+    home: EmbeddedHome,
+) -> None:
+    """A record rewrites only the shard its id hashes to (so a full registry costs a sixteenth per call),
+    and every response is found again whichever shard holds it."""
+    ids = [f"resp_{index:04d}" for index in range(64)]
+    home.responses.record_many([(response_id, AGENT, index) for index, response_id in enumerate(ids)])
+    before = _shard_contents(home)
+    assert sum(len(shard) for shard in before) == 64
+    assert sum(1 for shard in before if shard) >= SHARDS // 2, "the ids must spread over the shards"
+    assert [home.responses.get(response_id, AGENT).tokens for response_id in ids] == list(range(64))
+    home.responses.record("resp_extra", AGENT, 7)
+    after = _shard_contents(home)
+    changed = [index for index in range(SHARDS) if before[index] != after[index]]
+    assert len(changed) == 1 and "resp_extra" in after[changed[0]]
+
+
+def test_the_size_bound_holds_per_shard_and_keeps_the_newest(caracal_home: Path, home: EmbeddedHome) -> None:
+    clock = Clock()
+    sharded = ResponseRegistry(
+        [home.backend.document(name, empty_responses) for name in SHARD_NAMES], clock, max_entries=SHARDS * 2
+    )
+    for index in range(200):
+        clock.now = START + timedelta(seconds=index)
+        sharded.record(f"resp_{index:04d}", AGENT, index)
+    shards = _shard_contents(home)
+    assert all(len(shard) <= 2 for shard in shards)
+    kept = {key for shard in shards for key in shard}
+    # in each shard, the newest two of the ids that hashed to it
+    for shard in shards:
+        newest = sorted(shard)[-1] if shard else None
+        if newest is not None:
+            assert sharded.get(newest, AGENT).tokens == int(newest[5:])
+    assert "resp_0199" in kept and "resp_0000" not in kept
+    assert MAX_ENTRIES % SHARDS == 0  # the default keeps exactly MAX_ENTRIES in all
+
+
+def test_a_registry_needs_room_for_one_record_per_shard(home: EmbeddedHome, clock: Clock) -> None:
+    with pytest.raises(ValueError):
+        ResponseRegistry([], clock)
+    with pytest.raises(ValueError):
+        ResponseRegistry([first_shard(home), first_shard(home)], clock, max_entries=1)

@@ -552,26 +552,29 @@ class _Passthrough(Response):
 
 
 class _Recorder:
-    """Writes the records of Responses API responses, batching the ones that arrive while a write is under
-    way into the next one: the registry is one document rewritten whole, so concurrent calls share one
-    write instead of queueing on its lock one by one. Each caller waits for the write that holds its record
-    (it must be stored before the client can continue the response); records are written in arrival order."""
+    """Writes the records of Responses API responses, batching per shard the ones that arrive while that
+    shard's write is under way into its next one: a shard is one document rewritten whole, so concurrent
+    calls share one write instead of queueing on its lock one by one, and different shards are written at
+    the same time. Each caller waits for the write that holds its record (it must be stored before the
+    client can continue the response); a shard's records are written in arrival order."""
 
     def __init__(self, service: Service):
         self.service = service
-        self.pending: list[tuple[str, str, int, asyncio.Future[None]]] = []
-        self.writer: asyncio.Future[None] | None = None
+        self.pending: dict[int, list[tuple[str, str, int, asyncio.Future[None]]]] = {}
+        self.writers: dict[int, asyncio.Future[None]] = {}
 
     async def record(self, response_id: str, agent_id: str, tokens: int) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((response_id, agent_id, tokens, done))
-        if self.writer is None or self.writer.done():
-            self.writer = asyncio.ensure_future(self._write())
+        shard = self.service.home.responses.shard_of(response_id)
+        self.pending.setdefault(shard, []).append((response_id, agent_id, tokens, done))
+        writer = self.writers.get(shard)
+        if writer is None or writer.done():
+            self.writers[shard] = asyncio.ensure_future(self._write(shard))
         await done
 
-    async def _write(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending, []
+    async def _write(self, shard: int) -> None:
+        while self.pending.get(shard):
+            batch = self.pending.pop(shard)
             try:
                 records = [(response_id, agent, tokens) for response_id, agent, tokens, _done in batch]
                 await asyncio.to_thread(self.service.home.responses.record_many, records)
