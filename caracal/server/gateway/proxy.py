@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -61,7 +60,6 @@ from caracal.core.enforcement import Hold, Operation
 from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
-    ConfigurationError,
     GatewayRequestError,
     UpstreamError,
 )
@@ -74,19 +72,24 @@ from caracal.server.gateway.estimate import (
     bound_openai_embeddings,
     bound_openai_responses,
 )
+from caracal.server.gateway.headers import passed_headers, provider_key, upstream_headers
 from caracal.server.gateway.pricing import hold_amount, usage_charges
+from caracal.server.gateway.responses import (
+    RESPONSES_PREFIX,
+    ResponseRecorder,
+    openapi_response_operations,
+    previous_tokens,
+    response_operation,
+)
 from caracal.server.gateway.tokens import TokenCounter, counter_for_model, is_loaded, preload
 from caracal.server.gateway.usage import ProviderApi, StreamMeter, Usage, billable, usage_from_response
 from caracal.server.service import Service
-from caracal.storage.responses import check_response_id
 
 logger = logging.getLogger("caracal.gateway")
 
 AGENT_HEADER = "x-caracal-agent"
 CLOSE_DEFER = 0.005
 """Seconds a settlement or release may wait to share the next hold's fsync (see GroupCommitter)."""
-ANTHROPIC_VERSION = "2023-06-01"
-_PASSED_HEADERS = ("anthropic-version", "anthropic-beta", "openai-organization", "openai-project")
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,6 @@ _ROUTES = {
     ),
 }
 
-RESPONSES_PREFIX = "/v1/responses/"
-"""``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items``, ``POST .../cancel``: passed through for the
-agent that created the response (:meth:`Gateway.response_operation`), never charged."""
-_RESPONSE_OPERATIONS = {("GET", ""), ("DELETE", ""), ("GET", "/input_items"), ("POST", "/cancel")}
-
 
 COUNT_INLINE_BYTES = 32 * 1024
 """Request bodies up to this size are bounded on the event loop (counting 32 KB of text takes 1-2 ms);
@@ -178,7 +176,7 @@ class Gateway:
         self.settings = service.home.settings
         self._session: aiohttp.ClientSession | None = None
         preload()  # the tokenizers load in the background (a fraction of a second); see COUNT_INLINE_BYTES
-        self.recorder = _Recorder(service)
+        self.recorder = ResponseRecorder(service)
 
     def session(self) -> aiohttp.ClientSession:
         """One pooled session per server (created in the server's event loop on first use)."""
@@ -197,7 +195,7 @@ class Gateway:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """ASGI entry for :data:`PATHS` and the paths under :data:`RESPONSES_PREFIX`."""
         if scope["path"].startswith(RESPONSES_PREFIX):
-            response = await self.response_operation(Request(scope, receive))
+            response = await response_operation(self, Request(scope, receive))
         elif scope["method"] != "POST":
             response = http_error_response(405, "use POST", {"allow": "POST"})
         else:
@@ -216,20 +214,20 @@ class Gateway:
     async def _handle(self, request: Request, route: _Route) -> Response:
         service = self.service
         request.state.principal = caller = authenticate(service, request)
-        agent_id = self._agent_of(caller, request)
+        agent_id = self.agent_of(caller, request)
         raw = await request.body()
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise GatewayRequestError(f"the request body is not valid JSON: {exc}") from None
         limits = (self.settings.max_output_tokens, self.settings.image_tokens)
-        previous = await self._previous_tokens(agent_id, body) if route.api == "openai-responses" else 0
+        previous = await previous_tokens(service, agent_id, body) if route.api == "openai-responses" else 0
         if len(raw) > COUNT_INLINE_BYTES or not is_loaded(_model(body)):
             bound, forward = await asyncio.to_thread(route.bound, body, *limits, previous)
         else:
             bound, forward = route.bound(body, *limits, previous)
         upstream = self.settings.upstream(route.upstream)
-        provider_key = _provider_key(upstream)
+        key = provider_key(upstream)
         model = forward["model"]
         enforcer = service.enforcer
         amount, currency = hold_amount(
@@ -254,7 +252,7 @@ class Gateway:
         service.metrics.holds.labels("placed").inc()
         started = time.perf_counter()
         call = _Call(self, route, upstream, hold, bound, model, started, agent_id)
-        headers = _upstream_headers(route, provider_key, request)
+        headers = upstream_headers(route.upstream, key, request)
         try:
             response = await self.session().post(
                 upstream.base_url + route.path, data=orjson.dumps(forward), headers=headers
@@ -283,7 +281,7 @@ class Gateway:
                     outcome="the upstream refused the gateway's provider key, which the server's operator "
                     "must fix; the hold was released and nothing was billed",
                 )
-            return Response(content, response.status, _passed_headers(response), response.content_type)
+            return Response(content, response.status, passed_headers(response), response.content_type)
         if forward.get("stream") is True:
             return _Passthrough(call, response)
         try:
@@ -300,75 +298,9 @@ class Gateway:
         call.settle(usage, "ok")
         if route.api == "openai-responses" and isinstance(answer, dict):
             await call.record_response(answer.get("id"), usage)  # before the client can continue it
-        return Response(content, response.status, _passed_headers(response), response.content_type)
+        return Response(content, response.status, passed_headers(response), response.content_type)
 
-    async def _previous_tokens(self, agent_id: str, body: object) -> int:
-        """The recorded tokens of the response a Responses request continues (0 when it continues none);
-        :class:`ResponseNotFoundError` when the agent created no such response through the gateway."""
-        previous = body.get("previous_response_id") if isinstance(body, dict) else None
-        if previous is None:
-            return 0
-        if not isinstance(previous, str) or not previous:
-            raise GatewayRequestError("previous_response_id must be a non-empty string")
-        record = await asyncio.to_thread(self.service.home.responses.get, previous, agent_id)
-        return record.tokens
-
-    async def response_operation(self, request: Request) -> Response:
-        """Read, delete, list the input items of, or cancel a response: passed through (with the provider
-        key) only for the agent that created it; any other caller gets 404, as for an unknown id. Nothing is
-        held or charged (the provider does not bill these)."""
-        try:
-            caller = request.state.principal = authenticate(self.service, request)
-            agent_id = self._agent_of(caller, request)
-            rest = request.scope["path"][len(RESPONSES_PREFIX) :]
-            response_id, _slash, tail = rest.partition("/")
-            suffix = f"/{tail}" if tail else ""
-            method = request.scope["method"]
-            if (method, suffix) not in _RESPONSE_OPERATIONS:
-                allowed = sorted(m for m, s in _RESPONSE_OPERATIONS if s == suffix)
-                if not allowed:
-                    return http_error_response(404, f"no gateway operation at {request.scope['path']}")
-                return http_error_response(405, f"use {' or '.join(allowed)}", {"allow": ", ".join(allowed)})
-            # 404 unless this agent's (a registry read: off the event loop)
-            await asyncio.to_thread(self.service.home.responses.get, response_id, agent_id)
-            check_response_id(response_id)
-            upstream = self.settings.upstream("openai")
-            headers = _upstream_headers(_ROUTES["/v1/responses"], _provider_key(upstream), request)
-            url = f"{upstream.base_url}/responses/{response_id}{suffix}"
-            query = request.scope.get("query_string", b"").decode("latin-1")
-            try:
-                async with self.session().request(
-                    method,
-                    url + (f"?{query}" if query else ""),
-                    data=await request.body() or None,
-                    headers=headers,
-                ) as answer:
-                    content = await answer.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                raise UpstreamError(
-                    f"the upstream {upstream.base_url} failed on {method} {url} "
-                    f"({type(exc).__name__}: {exc})",
-                    outcome="the upstream failed; nothing was held or billed",
-                ) from None
-            if answer.status in (401, 403):
-                raise UpstreamError(
-                    f"the openai upstream refused the gateway's provider key (HTTP {answer.status}) on "
-                    f"{method} {url}: the operator must check ${upstream.api_key_env}",
-                    outcome="the upstream refused the gateway's provider key; nothing was held or billed",
-                )
-            if method == "DELETE" and answer.status < 300:
-                try:
-                    await asyncio.to_thread(self.service.home.responses.forget, response_id)
-                except (
-                    CaracalError
-                ) as exc:  # deleted upstream all the same; a stale record reaches a 404 there
-                    logger.error("could not forget deleted response %s: %s", response_id, exc)
-            return Response(content, answer.status, _passed_headers(answer), answer.content_type)
-        except CaracalError as exc:
-            self.service.metrics.errors.labels(type(exc).__name__).inc()
-            return error_response(exc, getattr(request.state, "principal", None))
-
-    def _agent_of(self, principal: Principal, request: Request) -> str:
+    def agent_of(self, principal: Principal, request: Request) -> str:
         if principal.agent_id is not None:
             require_writable(self.service, principal)  # a suspended agent's key: 403, nothing forwarded
             return principal.agent_id
@@ -505,7 +437,7 @@ class _Passthrough(Response):
         self.upstream = upstream
         self.status_code = upstream.status
         content_type = upstream.headers.get("content-type", "text/event-stream")
-        headers = {**_passed_headers(upstream), "cache-control": "no-cache", "content-type": content_type}
+        headers = {**passed_headers(upstream), "cache-control": "no-cache", "content-type": content_type}
         self.raw_headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
         self.background = None
 
@@ -551,85 +483,11 @@ class _Passthrough(Response):
                 task.add_done_callback(_PENDING.discard)
 
 
-class _Recorder:
-    """Writes the records of Responses API responses, batching per shard the ones that arrive while that
-    shard's write is under way into its next one: a shard is one document rewritten whole, so concurrent
-    calls share one write instead of queueing on its lock one by one, and different shards are written at
-    the same time. Each caller waits for the write that holds its record (it must be stored before the
-    client can continue the response); a shard's records are written in arrival order."""
-
-    def __init__(self, service: Service):
-        self.service = service
-        self.pending: dict[int, list[tuple[str, str, int, asyncio.Future[None]]]] = {}
-        self.writers: dict[int, asyncio.Future[None]] = {}
-
-    async def record(self, response_id: str, agent_id: str, tokens: int) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        shard = self.service.home.responses.shard_of(response_id)
-        self.pending.setdefault(shard, []).append((response_id, agent_id, tokens, done))
-        writer = self.writers.get(shard)
-        if writer is None or writer.done():
-            self.writers[shard] = asyncio.ensure_future(self._write(shard))
-        await done
-
-    async def _write(self, shard: int) -> None:
-        while self.pending.get(shard):
-            batch = self.pending.pop(shard)
-            try:
-                records = [(response_id, agent, tokens) for response_id, agent, tokens, _done in batch]
-                await asyncio.to_thread(self.service.home.responses.record_many, records)
-            except Exception as exc:
-                for *_record, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for *_record, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-
-
 _PENDING: set[asyncio.Future[None]] = set()
 """Record updates queued at the end of a stream (kept referenced until done)."""
 
 _NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 """Upstream failures that happen before any byte of the request is sent: only these release the hold."""
-
-_PASSED_RESPONSE_HEADERS = frozenset(("retry-after", "x-request-id", "request-id", "openai-processing-ms"))
-_PASSED_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
-
-
-def _passed_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
-    """The provider's response headers a client uses (retry-after for backoff, request ids, rate limits);
-    never its cookies, encodings or lengths (the gateway sets its own)."""
-    return {
-        name: value
-        for name, value in response.headers.items()
-        if (lower := name.lower()) in _PASSED_RESPONSE_HEADERS or lower.startswith(_PASSED_RESPONSE_PREFIXES)
-    }
-
-
-def _provider_key(upstream: UpstreamSettings) -> str:
-    key = upstream.api_key or os.environ.get(upstream.api_key_env)
-    if not key:
-        raise ConfigurationError(
-            f"no provider key for the {upstream.api} upstream: set ${upstream.api_key_env} for the server, "
-            f"or gateway.{upstream.api}.api_key in config.toml"
-        )
-    return key
-
-
-def _upstream_headers(route: _Route, provider_key: str, request: Request) -> dict[str, str]:
-    headers = {"content-type": "application/json", "accept-encoding": "identity"}  # bodies read as sent
-    for name in _PASSED_HEADERS:
-        value = request.headers.get(name)
-        if value is not None:
-            headers[name] = value
-    if route.upstream == "anthropic":
-        headers["x-api-key"] = provider_key
-        headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
-    else:
-        headers["authorization"] = f"Bearer {provider_key}"
-    return headers
 
 
 PATHS = frozenset(_ROUTES)
@@ -662,39 +520,13 @@ def install(app: FastAPI, service: Service) -> Gateway:
             schema = build_schema()
             for path, route in _ROUTES.items():
                 schema["paths"][path] = _openapi_operation(route)
-            schema["paths"].update(_openapi_response_operations())
+            schema["paths"].update(openapi_response_operations())
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.gateway = gateway
     return gateway
-
-
-def _openapi_response_operations() -> dict[str, Any]:
-    """``GET``/``DELETE /v1/responses/{response_id}``, ``GET .../input_items``, ``POST .../cancel``."""
-    parameter = {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    error = {"description": "JSON error: {error: {type, code, message}}"}
-
-    def operation(summary: str) -> dict[str, Any]:
-        return {
-            "tags": ["gateway"],
-            "summary": summary,
-            "description": (
-                "Passed through to OpenAI, uncharged, for the agent that created the response through the "
-                "gateway; any other agent gets 404, as for an unknown id."
-            ),
-            "parameters": [parameter],
-            "responses": {"200": {"description": "The OpenAI answer"}, "401": error, "404": error},
-        }
-
-    paths: dict[str, Any] = {}
-    for method, suffix in sorted(_RESPONSE_OPERATIONS):
-        path = f"{RESPONSES_PREFIX}{{response_id}}{suffix}"
-        what = {"GET": "Read", "DELETE": "Delete", "POST": "Cancel"}[method]
-        summary = f"{what} a response" + (" (its input items)" if suffix == "/input_items" else "")
-        paths.setdefault(path, {})[method.lower()] = operation(summary)
-    return paths
 
 
 def _openapi_operation(route: _Route) -> dict[str, Any]:
