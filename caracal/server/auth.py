@@ -17,7 +17,7 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 
 from caracal.core.apikeys import Principal
-from caracal.exceptions import PermissionDeniedError
+from caracal.exceptions import GatewayRequestError, PermissionDeniedError
 from caracal.server.service import Service
 
 
@@ -60,4 +60,32 @@ def require_reading(service: Service, principal: Principal, agent_id: str) -> No
     principal.require_read(service.home.directory.chain(agent_id))
 
 
-__all__ = ["authenticate", "require_admin", "require_reading", "require_writable", "token_of"]
+AGENT_HEADER = "x-caracal-agent"
+"""The header in which the admin key names the agent a gateway or MCP call is for."""
+
+
+def acting_agent(service: Service, principal: Principal, connection: HTTPConnection) -> str:
+    """The agent a gateway or MCP call is made for: an agent key's own (which must be writable: a suspended
+    agent's key gets 403 and nothing is forwarded), or the one the admin key names in :data:`AGENT_HEADER`
+    (else :class:`GatewayRequestError` saying how to name one)."""
+    if principal.agent_id is not None:
+        require_writable(service, principal)
+        return principal.agent_id
+    named = connection.headers.get(AGENT_HEADER)
+    if not named:
+        raise GatewayRequestError(
+            f"the admin key acts for no agent: name the agent in the {AGENT_HEADER} header, or use the "
+            f"agent's own key (caracal agent key create NAME)"
+        )
+    return service.home.directory.agent_id(named)
+
+
+__all__ = [
+    "AGENT_HEADER",
+    "acting_agent",
+    "authenticate",
+    "require_admin",
+    "require_reading",
+    "require_writable",
+    "token_of",
+]

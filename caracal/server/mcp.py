@@ -25,7 +25,7 @@ from caracal.core.apikeys import Principal
 from caracal.core.enforcement import Hold
 from caracal.core.pricebook import Price
 from caracal.exceptions import CaracalError, GatewayRequestError
-from caracal.server.auth import authenticate, require_writable
+from caracal.server.auth import acting_agent, authenticate
 from caracal.server.errors import error_response, http_error_response
 from caracal.server.service import Service
 
@@ -38,7 +38,6 @@ __all__ = ["PREFIX", "McpEndpoints", "ServiceBudget"]
 logger = logging.getLogger("caracal.mcp")
 
 PREFIX = "/mcp/"
-AGENT_HEADER = "x-caracal-agent"
 _AGENT_KEY = "caracal.agent_id"
 """Where the authenticated agent is left in the ASGI scope for the tool-call handler."""
 CLOSE_DEFER = 0.005
@@ -140,24 +139,12 @@ class McpEndpoints:
         principal: Principal | None = None
         try:
             principal = authenticate(self.service, connection)
-            scope[_AGENT_KEY] = self._agent_of(principal, connection)
+            scope[_AGENT_KEY] = acting_agent(self.service, principal, connection)
         except CaracalError as exc:
             self.service.metrics.errors.labels(type(exc).__name__).inc()
             await error_response(exc, principal)(scope, receive, send)
             return
         await manager.handle_request(scope, receive, send)
-
-    def _agent_of(self, principal: Principal, connection: HTTPConnection) -> str:
-        if principal.agent_id is not None:
-            require_writable(self.service, principal)  # a suspended agent's key: 403, nothing forwarded
-            return principal.agent_id
-        named = connection.headers.get(AGENT_HEADER)
-        if not named:
-            raise GatewayRequestError(
-                f"the admin key acts for no agent: name the agent in the {AGENT_HEADER} header, or use the "
-                f"agent's own key (caracal agent key create NAME)"
-            )
-        return self.service.home.directory.agent_id(named)
 
 
 def _manager(server: Server[Any, Any]) -> StreamableHTTPSessionManager:

@@ -183,9 +183,27 @@ def agents_loop(
 
 
 async def _agents_loop(
-    base_url: str, api_key: str, marker: str, *, stream: bool, meter: LlmMeter | None, model: str
+    base_url: str,
+    api_key: str,
+    marker: str,
+    *,
+    stream: bool,
+    meter: LlmMeter | None,
+    model: str,
+    default_model: bool = False,
 ) -> tuple[str, list[str]]:
-    from agents import Agent, Model, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+    """With ``default_model`` the agent is given only the model's name, so the SDK runs it on its default:
+    the Responses API through the default client (here the gateway's base URL and the agent's key)."""
+    from agents import (
+        Agent,
+        Model,
+        OpenAIChatCompletionsModel,
+        Runner,
+        function_tool,
+        set_default_openai_api,
+        set_default_openai_client,
+        set_tracing_disabled,
+    )
     from openai import AsyncOpenAI
 
     from caracal.integrations.openai_agents import CaracalModel
@@ -200,9 +218,15 @@ async def _agents_loop(
         return weather(city)
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-    llm: Model = OpenAIChatCompletionsModel(model, client)
-    if meter is not None:
-        llm = CaracalModel(llm, meter)
+    llm: Model | str
+    if default_model:
+        set_default_openai_client(client, use_for_tracing=False)
+        set_default_openai_api("responses")  # the SDK's default, said here so the test never runs on another
+        llm = model
+    else:
+        llm = OpenAIChatCompletionsModel(model, client)
+        if meter is not None:
+            llm = CaracalModel(llm, meter)
     agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=llm)
     try:
         if stream:
@@ -216,43 +240,7 @@ async def _agents_loop(
 
 
 def agents_responses_loop(base_url: str, api_key: str, marker: str, *, stream: bool) -> tuple[str, list[str]]:
-    """The Agents SDK's loop on its default model: an ``Agent`` given only a model name runs on the OpenAI
-    Responses API through the default client, here the gateway's base URL and the agent's Caracal key."""
-    return asyncio.run(_agents_responses_loop(base_url, api_key, marker, stream=stream))
-
-
-async def _agents_responses_loop(
-    base_url: str, api_key: str, marker: str, *, stream: bool
-) -> tuple[str, list[str]]:
-    from agents import (
-        Agent,
-        Runner,
-        function_tool,
-        set_default_openai_api,
-        set_default_openai_client,
-        set_tracing_disabled,
+    """The Agents SDK's loop on its default model (the Responses API), through ``base_url``."""
+    return asyncio.run(
+        _agents_loop(base_url, api_key, marker, stream=stream, meter=None, model=MODEL, default_model=True)
     )
-    from openai import AsyncOpenAI
-
-    set_tracing_disabled(True)
-    ran: list[str] = []
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """The weather of a city."""
-        ran.append(city)
-        return weather(city)
-
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
-    set_default_openai_client(client, use_for_tracing=False)
-    set_default_openai_api("responses")  # the SDK's default, said here so the test never runs on another
-    agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=MODEL)
-    try:
-        if stream:
-            result = Runner.run_streamed(agent, prompt(marker))
-            async for _event in result.stream_events():
-                pass
-            return str(result.final_output), ran
-        return str((await Runner.run(agent, prompt(marker))).final_output), ran
-    finally:
-        await client.close()

@@ -63,7 +63,7 @@ from caracal.exceptions import (
     GatewayRequestError,
     UpstreamError,
 )
-from caracal.server.auth import authenticate, require_writable
+from caracal.server.auth import AGENT_HEADER, acting_agent, authenticate
 from caracal.server.errors import error_response, http_error_response
 from caracal.server.gateway.estimate import (
     Bound,
@@ -87,7 +87,6 @@ from caracal.server.service import Service
 
 logger = logging.getLogger("caracal.gateway")
 
-AGENT_HEADER = "x-caracal-agent"
 CLOSE_DEFER = 0.005
 """Seconds a settlement or release may wait to share the next hold's fsync (see GroupCommitter)."""
 
@@ -301,16 +300,7 @@ class Gateway:
         return Response(content, response.status, passed_headers(response), response.content_type)
 
     def agent_of(self, principal: Principal, request: Request) -> str:
-        if principal.agent_id is not None:
-            require_writable(self.service, principal)  # a suspended agent's key: 403, nothing forwarded
-            return principal.agent_id
-        named = request.headers.get(AGENT_HEADER)
-        if not named:
-            raise GatewayRequestError(
-                f"the admin key acts for no agent: name the agent in the {AGENT_HEADER} header, or use the "
-                f"agent's own key (caracal agent key create NAME)"
-            )
-        return self.service.home.directory.agent_id(named)
+        return acting_agent(self.service, principal, request)
 
 
 class _Call:
