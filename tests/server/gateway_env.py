@@ -210,7 +210,7 @@ class GatewayEnv:
             provider = "openai"
         elif path == RESPONSES:  # a request that continues no earlier response
             bound, forward = bound_openai_responses(
-                body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS, previous_tokens=0
+                body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS, counter=counter
             )
             provider = "openai"
         else:

@@ -24,6 +24,7 @@ from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
 from caracal.server.gateway.estimate import Bound, bound_openai_responses
 from caracal.server.gateway.pricing import hold_amount
+from caracal.server.gateway.tokens import counter_for_model
 from tests.pg import BACKEND_PARAMS, home_database
 from tests.server.gateway_env import (
     GPT,
@@ -101,7 +102,11 @@ def worst_case(
     env: GatewayEnv, body: dict[str, Any], previous: int = 0
 ) -> tuple[Bound, dict[str, Any], Decimal]:
     bound, forward = bound_openai_responses(
-        body, max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS, previous_tokens=previous
+        body,
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+        image_tokens=IMAGE_TOKENS,
+        previous_tokens=previous,
+        counter=counter_for_model(body["model"]),  # as the gateway bounds it
     )
     amount, _currency = hold_amount(
         env.service.home.prices.pricebook(), "openai", body["model"], bound, env.service.enforcer.now()

@@ -15,16 +15,21 @@ import pytest
 
 from caracal.core.ledger import LedgerReader
 from caracal.core.verify import verify_ledger
-from caracal.server.gateway.estimate import bound_anthropic_messages, bound_openai_chat
+from caracal.server.gateway.estimate import (
+    bound_anthropic_messages,
+    bound_openai_chat,
+    bound_openai_responses,
+)
 from caracal.server.gateway.pricing import hold_amount
 from caracal.server.gateway.tokens import counter_for_model
 from tests.pg import BACKEND_PARAMS, home_database
-from tests.server.fake_upstream import prompt_tokens
+from tests.server.fake_upstream import prompt_tokens, responses_prompt_tokens
 from tests.server.gateway_env import (
     CHAT,
     IMAGE_TOKENS,
     MAX_OUTPUT_TOKENS,
     MESSAGES,
+    RESPONSES,
     GatewayEnv,
     behaviour_model,
     nonce,
@@ -172,4 +177,39 @@ def test_a_large_request_is_counted_too_and_settled(env: GatewayEnv) -> None:
     [held], _charges, _ = split(events)
     assert held.metadata is not None and held.metadata["input_tokens_bound"] == bound.input_tokens
     assert spent(events) <= hold
+    assert_ledger_sound(env)
+
+
+def test_a_responses_call_is_held_at_its_counted_input_and_never_overspent(env: GatewayEnv) -> None:
+    """The Agents SDK's default API: instructions and input messages counted with the model's tokenizer."""
+    marker = nonce()
+
+    def body() -> dict[str, Any]:
+        return {
+            "model": GPT,
+            "max_output_tokens": CAP,
+            "instructions": "You are a careful analyst.",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": f"{marker} " + PARAGRAPH * 8}]}
+            ],
+        }
+
+    bound, _forward, hold = env.worst_case(RESPONSES, body())
+    by_bytes, _ = bound_openai_responses(
+        body(), max_output_tokens=MAX_OUTPUT_TOKENS, image_tokens=IMAGE_TOKENS
+    )
+    assert bound.input_tokens * 2 < by_bytes.input_tokens
+    limit = hold + Decimal("0.000001")
+    agent = env.agent(str(limit))
+    first = env.post(RESPONSES, body(), agent=agent)
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["input_tokens"] == responses_prompt_tokens(body()) <= bound.input_tokens
+    events = env.closed_entries(agent.agent_id)
+    [held], charges, _ = split(events)
+    assert held.cost == hold and held.metadata is not None
+    assert held.metadata["input_tokens_bound"] == bound.input_tokens
+    assert charges and spent(events) <= hold
+    second = env.post(RESPONSES, body(), agent=agent)
+    assert second.status_code == 402, second.text
+    assert len(env.upstream_requests(marker)) == 1
     assert_ledger_sound(env)

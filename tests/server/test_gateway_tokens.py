@@ -32,6 +32,7 @@ from caracal.server.gateway.estimate import (
     REQUEST_OVERHEAD_TOKENS,
     bound_openai_chat,
     bound_openai_embeddings,
+    bound_openai_responses,
 )
 from caracal.server.gateway.tokens import (
     ENCODINGS,
@@ -42,7 +43,7 @@ from caracal.server.gateway.tokens import (
     encoding_for_model,
     load_counter,
 )
-from tests.server.fake_upstream import prompt_tokens
+from tests.server.fake_upstream import prompt_tokens, responses_prompt_tokens
 
 BACKENDS_PER_MODULE = True  # pure computation: no ledger, so one run (not one per storage backend)
 
@@ -404,3 +405,90 @@ def test_a_tool_result_covers_the_function_name_it_is_rendered_under(
     rendered = FRAME_TOKENS + len(encoding.encode_ordinary(f"functions.{name} to=assistant"))
     rendered += len(encoding.encode_ordinary(result["content"]))
     assert with_result.input_tokens - without.input_tokens >= rendered
+
+
+# --- the Responses API: instructions and input messages counted like chat messages ------------------------
+
+responses_roles = st.sampled_from(["system", "developer", "user", "assistant"])
+responses_parts = st.lists(
+    st.one_of(
+        texts.map(lambda text: {"type": "input_text", "text": text}),
+        texts.map(lambda text: {"type": "output_text", "text": text, "annotations": []}),
+    ),
+    min_size=1,
+    max_size=4,
+)
+responses_items = st.lists(
+    st.fixed_dictionaries(
+        {"role": responses_roles, "content": st.one_of(texts, responses_parts)},
+        optional={"type": st.just("message")},
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def as_chat(instructions: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages the provider renders: the instructions as a system message, then each input message."""
+    messages = [{"role": "system", "content": instructions}] if instructions is not None else []
+    for item in items:
+        content = item["content"]
+        if isinstance(content, list):
+            content = [{"type": "text", "text": part["text"]} for part in content]
+        messages.append({"role": item["role"], "content": content})
+    return messages
+
+
+def responses_bound(body: dict[str, Any], counted: bool = True) -> int:
+    loaded = counter("o200k_base") if counted else None
+    bound, _ = bound_openai_responses(body, max_output_tokens=CAP, image_tokens=IMG, counter=loaded)
+    return bound.input_tokens
+
+
+@given(instructions=st.one_of(st.none(), texts), items=st.one_of(texts, responses_items))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_responses_input_is_never_bounded_below_its_rendered_template(
+    reference: dict[str, Any], instructions: str | None, items: str | list[dict[str, Any]]
+) -> None:
+    body: dict[str, Any] = {"model": "gpt-4o", "input": items}
+    if instructions is not None:
+        body["instructions"] = instructions
+    listed = [{"role": "user", "content": items}] if isinstance(items, str) else items
+    bound = responses_bound(body)
+    for separator in SEPARATORS:
+        rendered = rendered_tokens(reference["o200k_base"], as_chat(instructions, listed), separator)
+        assert bound >= rendered, separator
+    assert bound >= responses_prompt_tokens(body)  # what the fake upstream reports
+
+
+def test_responses_english_input_is_bounded_far_below_its_bytes() -> None:
+    text = " ".join(WORDS * 40)
+    body = {
+        "model": "gpt-4o",
+        "instructions": "Answer briefly.",
+        "input": [{"role": "user", "content": text}],
+    }
+    assert responses_bound(body) * 2 < responses_bound(body, counted=False)
+
+
+def test_responses_items_that_are_not_plain_text_keep_their_byte_and_image_bounds() -> None:
+    """A function call, its output (plus the function name it is rendered under), an image and text with
+    annotations are bounded by their bytes as before: counting the rest never lowers them."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "x"}'}
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny " * 50}
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 4000}
+    cited = {
+        "type": "output_text",
+        "text": "see " * 30,
+        "annotations": [{"type": "url_citation", "url": "u"}],
+    }
+    base = {"model": "gpt-4o", "input": [{"role": "user", "content": "go"}]}
+
+    def added(*items: dict[str, Any], counted: bool = True) -> int:
+        more = {**base, "input": [*base["input"], *items]}
+        return responses_bound(more, counted) - responses_bound(base, counted)
+
+    assert added(call) >= added(call, counted=False) >= len(orjson.dumps(call))
+    assert added(output) >= tokens.TOOL_RESULT_TOKENS + len(orjson.dumps(output))
+    # inside a message: the image at the image bound, the annotated text by its bytes
+    assert added({"role": "user", "content": [image, cited]}) >= IMG + len(orjson.dumps(cited))

@@ -478,6 +478,8 @@ def bound_anthropic_messages(
 
 
 _OPENAI_RESPONSES_INPUT_FIELDS = ("input", "instructions", "tools", "text", "tool_choice")
+_OPENAI_RESPONSES_BYTE_FIELDS = ("tools", "text", "tool_choice")
+"""The fields bounded by their bytes even when the input's text is counted."""
 
 _RESPONSES_REFUSED_FIELDS: Mapping[str, str] = {
     "prompt": "stored prompt templates are expanded by the provider: their text is not in the request",
@@ -485,8 +487,64 @@ _RESPONSES_REFUSED_FIELDS: Mapping[str, str] = {
 }
 
 
+_RESPONSES_TEXT_PARTS = frozenset(("input_text", "output_text"))
+_RESPONSES_EMPTY_PART_KEYS = frozenset(("annotations", "logprobs"))
+
+
+def _responses_text_part(part: object) -> object:
+    """``part`` as a chat text part (``{"type": "text", "text": ...}``) when it is plain text on the Responses
+    API (``input_text``/``output_text`` with nothing but empty annotations and logprobs), else unchanged."""
+    if (
+        isinstance(part, dict)
+        and part.get("type") in _RESPONSES_TEXT_PARTS
+        and isinstance(part.get("text"), str)
+        and all(
+            key in ("type", "text") or (key in _RESPONSES_EMPTY_PART_KEYS and part[key] == []) for key in part
+        )
+    ):
+        return {"type": "text", "text": part["text"]}
+    return part
+
+
+def _counted_responses_input(data: Mapping[str, Any], counter: TokenCounter) -> int:
+    """The counted bound of a Responses request's ``instructions`` and ``input``, as chat messages are counted
+    (:func:`_counted_messages`; the provider renders them with the same template): ``instructions`` as a
+    system message, a string ``input`` as a user message, message items with their plain text parts counted.
+    Every other item (function calls, reasoning, ...) is counted by its JSON bytes with a message's
+    overhead, and a ``function_call_output`` also adds :data:`TOOL_RESULT_TOKENS` (it is rendered under the
+    called function's name, which it does not carry), so nothing is below the byte bound's argument."""
+    messages: list[Any] = []
+    extra = 0
+    instructions = data.get("instructions")
+    if isinstance(instructions, str):
+        messages.append({"role": "system", "content": instructions})
+    elif instructions is not None:
+        extra += _json_bytes(instructions, "instructions")
+    value = data.get("input")
+    if isinstance(value, str):
+        messages.append({"role": "user", "content": value})
+    elif isinstance(value, list):
+        for item in value:
+            kind = item.get("type")
+            if kind in (None, "message") and "role" in item:
+                content = item.get("content")
+                if isinstance(content, list):
+                    content = [_responses_text_part(part) for part in content]
+                messages.append({**item, "content": content})
+            else:
+                if kind == "function_call_output":
+                    extra += TOOL_RESULT_TOKENS
+                messages.append(item)  # counted by its bytes (it has no role and no content)
+    return extra + _counted_messages(messages, counter, "input")
+
+
 def bound_openai_responses(
-    body: object, *, max_output_tokens: int, image_tokens: int, previous_tokens: int = 0
+    body: object,
+    *,
+    max_output_tokens: int,
+    image_tokens: int,
+    previous_tokens: int = 0,
+    counter: TokenCounter | None = None,
 ) -> tuple[Bound, dict[str, Any]]:
     """The worst-case :class:`Bound` of an OpenAI Responses API request (``POST /v1/responses``) and the
     body to forward.
@@ -495,6 +553,8 @@ def bound_openai_responses(
       ``tool_choice``, ``image_tokens`` per image, :data:`REQUEST_OVERHEAD_TOKENS`, plus ``previous_tokens``:
       with ``previous_response_id`` the provider re-reads the earlier conversation, so the caller passes the
       billed input and output tokens recorded for that response (which include its own predecessors).
+      With a ``counter`` (the model's tokenizer) the text of ``instructions`` and of the input's messages is
+      counted instead of its bytes (:func:`_counted_responses_input`).
     - Output: ``max_output_tokens`` of the request, else the gateway's cap injected into the forwarded body
       as ``max_output_tokens``. Reasoning tokens are output tokens on this API and count against that cap,
       so the bound covers any reasoning effort.
@@ -571,5 +631,10 @@ def bound_openai_responses(
         part = data.get(field)
         if isinstance(part, (list, dict)):
             _scan(part, scan, field)
-    input_tokens = _input_bound(data, _OPENAI_RESPONSES_INPUT_FIELDS, scan, image_tokens) + previous_tokens
-    return Bound(input_tokens, cap), forward
+    if counter is None:
+        input_tokens = _input_bound(data, _OPENAI_RESPONSES_INPUT_FIELDS, scan, image_tokens)
+    else:
+        # Image parts stay inside the bytes counted here, so _input_bound's image arithmetic still holds.
+        counted = _counted_responses_input(data, counter) + COUNTED_REQUEST_OVERHEAD_TOKENS
+        input_tokens = counted + _input_bound(data, _OPENAI_RESPONSES_BYTE_FIELDS, scan, image_tokens)
+    return Bound(input_tokens + previous_tokens, cap), forward

@@ -132,7 +132,11 @@ _ROUTES = {
         "openai",
         "/responses",
         lambda body, cap, images, previous: bound_openai_responses(
-            body, max_output_tokens=cap, image_tokens=images, previous_tokens=previous
+            body,
+            max_output_tokens=cap,
+            image_tokens=images,
+            previous_tokens=previous,
+            counter=_counter(body),
         ),
     ),
 }
