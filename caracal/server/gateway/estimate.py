@@ -425,6 +425,23 @@ def _is_token_id(value: object) -> bool:
 _ANTHROPIC_INPUT_FIELDS = ("messages", "system", "tools", "tool_choice")
 
 
+def _check_tools(data: Mapping[str, Any], accepted: tuple[object, ...], refusal: str) -> list[Any] | None:
+    """``tools``, if given, is a list of objects whose ``type`` is one of ``accepted``; a tool of another
+    type is refused with ``refusal`` (the provider runs it, so its cost is not in the request)."""
+    tools = data.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise _fail(f"tools must be a list, got {type(tools).__name__}")
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _fail(f"tools[{index}] must be an object, got {type(tool).__name__}")
+        kind = tool.get("type")
+        if kind not in accepted:
+            raise _fail(f"tools[{index}].type is {kind!r}: {refusal}")
+    return tools
+
+
 def bound_anthropic_messages(
     body: object, *, max_output_tokens: int, image_tokens: int
 ) -> tuple[Bound, dict[str, Any]]:
@@ -444,20 +461,12 @@ def bound_anthropic_messages(
     system = data.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise _fail(f"system must be a string or a list of content blocks, got {type(system).__name__}")
-    tools = data.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _fail(f"tools must be a list, got {type(tools).__name__}")
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                raise _fail(f"tools[{index}] must be an object, got {type(tool).__name__}")
-            kind = tool.get("type")
-            if kind is not None and kind != "custom":
-                raise _fail(
-                    f"tools[{index}] has type {kind!r}: server tools and Anthropic-defined tools are not "
-                    f"supported by the gateway (their inputs and fees are not in the request); "
-                    f"only custom tools are"
-                )
+    tools = _check_tools(
+        data,
+        (None, "custom"),
+        "server tools and Anthropic-defined tools are not supported by the gateway (their inputs and fees "
+        "are not in the request); only custom tools are",
+    )
     if data.get("mcp_servers"):
         raise _fail("mcp_servers is not supported by the gateway: remote tool definitions are not bounded")
     cap = _positive_int(data, "max_tokens")
@@ -607,20 +616,13 @@ def bound_openai_responses(
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, (str, list)):
         raise _fail(f"instructions must be a string, got {type(instructions).__name__}")
-    tools = data.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _fail(f"tools must be a list, got {type(tools).__name__}")
-        for index, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                raise _fail(f"tools[{index}] must be an object, got {type(tool).__name__}")
-            kind = tool.get("type")
-            if kind != "function":
-                raise _fail(
-                    f"tools[{index}].type is {kind!r}: server-side tools (web search, file search, code "
-                    f"interpreter, computer use, image generation, MCP...) are not supported by the gateway "
-                    f"(their results and fees are not in the request); only function tools are"
-                )
+    _check_tools(
+        data,
+        ("function",),
+        "server-side tools (web search, file search, code interpreter, computer use, image generation, "
+        "MCP...) are not supported by the gateway (their results and fees are not in the request); only "
+        "function tools are",
+    )
     cap = _positive_int(data, "max_output_tokens")
     forward = dict(data)
     if cap is None:
