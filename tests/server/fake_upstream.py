@@ -187,11 +187,7 @@ class FakeUpstream:
         if not isinstance(body, dict):
             await self._json(send, 400, _error(anthropic, "invalid_request_error", "body must be JSON"))
             return
-        requested = body.get("model")
-        model = requested if isinstance(requested, str) else "unknown"
-        behaviour = headers.get("x-fake-behaviour") or (
-            model.rpartition("@")[2] if "@" in model else self.behaviour
-        )
+        model, behaviour = self._behaviour(headers, body)
         if behaviour == "slow":
             await asyncio.sleep(int(headers.get("x-fake-delay-ms", self.delay_ms)) / 1000)
         elif behaviour == "error500":
@@ -226,6 +222,14 @@ class FakeUpstream:
         )
         await self._json(send, 200, data, fail=fail)
 
+    def _behaviour(self, headers: dict[str, str], body: dict[str, Any]) -> tuple[str, str]:
+        """The request's model name and the behaviour it asks for (see the module docstring)."""
+        requested = body.get("model")
+        model = requested if isinstance(requested, str) else "unknown"
+        return model, headers.get("x-fake-behaviour") or (
+            model.rpartition("@")[2] if "@" in model else self.behaviour
+        )
+
     async def _responses_api(
         self, method: str, path: str, headers: dict[str, str], body: Any, send: Send
     ) -> None:
@@ -238,11 +242,7 @@ class FakeUpstream:
         if method != "POST" or not isinstance(body, dict):
             await self._json(send, 400, _error(False, "invalid_request_error", "POST a JSON body"))
             return
-        requested = body.get("model")
-        model = requested if isinstance(requested, str) else "unknown"
-        behaviour = headers.get("x-fake-behaviour") or (
-            model.rpartition("@")[2] if "@" in model else self.behaviour
-        )
+        model, behaviour = self._behaviour(headers, body)
         if behaviour == "slow":
             await asyncio.sleep(int(headers.get("x-fake-delay-ms", self.delay_ms)) / 1000)
         elif behaviour in ("error500", "error429"):

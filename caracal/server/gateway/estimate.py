@@ -615,7 +615,9 @@ def bound_openai_responses(
                 )
     instructions = data.get("instructions")
     if instructions is not None and not isinstance(instructions, (str, list)):
-        raise _fail(f"instructions must be a string, got {type(instructions).__name__}")
+        raise _fail(
+            f"instructions must be a string or a list of input items, got {type(instructions).__name__}"
+        )
     _check_tools(
         data,
         ("function",),

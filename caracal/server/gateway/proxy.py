@@ -319,7 +319,7 @@ class _Call:
         bound: Bound,
         model: str,
         started: float,
-        agent_id: str = "",
+        agent_id: str,
     ):
         self.gateway = gateway
         self.agent_id = agent_id
@@ -362,13 +362,14 @@ class _Call:
             ]
         self._close(outcome, "settle", service.enforcer.settle_op(self.hold.hold_id, charges))
 
-    async def record_response(self, response_id: object, usage: Usage) -> None:
+    async def record_response(self, response_id: object, usage: Usage | None) -> None:
         """Record a Responses API response for this call's agent with the tokens it was billed for (its bound
-        when the usage is an estimate), so a request that continues it is bounded (and allowed). A failure
-        is logged: the response then cannot be continued through the gateway (refused, never unbounded)."""
+        when ``usage`` is None or an estimate), so a request that continues it is bounded (and allowed). A
+        failure is logged: the response then cannot be continued through the gateway (refused, never
+        unbounded)."""
         if not isinstance(response_id, str) or not response_id:
             return
-        if usage.estimated:
+        if usage is None or usage.estimated:
             tokens = self.bound.input_tokens + self.bound.output_tokens
         else:
             tokens = (
@@ -452,7 +453,7 @@ class _Passthrough(Response):
                 if responses and not recorded and meter.response_id is not None:
                     # At its worst case, before the client sees the id and can continue the response.
                     recorded = True
-                    await self.call.record_response(meter.response_id, billable(None, self.call.bound, None))
+                    await self.call.record_response(meter.response_id, None)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:
                 outcome = "ok"

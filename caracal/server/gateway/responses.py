@@ -24,7 +24,6 @@ from caracal.server.auth import authenticate
 from caracal.server.errors import error_response, http_error_response
 from caracal.server.gateway.headers import passed_headers, provider_key, upstream_headers
 from caracal.server.service import Service
-from caracal.storage.responses import check_response_id
 
 if TYPE_CHECKING:
     from caracal.server.gateway.proxy import Gateway
@@ -102,9 +101,9 @@ async def response_operation(gateway: Gateway, request: Request) -> Response:
             if not allowed:
                 return http_error_response(404, f"no gateway operation at {request.scope['path']}")
             return http_error_response(405, f"use {' or '.join(allowed)}", {"allow": ", ".join(allowed)})
-        # 404 unless this agent's (a registry read: off the event loop)
+        # 404 unless this agent's (a registry read, off the event loop; an id that could not be put in a
+        # URL is never recorded, so it is a 404 too)
         await asyncio.to_thread(gateway.service.home.responses.get, response_id, agent_id)
-        check_response_id(response_id)
         upstream = gateway.settings.upstream("openai")
         headers = upstream_headers("openai", provider_key(upstream), request)
         url = f"{upstream.base_url}/responses/{response_id}{suffix}"

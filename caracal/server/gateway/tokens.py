@@ -256,6 +256,8 @@ _counters: dict[str, TokenCounter | None] = {}
 
 
 def _cached(name: str) -> TokenCounter | None:
+    if name in _counters:  # every request after the load: no lock (entries are only ever added)
+        return _counters[name]
     with _lock:  # one load per encoding per process, even when requests race the preload
         if name not in _counters:
             _counters[name] = load_counter(name)
