@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from caracal.storage.responses import MAX_ENTRIES, SHARD_NAMES, empty_responses  # noqa: E402
+from caracal.storage.responses import MAX_ENTRIES  # noqa: E402
 from tests.server.gateway_env import GatewayEnv, behaviour_model, start_gateway  # noqa: E402
 
 MODEL = behaviour_model("gpt-4o", "ok")
@@ -40,16 +39,9 @@ def bodies(path: str) -> dict[str, Any]:
 
 
 def fill(env: GatewayEnv, agent_id: str) -> None:
-    now = datetime.now(timezone.utc)
     registry = env.service.home.responses
-    shards: list[dict[str, list[object]]] = [{} for _ in SHARD_NAMES]
-    for index in range(MAX_ENTRIES):
-        key = f"resp_{index:040x}"
-        created = (now - timedelta(seconds=MAX_ENTRIES - index)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        shards[registry.shard_of(key)][key] = [agent_id, 100, created]
-    for name, records in zip(SHARD_NAMES, shards, strict=True):
-        with env.service.home.backend.document(name, empty_responses).transaction() as stored:
-            stored["responses"] = records
+    for start in range(0, MAX_ENTRIES, 2000):  # full: sealed records, as the gateway writes them
+        registry.record_many([(f"resp_{index:040x}", agent_id, 100) for index in range(start, start + 2000)])
 
 
 def measure(env: GatewayEnv, token: str, path: str, calls: int, concurrency: int) -> str:

@@ -157,7 +157,9 @@ class EmbeddedHome:
         )
         self.denials = DenialLog(self.backend.document("denials", empty_denials), self.now)
         self.responses = ResponseRegistry(
-            [self.backend.document(name, empty_responses, mode=0o600) for name in SHARD_NAMES], self.now
+            [self.backend.document(name, empty_responses, mode=0o600) for name in SHARD_NAMES],
+            self.now,
+            lambda: self.writer().cache_key("responses"),
         )
         """The gateway's Responses API responses (who created each, the tokens billed for it)."""
         self._writer: LedgerWriter | None = None

@@ -1,11 +1,11 @@
 """The responses the gateway created on the OpenAI Responses API: :data:`SHARDS` registry documents, on every
 backend.
 
-``responses.<shard>`` (:data:`SHARD_NAMES`): ``{"version": 1, "responses": {response_id: [agent_id, tokens,
-created_at]}}`` (a list per response rather than an object: a document is rewritten whole on every record,
-and at full size the field names alone would be a third of it). A response lives in the shard its id hashes
-to (CRC-32), so a record rewrites a sixteenth of the registry: a full registry (20,000 records, about
-2.4 MiB) cost 20-50 ms per call as one document, about 2 ms as sixteen.
+``responses.<shard>`` (:data:`SHARD_NAMES`): ``{"version": 1, "responses": {response_id: [agent_id,
+tokens, created_at, seal]}}`` (a list per response rather than an object: a document is rewritten whole on
+every record, and at full size the field names alone would be a third of it). A response lives in the shard
+its id hashes to (CRC-32), so a record rewrites a sixteenth of the registry: a full registry (20,000
+records, about 3 MiB) cost 20-50 ms per call as one document, a few ms as sixteen.
 
 Why it exists: a request with ``previous_response_id`` makes the provider re-read the earlier conversation,
 so its worst case includes tokens that are not in the request. The gateway records, for every response it
@@ -25,12 +25,21 @@ Invariants:
 - **Bounded.** Records older than :data:`RETENTION` are dropped, and past :data:`MAX_ENTRIES` the oldest
   are dropped, on every write; a dropped response can no longer be continued through the gateway (its
   ``previous_response_id`` is refused, never forwarded unbounded).
+- **Sealed.** The documents live in the data folder, which whoever can edit the ledger can edit too, and a
+  record decides who may read a response and how much a continuation holds. So each record carries an
+  HMAC of its id, owner, tokens and time under the home's ``responses`` cache key (derived from the
+  checkpoint signing key in ``keys/``, shared by every host of a ledger: see
+  :meth:`caracal.core.checkpoint.CheckpointSigner.cache_key`). A record whose seal does not verify (an owner
+  changed, tokens lowered, a time moved) is never used: :meth:`ResponseRegistry.get` refuses it with
+  :class:`RegistryError`, and a new record of that id replaces it.
 - **Fail closed.** A document in a shape this module never writes raises :class:`RegistryError` naming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import hmac
 import math
 import re
 import zlib
@@ -101,10 +110,16 @@ def _checked(responses: object, label: str, expired_before: str = "") -> list[st
         raise RegistryError(f"{label}: 'responses' must be an object (it is written by Caracal)")
     expired = []
     for key, entry in responses.items():
-        if type(entry) is not list or len(entry) != 3:
+        if type(entry) is not list or len(entry) != 4:
             raise _damaged(label, key)
-        agent, tokens, created = entry
-        if type(agent) is not str or type(tokens) is not int or tokens < 0 or type(created) is not str:
+        agent, tokens, created, mac = entry
+        if (
+            type(agent) is not str
+            or type(tokens) is not int
+            or tokens < 0
+            or type(created) is not str
+            or type(mac) is not str
+        ):
             raise _damaged(label, key)
         if created < expired_before:
             expired.append(key)
@@ -113,9 +128,20 @@ def _checked(responses: object, label: str, expired_before: str = "") -> list[st
 
 def _damaged(label: str, key: str) -> RegistryError:
     return RegistryError(
-        f"{label}: response {key!r} is not [agent_id, tokens, created_at]; fix or remove it (the responses "
-        f"registry is written by Caracal)"
+        f"{label}: response {key!r} is not [agent_id, tokens, created_at, seal]; fix or remove it (the "
+        f"responses registry is written by Caracal)"
     )
+
+
+def _seal(key: bytes, response_id: str, agent_id: str, tokens: int, created: str) -> str:
+    """The seal of one record: HMAC-SHA256 of its fields (128 bits, hex; a third of a record's size)."""
+    message = f"{response_id}\n{agent_id}\n{tokens}\n{created}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def _sealed(key: bytes, response_id: str, entry: list[Any]) -> bool:
+    agent, tokens, created, mac = entry
+    return hmac.compare_digest(mac, _seal(key, response_id, agent, tokens, created))
 
 
 def _records(label: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -136,6 +162,7 @@ class ResponseRegistry:
         self,
         documents: Sequence[Document],
         clock: Callable[[], datetime],
+        key: Callable[[], bytes],
         *,
         max_entries: int = MAX_ENTRIES,
         retention: timedelta = RETENTION,
@@ -148,6 +175,8 @@ class ResponseRegistry:
             )
         self.documents = tuple(documents)
         self.clock = clock
+        self._key = key
+        """The sealing key (asked for at the first record or look-up: it opens the home's signing key)."""
         self.max_entries = max_entries
         self.shard_entries = math.ceil(max_entries / len(documents))
         """Records kept per shard: the ids hash evenly, so the whole keeps about ``max_entries``."""
@@ -179,6 +208,7 @@ class ResponseRegistry:
         now = self.clock()
         created = format_timestamp(now)
         expired_before = format_timestamp(now - self.retention)
+        secret = self._key()
         for shard, mine in shards.items():
             document = self.documents[shard]
             with document.transaction() as content:
@@ -189,10 +219,12 @@ class ResponseRegistry:
                     del responses[key]
                 for response_id, agent_id, tokens in mine:
                     entry = responses.get(response_id)
-                    if entry is None:
-                        responses[response_id] = [agent_id, tokens, created]
+                    if entry is None or not _sealed(secret, response_id, entry):  # a forged one is replaced
+                        seal = _seal(secret, response_id, agent_id, tokens, created)
+                        responses[response_id] = [agent_id, tokens, created, seal]
                     elif entry[0] == agent_id:
                         entry[1] = tokens
+                        entry[3] = _seal(secret, response_id, agent_id, tokens, entry[2])
                 surplus = len(responses) - self.shard_entries
                 if surplus > 0:  # usually one: a partial selection, not a sort of the whole shard
                     for key in heapq.nsmallest(surplus, responses, key=lambda k: responses[k][2]):
@@ -212,6 +244,12 @@ class ResponseRegistry:
             # Not in this process's copy: it may have been written by another process a moment ago (on
             # PostgreSQL a cached copy is renewed when the change's notification arrives), so read it once.
             entry = parse(document.read()).get(response_id)
+        if entry is not None and not _sealed(self._key(), response_id, entry):
+            raise RegistryError(
+                f"{document.label}: the record of response {response_id!r} does not verify: it was edited "
+                f"(its owner, tokens or time changed), so it is not used; the response cannot be continued "
+                f"or read through the gateway"
+            )
         oldest = format_timestamp(self.clock() - self.retention)
         if entry is None or entry[0] != agent_id or entry[2] < oldest:
             raise ResponseNotFoundError(

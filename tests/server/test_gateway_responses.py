@@ -609,3 +609,39 @@ def test_the_admin_key_reads_a_response_as_the_agent_it_names(env: GatewayEnv) -
     as_other = env.client.get(f"{RESPONSES}/{created.id}", headers={**admin, "x-caracal-agent": other.name})
     assert as_other.status_code == 404
     assert env.client.get(f"{RESPONSES}/{created.id}", headers=admin).status_code == 400  # names no agent
+
+
+# ------------------------------------------------------------------ an edited registry (the data folder)
+
+
+@pytest.mark.parametrize("edit", ["owner", "tokens", "time"])
+def test_an_edited_record_is_never_used_to_read_or_continue_a_response(env: GatewayEnv, edit: str) -> None:
+    """Whoever can edit the data folder could give a response to another agent, lower the tokens a
+    continuation holds for, or keep a record past its retention: the record's seal no longer verifies, so
+    every agent is refused and nothing is forwarded."""
+    owner, other, marker = env.agent(), env.agent(), nonce()
+    first = client(env, owner).responses.create(**request(marker))
+    env.closed_entries(owner.agent_id)
+    registry = env.service.home.responses
+    document = registry.documents[registry.shard_of(first.id)]
+    with document.transaction() as stored:
+        entry = stored["responses"][first.id]
+        if edit == "owner":
+            entry[0] = other.agent_id
+        elif edit == "tokens":
+            entry[1] = 0
+        else:
+            entry[2] = "2999-01-01T00:00:00.000000Z"
+    for agent in (owner, other):
+        with pytest.raises(openai.APIStatusError) as read:
+            client(env, agent).responses.retrieve(first.id)
+        assert read.value.status_code == 503  # RegistryError: the record does not verify
+        continued = f"{marker}-{agent.agent_id}"
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(env, agent).responses.create(**request(continued, previous_response_id=first.id))
+        assert refused.value.status_code == 503
+        assert env.upstream_requests(continued) == []
+    assert [r.path for r in env.upstream_requests(marker)] == ["/v1/responses"]  # the first call only
+    # A new record of the id (the provider answered it again) replaces the forged one.
+    registry.record(first.id, owner.agent_id, 7)
+    assert registry.get(first.id, owner.agent_id).tokens == 7

@@ -4,7 +4,7 @@ a response, the tokens a continuation must hold for, retention and size bounds, 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -53,7 +53,11 @@ def clock() -> Clock:
 
 def registry(home: EmbeddedHome, clock: Clock, **bounds: object) -> ResponseRegistry:
     """A registry of one shard (the first of the home's), so that size bounds are exact."""
-    return ResponseRegistry([first_shard(home)], clock, **bounds)  # type: ignore[arg-type]
+    return ResponseRegistry([first_shard(home)], clock, sealing_key(home), **bounds)  # type: ignore[arg-type]
+
+
+def sealing_key(home: EmbeddedHome) -> Callable[[], bytes]:
+    return lambda: home.writer().cache_key("responses")
 
 
 def first_shard(home: EmbeddedHome) -> Document:
@@ -233,7 +237,10 @@ def test_the_homes_registry_spreads_responses_over_its_shards_and_rewrites_one_p
 def test_the_size_bound_holds_per_shard_and_keeps_the_newest(caracal_home: Path, home: EmbeddedHome) -> None:
     clock = Clock()
     sharded = ResponseRegistry(
-        [home.backend.document(name, empty_responses) for name in SHARD_NAMES], clock, max_entries=SHARDS * 2
+        [home.backend.document(name, empty_responses) for name in SHARD_NAMES],
+        clock,
+        sealing_key(home),
+        max_entries=SHARDS * 2,
     )
     for index in range(200):
         clock.now = START + timedelta(seconds=index)
@@ -252,6 +259,30 @@ def test_the_size_bound_holds_per_shard_and_keeps_the_newest(caracal_home: Path,
 
 def test_a_registry_needs_room_for_one_record_per_shard(home: EmbeddedHome, clock: Clock) -> None:
     with pytest.raises(ValueError):
-        ResponseRegistry([], clock)
+        ResponseRegistry([], clock, sealing_key(home))
     with pytest.raises(ValueError):
-        ResponseRegistry([first_shard(home), first_shard(home)], clock, max_entries=1)
+        ResponseRegistry([first_shard(home), first_shard(home)], clock, sealing_key(home), max_entries=1)
+
+
+@pytest.mark.parametrize("field", [0, 1, 2, 3])
+def test_a_record_edited_in_any_field_is_refused_not_used(
+    home: EmbeddedHome, clock: Clock, field: int
+) -> None:
+    responses = registry(home, clock)
+    responses.record("resp_sealed", AGENT, 500)
+    with first_shard(home).transaction() as stored:
+        entry = stored["responses"]["resp_sealed"]
+        entry[field] = {0: OTHER, 1: 1, 2: "2999-01-01T00:00:00.000000Z", 3: "0" * 32}[field]
+    for agent in (AGENT, OTHER):
+        with pytest.raises(RegistryError, match="does not verify"):
+            responses.get("resp_sealed", agent)
+
+
+def test_a_record_sealed_by_another_home_does_not_verify(
+    tmp_path: Path, home: EmbeddedHome, clock: Clock
+) -> None:
+    responses = registry(home, clock)
+    elsewhere = ResponseRegistry([first_shard(home)], clock, lambda: b"another home's key" * 2)
+    elsewhere.record("resp_theirs", AGENT, 3)
+    with pytest.raises(RegistryError, match="does not verify"):
+        responses.get("resp_theirs", AGENT)
