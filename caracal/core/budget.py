@@ -269,6 +269,7 @@ class BudgetState:
         charge: no kind, hold or idempotency key) is folded in here directly, with exactly :meth:`apply`'s
         steps; anything else goes through :meth:`apply`."""
         chain_of = self._chain_of
+        chains: dict[str, tuple[str, ...]] = {}  # chain_of's answers, asked once per agent per call
         spend = self._spend
         money_add = MONEY_CONTEXT.add
         for event in events:
@@ -298,7 +299,10 @@ class BudgetState:
             self._last_minute = minute
             cost = event.cost
             currency = event.currency
-            for member in chain_of(event.agent_id):  # SpendSeries.add, inlined
+            chain = chains.get(event.agent_id)
+            if chain is None:
+                chain = chains[event.agent_id] = chain_of(event.agent_id)
+            for member in chain:  # SpendSeries.add, inlined
                 series = spend.get((member, currency))
                 if series is None:
                     series = spend[(member, currency)] = SpendSeries()

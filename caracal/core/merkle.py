@@ -266,6 +266,17 @@ class MerkleFrontier:
         other._nodes = list(self._nodes)
         return other
 
+    @classmethod
+    def from_parts(cls, size: int, nodes: list[bytes]) -> MerkleFrontier:
+        """A frontier from its size and its nodes (largest subtree first), as :attr:`size` and :attr:`nodes`
+        give them. Raises :class:`ProofError` unless there is one 32-byte node per set bit of ``size``."""
+        if type(size) is not int or not 0 <= size < _MAX_FRONTIER_SIZE or len(nodes) != size.bit_count():
+            raise ProofError(f"a frontier of size {size!r} needs one node per set bit of its size")
+        _check_hashes(nodes, "frontier nodes")
+        tree = cls.__new__(cls)
+        tree._size, tree._nodes = size, list(nodes)
+        return tree
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly form: ``{"size": int, "nodes": [hex strings, largest subtree first]}``."""
         return {"size": self._size, "nodes": [n.hex() for n in self._nodes]}
