@@ -211,18 +211,13 @@ class FileLedgerStore:
         return ledger_size(self.path)
 
     def iter_lines(self, after: int, end: int | None = None) -> Iterator[tuple[int, bytes]]:
-        try:
-            handle = open_for_reading(self.path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise LedgerReadError(f"cannot read the ledger {self.path}: {exc.strerror}") from exc
-        with handle:
-            for offset, line in iter_lines(handle, after, end):
-                yield offset + len(line) + 1, line
+        return stream_lines(self.path, after, end)
 
     def line_at(self, position: int) -> bytes | None:
         return line_ending_at(self.path, position)
+
+    def line_source(self) -> tuple[str, dict[str, Any]]:
+        return "caracal.core.filestore:stream_lines", {"path": os.fspath(self.path)}
 
     # ------------------------------------------------------------------ caches and housekeeping
 
@@ -393,4 +388,18 @@ def _same_edges(a: Path, b: Path, size: int) -> bool:
         return fa.read(probe) == fb.read(probe)
 
 
-__all__ = ["FileLedgerStore", "sidecar_path"]
+def stream_lines(path: str | os.PathLike[str], after: int, end: int | None) -> Iterator[tuple[int, bytes]]:
+    """The complete lines of the ledger file after byte ``after`` (up to ``end``): ``(offset after the line,
+    line)``. :meth:`FileLedgerStore.iter_lines`, and a replay helper's source (:meth:`line_source`)."""
+    try:
+        handle = open_for_reading(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
+    with handle:
+        for offset, line in iter_lines(handle, after, end):
+            yield offset + len(line) + 1, line
+
+
+__all__ = ["FileLedgerStore", "sidecar_path", "stream_lines"]

@@ -51,9 +51,9 @@ REPLAY_LOCK_BYTES = 1 << 20
 """A process that would read this many bytes of ledger or more without a usable snapshot replays under the
 home's replay lock (so that one process replays and the others resume from its snapshot)."""
 HELPER_BYTES = 32 << 20
-"""A replay of this much ledger or more hashes its lines in a helper process (:mod:`caracal.core.leaf_hasher`)
-while it parses them, if the machine has a second core: about 130,000 entries, where starting the helper
-(some 50 ms) is a few percent of the replay."""
+"""A replay of this much ledger or more has a helper process read and hash the lines while it parses them
+(:mod:`caracal.core.replay_helper`), if the machine has a second core: about 130,000 entries, where starting
+the helper (some 50 ms) is a few percent of the replay."""
 logger = logging.getLogger("caracal.enforcement")
 
 

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from caracal.core.events import LedgerEvent, parse_line, validate_event_dict
-from caracal.core.leaf_hasher import HelperFailed, LeafHasher
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier
+from caracal.core.replay_helper import CHUNK, HashedChunk, HelperFailed, LineStream
 from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
+    CaracalError,
     CheckpointError,
     InvalidLedgerEventError,
     LedgerCorruptError,
@@ -51,9 +52,8 @@ logger = logging.getLogger("caracal.replay")
 
 _FOLD_EVERY = 1 << 16
 """Leaf hashes buffered before they are folded into the frontier (bounds the buffer's memory)."""
-_CHUNK = 2_000
-"""Lines checked together (:meth:`VerifiedTail._checked_chunk`): large enough that the per-chunk steps cost
-nothing per line, small enough that a chunk with a bad line is cheap to check again one line at a time."""
+_CHUNK = CHUNK
+"""Lines checked together (:meth:`VerifiedTail._checked_chunk`), as the helper sends them."""
 
 
 def failed(event_id: int, reason: str) -> LedgerVerificationError:
@@ -86,8 +86,10 @@ class VerifiedTail:
         self._roots: dict[int, bytes] = {}
         self._checkpoints_read = 0  # how far the checkpoint file has been read
         self._matched = 0  # the largest checkpoint size whose root matched
-        self._hasher: LeafHasher | None = None
         self._replaying = False
+        self._want_helper = False  # start the helper at this replay's first poll
+        self._stream: LineStream | None = None
+        self._carried: HashedChunk | None = None  # the rest of a helper's chunk a poll did not take
         self._lines: Iterator[tuple[int, bytes]] | None = None  # kept between the polls of a replay
         self._lines_at = 0  # the tail's offset when they were kept
 
@@ -132,6 +134,8 @@ class VerifiedTail:
         if size == self.offset:
             return []  # the common case on a budget check: one stat, nothing to read
         self._read_checkpoints()
+        if self._want_helper:
+            self._start_helper(size)
         events = self._read_lines(max_events)
         if len(events) < max_events and self._pending and self._pending[-1] > self.last_event_id:
             covered = self._pending[-1]
@@ -143,122 +147,164 @@ class VerifiedTail:
         return events
 
     def _read_lines(self, max_events: int) -> list[LedgerEvent]:
-        """Up to ``max_events`` checked events, read :data:`_CHUNK` lines at a time: each chunk is checked
-        as a whole (:meth:`_checked_chunk`), and one with anything unusual in it (a bad line, a line
-        without a chain hash) is checked again line by line (:meth:`_checked_lines`), which names the first
-        bad line and leaves the tail just before it."""
+        """Up to ``max_events`` checked events, a chunk at a time (from the replay's helper while it has
+        lines to send, else read here): each chunk is checked as a whole (:meth:`_checked_chunk`), and one
+        with anything unusual in it (a bad line, a line without a chain hash) is checked again line by line
+        (:meth:`_checked_lines`), which names the first bad line and leaves the tail just before it."""
         events: list[LedgerEvent] = []
-        lines, self._lines = self._lines, None
-        if lines is None or self._lines_at != self.offset:  # (the tail moved otherwise: skip, resume)
-            if lines is not None:
-                _close(lines)
-            lines = self.store.iter_lines(self.offset)
+        lines: Iterator[tuple[int, bytes]] | None = None  # read here, once the helper has sent all it will
         try:
             while len(events) < max_events:
-                chunk = list(islice(lines, min(_CHUNK, max_events - len(events))))
-                if not chunk:
-                    break
+                want = min(_CHUNK, max_events - len(events))
+                chunk = self._from_helper(want)
+                if chunk is None:
+                    if lines is None:
+                        lines = self._own_lines()
+                    pairs = list(islice(lines, want))
+                    if not pairs:
+                        break
+                    chunk = HashedChunk([end for end, _ in pairs], [line for _, line in pairs], [], {}, None)
                 checked = self._checked_chunk(chunk)
                 events += checked if checked is not None else self._checked_lines(chunk)
         except BaseException:
-            _close(lines)
+            if lines is not None:
+                _close(lines)
             raise
-        if self._replaying and len(events) == max_events:
-            self._lines, self._lines_at = lines, self.offset  # the next poll of the replay reads on from here
-        else:
-            _close(lines)  # a generator stopped early: release its file or cursor now
+        if lines is not None:
+            if self._replaying and len(events) == max_events:
+                self._lines, self._lines_at = lines, self.offset  # the next poll of the replay reads on here
+            else:
+                _close(lines)  # a generator stopped early: release its file or cursor now
         return events
 
-    def _checked_chunk(self, chunk: list[tuple[int, bytes]]) -> list[LedgerEvent] | None:
-        """The events of ``chunk`` (``(end, line)`` pairs following the tail) if every line is a valid
-        event with the next id and the chain hash of the line before it; then the tail has moved past
-        them, and the checkpoints they reach were compared. None, with nothing changed, for anything
-        else.
+    def _own_lines(self) -> Iterator[tuple[int, bytes]]:
+        """The store's lines after the tail: those a previous poll of this replay left open, if they still
+        start at the tail (nothing moved it since: a skip, a resume), else a new read."""
+        lines, self._lines = self._lines, None
+        if lines is not None and self._lines_at == self.offset:
+            return lines
+        if lines is not None:
+            _close(lines)
+        return self.store.iter_lines(self.offset)
 
-        The same checks as :meth:`_checked_lines`, made on lists (one hash per line, one comparison of
-        the chunk's chain hashes with its leaves) rather than one line at a time: a replay reads millions
-        of lines, and in this form a line costs about a third less."""
+    def _from_helper(self, want: int) -> HashedChunk | None:
+        """Up to ``want`` lines from the helper, starting at the tail; None when it has no more for this
+        replay (it ended, stopped, failed, or the tail moved under it: it is closed then)."""
+        stream = self._stream
+        if stream is None:
+            return None
+        chunk = self._carried
+        self._carried = None
+        if chunk is None:
+            try:
+                chunk = stream.next_chunk()
+            except HelperFailed as exc:
+                logger.info("the replay helper of %s failed (%s); reading here", self.store.location, exc)
+                chunk = None
+            if chunk is None:
+                if stream.stopped:
+                    logger.info("the replay helper of %s stopped: %s", self.store.location, stream.stopped)
+                self._stop_helper()
+                return None
+        if chunk.ends[0] != self._next_after(chunk):
+            self._stop_helper()  # not where the tail is: never the case within one replay, but never trusted
+            return None
+        if len(chunk.lines) > want:
+            chunk, self._carried = chunk.split(want)
+        return chunk
+
+    def _next_after(self, chunk: HashedChunk) -> int:
+        """Where ``chunk``'s first line would end if it followed the tail."""
+        return self.offset + (1 if self.store.positions_are_ids else len(chunk.lines[0]) + 1)
+
+    def _checked_chunk(self, chunk: HashedChunk) -> list[LedgerEvent] | None:
+        """The events of ``chunk`` (lines following the tail) if every line is a valid event with the next
+        id and the chain hash of the line before it; then the tail has moved past them, and the
+        checkpoints they reach were compared. None, with nothing changed, for anything else.
+
+        The same checks as :meth:`_checked_lines`, made on lists (one comparison of the chunk's chain
+        hashes with its leaves) rather than one line at a time: a replay reads millions of lines. The leaf
+        hashes, the roots at checkpoint sizes and the tree after the chunk come from the helper when it
+        read the chunk; otherwise they are computed here."""
         loads, validate = orjson.loads, validate_event_dict
-        lines = [line for _, line in chunk]
+        lines = chunk.lines
         first = self.last_event_id + 1
         count = len(lines)
-        sizes = [size for size in self._pending if size < first + count]  # checkpoints in this chunk
-        hasher = self._hasher
-        if hasher is not None:
-            try:
-                hasher.submit(lines, sizes)  # hashed there while parsed here
-            except HelperFailed:
-                self._drop_helper()
-                hasher = None
         try:  # parse_line, inlined: its errors are named by the line-by-line check
             events = [LedgerEvent(*validate(loads(line))) for line in lines]
         except (orjson.JSONDecodeError, InvalidLedgerEventError):
-            self._drop_helper()
             return None
         if [event.event_id for event in events] != list(range(first, first + count)):
-            self._drop_helper()
             return None
         chain = [event.prev_hash for event in events]
         if None in chain:
-            self._drop_helper()  # a line from before the chain existed: checked one at a time
-            return None
-        roots: list[bytes] | None = None
-        if hasher is not None:
-            try:
-                leaves, roots, tree = hasher.result()
-            except HelperFailed:
-                self._drop_helper()
-                hasher = None
-        if hasher is None:
-            leaves = [hashlib.sha256(b"\x00" + line).digest() for line in lines]
+            return None  # a line from before the chain existed: checked one at a time
+        leaves = chunk.leaves or [hashlib.sha256(b"\x00" + line).digest() for line in lines]
         if "".join(chain) != (self._last_leaf + b"".join(leaves[:-1])).hex():  # type: ignore[arg-type]
-            self._drop_helper()
             return None
         # Valid and chained: move past them, comparing each signed checkpoint they reach on the way.
+        sizes = [size for size in self._pending if size < first + count]
+        ends = chunk.ends
+        if chunk.tree is not None and all(size in chunk.roots for size in sizes):
+            for size in sizes:  # the helper's roots and tree: nothing to fold here
+                index = size - first
+                self.offset, self.last_event_id, self._last_leaf = ends[index], size, leaves[index]
+                self._check_checkpoint(size, chunk.roots[size])
+            self.offset, self.last_event_id, self._last_leaf = ends[-1], first + count - 1, leaves[-1]
+            self._tree = chunk.tree.copy()
+            self._unhashed.clear()  # (in place: the line-by-line check holds a reference) all in the tree
+            return events
         done = 0
-        for index, size in enumerate(sizes):
+        for size in sizes:
             upto = size - first + 1
-            if roots is None:
-                self._advance(chunk[upto - 1][0], size, leaves[done:upto])
-                self._check_checkpoint(size)
-            else:
-                self.offset, self.last_event_id, self._last_leaf = chunk[upto - 1][0], size, leaves[upto - 1]
-                self._check_checkpoint(size, roots[index])
+            self._advance(ends[upto - 1], size, leaves[done:upto])
+            self._check_checkpoint(size)
             done = upto
-        if roots is None:
-            self._advance(chunk[-1][0], first + count - 1, leaves[done:])
-        else:
-            self.offset, self.last_event_id, self._last_leaf = chunk[-1][0], first + count - 1, leaves[-1]
-            self._tree = tree  # the helper's frontier: these leaves, folded
+        self._advance(ends[-1], first + count - 1, leaves[done:])
         return events
 
     @contextlib.contextmanager
     def replaying(self, helper: bool) -> Iterator[None]:
         """A long replay: successive polls in this block read on from one stream of the store's lines
         (a database's next batch is already being fetched when a poll ends, not fetched again by the
-        next), and with ``helper`` lines are hashed in a helper process as they are parsed here (see
-        :mod:`caracal.core.leaf_hasher`; for a machine with a second core). Without the helper (it cannot
-        start, or stops) lines are hashed here, with the same result."""
-        if helper:
-            try:
-                self._hasher = LeafHasher(self._folded().copy())
-            except HelperFailed as exc:
-                logger.info("replaying without the hashing helper: %s", exc)
-        self._replaying = True
+        next); with ``helper``, a helper process reads and hashes the lines while they are parsed here
+        (:mod:`caracal.core.replay_helper`; for a machine with a second core). Without the helper (the store
+        has no line source, it cannot start, it stops) lines are read and hashed here, with the same
+        result."""
+        self._replaying, self._want_helper = True, helper
         try:
             yield
         finally:
-            self._replaying = False
+            self._replaying = self._want_helper = False
             if self._lines is not None:
                 _close(self._lines)
                 self._lines = None
-            self._drop_helper()
+            self._stop_helper()
 
-    def _drop_helper(self) -> None:
-        """Stop using the helper (its tree may have moved past this tail's: it is never asked again)."""
-        if self._hasher is not None:
-            self._hasher.close()
-            self._hasher = None
+    def _start_helper(self, end: int) -> None:
+        """Start the helper on the lines after the tail, up to ``end`` (once per replay)."""
+        self._want_helper = False
+        try:
+            source = self.store.line_source()
+            if source is None:
+                return
+            self._stream = LineStream(
+                source,
+                self.offset,
+                end,
+                self._folded(),
+                list(self._pending),
+                ids=self.store.positions_are_ids,
+                chunk=_CHUNK,
+            )
+        except (HelperFailed, CaracalError) as exc:
+            logger.info("replaying %s without a helper: %s", self.store.location, exc)
+
+    def _stop_helper(self) -> None:
+        self._carried = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _advance(self, offset: int, last_event_id: int, leaves: list[bytes]) -> None:
         """Move the tail past checked lines with these leaf hashes (ending at ``offset``, the last one
@@ -269,14 +315,14 @@ class VerifiedTail:
             if len(self._unhashed) >= _FOLD_EVERY:
                 self._folded()
 
-    def _checked_lines(self, chunk: list[tuple[int, bytes]]) -> list[LedgerEvent]:
+    def _checked_lines(self, chunk: HashedChunk) -> list[LedgerEvent]:
         events: list[LedgerEvent] = []
         expected = self.last_event_id + 1
         prev_hex = self._last_leaf.hex()
         sha256 = hashlib.sha256
         next_checkpoint = self._pending[0] if self._pending else 0
         unhashed = self._unhashed
-        for end, line in chunk:
+        for end, line in zip(chunk.ends, chunk.lines, strict=True):
             try:
                 event = parse_line(line, expected)
             except LedgerCorruptError as exc:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from caracal.core.checkpoint import Checkpoint
@@ -113,6 +113,11 @@ class LedgerStore(Protocol):
 
     def line_at(self, position: Position) -> bytes | None:
         """The line that ends at ``position``, or None when no line ends there."""
+
+    def line_source(self) -> tuple[str, dict[str, Any]] | None:
+        """How another process on this machine reads the same lines (a long replay's helper,
+        :mod:`caracal.core.replay_helper`): ``("module:function", keyword arguments)``, the function taking
+        ``after`` and ``end`` as well and yielding what :meth:`iter_lines` yields; None if it cannot."""
 
     # ------------------------------------------------------------------ caches and housekeeping
 

@@ -1,9 +1,11 @@
-"""A long replay checks lines a chunk at a time and hashes them in a helper process
-(:mod:`caracal.core.leaf_hasher`): it must find exactly what the line-by-line check finds, stop at the same
-place, and end in the same state; a helper that dies or cannot split a chunk changes nothing but speed.
+"""A long replay checks lines a chunk at a time, and a helper process reads and hashes them
+(:mod:`caracal.core.replay_helper`): it must find exactly what the line-by-line check finds, stop at the
+same place, and end in the same state; a helper that dies, cannot start or stops early changes nothing but
+speed.
 
 The tampers are ``verify``'s own (tests/core/test_verify_tamper.py). Chunks of 7 lines put checkpoints
-(40, 80, 119, 120) inside chunks and tampered lines at every position within one.
+(40, 80, 119, 120) inside chunks, split the helper's chunks across polls, and put tampered lines at every
+position within one.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from caracal.config import Settings
 from caracal.core import live, replay
 from caracal.core.enforcement import Enforcer
-from caracal.core.leaf_hasher import HelperFailed, LeafHasher
 from caracal.core.ledger import LedgerWriter
-from caracal.core.merkle import MerkleFrontier, leaf_hash
+from caracal.core.merkle import MerkleFrontier
 from caracal.core.replay import VerifiedTail
+from caracal.core.replay_helper import HelperFailed, LineStream
 from caracal.core.windows import WindowSpec
 from caracal.exceptions import LedgerVerificationError
+from caracal.storage.backends import open_backend
 from caracal.storage.home import EmbeddedHome
 from tests.core.test_verify_tamper import (
     EVENTS,
@@ -30,6 +34,7 @@ from tests.core.test_verify_tamper import (
     write_lines,
 )
 from tests.core.test_verify_tamper import ledger as ledger
+from tests.pg import initialized_database
 
 
 def new_tail(writer: LedgerWriter) -> VerifiedTail:
@@ -81,15 +86,14 @@ def test_a_clean_ledger_replays_the_same_with_and_without_the_helper(
     assert MerkleFrontier.from_dict(tail.to_dict()["tree"]).root() == verify(ledger).root
 
 
-def test_the_helper_does_the_hashing(writer: LedgerWriter, chunk: int) -> None:
+def test_the_helper_reads_and_hashes_the_lines(writer: LedgerWriter, chunk: int) -> None:
     tail = new_tail(writer)
     with tail.replaying(helper=True):
-        hasher = tail._hasher
-        assert hasher is not None
         assert len(tail.poll(EVENTS)) == EVENTS
-        assert tail._hasher is hasher  # used to the end, never dropped on a clean ledger
-    assert tail._hasher is None  # stopped when the replay ends
-    assert hasher._child.poll() is not None
+        stream = tail._stream
+        assert stream is not None and stream.position == tail.offset  # every line came through it
+    assert tail._stream is None  # stopped when the replay ends
+    assert stream._child.poll() is not None
 
 
 @pytest.mark.parametrize("name", sorted(LINE_TAMPERS))
@@ -118,53 +122,93 @@ def test_a_tail_stopped_by_a_bad_line_stands_just_before_it(
     assert tail.offset == sum(len(line) + 1 for line in lines[:53])
 
 
-def test_a_helper_that_dies_mid_replay_changes_nothing(writer: LedgerWriter, chunk: int) -> None:
-    expected = outcome(writer, helper=False)
-    tail = new_tail(writer)
+@pytest.fixture
+def long_ledger(tmp_path: Path) -> LedgerWriter:
+    """6,000 events (about 1.5 MB: more than the helper's pipe holds), a checkpoint every 500."""
+    writer = LedgerWriter(tmp_path / "ledger.jsonl", checkpoint_every=500, checkpoint_interval=0)
+    for n in range(12):
+        writer.append_events(
+            [{"agent_id": f"agent-{n % 3}", "resource_type": "r", "quantity": "1", "cost": "0.01"}] * 500
+        )
+    return writer
+
+
+def test_a_helper_killed_mid_replay_changes_nothing(
+    long_ledger: LedgerWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "_CHUNK", 100)
+    expected = outcome(long_ledger, helper=False)
+    tail = new_tail(long_ledger)
     with tail.replaying(helper=True):
-        first = tail.poll(30)
-        assert tail._hasher is not None
-        tail._hasher._child.kill()
-        tail._hasher._child.wait()
-        rest = tail.poll(EVENTS)
-        assert tail._hasher is None  # dropped: the rest was hashed here
+        first = tail.poll(150)
+        stream = tail._stream
+        assert stream is not None
+        stream._child.kill()
+        stream._child.wait()
+        rest = tail.poll(10_000)
+        assert tail._stream is None  # dropped: the lines it had not sent were read here
+        assert stream.position < tail.offset
     events = [event.to_bytes() for event in first + rest]
+    assert len(events) == 6000
     assert ("ok", events, tail.offset, tail.last_event_id, tail.to_dict()) == expected
 
 
-def test_the_helper_returns_what_hashing_here_gives() -> None:
-    lines = [b'{"n":%d}' % n for n in range(100)]
+def test_a_helper_that_cannot_read_changes_nothing(
+    writer: LedgerWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source the helper cannot use (here: a file that is not there) ends its stream at once."""
+    expected = outcome(writer, helper=False)
+    monkeypatch.setattr(
+        type(writer.store),
+        "line_source",
+        lambda self: ("caracal.core.filestore:stream_lines", {"path": "/nonexistent/ledger.jsonl"}),
+    )
+    assert outcome(writer, helper=True) == expected
+    monkeypatch.setattr(type(writer.store), "line_source", lambda self: ("os:system", {}))  # refused
+    assert outcome(writer, helper=True) == expected
+
+
+def test_the_stream_sends_what_hashing_here_gives(long_ledger: LedgerWriter) -> None:
+    lines = [line for _, line in long_ledger.store.iter_lines(0)]
     leaves = [hashlib.sha256(b"\x00" + line).digest() for line in lines]
     start = MerkleFrontier()
     start.extend(leaves[:13])
-    hasher = LeafHasher(start)
+    after = sum(len(line) + 1 for line in lines[:13])
+    source = long_ledger.store.line_source()
+    stream = LineStream(
+        source, after, long_ledger.store.end(), start, [20, 2000, 2001, 9999], ids=False, chunk=997
+    )
+    got: list[bytes] = []
+    roots: dict[int, bytes] = {}
     try:
-        hasher.submit(lines[13:60], [20, 59, 60])
-        got, roots, tree = hasher.result()
-        assert got == leaves[13:60]
-        for size, root in zip([20, 59, 60], roots, strict=True):
-            expected = MerkleFrontier()
-            expected.extend(leaves[:size])
-            assert root == expected.root()
-        assert tree.size == 60 and tree.root() == roots[-1]
-        # A chunk whose bytes do not split into its lines (a database row holding a newline): refused,
-        # and the caller goes on without it.
-        hasher.submit([b"one\ntwo"], [])
-        with pytest.raises(HelperFailed):
-            hasher.result()
+        while (chunk := stream.next_chunk()) is not None:
+            assert chunk.tree is not None and chunk.tree.size == 13 + len(got) + len(chunk.lines)
+            assert chunk.lines == lines[13 + len(got) : 13 + len(got) + len(chunk.lines)]
+            assert chunk.ends[-1] == sum(len(line) + 1 for line in lines[: 13 + len(got) + len(chunk.lines)])
+            got += chunk.leaves
+            roots.update(chunk.roots)
     finally:
-        hasher.close()
+        stream.close()
+    assert got == leaves[13:] and stream.stopped is None
+    assert sorted(roots) == [20, 2000, 2001]  # 9999 is beyond the ledger
+    for size, root in roots.items():
+        expected = MerkleFrontier()
+        expected.extend(leaves[:size])
+        assert root == expected.root()
+    # A stream whose helper is gone fails loudly, never with made-up lines.
+    stream = LineStream(source, 0, long_ledger.store.end(), MerkleFrontier(), [], ids=False, chunk=50)
+    stream._child.kill()
     with pytest.raises(HelperFailed):
-        hasher.submit(lines[60:], [])
-        hasher.result()
-    assert leaf_hash(lines[0]) == leaves[0]
+        while stream.next_chunk() is not None:
+            pass
+    stream.close()
 
 
 def test_opening_a_home_with_a_long_ledger_uses_the_helper_and_gets_the_same_budgets(
     caracal_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through the enforcer, as a process opening the home cold: a snapshot saved from a replay with the
-    helper equals one saved from a replay without (holds, keyed charges, plain charges, releases)."""
+    helper equals one saved from a replay without (holds, charges against holds, releases)."""
     home = EmbeddedHome(caracal_home)
     agent = home.agents.register("worker", "o@example.com").agent_id
     home.policies.create(agent, "100.00", WindowSpec("total", "UTC"), "USD")
@@ -180,13 +224,13 @@ def test_opening_a_home_with_a_long_ledger_uses_the_helper_and_gets_the_same_bud
     monkeypatch.setattr(live, "REPLAY_LOCK_BYTES", 0)
     monkeypatch.setattr(replay, "_CHUNK", 9)
     started: list[int] = []
-    original = LeafHasher.__init__
+    original = LineStream.__init__
 
-    def counting(self: LeafHasher, tree: MerkleFrontier) -> None:
-        started.append(tree.size)
-        original(self, tree)
+    def counting(self: LineStream, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(self.position)
 
-    monkeypatch.setattr(LeafHasher, "__init__", counting)
+    monkeypatch.setattr(LineStream, "__init__", counting)
     states = {}
     for helper_bytes in (1 << 40, 0):  # never, then always
         monkeypatch.setattr(live, "HELPER_BYTES", helper_bytes)
@@ -194,10 +238,78 @@ def test_opening_a_home_with_a_long_ledger_uses_the_helper_and_gets_the_same_bud
         snapshot.unlink()
         enforcer = Enforcer(home.writer(), home.directory)
         states[helper_bytes] = enforcer.live.state.to_snapshot()
-        status = enforcer.status("worker")
         enforcer.close()
         home.close()
     assert started == [0]  # the second open replayed with the helper, from the start
     assert states[0] == states[1 << 40]
     assert states[0]["holds"] and states[0]["last_event_id"] == 40 * 3 + 1
-    assert status is not None
+
+
+@pytest.fixture
+def database_ledger(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[LedgerWriter, str]:
+    """3,000 events on a fresh PostgreSQL schema, a checkpoint every 500: the writer and the URL."""
+    url = initialized_database(request)
+    backend = open_backend(tmp_path, Settings(), url)
+    request.addfinalizer(backend.close)
+    store = backend.ledger_store(lock_timeout=10, backup_count=0, backup_min_interval=0)
+    key = tmp_path / "checkpoint.key"
+    writer = LedgerWriter(store, signing_key_path=key, checkpoint_every=500, checkpoint_interval=0)
+    request.addfinalizer(writer.close)
+    for n in range(6):
+        writer.append_events(
+            [{"agent_id": f"agent-{n % 3}", "resource_type": "r", "quantity": "1", "cost": "0.01"}] * 500
+        )
+    return writer, url
+
+
+def on_database(url: str, statement: str) -> None:
+    """Edit the ledger table as someone with the database's owner rights could (past its trigger)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE caracal_ledger DISABLE TRIGGER caracal_ledger_append_only")
+        conn.execute(statement)
+
+
+def test_on_postgresql_the_helper_reads_the_rows_itself(
+    database_ledger: tuple[LedgerWriter, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, _url = database_ledger
+    monkeypatch.setattr(replay, "_CHUNK", 128)
+    expected = outcome(writer, helper=False)
+    assert expected[0] == "ok" and len(expected[1]) == 3000  # type: ignore[arg-type]
+    assert outcome(writer, helper=True) == expected
+    tail = new_tail(writer)
+    with tail.replaying(helper=True):
+        assert len(tail.poll(3000)) == 3000
+        assert tail._stream is not None and tail._stream.position == 3000
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "DELETE FROM caracal_ledger WHERE event_id = 1234",  # a missing row: the ids do not follow
+        # a row that holds a newline: joined with the others, it would read as two lines
+        "UPDATE caracal_ledger SET line = overlay(line placing '\\x0a'::bytea from 20 for 0) "
+        "WHERE event_id = 1234",
+    ],
+    ids=["row-deleted", "row-with-a-newline"],
+)
+def test_on_postgresql_a_row_the_helper_cannot_send_is_read_and_named_here(
+    database_ledger: tuple[LedgerWriter, str], monkeypatch: pytest.MonkeyPatch, edit: str
+) -> None:
+    writer, url = database_ledger
+    monkeypatch.setattr(replay, "_CHUNK", 128)
+    on_database(url, edit)
+    expected = outcome(writer, helper=False)
+    assert expected[:2] == ("failed", 1234)
+    stopped: list[str | None] = []
+    original = LineStream.close
+
+    def closing(self: LineStream) -> None:
+        stopped.append(self.stopped)
+        original(self)
+
+    monkeypatch.setattr(LineStream, "close", closing)
+    assert outcome(writer, helper=True) == expected
+    assert len(stopped) == 1 and stopped[0] is not None and "1233" in stopped[0]  # it stopped there

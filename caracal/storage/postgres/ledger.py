@@ -86,6 +86,28 @@ def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tu
     return rows
 
 
+def stream_lines(
+    url: str, schema: str, statement_timeout: str, after: int, end: int | None
+) -> Iterator[tuple[int, bytes]]:
+    """The ledger's rows after event ``after`` (up to ``end``) as ``(event id, line)``, on a connection of
+    its own: a replay helper's source (:meth:`PostgresLedgerStore.line_source`), in another process."""
+    import psycopg
+
+    stop = (1 << 62) if end is None else end
+    with psycopg.connect(url, autocommit=True, application_name="caracal replay") as conn:
+        conn.execute(
+            "SELECT set_config('search_path', quote_ident(%s), false), "
+            "set_config('statement_timeout', %s, false)",
+            (schema, statement_timeout),
+        )
+        while after < stop:
+            rows = _read_batch(conn, after, stop)
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][0]
+
+
 before_commit: Callable[[Any], None] | None = None
 """Test hook: called with the step's connection right before COMMIT (to lose the connection there)."""
 
@@ -382,6 +404,14 @@ class PostgresLedgerStore:
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)  # stopped early: waits for one batch at most
+
+    def line_source(self) -> tuple[str, dict[str, Any]]:
+        self.db.pool(LedgerReadError)  # the schema is known once the pool is open
+        return "caracal.storage.postgres.ledger:stream_lines", {
+            "url": self.db.url,
+            "schema": self.db.schema,
+            "statement_timeout": millis(self.db.settings.statement_timeout),
+        }
 
     def line_at(self, position: int) -> bytes | None:
         if position <= 0:
