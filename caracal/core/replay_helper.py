@@ -201,7 +201,8 @@ class LineStream:
         self._child.wait()
 
 
-def _source(name: str) -> Callable[..., Iterator[tuple[int, bytes]]]:
+def read_with(name: str) -> Callable[..., Iterator[tuple[int, bytes]]]:
+    """The line source function a :data:`LineSource` names (only one of Caracal's own)."""
     module, _, function = name.partition(":")
     if not module.startswith("caracal.") or not function:
         raise HelperFailed(f"not a line source of Caracal's: {name!r}")
@@ -215,7 +216,7 @@ def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
     tree = MerkleFrontier.from_dict(request["tree"])
     wanted = sorted(size for size in request["roots"] if size > tree.size)
     ids, position, chunk = bool(request["ids"]), int(request["after"]), max(1, int(request["chunk"]))
-    lines_of = _source(request["source"])(after=position, end=request["end"], **request["args"])
+    lines_of = read_with(request["source"])(after=position, end=request["end"], **request["args"])
     sha256 = hashlib.sha256
     stopped = ""
     lines: list[bytes] = []

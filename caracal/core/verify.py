@@ -15,7 +15,10 @@ Problems are collected in file order, so ``first_bad_event_id`` names the first 
 
 Memory does not grow with the number of events: leaf hashes are folded into a :class:`MerkleFrontier` as
 lines are scanned (in batches of :data:`_FOLD_BATCH`), and each checkpoint's root is compared the moment the
-tree reaches its size, so no more than one batch of leaves is ever held. In parallel mode the child writes
+tree reaches its size, so no more than one batch of leaves is ever held. Large ledgers are checked in two
+processes: a file's second half by bytes, a database's by event ids (the child reads those rows on a
+connection of its own, from the store's ``line_source``; the URL goes to it on its input, never on its
+command line, where other users of the machine could read a password). In parallel mode the child writes
 the second half's leaf hashes (32 bytes each) to a temporary file (in ``$TMPDIR``, not in the ledger's
 folder, which a verifier may not be allowed to write), which the parent folds in batches after the first half
 and then deletes. What is held still grows with the number of signed checkpoints, all read
@@ -58,6 +61,7 @@ from caracal.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from caracal.core.replay_helper import read_with
 from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
     CheckpointError,
@@ -76,6 +80,10 @@ Progress = Callable[[int, int], None]
 
 _PROGRESS_STEP = 8 << 20
 _PARALLEL_MIN_BYTES = 32 << 20
+_PARALLEL_MIN_EVENTS = 1 << 17
+"""The same for a store whose positions are event ids (about 32 MiB of lines)."""
+_SOURCE = "--source"
+"""A child's first argument when it reads a store's line source (given as JSON on its input), not a file."""
 _FOLD_BATCH = 1 << 14
 """Leaves held before they are folded into the tree: the bound on verify's memory for leaves (half a MiB of
 hashes plus their list), large enough that folding in bulk costs nothing per line."""
@@ -187,7 +195,8 @@ def verify_ledger(
     (the report says so). ``parallel`` (default: for files over 32 MiB on a machine with several cores)
     checks the second half of the file in another process. Raises :class:`LedgerReadError` only when the
     file cannot be read at all. ``ledger`` may be a :class:`LedgerStore` of any backend: the same checks run
-    over its lines (the same bytes), streamed, in one process.
+    over its lines (the same bytes), streamed; a long one (over 131,072 events) has its second half read and
+    checked by a child on a connection of its own, when the store says how (``line_source``).
 
     ``remembered`` is ``(size, root)`` of the home writer's sealed Merkle state
     (:func:`caracal.core.ledger.remembered_root`): compared like a checkpoint, it covers the lines written
@@ -246,10 +255,7 @@ def verify_ledger(
     checker = _RootChecker(pending, report)
     if source is not None:
         total = source.end()  # positions are event ids: "bytes" below count lines
-        lines = ((end - 1, line) for end, line in source.iter_lines(0, total))
-        segments = [_scan_segment(path, 0, total, progress, total, checker.fold, lines)] if total else []
-        if segments:
-            segments[0].stop = total
+        segments = _scan_store(source, path, total, progress, parallel, checker.fold)
     else:
         try:
             total = path.stat().st_size
@@ -400,42 +406,103 @@ def _scan(
     with open(path, "rb") as handle:
         middle = complete_end(handle, total // 2)
         first_line = next(iter_lines(handle, middle, total), (0, b""))[1]
-    try:
-        starts_with_id = type(orjson.loads(first_line)["event_id"]) is int
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        starts_with_id = False
-    if middle == 0 or not starts_with_id:
+    if middle == 0 or not _anchors(first_line):
         # The second half must start with a line whose id anchors its numbering; a corrupt line there
         # would make the child number everything after it wrongly. Rare (corrupt files): scan in one go.
         return [_scan_segment(path, 0, total, progress, total, fold)]
-    # A child interpreter (not multiprocessing, which would re-import the caller's main module) checks the
-    # second half while this process checks the first. Its leaf hashes go to a temporary file, not through
-    # memory: the parent folds them after the first half's, in batches, and deletes the file.
+    return _with_child(
+        [os.fspath(path), str(middle), str(total)],
+        lambda: _scan_segment(path, 0, middle, progress, total, fold),
+        fold,
+        f"the second half of {path}",
+        progress,
+        total,
+    )
+
+
+def _scan_store(
+    source: LedgerStore, path: Path, total: int, progress: Progress | None, parallel: bool | None, fold: Fold
+) -> list[_Segment]:
+    """:func:`_scan` for a store whose positions are event ids: the same, with the second half read by the
+    child on a connection of its own (the store's :meth:`~caracal.core.store.LedgerStore.line_source`)."""
+    if total == 0:
+        return []
+    middle = total // 2
+    spec = None
+    if parallel is not False and (parallel or (total >= _PARALLEL_MIN_EVENTS and (os.cpu_count() or 1) > 1)):
+        spec = source.line_source()
+    if spec is not None and middle and _anchors(source.line_at(middle + 1) or b""):
+        segments = _with_child(
+            [_SOURCE, str(middle), str(total)],
+            lambda: _scan_segment(
+                path, 0, middle, progress, total, fold, _starts(source.iter_lines(0, middle))
+            ),
+            fold,
+            f"the second half of {source.location}",
+            progress,
+            total,
+            orjson.dumps(list(spec)),  # its input, not its command line: a database URL may hold a password
+        )
+        segments[0].stop = middle
+    else:
+        segments = [
+            _scan_segment(path, 0, total, progress, total, fold, _starts(source.iter_lines(0, total)))
+        ]
+    segments[-1].stop = total
+    return segments
+
+
+def _starts(lines: Iterable[tuple[int, bytes]]) -> Iterable[tuple[int, bytes]]:
+    """A store's ``(position after, line)`` pairs as :func:`_scan_segment` takes them: ``(position before,
+    line)``; where positions are event ids, the id before."""
+    return ((end - 1, line) for end, line in lines)
+
+
+def _anchors(line: bytes) -> bool:
+    """Whether ``line`` (the first of a second half) has an integer ``event_id`` to number the half from."""
+    try:
+        return type(orjson.loads(line)["event_id"]) is int
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return False
+
+
+def _with_child(
+    args: list[str],
+    first_half: Callable[[], _Segment],
+    fold: Fold,
+    what: str,
+    progress: Progress | None,
+    total: int,
+    given: bytes = b"",
+) -> list[_Segment]:
+    """Scan the second half in a child (``args``: what to read, where it starts and stops; ``given``: its
+    input) while this process scans the first (``first_half``, which folds its leaves as it goes); then fold
+    the child's leaves.
+
+    A child interpreter (not multiprocessing, which would re-import the caller's main module). Its leaf hashes
+    go to a temporary file, not through memory: the parent folds them after the first half's, in batches, and
+    deletes the file."""
     descriptor, leaves_name = tempfile.mkstemp(prefix="caracal-verify-", suffix=".leaves")
     os.close(descriptor)
     leaves_path = Path(leaves_name)
     try:
         child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "caracal.core.verify",
-                os.fspath(path),
-                str(middle),
-                str(total),
-                leaves_name,
-            ],
+            [sys.executable, "-m", "caracal.core.verify", *args, leaves_name],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        assert child.stdin is not None
+        with contextlib.suppress(OSError):
+            child.stdin.write(given)
+            child.stdin.close()
+        child.stdin = None  # closed: communicate() below only reads
         try:
-            first = _scan_segment(path, 0, middle, progress, total, fold)
+            first = first_half()
         finally:
             output, errors = child.communicate()
         if child.returncode != 0:
-            raise LedgerReadError(
-                f"verifying the second half of {path} failed: {errors.decode(errors='replace')}"
-            )
+            raise LedgerReadError(f"verifying {what} failed: {errors.decode(errors='replace')}")
         rest: _Segment = pickle.loads(output)
         _fold_leaf_file(leaves_path, rest.count, fold)
     finally:
@@ -735,13 +802,18 @@ def _worker_main(argv: list[str]) -> None:
     and prints the pickled :class:`_Segment` (small: its findings, not its leaves)."""
     from caracal.core import verify  # this file runs as __main__; pickle must name the importable module
 
-    path, start, stop, leaves_path = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    target, start, stop, leaves_path = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    path, lines = Path(target), None
+    if target == _SOURCE:  # a store's line source (on this process's input), positions event ids
+        name, args = orjson.loads(sys.stdin.buffer.read())
+        path = Path(name)
+        lines = verify._starts(read_with(name)(after=start, end=stop, **args))
     with open(leaves_path, "wb") as out:
 
         def write(leaves: list[bytes]) -> None:
             out.write(b"".join(leaves))
 
-        segment = verify._scan_segment(path, start, stop, None, stop, write)
+        segment = verify._scan_segment(path, start, stop, None, stop, write, lines)
     sys.stdout.buffer.write(pickle.dumps(segment, protocol=pickle.HIGHEST_PROTOCOL))
 
 
