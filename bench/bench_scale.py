@@ -35,12 +35,17 @@ def _peaks():  # this process's peak resident set and its helper's (the largest 
     sys.stdout.flush()
 atexit.register(_peaks)
 """
-_VERIFY = _PEAKS + """
+_VERIFY = (
+    _PEAKS
+    + """
 import runpy
 sys.argv = ["caracal", "ledger", "verify"]
 runpy.run_module("caracal", run_name="__main__", alter_sys=True)
 """
-_OPEN = _PEAKS + """
+)
+_OPEN = (
+    _PEAKS
+    + """
 import statistics, sys, time
 from caracal.sdk.client import CaracalClient
 started = time.perf_counter()
@@ -58,6 +63,7 @@ p50 = samples[len(samples) // 2] * 1e6 if samples else 0.0
 p99 = samples[int(len(samples) * 0.99)] * 1e6 if samples else 0.0
 print(f"{opened:.3f} {p50:.1f} {p99:.1f}")
 """
+)
 
 
 def build(home: Path, events: int, url: str | None) -> None:
