@@ -133,6 +133,8 @@ class LineStream:
             "tree": tree.to_dict(),
             "roots": roots,
         }
+        if not can_start_python():
+            raise HelperFailed("this process cannot start a Python interpreter (a frozen application)")
         try:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "caracal.core.replay_helper"],
@@ -199,6 +201,12 @@ class LineStream:
         if self._child.poll() is None:
             self._child.kill()
         self._child.wait()
+
+
+def can_start_python() -> bool:
+    """Whether ``sys.executable -m ...`` starts a Python interpreter: not in a frozen application (where
+    it is the application itself, which would do whatever it does with those arguments)."""
+    return bool(sys.executable) and not getattr(sys, "frozen", False)
 
 
 def read_with(name: str) -> Callable[..., Iterator[tuple[int, bytes]]]:

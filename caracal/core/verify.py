@@ -61,7 +61,7 @@ from caracal.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from caracal.core.replay_helper import read_with
+from caracal.core.replay_helper import can_start_python, read_with
 from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
     CheckpointError,
@@ -400,7 +400,7 @@ def _scan(
     if total == 0:
         return []
     if parallel is None:
-        parallel = total >= _PARALLEL_MIN_BYTES and (os.cpu_count() or 1) > 1
+        parallel = total >= _PARALLEL_MIN_BYTES and (os.cpu_count() or 1) > 1 and can_start_python()
     if not parallel:
         return [_scan_segment(path, 0, total, progress, total, fold)]
     with open(path, "rb") as handle:
@@ -429,7 +429,9 @@ def _scan_store(
         return []
     middle = total // 2
     spec = None
-    if parallel is not False and (parallel or (total >= _PARALLEL_MIN_EVENTS and (os.cpu_count() or 1) > 1)):
+    if parallel is None:
+        parallel = total >= _PARALLEL_MIN_EVENTS and (os.cpu_count() or 1) > 1 and can_start_python()
+    if parallel:
         spec = source.line_source()
     if spec is not None and middle and _anchors(source.line_at(middle + 1) or b""):
         segments = _with_child(
