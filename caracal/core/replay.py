@@ -245,16 +245,20 @@ class VerifiedTail:
         # Valid and chained: move past them, comparing each signed checkpoint they reach on the way.
         sizes = [size for size in self._pending if size < first + count]
         ends = chunk.ends
+        done = 0
         if chunk.tree is not None and all(size in chunk.roots for size in sizes):
-            for size in sizes:  # the helper's roots and tree: nothing to fold here
-                index = size - first
-                self.offset, self.last_event_id, self._last_leaf = ends[index], size, leaves[index]
+            # The helper's roots and tree: nothing to hash here. The leaves are still buffered as the tail
+            # moves, so that a failed checkpoint leaves it as consistent as the line-by-line check does.
+            for size in sizes:
+                upto = size - first + 1
+                self._unhashed += leaves[done:upto]
+                self.offset, self.last_event_id, self._last_leaf = ends[upto - 1], size, leaves[upto - 1]
                 self._check_checkpoint(size, chunk.roots[size])
+                done = upto
             self.offset, self.last_event_id, self._last_leaf = ends[-1], first + count - 1, leaves[-1]
             self._tree = chunk.tree.copy()
             self._unhashed.clear()  # (in place: the line-by-line check holds a reference) all in the tree
             return events
-        done = 0
         for size in sizes:
             upto = size - first + 1
             self._advance(ends[upto - 1], size, leaves[done:upto])

@@ -87,14 +87,21 @@ def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tu
 
 
 def stream_lines(
-    url: str, schema: str, statement_timeout: str, after: int, end: int | None
+    url: str,
+    schema: str,
+    statement_timeout: str,
+    connect: dict[str, Any],
+    after: int,
+    end: int | None,
 ) -> Iterator[tuple[int, bytes]]:
     """The ledger's rows after event ``after`` (up to ``end``) as ``(event id, line)``, on a connection of
-    its own: a replay helper's source (:meth:`PostgresLedgerStore.line_source`), in another process."""
+    its own: a replay helper's source (:meth:`PostgresLedgerStore.line_source`), in another process. The
+    connection has the home's timeouts and keepalives (``connect``), so a server that stops answering ends
+    the helper (and the replay reads on itself) instead of stalling it."""
     import psycopg
 
     stop = (1 << 62) if end is None else end
-    with psycopg.connect(url, autocommit=True, application_name="caracal replay") as conn:
+    with psycopg.connect(url, autocommit=True, **{**connect, "application_name": "caracal replay"}) as conn:
         conn.execute(
             "SELECT set_config('search_path', quote_ident(%s), false), "
             "set_config('statement_timeout', %s, false)",
@@ -411,6 +418,7 @@ class PostgresLedgerStore:
             "url": self.db.url,
             "schema": self.db.schema,
             "statement_timeout": millis(self.db.settings.statement_timeout),
+            "connect": self.db.connect_kwargs(),
         }
 
     def line_at(self, position: int) -> bytes | None:
