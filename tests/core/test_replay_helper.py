@@ -11,6 +11,11 @@ position within one.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,7 @@ from caracal.core.windows import WindowSpec
 from caracal.exceptions import LedgerVerificationError
 from caracal.storage.backends import open_backend
 from caracal.storage.home import EmbeddedHome
+from tests.core.test_replay_once import long_home
 from tests.core.test_verify_tamper import (
     EVENTS,
     LINE_TAMPERS,
@@ -313,3 +319,66 @@ def test_on_postgresql_a_row_the_helper_cannot_send_is_read_and_named_here(
     monkeypatch.setattr(LineStream, "close", closing)
     assert outcome(writer, helper=True) == expected
     assert len(stopped) == 1 and stopped[0] is not None and "1233" in stopped[0]  # it stopped there
+
+
+OPEN_COLD = """
+import sys
+from pathlib import Path
+from caracal.core.enforcement import Enforcer
+from caracal.storage.home import EmbeddedHome
+home = EmbeddedHome(Path(sys.argv[1]))
+Enforcer(home.writer(), home.directory).catch_up()
+print("done", flush=True)
+"""
+
+
+def helpers_marked(mark: str) -> list[int]:
+    """Pids of replay helpers started under the environment marker ``mark`` (they inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (
+                b"caracal.core.replay_helper" in (entry / "cmdline").read_bytes()
+                and mark.encode() in (entry / "environ").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the helper through /proc (Linux)")
+def test_a_process_killed_mid_replay_leaves_no_helper_behind(caracal_home: Path) -> None:
+    """SIGKILL the process replaying a long ledger while its helper runs: the helper ends too (its next
+    write finds no reader), and the next process to open the home replays it whole."""
+    ledger = long_home(caracal_home, 160_000)  # about 43 MB: over the helper's 32 MiB
+    assert ledger.stat().st_size >= live.HELPER_BYTES
+    mark = f"replay-kill-{secrets.token_hex(4)}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", OPEN_COLD, str(caracal_home)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "CARACAL_TEST_MARK": mark},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not helpers_marked(mark):
+            assert child.poll() is None, "the replay ended before its helper was seen"
+            assert time.monotonic() < deadline, "no helper started"
+            time.sleep(0.005)
+        child.kill()
+        child.wait(10)
+        deadline = time.monotonic() + 20
+        while helpers := helpers_marked(mark):
+            assert time.monotonic() < deadline, f"helpers outlived their killed replay: {helpers}"
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    home = EmbeddedHome(caracal_home)
+    try:
+        state = Enforcer(home.writer(), home.directory).catch_up()
+        assert state.last_event_id == 160_000
+    finally:
+        home.close()
