@@ -246,7 +246,8 @@ class VerifiedTail:
         sizes = [size for size in self._pending if size < first + count]
         ends = chunk.ends
         done = 0
-        if chunk.tree is not None and all(size in chunk.roots for size in sizes):
+        tree = chunk.tree
+        if tree is not None and tree.size == first + count - 1 and all(size in chunk.roots for size in sizes):
             # The helper's roots and tree: nothing to hash here. The leaves are still buffered as the tail
             # moves, so that a failed checkpoint leaves it as consistent as the line-by-line check does.
             for size in sizes:
@@ -256,7 +257,7 @@ class VerifiedTail:
                 self._check_checkpoint(size, chunk.roots[size])
                 done = upto
             self.offset, self.last_event_id, self._last_leaf = ends[-1], first + count - 1, leaves[-1]
-            self._tree = chunk.tree.copy()
+            self._tree = tree.copy()
             self._unhashed.clear()  # (in place: the line-by-line check holds a reference) all in the tree
             return events
         for size in sizes:
