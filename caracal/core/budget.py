@@ -135,6 +135,7 @@ class BudgetState:
         self.last_event_id = 0
         self._last_minute = 0
         self._stamp: tuple[str, datetime, int] = ("", _EPOCH, 0)  # last timestamp text, its value, its minute
+        self._expiry: tuple[str, datetime] = ("", _EPOCH)  # last hold's expires_at text and its value
 
     def apply(self, event: LedgerEvent, seen_at: datetime | None = None) -> None:
         """Fold one entry in; entries must come in ledger order, each exactly once. ``seen_at`` is the
@@ -176,7 +177,10 @@ class BudgetState:
             # hold; closing it first keeps the per-member index consistent with the open holds.
             self._close(event.hold_id)
             members = self._chain_of(event.agent_id)
-            expires_at = parse_timestamp(event.expires_at, "expires_at", LedgerCorruptError)
+            expiry = event.expires_at
+            if expiry != self._expiry[0]:  # the holds of one batch share their expiry: parse it once
+                self._expiry = (expiry, parse_timestamp(expiry, "expires_at", LedgerCorruptError))
+            expires_at = self._expiry[1]
             if seen_at is not None:
                 expires_at = unskewed_expiry(moment, expires_at, seen_at)
             hold = OpenHold(

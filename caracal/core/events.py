@@ -250,6 +250,8 @@ Decimals are immutable, so events may share them). Bounded: cleared when it reac
 _AMOUNTS_MAX = 4096
 _valid_stamp: list[str | None] = [None]
 """The last timestamp string (as in a line) found valid: the lines of one batch share it."""
+_valid_expiry: list[str | None] = [None]
+"""The last ``expires_at`` string found valid: the holds of one batch share it."""
 
 
 def stored_amount(value: object, name: str) -> Decimal:
@@ -274,10 +276,12 @@ def check_extensions(
         check_identifier(hold_id, "hold_id", error)
     if idempotency_key is not None:
         check_identifier(idempotency_key, "idempotency_key", error)
-    if expires_at is not None:
+    if expires_at is not None and expires_at is not _valid_expiry[0]:
         if type(expires_at) is not str:
             raise error(f"expires_at must be an ISO 8601 string, got {expires_at!r}")
-        parse_timestamp(expires_at, "expires_at", error)
+        if expires_at != _valid_expiry[0]:  # the holds of one batch share their expiry: check it once
+            parse_timestamp(expires_at, "expires_at", error)
+            _valid_expiry[0] = expires_at
     if kind in ("hold", "release") and hold_id is None:
         raise error(f"a {kind} entry needs a hold_id")
     if on_expiry is not None:

@@ -394,9 +394,12 @@ def check_metadata(value: object, error: type[Exception]) -> dict[str, Any] | No
     """Return ``value`` if it is None or a bounded JSON object (see the module invariants)."""
     if value is None:
         return None
-    if type(value) is dict and _flat_strings(value):  # the common case (e.g. a release's reason): the
-        encoded = orjson.dumps(value)  # checks below would all pass but the size, checked the same way
-        if len(encoded) <= MAX_METADATA_BYTES:
+    if type(value) is dict and _flat_scalars(value):  # the common case (a release's reason, a call's usage):
+        try:  # the checks below would all pass but the size, checked the same way
+            encoded = orjson.dumps(value)
+        except TypeError:  # an int beyond 64 bits: the checks below say so
+            encoded = None
+        if encoded is not None and len(encoded) <= MAX_METADATA_BYTES:
             return dict(value)
     if not isinstance(value, Mapping):
         _fail(error, f"metadata must be a JSON object (a dict), got {type(value).__name__}")
@@ -410,9 +413,15 @@ def check_metadata(value: object, error: type[Exception]) -> dict[str, Any] | No
     return dict(value)
 
 
-def _flat_strings(value: dict[Any, Any]) -> bool:
-    """Whether every key and every value of ``value`` is a ``str`` (nothing nested, no numbers)."""
-    return all(type(key) is str and type(item) is str for key, item in value.items())
+_SCALARS = frozenset({str, int, bool, type(None)})
+"""Metadata values that pass every check but the size by their type alone (floats may be non-finite)."""
+_STRINGS = frozenset({str})
+
+
+def _flat_scalars(value: dict[Any, Any]) -> bool:
+    """Whether every key of ``value`` is a ``str`` and every value a string, an integer, a boolean or null
+    (nothing nested, no floats)."""
+    return _SCALARS.issuperset(map(type, value.values())) and _STRINGS.issuperset(map(type, value))
 
 
 def _check_json_value(value: object, error: type[Exception], depth: int) -> None:

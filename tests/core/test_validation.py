@@ -613,12 +613,21 @@ def test_check_metadata_accepts_json_objects() -> None:
         ({"a": {1, 2}}, "not JSON-serializable"),
         ({"a": object()}, "not JSON-serializable"),
         ({"a": 2**70}, "not JSON-serializable"),
+        ({"n": 1, "a": -(2**64)}, "not JSON-serializable"),
         ({"k": "x" * MAX_METADATA_BYTES}, "limit"),
+        ({"n": 1, "ok": True, "none": None, "k": "x" * MAX_METADATA_BYTES}, "limit"),
     ],
 )
 def test_check_metadata_refuses(value: object, fragment: str) -> None:
     with pytest.raises(Refused, match=fragment):
         check_metadata(value, Refused)
+
+
+def test_flat_metadata_of_strings_numbers_and_flags_is_accepted_as_a_copy() -> None:
+    """A call's usage or a release's reason: one level of strings, integers, booleans and nulls."""
+    value = {"model": "gpt-4o", "input_tokens": 1000, "cached": False, "request_id": None, "big": 2**63 - 1}
+    checked = check_metadata(value, Refused)
+    assert checked == value and checked is not value
 
 
 def test_check_metadata_size_limit_is_exact() -> None:
