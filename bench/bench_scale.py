@@ -66,8 +66,30 @@ print(f"{opened:.3f} {p50:.1f} {p99:.1f}")
 )
 
 
-def build(home: Path, events: int, url: str | None) -> None:
-    """A home with ten agents and policies, and ``events`` charges appended in batches of 1,000."""
+def gateway_batch(agent: str, expires: str) -> list[dict[str, object]]:
+    """1,000 entries (333 calls and a plain charge) as the gateway writes them: a hold, the charge against it
+    with the call's usage, and its release."""
+    import uuid
+
+    items: list[dict[str, object]] = []
+    for _ in range(333):
+        hold = f"hold-{uuid.uuid4()}"
+        call = str(uuid.uuid4())
+        usage = {"model": "gpt-4o", "input_tokens": 1000, "output_tokens": 234, "request_id": call}
+        items += [
+            {"agent_id": agent, "resource_type": "caracal.hold", "quantity": "0", "cost": "0.0039",
+             "kind": "hold", "hold_id": hold, "expires_at": expires, "on_expiry": "charge"},
+            {"agent_id": agent, "resource_type": "openai.gpt-4o.tokens", "quantity": "1234",
+             "cost": "0.00175", "hold_id": hold, "metadata": usage},
+            {"agent_id": agent, "resource_type": "caracal.hold", "quantity": "0", "cost": "0",
+             "kind": "release", "hold_id": hold, "metadata": {"reason": "settled"}},
+        ]  # fmt: skip
+    return [*items, {"agent_id": agent, "resource_type": "tool.calls", "quantity": "1", "cost": "0.005"}]
+
+
+def build(home: Path, events: int, url: str | None, shape: str = "charges") -> None:
+    """A home with ten agents and policies, and ``events`` entries appended in batches of 1,000: plain
+    charges, or (``shape="gateway"``) what the gateway writes, each call a hold, a charge and a release."""
     os.environ["CARACAL_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     if url is not None:
@@ -81,10 +103,16 @@ def build(home: Path, events: int, url: str | None) -> None:
             client.create_policy(f"agent-{n}", "1000000000", "daily")
         backend = client.home.backend
         store = backend.ledger_store(lock_timeout=30, backup_count=0, backup_min_interval=0)
-    batches = [
-        [{"agent_id": agent, "resource_type": "tool.calls", "quantity": "1", "cost": "0.005"}] * 1000
-        for agent in ids
-    ]
+    if shape == "gateway":
+        from datetime import datetime, timedelta, timezone
+
+        expires = (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        batches = [gateway_batch(agent, expires) for agent in ids]
+    else:
+        batches = [
+            [{"agent_id": agent, "resource_type": "tool.calls", "quantity": "1", "cost": "0.005"}] * 1000
+            for agent in ids
+        ]
     started = time.perf_counter()
     with LedgerWriter(
         store, signing_key_path=home / "keys" / "checkpoint.key", checkpoint_interval=0
@@ -152,6 +180,12 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / ".data")
     parser.add_argument("--checks", type=int, default=2000)
     parser.add_argument(
+        "--shape",
+        choices=["charges", "gateway"],
+        default="charges",
+        help="the entries: plain charges (default), or the gateway's hold, charge with usage, release",
+    )
+    parser.add_argument(
         "--database", default=None, help="a PostgreSQL server: run on a fresh schema there (default: files)"
     )
     options = parser.parse_args()
@@ -169,7 +203,7 @@ def main() -> None:
         backend = "files" if url is None else f"PostgreSQL ({options.database}, schema {schema})"
         print(f"Caracal scale benchmark on {backend}, home {home} ({os.cpu_count()} CPUs, "
               f"Python {sys.version.split()[0]})")  # fmt: skip
-        build(home, options.events, url)
+        build(home, options.events, url, options.shape)
         if url is not None:
             settle_database(url)
         forget_snapshot(home, url)

@@ -342,7 +342,14 @@ class BudgetState:
         for member in hold.members:
             self._holds_by_member.setdefault(member, set()).add(hold.hold_id)
         if hold.charge_on_expiry:
-            heapq.heappush(self._charge_expiries, (hold.expires_at, hold.hold_id))
+            heap = self._charge_expiries
+            heapq.heappush(heap, (hold.expires_at, hold.hold_id))
+            if len(heap) > 2 * len(self._holds) + 64:
+                # Closed holds leave their entries behind until they reach the top (charge_due pops them),
+                # which a replay never asks: rebuilt from the open holds whenever it has grown to twice
+                # their number, the heap stays bounded by the open holds, not the ledger (amortized O(1)).
+                heap[:] = [(h.expires_at, h.hold_id) for h in self._holds.values() if h.charge_on_expiry]
+                heapq.heapify(heap)
 
     def _close(self, hold_id: str) -> None:
         hold = self._holds.pop(hold_id, None)
