@@ -15,7 +15,6 @@ import contextlib
 import multiprocessing
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_backends import build_home  # the same home as bench_backends.py: a parent, four children
+from bench_schema import fresh_schema
 
 STEPS = (
     ("caracal.core.ledger", "LedgerWriter", "_sync", "writer reads"),
@@ -125,27 +125,14 @@ def main() -> None:
     options = parser.parse_args()
     options.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-lock-", dir=options.dir))
-    schema: str | None = None
-    url: str | None = None
     try:
-        if options.database is not None:
-            import os
-
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-            os.environ["CARACAL_TEST_DATABASE_URL"] = options.database
-            from tests.pg import create_schema
-
-            schema, url = create_schema()
-        home = root / "home"
-        build_home(home, url)
-        for processes in (1, 4):
-            run(home, processes, options.pairs)
+        with fresh_schema(options.database) as (_schema, url):
+            home = root / "home"
+            build_home(home, url)
+            for processes in (1, 4):
+                run(home, processes, options.pairs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        if schema is not None:
-            from tests.pg import drop_schema
-
-            drop_schema(schema)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_schema import fresh_schema
+
 AGENTS = 10
 
 _PEAKS = """
@@ -192,39 +194,34 @@ def main() -> None:
     options.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=options.dir))
     home = root / "home"
-    url = schema = None
-    if options.database is not None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        os.environ["CARACAL_TEST_DATABASE_URL"] = options.database
-        from tests.pg import create_schema
+    with fresh_schema(options.database) as (schema, url):
+        try:
+            measure(options, home, schema, url)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
-        schema, url = create_schema()
-    try:
-        backend = "files" if url is None else f"PostgreSQL ({options.database}, schema {schema})"
-        print(f"Caracal scale benchmark on {backend}, home {home} ({os.cpu_count()} CPUs, "
-              f"Python {sys.version.split()[0]})")  # fmt: skip
-        build(home, options.events, url, options.shape)
-        if url is not None:
-            settle_database(url)
-        forget_snapshot(home, url)
-        cold, cold_peak, _ = measured([sys.executable, "-c", _OPEN, "0"], home)
-        rate = options.events / cold
-        print(f"{'cold open (checked replay), first check':42}{cold:8.1f} s  {rate:>9,.0f} events/s", end="")
-        print(f"  {cold_peak}")
-        warm, warm_peak, out = measured([sys.executable, "-c", _OPEN, str(options.checks)], home)
-        opened, p50, p99 = (float(x) for x in out.split())
-        print(f"{'warm open (snapshot), first check':42}{opened:8.3f} s  (process {warm:.2f} s)", end="")
-        print(f"  {warm_peak}")
-        print(f"{'budget check':42}p50 {p50:.1f} us  p99 {p99:.1f} us")
-        took, verify_peak, _ = measured([sys.executable, "-c", _VERIFY], home)
-        print(f"{'caracal ledger verify':42}{took:8.1f} s  {options.events / took:>9,.0f} events/s", end="")
-        print(f"  {verify_peak}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        if schema is not None:
-            from tests.pg import drop_schema
 
-            drop_schema(schema)
+def measure(options: argparse.Namespace, home: Path, schema: str | None, url: str | None) -> None:
+    """Build the home, then each step in a fresh process (see the module docstring)."""
+    backend = "files" if url is None else f"PostgreSQL ({options.database}, schema {schema})"
+    print(f"Caracal scale benchmark on {backend}, home {home} ({os.cpu_count()} CPUs, "
+          f"Python {sys.version.split()[0]})")  # fmt: skip
+    build(home, options.events, url, options.shape)
+    if url is not None:
+        settle_database(url)
+    forget_snapshot(home, url)
+    cold, cold_peak, _ = measured([sys.executable, "-c", _OPEN, "0"], home)
+    rate = options.events / cold
+    print(f"{'cold open (checked replay), first check':42}{cold:8.1f} s  {rate:>9,.0f} events/s", end="")
+    print(f"  {cold_peak}")
+    warm, warm_peak, out = measured([sys.executable, "-c", _OPEN, str(options.checks)], home)
+    opened, p50, p99 = (float(x) for x in out.split())
+    print(f"{'warm open (snapshot), first check':42}{opened:8.3f} s  (process {warm:.2f} s)", end="")
+    print(f"  {warm_peak}")
+    print(f"{'budget check':42}p50 {p50:.1f} us  p99 {p99:.1f} us")
+    took, verify_peak, _ = measured([sys.executable, "-c", _VERIFY], home)
+    print(f"{'caracal ledger verify':42}{took:8.1f} s  {options.events / took:>9,.0f} events/s", end="")
+    print(f"  {verify_peak}")
 
 
 if __name__ == "__main__":
