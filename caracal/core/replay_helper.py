@@ -102,8 +102,9 @@ def _frontier_bytes(tree: MerkleFrontier) -> bytes:
     return _FRONTIER.pack(tree.size, len(nodes)) + b"".join(nodes)
 
 
-def _split(blob: bytes, size: int) -> list[bytes]:
-    return [blob[i : i + size] for i in range(0, len(blob), size)]
+def split_hashes(blob: bytes) -> list[bytes]:
+    """Concatenated 32-byte hashes (as a helper process or verify's child hands them over), one by one."""
+    return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
 
 
 class LineStream:
@@ -176,11 +177,11 @@ class LineStream:
                 raise HelperFailed(f"the replay helper sent {kind!r}")
             count, size, roots = _HEADER.unpack(_read_exact(self._out, _HEADER.size))
             payload = _read_exact(self._out, size)
-            leaves = _split(_read_exact(self._out, count * HASH_SIZE), HASH_SIZE)
+            leaves = split_hashes(_read_exact(self._out, count * HASH_SIZE))
             found = dict(_ROOT.iter_unpack(_read_exact(self._out, roots * _ROOT.size)))
             tree_size, nodes = _FRONTIER.unpack(_read_exact(self._out, _FRONTIER.size))
             node_blob = _read_exact(self._out, nodes * HASH_SIZE)
-            tree = MerkleFrontier.from_parts(tree_size, _split(node_blob, HASH_SIZE))
+            tree = MerkleFrontier.from_parts(tree_size, split_hashes(node_blob))
         except (OSError, ValueError, struct.error, ProofError) as exc:
             raise HelperFailed(f"the replay helper stopped: {exc}") from exc
         lines = payload.split(b"\n") if count else []

@@ -61,7 +61,7 @@ from caracal.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from caracal.core.replay_helper import can_start_python, read_with
+from caracal.core.replay_helper import can_start_python, read_with, split_hashes
 from caracal.core.store import CheckpointLog, LedgerStore
 from caracal.exceptions import (
     CheckpointError,
@@ -524,7 +524,7 @@ def _fold_leaf_file(leaves_path: Path, count: int, fold: Fold) -> None:
             while chunk := handle.read(chunk_bytes):
                 if len(chunk) % size:
                     break
-                fold([chunk[i : i + size] for i in range(0, len(chunk), size)])
+                fold(split_hashes(chunk))
                 seen += len(chunk) // size
     except OSError as exc:
         raise LedgerReadError(
