@@ -132,6 +132,11 @@ class BudgetState:
         self._key_when: dict[str, datetime] = {}  # idempotency key -> the effective time of its charge
         self._last_time: datetime | None = None  # the effective time of the last entry
         self._charge_expiries: list[tuple[datetime, str]] = []  # min-heap over charge-on-expiry holds
+        self._release_expiries: list[tuple[datetime, str]] = []  # min-heap over the other open holds
+        # What the open holds reserve, per (member, currency): each hold's amount less what was charged
+        # against it (never below zero), summed over the holds in the member's subtree. A budget check
+        # reads it in O(1) while no hold has expired unreleased (see ``held``).
+        self._held: dict[tuple[str, str], Decimal] = {}
         self.last_event_id = 0
         self._last_minute = 0
         self._stamp: tuple[str, datetime, int] = ("", _EPOCH, 0)  # last timestamp text, its value, its minute
@@ -164,8 +169,12 @@ class BudgetState:
                 if series is None:
                     series = self._spend[key] = SpendSeries()
                 series.add(minute, event.cost)
-            if event.hold_id is not None and event.hold_id in self._holds:
-                self._charged[event.hold_id] = add(self._charged.get(event.hold_id, _ZERO), event.cost)
+            if event.hold_id is not None:
+                hold = self._holds.get(event.hold_id)
+                if hold is not None:
+                    before = self._remaining(hold)
+                    self._charged[event.hold_id] = add(self._charged.get(event.hold_id, _ZERO), event.cost)
+                    self._reserve(hold, subtract(self._remaining(hold), before))
             key_ = event.idempotency_key
             if key_ is not None and key_ not in self._by_key:
                 self._by_key[key_] = event
@@ -253,6 +262,9 @@ class BudgetState:
             )  # fmt: skip
             state._open(hold)
         state._charged = {hold_id: Decimal(amount) for hold_id, amount in data["charged"].items()}
+        state._held = {}
+        for hold in state._holds.values():
+            state._reserve(hold, state._remaining(hold))
         previous: datetime | None = None
         for when, record in data["keys"]:
             moment = parse_timestamp(when, "key time", ValueError)
@@ -341,21 +353,46 @@ class BudgetState:
         self._holds[hold.hold_id] = hold
         for member in hold.members:
             self._holds_by_member.setdefault(member, set()).add(hold.hold_id)
-        if hold.charge_on_expiry:
-            heap = self._charge_expiries
-            heapq.heappush(heap, (hold.expires_at, hold.hold_id))
-            if len(heap) > 2 * len(self._holds) + 64:
-                # Closed holds leave their entries behind until they reach the top (charge_due pops them),
-                # which a replay never asks: rebuilt from the open holds whenever it has grown to twice
-                # their number, the heap stays bounded by the open holds, not the ledger (amortized O(1)).
-                heap[:] = [(h.expires_at, h.hold_id) for h in self._holds.values() if h.charge_on_expiry]
-                heapq.heapify(heap)
+        self._reserve(hold, self._remaining(hold))
+        charges = hold.charge_on_expiry
+        heap = self._charge_expiries if charges else self._release_expiries
+        heapq.heappush(heap, (hold.expires_at, hold.hold_id))
+        if len(heap) > 2 * len(self._holds) + 64:
+            # Closed holds leave their entries behind until they reach the top (where they are popped),
+            # which a replay never asks: rebuilt from the open holds whenever it has grown to twice their
+            # number, the heap stays bounded by the open holds, not the ledger (amortized O(1)).
+            heap[:] = [
+                (h.expires_at, h.hold_id) for h in self._holds.values() if h.charge_on_expiry == charges
+            ]
+            heapq.heapify(heap)
+
+    def _remaining(self, hold: OpenHold) -> Decimal:
+        """What the open ``hold`` reserves: its amount less what was charged against it, never below 0."""
+        remaining = subtract(hold.amount, self._charged.get(hold.hold_id, _ZERO))
+        return remaining if remaining > 0 else _ZERO
+
+    def _reserve(self, hold: OpenHold, change: Decimal) -> None:
+        """Add ``change`` to what is held against each subtree ``hold`` counts in. A sum that comes back
+        to zero is dropped, so an agent with nothing held reads exactly 0 again."""
+        if not change:
+            return
+        held = self._held
+        for member in hold.members:
+            key = (member, hold.currency)
+            total = add(held.get(key, _ZERO), change)
+            if total:
+                held[key] = total
+            else:
+                del held[key]
 
     def _close(self, hold_id: str) -> None:
-        hold = self._holds.pop(hold_id, None)
-        self._charged.pop(hold_id, None)
+        hold = self._holds.get(hold_id)
         if hold is None:
+            self._charged.pop(hold_id, None)
             return
+        self._reserve(hold, self._remaining(hold).copy_negate())
+        del self._holds[hold_id]
+        self._charged.pop(hold_id, None)
         for member in hold.members:
             ids = self._holds_by_member.get(member)
             if ids is not None:
@@ -389,7 +426,13 @@ class BudgetState:
 
         A hold counts for its amount less what has already been charged against it (the charged part is
         counted as spend), never below zero.
+
+        O(1) from the running sums while no open hold has passed an expiry that releases it (the usual
+        case: the server releases expired holds as they expire); otherwise the subtree's holds are summed
+        one by one, leaving out those.
         """
+        if not self._release_due(now):
+            return self._held.get((agent_id, currency), _ZERO)
         total = _ZERO
         for hold_id in self._holds_by_member.get(agent_id, ()):
             hold = self._holds[hold_id]
@@ -441,13 +484,22 @@ class BudgetState:
     def charge_due(self, now: datetime) -> bool:
         """Whether an open charge-on-expiry hold has expired (it still reserves its money, and must be
         charged and closed). Cheap (a heap), so every group of writes can ask."""
-        heap = self._charge_expiries
+        return self._expired_first(self._charge_expiries, True, now)
+
+    def _release_due(self, now: datetime) -> bool:
+        """Whether an open hold whose expiry releases it has expired (it no longer reserves its money,
+        though it is still open until its release is written)."""
+        return self._expired_first(self._release_expiries, False, now)
+
+    def _expired_first(self, heap: list[tuple[datetime, str]], charges: bool, now: datetime) -> bool:
+        """Whether the earliest open hold of ``heap`` (those whose ``charge_on_expiry`` is ``charges``) has
+        expired at ``now``; entries of holds closed (or replaced) since they were pushed are popped."""
         while heap:
             expires_at, hold_id = heap[0]
             hold = self._holds.get(hold_id)
-            if hold is not None and hold.charge_on_expiry and hold.expires_at == expires_at:
+            if hold is not None and hold.charge_on_expiry == charges and hold.expires_at == expires_at:
                 return expires_at <= now
-            heapq.heappop(heap)  # closed (or replaced) since it was pushed
+            heapq.heappop(heap)
         return False
 
     def open_holds(self, agent_id: str) -> list[OpenHold]:

@@ -303,6 +303,55 @@ def test_a_snapshot_resumes_exactly(entries: list[tuple[str, str, int, int, str,
     assert probe(resumed.state, moments) == probe(whole.state, moments)
 
 
+def summed_one_by_one(state: BudgetState, agent: str, currency: str, now: datetime) -> Decimal:
+    """What ``held`` means, from the open holds themselves."""
+    total = D(0)
+    for hold in state.open_holds(agent):
+        if hold.currency == currency and hold.counts_at(now):
+            total += max(hold.amount - state.charged_against(hold.hold_id), D(0))
+    return total
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    entries=st.lists(ENTRY, max_size=40),
+    cut=st.integers(0, 40),
+    charging=st.sets(st.integers(0, 3)),
+)
+def test_held_is_the_open_holds_summed(
+    entries: list[tuple[str, str, int, int, str, int]], cut: int, charging: set[int]
+) -> None:
+    """``held`` is kept as running sums (a check must not add up every open hold of a busy agent): after
+    any holds, charges against them (past them too), releases, replaced holds, holds that charge on
+    expiry (hold numbers in ``charging``) and a snapshot part way, it equals the open holds summed one by
+    one, before and after their expiries, for every agent of the tree and both currencies."""
+    feed = Feed()
+    for index, (kind, agent, minutes, cents, currency, n) in enumerate(entries):
+        if index == cut:
+            data = orjson.loads(orjson.dumps(feed.state.to_snapshot()))
+            feed.state = BudgetState.from_snapshot(data, lambda agent: CHAINS[agent], feed.window)
+        at = T0 + timedelta(minutes=minutes, seconds=n * 7)
+        cost = str(D(cents) / 100)
+        if kind == "hold":
+            on_expiry = "charge" if n in charging else None
+            feed.hold(agent, at, cost, f"h{n}", timedelta(minutes=n * 20 + 1), currency=currency,
+                      on_expiry=on_expiry)  # fmt: skip
+        elif kind == "release":
+            feed.release(agent, at, f"h{n}")
+        else:
+            feed.add(agent, at, cost, currency, hold_id=f"h{n}" if kind == "charge-on-hold" else None)
+        state = feed.state
+        for moment in (T0, T0 + timedelta(minutes=30), T0 + timedelta(minutes=200)):
+            for member in CHAINS:
+                for money in ("USD", "EUR"):
+                    expected = summed_one_by_one(state, member, money, moment)
+                    assert state.held(member, money, moment) == expected
+    for member in CHAINS:  # nothing open, nothing held, and exactly zero (not 0.00)
+        for hold in feed.state.open_holds(member):
+            feed.release(hold.agent_id, T0, hold.hold_id)
+    assert {str(feed.state.held(member, "USD", T0)) for member in CHAINS} == {"0"}
+
+
 @settings(max_examples=60, deadline=None)
 @given(entries=st.lists(ENTRY, max_size=30), cut=st.integers(0, 30), window=st.integers(1, 60))
 def test_idempotency_keys_are_kept_for_the_window_only(
