@@ -280,7 +280,9 @@ class Enforcer:
             self.live.stage(events)
 
         try:
-            outcomes = self.writer.transact_group(decides, staged, self.live.written, caught_up=self.catch_up)
+            outcomes = self.writer.transact_group(
+                decides, staged, self.live.written, caught_up=self.live.catch_up
+            )
         except CaracalError as exc:
             if folded:
                 self.live.rebuild()

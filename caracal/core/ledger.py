@@ -60,6 +60,7 @@ from caracal.core.events import (
 from caracal.core.filestore import FileLedgerStore, sidecar_path
 from caracal.core.ledger_read import LedgerQuery, LedgerReader, LedgerTail, SpendTotals, query_bound
 from caracal.core.merkle import EMPTY_ROOT, MerkleFrontier, leaf_hash
+from caracal.core.replay_helper import HashedChunk
 from caracal.core.sealed import seal, unseal
 from caracal.core.store import LedgerStore
 from caracal.core.validation import (
@@ -95,6 +96,10 @@ __all__ = [
 logger = logging.getLogger("caracal.ledger")
 
 Clock = Callable[[], datetime]
+
+READ_BACK_LINES = 10_000
+"""Other writers' lines an append step keeps, once read and checked, for a reader of the same ledger in
+this process (its budget state) to fold in without reading them again; more are left for it to read."""
 
 
 def _utc_now() -> datetime:
@@ -386,7 +391,7 @@ class LedgerWriter:
         decides: Sequence[Callable[[], Iterable[Mapping[str, Any]] | None]],
         staged: Callable[[list[LedgerEvent]], None],
         written: Callable[[int, int, int, list[bytes]], None] | None = None,
-        caught_up: Callable[[], object] | None = None,
+        caught_up: Callable[[HashedChunk | None], object] | None = None,
     ) -> list[list[LedgerEvent] | Exception]:
         """Run many :meth:`transact` decisions under one lock hold and commit them with one write and one
         fdatasync (group commit across callers).
@@ -404,19 +409,20 @@ class LedgerWriter:
         hashes (a reader that has folded them in through ``staged`` can skip them instead of reading them
         back).
 
-        ``caught_up()``, if given, runs under the lock once the writer has read what other writers appended
-        and before the first decision: a caller folds those lines into what it derives from the ledger
-        there, so that no decision (however it is written) is taken on a stale view and ``staged`` always
-        continues exactly where the ledger ends. If it raises, nothing is appended and the exception
+        ``caught_up(read)``, if given, runs under the lock once the writer has read what other writers
+        appended and before the first decision: a caller folds those lines into what it derives from the
+        ledger there, so that no decision (however it is written) is taken on a stale view and ``staged``
+        always continues exactly where the ledger ends. ``read`` is what the writer read (see :meth:`_sync`),
+        so the caller need not read it again. If it raises, nothing is appended and the exception
         propagates.
         """
         results: list[list[LedgerEvent] | Exception] = []
         self._lock()
         try:
             self._ensure_usable()
-            self._sync()
+            read = self._sync()
             if caught_up is not None:
-                caught_up()
+                caught_up(read)
             next_id, prev = self._last_id + 1, self._last_leaf
             events: list[LedgerEvent] = []
             leaves: list[bytes] = []
@@ -520,13 +526,19 @@ class LedgerWriter:
         self._refused = reason
         logger.error("ledger %s refuses writes: %s", self.location, reason)
 
-    def _sync(self) -> None:
+    def _sync(self) -> HashedChunk | None:
         """Bring the in-memory view up to the store: check and fold in lines other writers added (the file
         store repairs a torn tail once they are read). Runs under the lock; costs one ``fstat`` (or one
-        row lock) when nothing changed."""
+        row lock) when nothing changed.
+
+        Returns the lines read, with their positions and leaf hashes (a reader of the same ledger can fold
+        them in without reading them again), or None when there were more than :data:`READ_BACK_LINES`
+        (they are not kept: the reader reads them itself, a batch at a time)."""
         last_id = self._last_id
         prev = self._last_leaf
-        leaves = []
+        leaves: list[bytes] = []
+        ends: list[int] | None = []
+        kept: list[bytes] = []
         good = b""  # the last line that checked out
         try:
             for position, line in self.store.new_lines(self._pos):
@@ -567,6 +579,12 @@ class LedgerWriter:
                         event_id=event_id,
                     )
                 leaves.append(prev)
+                if ends is not None:
+                    if len(ends) < READ_BACK_LINES:
+                        ends.append(position)
+                        kept.append(line)
+                    else:
+                        ends = None
                 last_id = event_id
                 self._pos = position
                 self._last_id = last_id
@@ -579,6 +597,7 @@ class LedgerWriter:
             if leaves:
                 self._unhashed += leaves
                 self._last_stamp = _stored_stamp(good)
+        return None if ends is None else HashedChunk(ends, kept, leaves, {}, None)
 
     def _load_state(self) -> None:
         """Start from the saved Merkle frontier if it still matches the ledger; else from the beginning.

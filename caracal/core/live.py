@@ -38,6 +38,7 @@ from caracal.core.budget import DEFAULT_IDEMPOTENCY_WINDOW, BudgetState
 from caracal.core.events import LedgerEvent, line_event_id
 from caracal.core.ledger import LedgerWriter
 from caracal.core.replay import VerifiedTail, failed
+from caracal.core.replay_helper import HashedChunk
 from caracal.core.sealed import SealError, seal, unseal
 from caracal.exceptions import CaracalError, LedgerVerificationError
 
@@ -102,15 +103,22 @@ class LiveBudget:
 
     # ------------------------------------------------------------------ reading
 
-    def catch_up(self) -> BudgetState:
-        """Fold in every entry appended since the last call (by any process); returns the state."""
+    def catch_up(self, read: HashedChunk | None = None) -> BudgetState:
+        """Fold in every entry appended since the last call (by any process); returns the state.
+
+        ``read``: lines of this ledger already read (by the writer's append step, under the ledger's lock),
+        taken instead of reading them again where they follow what this state has folded in."""
         with self.lock:
             if self._distrust is not None:
                 raise self._distrust
             state = self.state
             while True:
+                taken, read = read, None
                 try:
-                    batch = events = self.tail.poll(REPLAY_BATCH)
+                    if taken is not None:
+                        batch = events = self.tail.take(taken)  # then a poll: a stat, nothing more to read
+                    else:
+                        batch = events = self.tail.poll(REPLAY_BATCH)
                 except LedgerVerificationError as exc:
                     self._distrust = exc
                     logger.error("%s", exc)
@@ -123,7 +131,7 @@ class LiveBudget:
                     state.apply_all(events, self._clock())  # the reader's clock bounds skewed holds
                 if state.last_event_id - self._saved_at >= SNAPSHOT_EVERY:
                     self.save_snapshot()
-                if len(batch) < REPLAY_BATCH:  # the end of the file
+                if len(batch) < REPLAY_BATCH and taken is None:  # the end of the file
                     return state
 
     def _unread_bytes(self) -> int:

@@ -119,6 +119,29 @@ class VerifiedTail:
         self.offset, self.last_event_id = end, last_event_id
         self._add_leaves(leaves)
 
+    def take(self, read: HashedChunk) -> list[LedgerEvent]:
+        """The lines of ``read`` (read from this tail's store by someone else, in order, with their leaf
+        hashes: the writer's append step) that follow the tail, checked as :meth:`poll` checks them, as
+        events. Lines the tail has passed are left out; if ``read`` does not reach the tail, or starts past
+        it, nothing is taken (the next poll reads them)."""
+        ends = read.ends
+        if not ends:
+            return []
+        first = bisect.bisect_right(ends, self.offset)
+        if first == len(ends):
+            return []
+        if first == 0 and self._next_after(read) != ends[0]:
+            return []  # starts past the tail: it was read from elsewhere
+        if first:
+            if ends[first - 1] != self.offset:
+                return []  # not a line boundary of this store (never the case for the same store)
+            read = HashedChunk(ends[first:], read.lines[first:], read.leaves[first:], {}, None)
+        self._read_checkpoints()
+        checked = self._checked_chunk(read)
+        events = checked if checked is not None else self._checked_lines(read)
+        self._check_covered()
+        return events
+
     # ------------------------------------------------------------------ reading
 
     def poll(self, max_events: int = 1 << 62) -> list[LedgerEvent]:
@@ -137,14 +160,19 @@ class VerifiedTail:
         if self._want_helper:
             self._start_helper(size)
         events = self._read_lines(max_events)
-        if len(events) < max_events and self._pending and self._pending[-1] > self.last_event_id:
+        if len(events) < max_events:
+            self._check_covered()
+        return events
+
+    def _check_covered(self) -> None:
+        """At the end of the ledger: it must hold every event a signed checkpoint covers."""
+        if self._pending and self._pending[-1] > self.last_event_id:
             covered = self._pending[-1]
             raise failed(
                 self.last_event_id + 1,
                 f"the ledger holds {self.last_event_id} events but a signed checkpoint covers {covered}: "
                 f"events {self.last_event_id + 1}..{covered} were removed from its tail",
             )
-        return events
 
     def _read_lines(self, max_events: int) -> list[LedgerEvent]:
         """Up to ``max_events`` checked events, a chunk at a time (from the replay's helper while it has

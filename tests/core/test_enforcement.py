@@ -630,6 +630,51 @@ def test_two_enforcers_on_one_ledger_see_each_other(env: Env) -> None:
         other.home.close()
 
 
+def counting(
+    lines: Callable[..., Iterator[tuple[Any, bytes]]], read: list[bytes]
+) -> Callable[..., Iterator[tuple[Any, bytes]]]:
+    """``lines`` (a store's read), noting each line it yields in ``read``."""
+
+    def counted(*args: Any) -> Iterator[tuple[Any, bytes]]:
+        for position, line in lines(*args):
+            read.append(line)
+            yield position, line
+
+    return counted
+
+
+def test_a_step_reads_what_another_process_appended_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer appends while a step waits for the ledger's lock. The step reads those lines under
+    the lock (it must, to chain after them); the budget state folds in the same lines, checked, instead of
+    reading them a second time there."""
+    env.policy(env.agent("worker"), "10")
+    other = env.reopen()
+    try:
+        other.enforcer.check("worker")
+        store = other.enforcer.live.store
+        begin = store.begin
+        read: list[bytes] = []
+        appended: list[int] = []
+
+        def appended_while_waiting() -> None:
+            monkeypatch.setattr(store, "begin", begin)
+            before = len(env.events())
+            for _ in range(3):
+                env.spend("worker", "1")
+            appended.append(len(env.events()) - before)
+            for name in ("new_lines", "iter_lines"):  # the append step's read, and a reader's
+                monkeypatch.setattr(store, name, counting(getattr(store, name), read))
+            begin()
+
+        monkeypatch.setattr(store, "begin", appended_while_waiting)
+        hold = other.enforcer.reserve("worker", "2")
+        assert (hold.decision.spent, hold.decision.remaining) == (Decimal("3"), Decimal("7"))
+        assert [len(read)] == appended
+        assert len(set(read)) == len(read)
+    finally:
+        other.home.close()
+
+
 # ---------------------------------------------------------------------------------------------- windows
 
 

@@ -208,25 +208,61 @@ def test_a_forged_snapshot_is_logged_and_ignored(
         again.close()
 
 
+def appended_checkpointed_and_rewritten(ledger: Path) -> None:
+    """Another writer appends three events and signs a checkpoint over them; the new lines are then
+    rewritten with a recomputed chain (which the chain alone cannot catch): the first one's cost is 0."""
+    with LedgerWriter(ledger, checkpoint_every=0, checkpoint_interval=0) as other:
+        for _ in range(3):
+            other.append_event("agent-1", "tokens", "1", "0.5")
+        other.checkpoint()
+    lines = read_lines(ledger)
+    lines[EVENTS] = edited(lines[EVENTS], cost="0.0")
+    for index in (EVENTS + 1, EVENTS + 2):
+        lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
+    write_lines(ledger, lines)
+
+
 def test_a_checkpoint_written_later_by_another_process_is_checked_too(
     ledger: Path, caracal_home: Path
 ) -> None:
-    """The enforcer is caught up; another writer appends and signs a checkpoint; the new lines are then
-    rewritten with a recomputed chain (which the chain alone cannot catch): the new checkpoint does."""
+    """The enforcer is caught up; another process appends, signs, and the lines are rewritten: the new
+    checkpoint catches the rewrite."""
     enforcer, writer = enforcer_on(ledger, caracal_home)
     try:
         assert enforcer.catch_up().last_event_id == EVENTS
-        with LedgerWriter(ledger, checkpoint_every=0, checkpoint_interval=0) as other:
-            for _ in range(3):
-                other.append_event("agent-1", "tokens", "1", "0.5")
-            other.checkpoint()
-        lines = read_lines(ledger)
-        lines[EVENTS] = edited(lines[EVENTS], cost="0.0")
-        for index in (EVENTS + 1, EVENTS + 2):
-            lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
-        write_lines(ledger, lines)
+        appended_checkpointed_and_rewritten(ledger)
         with pytest.raises(LedgerVerificationError) as caught:
             enforcer.catch_up()
         assert caught.value.first_bad_event_id == EVENTS + 1
+    finally:
+        writer.close()
+
+
+def test_lines_appended_while_a_step_waits_are_checked_too(
+    ledger: Path, caracal_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, while a reserve waits for the ledger's lock: the step reads the new lines (they chain) and
+    hands them to the budget state, which still checks them against the new checkpoint and refuses."""
+    agent = EmbeddedHome(caracal_home).agents.register("worker", "o@example.com").agent_id
+    EmbeddedHome(caracal_home).policies.create(agent, "100", TOTAL, "USD")
+    enforcer, writer = enforcer_on(ledger, caracal_home)
+    try:
+        assert enforcer.catch_up().last_event_id == EVENTS
+        begin = writer.store.begin
+        sizes: list[int] = []
+
+        def appended_while_waiting() -> None:
+            monkeypatch.setattr(writer.store, "begin", begin)
+            appended_checkpointed_and_rewritten(ledger)
+            sizes.append(ledger.stat().st_size)
+            begin()
+
+        monkeypatch.setattr(writer.store, "begin", appended_while_waiting)
+        with pytest.raises(LedgerVerificationError) as caught:
+            enforcer.reserve(agent, "1")
+        assert caught.value.first_bad_event_id == EVENTS + 1
+        assert [ledger.stat().st_size] == sizes  # nothing appended
+        with pytest.raises(LedgerVerificationError):
+            enforcer.check(agent)
     finally:
         writer.close()
