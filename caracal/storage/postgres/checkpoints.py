@@ -13,12 +13,18 @@ Invariants:
   append step, whose transaction must not carry it). Errors are :class:`LedgerReadError` (the database
   could not be read: transient, never taken for tampering), :class:`CheckpointError` (a malformed record)
   or :class:`LedgerWriteError` (storing), never a driver exception.
+- **No query for nothing new inside an append step.** The step learns the last ``seq`` stored in the round
+  trip that takes the ledger's head row (:meth:`PostgresCheckpointLog.step_saw`); until the step ends, a
+  :meth:`read_from` on the step's thread from that ``seq`` on answers "nothing new" without a query. A
+  checkpoint is stored after the step that appended its lines has committed, so one stored later is one
+  a read a moment later could as well have missed; it is read by the next step.
 - The record is the JSON the file backend writes (:meth:`Checkpoint.to_dict`), so exports and proofs do
   not depend on the backend.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import orjson
@@ -33,9 +39,20 @@ class PostgresCheckpointLog:
 
     def __init__(self, db: Database):
         self.db = db
+        self._step_seq: int | None = None  # the last seq stored when the current append step began
+        self._step_thread = 0
+
+    def step_saw(self, seq: int) -> None:
+        """The append step of the calling thread holds the head row, and ``seq`` was the last record stored
+        once it did (see the module docstring)."""
+        self._step_seq, self._step_thread = seq, threading.get_ident()
+
+    def step_ended(self) -> None:
+        self._step_seq, self._step_thread = None, 0
 
     def append(self, checkpoint: Checkpoint) -> None:
         record = orjson.dumps(checkpoint.to_dict())
+        self.step_ended()  # a record stored now is after what the step saw
         with self.db.connection(LedgerWriteError, "store a checkpoint in") as conn:
             exists = conn.execute(
                 "SELECT 1 FROM caracal_checkpoints WHERE size = %s", (checkpoint.size,)
@@ -55,6 +72,9 @@ class PostgresCheckpointLog:
         return iter(records)
 
     def read_from(self, cursor: int) -> tuple[list[Checkpoint], int]:
+        known = self._step_seq
+        if known is not None and cursor >= known and self._step_thread == threading.get_ident():
+            return [], cursor
         with self.db.connection(LedgerReadError, "read the checkpoints of") as conn:
             rows = conn.execute(
                 "SELECT seq, record FROM caracal_checkpoints WHERE seq > %s ORDER BY seq", (cursor,)

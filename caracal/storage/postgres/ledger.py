@@ -203,11 +203,16 @@ class PostgresLedgerStore:
                         cursor = conn.execute(
                             "SELECT last_event_id, clock_timestamp() FROM caracal_head FOR UPDATE"
                         )
-                        conn.execute(
-                            "SELECT set_config('statement_timeout', %s, true)",
+                        # After the lock, in the same round trip: the last checkpoint stored (see
+                        # PostgresCheckpointLog.step_saw), so reading them under the lock costs no query
+                        # when none is new.
+                        stored = conn.execute(
+                            "SELECT set_config('statement_timeout', %s, true), "
+                            "(SELECT coalesce(max(seq), 0) FROM caracal_checkpoints)",
                             (millis(self.db.settings.statement_timeout),),
                         )
                     row = cursor.fetchone()
+                    checkpoints = stored.fetchone()
             except LedgerLockTimeoutError:
                 raise
             except LedgerWriteError:
@@ -217,11 +222,12 @@ class PostgresLedgerStore:
                 self.db.putconn(conn)
                 logger.info("a pooled connection to %s was dead; the step took a new one", self.location)
                 continue
-            if row is None:
+            if row is None or checkpoints is None:
                 raise LedgerWriteError(
                     f"the ledger head row of {self.location} is missing: the schema was altered by hand. "
                     "Restore it from a backup"
                 )
+            self.checkpoints.step_saw(int(checkpoints[1]))
             return row
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -248,19 +254,20 @@ class PostgresLedgerStore:
                 f"{self._step_head}, so the next event is {self._step_head + 1}. Nothing was recorded"
             )
         last = first_event_id + len(lines) - 1
-        ids = list(range(first_event_id, last + 1))
         leaf = hashlib.sha256(b"\x00" + lines[-1]).digest()
         self._written = True
         if before_commit is not None:
             before_commit(conn)
         # One round trip: the rows, the head (the CTE fails the transaction unless exactly the locked head
-        # row moved), the notification and the COMMIT go in one pipeline.
+        # row moved), the notification and the COMMIT go in one pipeline. The lines go as one binary bytea
+        # array and their ids are numbered by the server: dumping them as text arrays took about six times
+        # the CPU, in the step, while every other writer waits for the head row.
         try:
             with conn.pipeline():
                 conn.execute(
-                    "INSERT INTO caracal_ledger (event_id, line) "
-                    "SELECT * FROM unnest(%s::bigint[], %s::bytea[])",
-                    (ids, lines),
+                    "INSERT INTO caracal_ledger (event_id, line) SELECT %s::bigint + ordinal - 1, line "
+                    "FROM unnest(%b::bytea[]) WITH ORDINALITY AS appended(line, ordinal)",
+                    (first_event_id, lines),
                 )
                 conn.execute(
                     "WITH moved AS (UPDATE caracal_head SET last_event_id = %s, last_leaf = %s "
@@ -329,6 +336,7 @@ class PostgresLedgerStore:
         self._step_head = -1
         self._step_time = None
         self._step_thread = 0
+        self.checkpoints.step_ended()
         try:
             if conn is not None:
                 self.db.putconn(conn)  # rolls back what was not committed

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from caracal.core.checkpoint import load_public_key
+from caracal.core.merkle import leaf_hash
 from caracal.core.sealed import seal
 from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
@@ -29,6 +30,7 @@ from caracal.exceptions import (
 )
 from caracal.storage.home import EmbeddedHome
 from tests.caches import cache_key
+from tests.core.test_verify_tamper import edited
 from tests.pg import storage_config
 
 CHARGE = {"resource_type": "tool.call", "quantity": "1", "cost": "0.40"}
@@ -116,6 +118,54 @@ def test_a_rewritten_ledger_row_denies_every_decision(spent: tuple[Path, str]) -
         report = verify_ledger(home.ledger, public_key=load_public_key(home.key_path))
         assert not report.ok and report.first_bad_event_id == 2
     finally:
+        home.close()
+
+
+def test_a_rewrite_signed_over_while_a_step_waits_is_caught(
+    spent: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a reserve waits for the ledger's head row, another host appends three rows and stores a signed
+    checkpoint over them; the rows are then rewritten with a recomputed chain (the chain alone cannot tell).
+    The step reads the rows and hands them to the budget state, which must still read that checkpoint (the
+    step learns checkpoints are new in the round trip that takes the head row) and refuse."""
+    folder, url = spent
+    home = EmbeddedHome(folder)
+    other = EmbeddedHome(folder)
+    try:
+        enforcer = home.enforcer()
+        enforcer.check("worker")
+        store = enforcer.live.store
+        begin = store.begin
+        first = [0]
+
+        def appended_while_waiting() -> None:
+            monkeypatch.setattr(store, "begin", begin)
+            writer = other.writer()
+            events = [writer.append_event("someone", "tool.call", "1", "0.40") for _ in range(3)]
+            writer.checkpoint()
+            first[0] = events[0].event_id
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("ALTER TABLE caracal_ledger DISABLE TRIGGER caracal_ledger_append_only")
+                rows = conn.execute(
+                    "SELECT event_id, line FROM caracal_ledger WHERE event_id >= %s ORDER BY event_id",
+                    (first[0],),
+                ).fetchall()
+                lines = [bytes(line) for _id, line in rows]
+                lines[0] = edited(lines[0], cost="0.00")
+                for index in (1, 2):
+                    lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
+                for (event_id, _old), line in zip(rows, lines, strict=True):
+                    conn.execute("UPDATE caracal_ledger SET line = %s WHERE event_id = %s", (line, event_id))
+            begin()
+
+        monkeypatch.setattr(store, "begin", appended_while_waiting)
+        with pytest.raises(LedgerVerificationError) as caught:
+            enforcer.reserve("worker", "0.10")
+        assert caught.value.first_bad_event_id == first[0]
+        with pytest.raises(LedgerVerificationError):
+            enforcer.check("worker")
+    finally:
+        other.close()
         home.close()
 
 
