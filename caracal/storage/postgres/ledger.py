@@ -148,6 +148,11 @@ class PostgresLedgerStore:
         self._step_thread = 0
         self._written = False
         self._seen = 0  # the largest position this store has read or written
+        # Where the last append step left its reader (the last row new_lines gave or write wrote; -1: not
+        # known yet), and the rows after it that the next step read in the round trip that took the head
+        # row: a step that follows another writer's then reads them without a round trip of its own.
+        self._step_at = -1
+        self._ahead: tuple[int, list[tuple[int, bytes]]] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ the append step
@@ -194,6 +199,8 @@ class PostgresLedgerStore:
                     # PostgreSQL reads 0 as "no limit": a spent deadline must still be a limit (1 ms).
                     wait = max(wait_deadline(deadline), 0.001) if self.lock_timeout > 0 else 0.0
                     statement = max(self.db.settings.statement_timeout, wait + 1.0) if wait else 0.0
+                    at = self._step_at
+                    ahead = None
                     with conn.pipeline():
                         conn.execute(
                             "SELECT set_config('lock_timeout', %s, true), "
@@ -211,8 +218,17 @@ class PostgresLedgerStore:
                             "(SELECT coalesce(max(seq), 0) FROM caracal_checkpoints)",
                             (millis(self.db.settings.statement_timeout),),
                         )
+                        if at >= 0:  # what other writers appended since (none: an empty index range)
+                            ahead = conn.execute(
+                                "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND "
+                                "event_id <= %s ORDER BY event_id",
+                                (at, at + BATCH),
+                                binary=True,
+                            )
                     row = cursor.fetchone()
                     checkpoints = stored.fetchone()
+                    if ahead is not None:
+                        self._ahead = (at, ahead.fetchall())
             except LedgerLockTimeoutError:
                 raise
             except LedgerWriteError:
@@ -234,13 +250,21 @@ class PostgresLedgerStore:
     def new_lines(self, after: int) -> Iterator[tuple[int, bytes]]:
         conn = self._require_step()
         head = self._step_head
+        ahead, self._ahead = self._ahead, None
+        rows = ahead[1] if ahead is not None and ahead[0] == after else []
+        self._step_at = after
         while after < head:
-            with self.db.errors(LedgerWriteError, "read the ledger of"):
-                rows = _read_batch(conn, after, head)
             if not rows:
-                return  # rows missing below the head: the caller finds the gap
-            yield from rows
-            after = rows[-1][0]
+                with self.db.errors(LedgerWriteError, "read the ledger of"):
+                    rows = _read_batch(conn, after, head)
+                if not rows:
+                    return  # rows missing below the head: the caller finds the gap
+            for event_id, line in rows:
+                if event_id > head:
+                    return  # (read ahead in the lock's round trip) a row above the head: not the ledger's
+                yield event_id, line
+                after = self._step_at = event_id
+            rows = []
 
     def write(self, lines: list[bytes], first_event_id: int) -> int:
         conn = self._require_step()
@@ -302,7 +326,7 @@ class PostgresLedgerStore:
                     "database is reachable",
                     outcome_unknown=True,
                 ) from None
-        self._step_head = last
+        self._step_head = self._step_at = last
         self._listener.known.saw_head(last)
         self._see(last)
         return last
@@ -336,6 +360,7 @@ class PostgresLedgerStore:
         self._step_head = -1
         self._step_time = None
         self._step_thread = 0
+        self._ahead = None
         self.checkpoints.step_ended()
         try:
             if conn is not None:

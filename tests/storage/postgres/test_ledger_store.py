@@ -334,6 +334,41 @@ def test_iter_lines_reads_in_batches(open_backend: Opener, monkeypatch: pytest.M
         store.finish()
 
 
+@pytest.mark.parametrize("appended", [3, 7, 18], ids=["some", "a-batch", "more-than-a-batch"])
+def test_a_step_after_another_writers_reads_their_rows_with_the_head(
+    open_backend: Opener, monkeypatch: pytest.MonkeyPatch, appended: int
+) -> None:
+    """The rows another writer appended since this store's last step come back in the round trip that
+    takes the head row: up to a batch without a query of their own, the rest read on; in order, each once,
+    up to the head."""
+    monkeypatch.setattr(pg_ledger, "BATCH", 7)
+    mine, theirs = store_of(open_backend), store_of(open_backend)
+    step(mine, [b"1", b"2"])
+    step(theirs, [b"%d" % n for n in range(3, 3 + appended)])
+    queries: list[tuple[int, int]] = []
+    read_batch = pg_ledger._read_batch
+
+    def counted(conn: Any, after: int, stop: int) -> list[tuple[int, bytes]]:
+        queries.append((after, stop))
+        return read_batch(conn, after, stop)
+
+    monkeypatch.setattr(pg_ledger, "_read_batch", counted)
+    mine.begin()
+    try:
+        rows = list(mine.new_lines(2))
+        assert rows == [(n, b"%d" % n) for n in range(3, 3 + appended)]
+        assert queries == [(after, 2 + appended) for after in range(9, 2 + appended, 7)]  # after the first 7
+        assert mine.write([b"%d" % (3 + appended)], 3 + appended) == 3 + appended
+    finally:
+        mine.finish()
+    # From another position than where the last step left off (a reader that restarted), read as before.
+    mine.begin()
+    try:
+        assert [position for position, _line in mine.new_lines(1)] == list(range(2, 4 + appended))
+    finally:
+        mine.finish()
+
+
 def test_reads_of_an_unreachable_database_are_read_errors(closed_port: int) -> None:
     backend = PostgresBackend(f"postgresql://u@127.0.0.1:{closed_port}/db")
     store = backend.ledger_store(lock_timeout=1)
