@@ -437,9 +437,7 @@ class BudgetState:
         for hold_id in self._holds_by_member.get(agent_id, ()):
             hold = self._holds[hold_id]
             if hold.currency == currency and hold.counts_at(now):
-                remaining = subtract(hold.amount, self._charged.get(hold_id, _ZERO))
-                if remaining > 0:
-                    total = add(total, remaining)
+                total = add(total, self._remaining(hold))
         return total
 
     def charge_with_key(self, idempotency_key: str, now: datetime | None = None) -> LedgerEvent | None:

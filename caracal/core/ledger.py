@@ -537,7 +537,7 @@ class LedgerWriter:
         last_id = self._last_id
         prev = self._last_leaf
         leaves: list[bytes] = []
-        ends: list[int] | None = []
+        ends: list[int] = []  # positions and lines of the first READ_BACK_LINES, for the reader
         kept: list[bytes] = []
         good = b""  # the last line that checked out
         try:
@@ -579,12 +579,9 @@ class LedgerWriter:
                         event_id=event_id,
                     )
                 leaves.append(prev)
-                if ends is not None:
-                    if len(ends) < READ_BACK_LINES:
-                        ends.append(position)
-                        kept.append(line)
-                    else:
-                        ends = None
+                if len(kept) < READ_BACK_LINES:
+                    ends.append(position)
+                    kept.append(line)
                 last_id = event_id
                 self._pos = position
                 self._last_id = last_id
@@ -597,7 +594,7 @@ class LedgerWriter:
             if leaves:
                 self._unhashed += leaves
                 self._last_stamp = _stored_stamp(good)
-        return None if ends is None else HashedChunk(ends, kept, leaves, {}, None)
+        return HashedChunk(ends, kept, leaves, {}, None) if len(kept) == len(leaves) else None
 
     def _load_state(self) -> None:
         """Start from the saved Merkle frontier if it still matches the ledger; else from the beginning.

@@ -16,7 +16,6 @@ import pytest
 
 from caracal.core.enforcement import Enforcer
 from caracal.core.ledger import LedgerWriter
-from caracal.core.merkle import leaf_hash
 from caracal.core.windows import WindowSpec
 from caracal.exceptions import CaracalError, LedgerCorruptError, LedgerVerificationError
 from caracal.storage.home import EmbeddedHome
@@ -29,6 +28,7 @@ from tests.core.test_verify_tamper import (
     edited,
     read_lines,
     rewrite_checkpoints,
+    rewrite_with_chain,
     verify,
     write_lines,
 )
@@ -215,11 +215,7 @@ def appended_checkpointed_and_rewritten(ledger: Path) -> None:
         for _ in range(3):
             other.append_event("agent-1", "tokens", "1", "0.5")
         other.checkpoint()
-    lines = read_lines(ledger)
-    lines[EVENTS] = edited(lines[EVENTS], cost="0.0")
-    for index in (EVENTS + 1, EVENTS + 2):
-        lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
-    write_lines(ledger, lines)
+    write_lines(ledger, rewrite_with_chain(EVENTS + 1)(read_lines(ledger)))
 
 
 def test_a_checkpoint_written_later_by_another_process_is_checked_too(

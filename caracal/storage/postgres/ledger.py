@@ -61,6 +61,10 @@ BATCH = 5000
 """Lines read per query by :meth:`PostgresLedgerStore.iter_lines` and :meth:`new_lines` (about 1.5 MB)."""
 
 
+_RANGE = "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s ORDER BY event_id"
+"""The rows with ids in a range, in order (read in binary: ``bytea`` as bytes)."""
+
+
 def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tuple[int, bytes]]:
     """Up to :data:`BATCH` rows ``(event_id, line)`` with ids in ``(after, stop]``, in order.
 
@@ -71,11 +75,7 @@ def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tu
     Rows arrive in binary format: ``bytea`` as bytes, not hex text to decode (about twice as fast).
     """
     upper = min(stop, after + BATCH)
-    rows: list[tuple[int, bytes]] = conn.execute(
-        "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s ORDER BY event_id",
-        (after, upper),
-        binary=True,
-    ).fetchall()
+    rows: list[tuple[int, bytes]] = conn.execute(_RANGE, (after, upper), binary=True).fetchall()
     if len(rows) < upper - after and upper < stop:
         rows += conn.execute(
             "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
@@ -219,12 +219,7 @@ class PostgresLedgerStore:
                             (millis(self.db.settings.statement_timeout),),
                         )
                         if at >= 0:  # what other writers appended since (none: an empty index range)
-                            ahead = conn.execute(
-                                "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND "
-                                "event_id <= %s ORDER BY event_id",
-                                (at, at + BATCH),
-                                binary=True,
-                            )
+                            ahead = conn.execute(_RANGE, (at, at + BATCH), binary=True)
                     row = cursor.fetchone()
                     checkpoints = stored.fetchone()
                     if ahead is not None:

@@ -18,7 +18,6 @@ import psycopg
 import pytest
 
 from caracal.core.checkpoint import load_public_key
-from caracal.core.merkle import leaf_hash
 from caracal.core.sealed import seal
 from caracal.core.verify import verify_ledger
 from caracal.core.windows import parse_window
@@ -30,7 +29,7 @@ from caracal.exceptions import (
 )
 from caracal.storage.home import EmbeddedHome
 from tests.caches import cache_key
-from tests.core.test_verify_tamper import edited
+from tests.core.test_verify_tamper import rewrite_with_chain
 from tests.pg import storage_config
 
 CHARGE = {"resource_type": "tool.call", "quantity": "1", "cost": "0.40"}
@@ -150,10 +149,7 @@ def test_a_rewrite_signed_over_while_a_step_waits_is_caught(
                     "SELECT event_id, line FROM caracal_ledger WHERE event_id >= %s ORDER BY event_id",
                     (first[0],),
                 ).fetchall()
-                lines = [bytes(line) for _id, line in rows]
-                lines[0] = edited(lines[0], cost="0.00")
-                for index in (1, 2):
-                    lines[index] = edited(lines[index], prev_hash=leaf_hash(lines[index - 1]).hex())
+                lines = rewrite_with_chain(1)([bytes(line) for _id, line in rows])
                 for (event_id, _old), line in zip(rows, lines, strict=True):
                     conn.execute("UPDATE caracal_ledger SET line = %s WHERE event_id = %s", (line, event_id))
             begin()
