@@ -539,21 +539,24 @@ class LedgerWriter:
         leaves: list[bytes] = []
         ends: list[int] = []  # positions and lines of the first READ_BACK_LINES, for the reader
         kept: list[bytes] = []
+        parsed: list[LedgerEvent | None] = []  # the kept lines' events, where they were parsed here
         good = b""  # the last line that checked out
+        chain: str | None
+        event: LedgerEvent | None
         try:
             for position, line in self.store.new_lines(self._pos):
                 fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
                 if fast is not None:
                     event_id, chain = fast
+                    event = None
                 else:
                     try:
-                        data = orjson.loads(line)
-                        validate_event_dict(data)  # a complete line that is not a valid event is corruption
-                        event_id = data["event_id"]
-                        chain = data.get("prev_hash")
+                        # a complete line that is not a valid event is corruption
+                        event = LedgerEvent(*validate_event_dict(orjson.loads(line)))
                     except (orjson.JSONDecodeError, InvalidLedgerEventError):
                         parse_line(line, last_id + 1)  # raises LedgerCorruptError with the precise reason
                         raise AssertionError("unreachable") from None  # pragma: no cover
+                    event_id, chain = event.event_id, event.prev_hash
                 if event_id != last_id + 1:
                     raise LedgerCorruptError(
                         f"ledger line {last_id + 1} holds event {event_id!r} but event {last_id + 1} was "
@@ -582,6 +585,7 @@ class LedgerWriter:
                 if len(kept) < READ_BACK_LINES:
                     ends.append(position)
                     kept.append(line)
+                    parsed.append(event)
                 last_id = event_id
                 self._pos = position
                 self._last_id = last_id
@@ -594,7 +598,7 @@ class LedgerWriter:
             if leaves:
                 self._unhashed += leaves
                 self._last_stamp = _stored_stamp(good)
-        return HashedChunk(ends, kept, leaves, {}, None) if len(kept) == len(leaves) else None
+        return HashedChunk(ends, kept, leaves, {}, None, parsed) if len(kept) == len(leaves) else None
 
     def _load_state(self) -> None:
         """Start from the saved Merkle frontier if it still matches the ledger; else from the beginning.

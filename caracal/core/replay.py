@@ -135,7 +135,7 @@ class VerifiedTail:
         if first:
             if ends[first - 1] != self.offset:
                 return []  # not a line boundary of this store (never the case for the same store)
-            read = HashedChunk(ends[first:], read.lines[first:], read.leaves[first:], {}, None)
+            read = read.after(first)
         self._read_checkpoints()
         checked = self._checked_chunk(read)
         events = checked if checked is not None else self._checked_lines(read)
@@ -258,8 +258,15 @@ class VerifiedTail:
         lines = chunk.lines
         first = self.last_event_id + 1
         count = len(lines)
+        parsed = chunk.events
         try:  # parse_line, inlined: its errors are named by the line-by-line check
-            events = [LedgerEvent(*validate(loads(line))) for line in lines]
+            if parsed is None:
+                events = [LedgerEvent(*validate(loads(line))) for line in lines]
+            else:  # (the writer's step parsed and validated these lines: exactly this, on the same bytes)
+                events = [
+                    LedgerEvent(*validate(loads(line))) if event is None else event
+                    for event, line in zip(parsed, lines, strict=True)
+                ]
         except (orjson.JSONDecodeError, InvalidLedgerEventError):
             return None
         if [event.event_id for event in events] != list(range(first, first + count)):

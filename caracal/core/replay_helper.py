@@ -44,12 +44,15 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from caracal.core.merkle import HASH_SIZE, MerkleFrontier
 from caracal.exceptions import ProofError
+
+if TYPE_CHECKING:
+    from caracal.core.events import LedgerEvent
 
 CHUNK = 2_000
 """Lines per chunk: large enough that a chunk's fixed costs are nothing per line, small enough that the
@@ -82,12 +85,22 @@ class HashedChunk:
     """The tree's root at each requested size reached within this chunk."""
     tree: MerkleFrontier | None
     """The frontier after the chunk's last line (None for the first part of a split chunk)."""
+    events: list[LedgerEvent | None] | None = None
+    """Each line's event where the reader already parsed and validated the line (the writer's append
+    step does, for lines other than its plain ones), so the tail does not parse it again; None: none."""
 
     def split(self, count: int) -> tuple[HashedChunk, HashedChunk]:
         """The first ``count`` lines (with no frontier: it is known only at the chunk's end), and the rest."""
-        head = HashedChunk(self.ends[:count], self.lines[:count], self.leaves[:count], {}, None)
-        rest = HashedChunk(self.ends[count:], self.lines[count:], self.leaves[count:], self.roots, self.tree)
-        return head, rest
+        return self.after(0, count), self.after(count)
+
+    def after(self, first: int, stop: int | None = None) -> HashedChunk:
+        """Lines ``first``..``stop``; to the end, with the roots and frontier (they are at the end)."""
+        end = stop is None
+        events = None if self.events is None else self.events[first:stop]
+        return HashedChunk(
+            self.ends[first:stop], self.lines[first:stop], self.leaves[first:stop],
+            self.roots if end else {}, self.tree if end else None, events,
+        )  # fmt: skip
 
 
 def _read_exact(stream: IO[bytes], count: int) -> bytes:

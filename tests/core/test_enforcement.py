@@ -6,6 +6,7 @@ input must leave the ledger as it was."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from caracal.core import ledger as ledger_module
+from caracal.core import replay as replay_module
 from caracal.core.enforcement import HOLD_RESOURCE, Decision, Enforcer, Hold
 from caracal.core.ledger import LedgerQuery, LedgerReader
 from caracal.core.policy import Policy
@@ -671,6 +674,48 @@ def test_a_step_reads_what_another_process_appended_once(env: Env, monkeypatch: 
         assert (hold.decision.spent, hold.decision.remaining) == (Decimal("3"), Decimal("7"))
         assert [len(read)] == appended
         assert len(set(read)) == len(read)
+    finally:
+        other.home.close()
+
+
+def test_a_step_parses_what_another_process_appended_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step that reads another writer's lines under the lock parses and validates each (it must: a
+    corrupt line is refused before anything chains onto it); the budget state folds in the events the
+    step built instead of parsing the same bytes again (on a gateway, half the CPU of following another
+    worker). A line it did not parse (the writer's plain lines, checked by pattern) is parsed there."""
+    worker = env.agent("worker")
+    env.policy(worker, "10")
+    other = env.reopen()
+    try:
+        other.enforcer.check("worker")
+        store = other.enforcer.live.store
+        begin = store.begin
+        parsed: list[int] = []
+        appended: list[int] = []
+
+        def noting(validate: Callable[[Any], tuple[Any, ...]]) -> Callable[[Any], tuple[Any, ...]]:
+            def validated(data: Any) -> tuple[Any, ...]:
+                parsed.append(data["event_id"])
+                return validate(data)
+
+            return validated
+
+        def appended_while_waiting() -> None:
+            monkeypatch.setattr(store, "begin", begin)
+            before = len(env.events())
+            for _ in range(3):
+                env.spend("worker", "1")
+            env.enforcer.writer.append_event(worker, "llm.tokens", 1, "1")  # a plain line
+            appended.extend(range(before + 1, len(env.events()) + 1))
+            for module in (ledger_module, replay_module):
+                monkeypatch.setattr(module, "validate_event_dict", noting(module.validate_event_dict))
+            begin()
+
+        monkeypatch.setattr(store, "begin", appended_while_waiting)
+        hold = other.enforcer.reserve("worker", "2")
+        assert (hold.decision.spent, hold.decision.remaining) == (Decimal("4"), Decimal("6"))
+        assert len(appended) >= 7
+        assert Counter(event_id for event_id in parsed if event_id in appended) == dict.fromkeys(appended, 1)
     finally:
         other.home.close()
 
