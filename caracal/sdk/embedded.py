@@ -6,6 +6,7 @@ Used by ``CaracalClient()`` or ``CaracalClient(home=...)``. Each method is one c
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -20,8 +21,11 @@ from caracal.core.metering import Meter
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.core.windows import policy_window
+from caracal.exceptions import CaracalError
 from caracal.sdk.transport import Usage
 from caracal.storage.home import EmbeddedHome
+
+logger = logging.getLogger("caracal.sdk")
 
 
 class EmbeddedTransport:
@@ -61,11 +65,18 @@ class EmbeddedTransport:
         return self._meter
 
     def close(self) -> None:
-        if self._enforcer is not None:
-            self._enforcer.close()
-        self.home.close()
-        self._enforcer = None
-        self._meter = None
+        """Save the budget snapshot and close the home. A ledger that cannot be read or fails verification
+        by now keeps its last good snapshot: that is logged (every decision already raised why) and the rest
+        still closes, so a ``finally: client.close()`` never replaces the error its caller is handling."""
+        try:
+            if self._enforcer is not None:
+                self._enforcer.close()
+        except CaracalError as exc:
+            logger.error("closing %s without saving the budget snapshot: %s", self.home.location, exc)
+        finally:
+            self.home.close()
+            self._enforcer = None
+            self._meter = None
 
     # ------------------------------------------------------------------ identity, policies, prices
 

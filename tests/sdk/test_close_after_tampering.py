@@ -1,0 +1,72 @@
+"""A user's ``finally: client.close()`` on a ledger that was edited under the open client: the error the
+script ends with is the verification failure (``close`` does not raise over it and still closes the
+home), and closing saves no budget snapshot from the untrusted ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caracal.core.windows import parse_window
+from caracal.storage.home import EmbeddedHome
+
+CHARGE = """
+import sys
+from caracal.sdk.client import CaracalClient
+with CaracalClient(sys.argv[1]) as client:
+    for quantity in ("1", "2", "3"):
+        client.emit_event("bot", "tool.calls", quantity)
+"""
+
+USER = """
+import sys
+from caracal.sdk.client import CaracalClient
+client = CaracalClient(sys.argv[1])
+try:
+    client.check("bot", "1")
+    print("ready", flush=True)
+    sys.stdin.readline()  # meanwhile: another process charges, and someone edits what it wrote
+    client.check("bot", "1")
+finally:
+    client.close()
+"""
+
+
+@pytest.mark.files_only("edits the ledger file")
+def test_close_after_the_ledger_was_edited_does_not_hide_why(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    embedded = EmbeddedHome(home)
+    bot = embedded.agents.register("bot", "ops@example.com")
+    embedded.policies.create(bot.agent_id, "10", parse_window("daily"), "USD")
+    embedded.prices.set("tool.calls", "1", "USD")
+    ledger = embedded.ledger_path
+    embedded.close()
+
+    user = subprocess.Popen(
+        [sys.executable, "-c", USER, str(home)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert user.stdout is not None and user.stdin is not None
+    assert user.stdout.readline() == "ready\n"
+    subprocess.run([sys.executable, "-c", CHARGE, str(home)], check=True, timeout=120)
+    snapshot = Path(f"{ledger}.budget")
+    saved = snapshot.read_bytes()  # the charging process's, over the three genuine charges
+    data = ledger.read_bytes()
+    assert data.count(b'"cost":"2"') == 1
+    ledger.write_bytes(data.replace(b'"cost":"2"', b'"cost":"0"'))  # 2 units of spend forgotten
+    _, stderr = user.communicate("go\n", timeout=120)
+
+    assert user.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("caracal.exceptions.LedgerVerificationError: "), stderr
+    assert "During handling of the above exception" not in stderr, stderr
+    assert "without saving the budget snapshot" in stderr
+    assert snapshot.read_bytes() == saved
+    verify = subprocess.run(
+        [sys.executable, "-m", "caracal", "--home", str(home), "ledger", "verify"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode != 0, verify.stdout
