@@ -53,12 +53,9 @@ class PostgresCheckpointLog:
     def append(self, checkpoint: Checkpoint) -> None:
         record = orjson.dumps(checkpoint.to_dict())
         self.step_ended()  # a record stored now is after what the step saw
-        with self.db.connection(LedgerWriteError, "store a checkpoint in") as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM caracal_checkpoints WHERE size = %s", (checkpoint.size,)
-            ).fetchone()
-            if exists is not None:
-                return
+        # One round trip (it runs on the append step's thread, between two steps): the lock, the insert
+        # and the COMMIT go in one pipeline.
+        with self.db.connection(LedgerWriteError, "store a checkpoint in") as conn, conn.pipeline():
             conn.execute("LOCK TABLE caracal_checkpoints IN SHARE ROW EXCLUSIVE MODE")
             conn.execute(
                 "INSERT INTO caracal_checkpoints (size, seq, record) "
@@ -66,6 +63,7 @@ class PostgresCheckpointLog:
                 "ON CONFLICT (size) DO NOTHING",
                 (checkpoint.size, record),
             )
+            conn.commit()
 
     def __iter__(self) -> Iterator[Checkpoint]:
         records, _cursor = self.read_from(0)

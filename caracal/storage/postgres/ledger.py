@@ -471,12 +471,13 @@ class PostgresLedgerStore:
         return None if row is None else bytes(row[0])
 
     def save_cache(self, name: str, data: bytes) -> None:
-        with self.db.connection(LedgerWriteError, f"save the {name} cache of") as conn:
+        with self.db.connection(LedgerWriteError, f"save the {name} cache of") as conn, conn.pipeline():
             conn.execute(
                 "INSERT INTO caracal_caches (name, body) VALUES (%s, %s) ON CONFLICT (name) "
                 "DO UPDATE SET body = excluded.body, updated_at = clock_timestamp()",
                 (name, data),
             )
+            conn.commit()  # in the same round trip
 
     def claim_key(self, key_id: str) -> str:
         """Record ``key_id`` as the key this ledger's checkpoints are signed with, if none is recorded yet;
