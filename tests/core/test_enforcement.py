@@ -646,43 +646,14 @@ def counting(
     return counted
 
 
-def test_a_step_reads_what_another_process_appended_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_reads_and_parses_what_another_process_appended_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Another writer appends while a step waits for the ledger's lock. The step reads those lines under
-    the lock (it must, to chain after them); the budget state folds in the same lines, checked, instead of
-    reading them a second time there."""
-    env.policy(env.agent("worker"), "10")
-    other = env.reopen()
-    try:
-        other.enforcer.check("worker")
-        store = other.enforcer.live.store
-        begin = store.begin
-        read: list[bytes] = []
-        appended: list[int] = []
-
-        def appended_while_waiting() -> None:
-            monkeypatch.setattr(store, "begin", begin)
-            before = len(env.events())
-            for _ in range(3):
-                env.spend("worker", "1")
-            appended.append(len(env.events()) - before)
-            for name in ("new_lines", "iter_lines"):  # the append step's read, and a reader's
-                monkeypatch.setattr(store, name, counting(getattr(store, name), read))
-            begin()
-
-        monkeypatch.setattr(store, "begin", appended_while_waiting)
-        hold = other.enforcer.reserve("worker", "2")
-        assert (hold.decision.spent, hold.decision.remaining) == (Decimal("3"), Decimal("7"))
-        assert [len(read)] == appended
-        assert len(set(read)) == len(read)
-    finally:
-        other.home.close()
-
-
-def test_a_step_parses_what_another_process_appended_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The step that reads another writer's lines under the lock parses and validates each (it must: a
-    corrupt line is refused before anything chains onto it); the budget state folds in the events the
-    step built instead of parsing the same bytes again (on a gateway, half the CPU of following another
-    worker). A line it did not parse (the writer's plain lines, checked by pattern) is parsed there."""
+    the lock and parses and validates each (it must: it chains after them, and a corrupt line is refused
+    before anything chains onto it); the budget state folds in the same lines, checked, without reading
+    them again, and takes the events the step built instead of parsing the same bytes again. A line the
+    step did not parse (the writer's plain lines, checked by pattern) is parsed there."""
     worker = env.agent("worker")
     env.policy(worker, "10")
     other = env.reopen()
@@ -690,6 +661,7 @@ def test_a_step_parses_what_another_process_appended_once(env: Env, monkeypatch:
         other.enforcer.check("worker")
         store = other.enforcer.live.store
         begin = store.begin
+        read: list[bytes] = []
         parsed: list[int] = []
         appended: list[int] = []
 
@@ -707,6 +679,8 @@ def test_a_step_parses_what_another_process_appended_once(env: Env, monkeypatch:
                 env.spend("worker", "1")
             env.enforcer.writer.append_event(worker, "llm.tokens", 1, "1")  # a plain line
             appended.extend(range(before + 1, len(env.events()) + 1))
+            for name in ("new_lines", "iter_lines"):  # the append step's read, and a reader's
+                monkeypatch.setattr(store, name, counting(getattr(store, name), read))
             for module in (ledger_module, replay_module):
                 monkeypatch.setattr(module, "validate_event_dict", noting(module.validate_event_dict))
             begin()
@@ -715,6 +689,8 @@ def test_a_step_parses_what_another_process_appended_once(env: Env, monkeypatch:
         hold = other.enforcer.reserve("worker", "2")
         assert (hold.decision.spent, hold.decision.remaining) == (Decimal("4"), Decimal("6"))
         assert len(appended) >= 7
+        assert len(read) == len(appended)
+        assert len(set(read)) == len(read)
         assert Counter(event_id for event_id in parsed if event_id in appended) == dict.fromkeys(appended, 1)
     finally:
         other.home.close()
