@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from caracal.core.checkpoint import CheckpointStore
 from caracal.core.events import iter_lines, ledger_size, line_ending_at
@@ -48,7 +48,7 @@ from caracal.core.fileio import (
     open_for_reading,
     write_atomically,
 )
-from caracal.exceptions import LedgerLockTimeoutError, LedgerReadError, LedgerWriteError
+from caracal.exceptions import LedgerCorruptError, LedgerLockTimeoutError, LedgerReadError, LedgerWriteError
 
 logger = logging.getLogger("caracal.ledger")
 
@@ -154,6 +154,7 @@ class FileLedgerStore:
         if size == after:
             return
         with open_for_reading(self.path) as handle:
+            _check_line_boundary(handle, after, self.path)
             for offset, line in iter_lines(handle, after, size):
                 end = offset + len(line) + 1
                 yield end, line
@@ -398,8 +399,25 @@ def stream_lines(path: str | os.PathLike[str], after: int, end: int | None) -> I
     except OSError as exc:
         raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
     with handle:
+        _check_line_boundary(handle, after, path)
         for offset, line in iter_lines(handle, after, end):
             yield offset + len(line) + 1, line
+
+
+def _check_line_boundary(handle: BinaryIO, after: int, path: str | os.PathLike[str]) -> None:
+    """A reader goes on from byte ``after``, where its last read ended: the end of a line. If the byte
+    before it is no longer a newline, the lines before it were rewritten with other lengths (or the file
+    was replaced) under the reader, and what it would read from there is the middle of some line: say so,
+    instead of naming a line past the end as not valid JSON."""
+    if after <= 0:
+        return
+    handle.seek(after - 1)
+    if handle.read(1) != b"\n":
+        raise LedgerCorruptError(
+            f"the ledger {path} changed under this process: byte {after}, where its last read ended, is no "
+            "longer the start of a line (lines before it were rewritten with other lengths, or the file was "
+            "replaced). Run 'caracal ledger verify' and restore the ledger from a backup"
+        )
 
 
 __all__ = ["FileLedgerStore", "sidecar_path", "stream_lines"]

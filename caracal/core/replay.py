@@ -194,6 +194,10 @@ class VerifiedTail:
                     chunk = HashedChunk([end for end, _ in pairs], [line for _, line in pairs], [], {}, None)
                 checked = self._checked_chunk(chunk)
                 events += checked if checked is not None else self._checked_lines(chunk)
+        except LedgerCorruptError as exc:  # the store found its lines changed under this reader
+            if lines is not None:
+                _close(lines)
+            raise failed(self.last_event_id + 1, str(exc)) from None
         except BaseException:
             if lines is not None:
                 _close(lines)
