@@ -410,8 +410,14 @@ def print_report(report: VerificationReport) -> None:
         click.echo("OK: the ledger is intact")
         return
     click.echo(f"FAILED: {len(report.problems) + report.problems_omitted} problem(s)", err=True)
-    if report.first_bad_event_id is not None:
+    if report.first_bad_event_id is not None and report.first_bad_event_is_exact:
         click.echo(f"first bad event: {report.first_bad_event_id}", err=True)
+    elif report.first_bad_event_id is not None:  # a signed checkpoint's root says "somewhere from here"
+        click.echo(
+            f"first bad event: not known exactly, event {report.first_bad_event_id} or a later one (the "
+            "chain was recomputed; a signed checkpoint's root no longer matches)",
+            err=True,
+        )
     for problem in report.problems:
         click.echo(f"  [{problem.kind}] {problem.message}", err=True)
     if report.problems_omitted:

@@ -143,6 +143,11 @@ class VerificationReport:
         ranges = [p.event_id for p in self.problems if p.event_id is not None]
         return min(ranges) if ranges else None
 
+    @property
+    def first_bad_event_is_exact(self) -> bool:
+        """Whether :attr:`first_bad_event_id` is a bad event itself, not the start of a range holding one."""
+        return any(p.event_id is not None and p.exact for p in self.problems)
+
     def raise_if_failed(self) -> None:
         if self.problems:
             first = self.problems[0]

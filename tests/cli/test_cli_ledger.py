@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -121,6 +122,26 @@ def test_verify_passes_then_fails_with_exit_3_naming_the_first_bad_event(ledger_
     code, out, _ = run("ledger", "verify", "--ledger", str(ledger_path), "--json", ok=False)
     report = json.loads(out)
     assert code == 3 and report["ok"] is False and report["first_bad_event_id"] == 3
+
+
+def test_verify_says_when_it_knows_only_a_range(ledger_path: Path) -> None:
+    """A rewrite that recomputed the chain is caught by a signed checkpoint, which says that some event up
+    to its size changed, not which: the output must not name the range's start as the bad event."""
+    for n in range(5):
+        append(ledger_path, "a", f"0.{n + 1}")
+    run("ledger", "checkpoint", "--ledger", str(ledger_path))
+    lines = ledger_path.read_bytes().rstrip(b"\n").split(b"\n")
+    lines[2] = lines[2].replace(b'"cost":"0.3"', b'"cost":"0.0"')
+    for index in range(3, len(lines)):
+        event = json.loads(lines[index])
+        event["prev_hash"] = hashlib.sha256(b"\x00" + lines[index - 1]).hexdigest()
+        lines[index] = json.dumps(event, separators=(",", ":")).encode()
+    ledger_path.write_bytes(b"\n".join(lines) + b"\n")
+    code, _, err = run("ledger", "verify", "--ledger", str(ledger_path), ok=False)
+    assert code == 3
+    # each `ledger append` closed its writer, which checkpointed: the checkpoints at 1 and 2 still match
+    assert "first bad event: not known exactly, event 3 or a later one" in err
+    assert "first bad event: 3\n" not in err
 
 
 def test_verify_of_a_missing_ledger_is_an_error(tmp_path: Path) -> None:
