@@ -10,16 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from caracal.core.windows import parse_window
-from caracal.storage.home import EmbeddedHome
-
-CHARGE = """
-import sys
-from caracal.sdk.client import CaracalClient
-with CaracalClient(sys.argv[1]) as client:
-    for quantity in ("1", "2", "3"):
-        client.emit_event("bot", "tool.calls", quantity)
-"""
+from tests.bot_home import bot_home, charge_from_another_process
 
 USER = """
 import sys
@@ -38,13 +29,7 @@ finally:
 @pytest.mark.files_only("edits the ledger file")
 def test_close_after_the_ledger_was_edited_does_not_hide_why(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    home.mkdir()
-    embedded = EmbeddedHome(home)
-    bot = embedded.agents.register("bot", "ops@example.com")
-    embedded.policies.create(bot.agent_id, "10", parse_window("daily"), "USD")
-    embedded.prices.set("tool.calls", "1", "USD")
-    ledger = embedded.ledger_path
-    embedded.close()
+    ledger = bot_home(home, "10")
 
     user = subprocess.Popen(
         [sys.executable, "-c", USER, str(home)],
@@ -52,7 +37,7 @@ def test_close_after_the_ledger_was_edited_does_not_hide_why(tmp_path: Path) -> 
     )  # fmt: skip
     assert user.stdout is not None and user.stdin is not None
     assert user.stdout.readline() == "ready\n"
-    subprocess.run([sys.executable, "-c", CHARGE, str(home)], check=True, timeout=120)
+    charge_from_another_process(home, "1", "2", "3")
     snapshot = Path(f"{ledger}.budget")
     saved = snapshot.read_bytes()  # the charging process's, over the three genuine charges
     data = ledger.read_bytes()

@@ -13,16 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from caracal.core.windows import parse_window
-from caracal.storage.home import EmbeddedHome
-
-CHARGE = """
-import sys
-from caracal.sdk.client import CaracalClient
-with CaracalClient(sys.argv[1]) as client:
-    for quantity in sys.argv[2:]:
-        client.emit_event("bot", "tool.calls", quantity)
-"""
+from tests.bot_home import bot_home, charge_from_another_process
 
 USER = """
 import sys
@@ -59,14 +50,8 @@ def rewrite_with_longer_cost(ledger: Path, event_id: int) -> None:
 @pytest.mark.parametrize("action", ["check", "charge"])
 def test_a_client_names_a_ledger_rewritten_under_it(tmp_path: Path, action: str) -> None:
     home = tmp_path / "home"
-    home.mkdir()
-    embedded = EmbeddedHome(home)
-    bot = embedded.agents.register("bot", "ops@example.com")
-    embedded.policies.create(bot.agent_id, "100", parse_window("daily"), "USD")
-    embedded.prices.set("tool.calls", "1", "USD")
-    ledger = embedded.ledger_path
-    embedded.close()
-    subprocess.run([sys.executable, "-c", CHARGE, str(home), "1", "2"], check=True, timeout=120)
+    ledger = bot_home(home, "100")
+    charge_from_another_process(home, "1", "2")
 
     user = subprocess.Popen(
         [sys.executable, "-c", USER, str(home), action],
@@ -74,7 +59,7 @@ def test_a_client_names_a_ledger_rewritten_under_it(tmp_path: Path, action: str)
     )  # fmt: skip
     assert user.stdout is not None
     assert user.stdout.readline() == "ready\n"
-    subprocess.run([sys.executable, "-c", CHARGE, str(home), "3", "4"], check=True, timeout=120)
+    charge_from_another_process(home, "3", "4")
     rewrite_with_longer_cost(ledger, 2)
     events = len(ledger.read_bytes().splitlines())
     _, stderr = user.communicate("go\n", timeout=120)
