@@ -414,8 +414,8 @@ def print_report(report: VerificationReport) -> None:
         click.echo(f"first bad event: {report.first_bad_event_id}", err=True)
     elif report.first_bad_event_id is not None:  # a signed checkpoint's root says "somewhere from here"
         click.echo(
-            f"first bad event: not known exactly, event {report.first_bad_event_id} or a later one (the "
-            "chain was recomputed; a signed checkpoint's root no longer matches)",
+            f"first bad event: not known exactly, event {report.first_bad_event_id} or a later one (a "
+            "root recorded for the ledger no longer matches it)",
             err=True,
         )
     for problem in report.problems:

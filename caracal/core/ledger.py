@@ -565,9 +565,16 @@ class LedgerWriter:
                         event_id=event_id if isinstance(event_id, int) else None,
                     )
                 if chain is not None and chain != prev.hex():
+                    witnessed = not leaves and last_id > 0 and self._witness(last_id)
                     raise LedgerCorruptError(
-                        f"event {event_id} does not chain to event {last_id}: one of them was modified. "
-                        f"Run 'caracal ledger verify'",
+                        f"event {event_id} does not chain to event {last_id}: one of them was modified"
+                        + (
+                            f" (this writer had event {last_id} with other bytes: it signed a checkpoint of "
+                            f"the first {last_id} events as it had them)"
+                            if witnessed
+                            else ""
+                        )
+                        + ". Run 'caracal ledger verify'",
                         line_number=last_id + 1,
                         event_id=last_id or event_id,
                     )
@@ -599,6 +606,20 @@ class LedgerWriter:
                 self._unhashed += leaves
                 self._last_stamp = _stored_stamp(good)
         return HashedChunk(ends, kept, leaves, {}, None, parsed) if len(kept) == len(leaves) else None
+
+    def _witness(self, size: int) -> bool:
+        """The line after event ``size`` does not chain to the bytes this writer recorded or read for it:
+        event ``size`` (or a line before it) was changed since, and the line after was chained onto the
+        change by someone who read it that way. The chain of the ledger as it now is holds together, so
+        only this writer can tell; it signs a checkpoint of what it had (its tree is built from those bytes:
+        true when they were there), so that ``verify``, a replay and an export name the rewrite instead of
+        finding the ledger intact. Whether it did (errors are logged: the refusal is what matters)."""
+        try:
+            self._write_checkpoint()
+        except (OSError, CaracalError) as exc:
+            logger.warning("could not sign a checkpoint recording the rewrite of %s: %s", self.location, exc)
+            return False
+        return True
 
     def _load_state(self) -> None:
         """Start from the saved Merkle frontier if it still matches the ledger; else from the beginning.

@@ -356,15 +356,15 @@ class _RootChecker:
             if isinstance(checkpoint, _Remembered):
                 if checkpoint.root != root:
                     first = self._last_matched + 1
+                    which, exact = _changed(first, checkpoint.size, "modified since")
                     self.problems.append(
                         Problem(
                             "writer-state",
                             f"the first {checkpoint.size} events do not hash to the root this home's writer "
-                            f"recorded when it wrote them (its sealed Merkle state): some event from {first} "
-                            f"to {checkpoint.size} was modified since",
+                            f"recorded when it wrote them (its sealed Merkle state): {which}",
                             first,
                             first,
-                            exact=False,
+                            exact=exact,
                         )
                     )
                 continue
@@ -703,17 +703,26 @@ def _compare_root(
         report.checkpoints_matched += 1
         return True
     first = last_matched + 1
+    which, exact = _changed(first, checkpoint.size, "rewritten")
     found(
         Problem(
             "checkpoint",
             f"the first {checkpoint.size} events do not hash to the root signed at {checkpoint.timestamp}: "
-            f"some event from {first} to {checkpoint.size} was rewritten",
+            f"{which}",
             first,
             first,
-            exact=False,
+            exact=exact,
         )
     )
     return False
+
+
+def _changed(first: int, last: int, how: str) -> tuple[str, bool]:
+    """What a root that no longer matches says: which events may have changed (exact when only one can:
+    the ones before ``first`` still match an earlier root)."""
+    if first == last:
+        return f"event {first} was {how}", True
+    return f"some event from {first} to {last} was {how}", False
 
 
 # ====================================================================== proofs

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from caracal.cli.main import main
+from tests.bot_home import bot_home, charge_from_another_process
 
 
 def run(*args: str, ok: bool = True) -> tuple[int, str, str]:
@@ -124,24 +125,24 @@ def test_verify_passes_then_fails_with_exit_3_naming_the_first_bad_event(ledger_
     assert code == 3 and report["ok"] is False and report["first_bad_event_id"] == 3
 
 
-def test_verify_says_when_it_knows_only_a_range(ledger_path: Path) -> None:
+def test_verify_says_when_it_knows_only_a_range(tmp_path: Path) -> None:
     """A rewrite that recomputed the chain is caught by a signed checkpoint, which says that some event up
     to its size changed, not which: the output must not name the range's start as the bad event."""
-    for n in range(5):
-        append(ledger_path, "a", f"0.{n + 1}")
-    run("ledger", "checkpoint", "--ledger", str(ledger_path))
-    lines = ledger_path.read_bytes().rstrip(b"\n").split(b"\n")
-    lines[2] = lines[2].replace(b'"cost":"0.3"', b'"cost":"0.0"')
+    home = tmp_path / "home"
+    ledger = bot_home(home, "100")
+    charge_from_another_process(home, "1", "2", "3", "4", "5")  # one writer: one checkpoint, at 5
+    lines = ledger.read_bytes().rstrip(b"\n").split(b"\n")
+    lines[2] = lines[2].replace(b'"cost":"3"', b'"cost":"0"')
     for index in range(3, len(lines)):
         event = json.loads(lines[index])
         event["prev_hash"] = hashlib.sha256(b"\x00" + lines[index - 1]).hexdigest()
         lines[index] = json.dumps(event, separators=(",", ":")).encode()
-    ledger_path.write_bytes(b"\n".join(lines) + b"\n")
-    code, _, err = run("ledger", "verify", "--ledger", str(ledger_path), ok=False)
+    ledger.write_bytes(b"\n".join(lines) + b"\n")
+    code, _, err = run("--home", str(home), "ledger", "verify", ok=False)
     assert code == 3
-    # each `ledger append` closed its writer, which checkpointed: the checkpoints at 1 and 2 still match
-    assert "first bad event: not known exactly, event 3 or a later one" in err
-    assert "first bad event: 3\n" not in err
+    assert "first bad event: not known exactly, event 1 or a later one" in err, err
+    assert "some event from 1 to 5 was rewritten" in err
+    assert "first bad event: 1\n" not in err
 
 
 def test_verify_of_a_missing_ledger_is_an_error(tmp_path: Path) -> None:

@@ -168,7 +168,8 @@ LINE_TAMPERS: dict[str, tuple[Callable[[Lines], Lines], int, str | None]] = {
     "edit-cost-middle": (edit_cost(MIDDLE), MIDDLE, "chain"),
     "edit-agent-early": (edit_agent(7), 7, "chain"),
     "edit-first": (edit_cost(1), 1, "chain"),
-    "edit-last": (edit_cost(EVENTS), EVENTS, None),  # no line after it: the checkpoint at 120 (after 119)
+    # no line after it: the checkpoint at 120, with the one at 119 matching, names it
+    "edit-last": (edit_cost(EVENTS), EVENTS, "checkpoint"),
     "delete-middle": (delete(MIDDLE), MIDDLE, "gap"),
     "delete-first": (delete(1), 1, "gap"),
     "insert-forged": (insert_forged(MIDDLE), MIDDLE, "order"),
