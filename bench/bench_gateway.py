@@ -301,9 +301,8 @@ def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> N
         for stream in (False, True):
             for clients in (50, 200):
                 rates: dict[int, list[float]] = {n: [] for n in counts}
-                # per server: every latency (aiohttp), or each round's (p50, p99) (wrk: the median of those)
-                latencies: dict[int, list[float]] = {n: [] for n in counts}
-                quantiles: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
+                latencies: dict[int, list[float]] = {n: [] for n in counts}  # aiohttp: every call's
+                quantiles: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}  # wrk: each round's
                 for _ in range(args.rounds):
                     for workers, _home, base, _process, bench_key, _tight, _admin in servers:
                         url = base + "/v1/chat/completions"
@@ -319,9 +318,10 @@ def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> N
                             if set(statuses) != {200}:
                                 print(f"  unexpected statuses through {workers} worker(s): {statuses}")
                             latencies[workers] += lat
-                            every = latencies[workers]
-                            quantiles[workers] = [(pct(every, 0.5), pct(every, 0.99))]
                         rates[workers].append(rate)
+                for n, every in latencies.items():
+                    if every:
+                        quantiles[n] = [(pct(every, 0.5), pct(every, 0.99))]
                 name = f"{'stream' if stream else 'plain'} x{clients}"
                 print(
                     f"{name:<14}"

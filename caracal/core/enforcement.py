@@ -233,8 +233,15 @@ class Enforcer:
         return self.live.state
 
     def close(self) -> None:
-        """Save the state so the next process resumes from here."""
-        self.catch_up()
+        """Save the state so the next process resumes from here. A ledger that cannot be read or fails
+        verification by now keeps its last good snapshot: that is logged (every decision already raised
+        why), not raised, so that closing (a server's shutdown, a ``finally: client.close()``) never
+        replaces the error its caller is handling."""
+        try:
+            self.catch_up()
+        except CaracalError as exc:
+            logger.error("closing %s without saving the budget snapshot: %s", self.writer.location, exc)
+            return
         self.save_snapshot()
 
     # ------------------------------------------------------------------ running operations

@@ -565,16 +565,15 @@ class LedgerWriter:
                         event_id=event_id if isinstance(event_id, int) else None,
                     )
                 if chain is not None and chain != prev.hex():
-                    witnessed = not leaves and last_id > 0 and self._witness(last_id)
+                    # (the first line after what this writer had: it alone knows event last_id's bytes)
+                    witnessed = not leaves and last_id > 0 and self._witness()
+                    signed = (
+                        f" (this writer had event {last_id} with other bytes: it signed a checkpoint of the "
+                        f"first {last_id} events as it had them)"
+                    )
                     raise LedgerCorruptError(
                         f"event {event_id} does not chain to event {last_id}: one of them was modified"
-                        + (
-                            f" (this writer had event {last_id} with other bytes: it signed a checkpoint of "
-                            f"the first {last_id} events as it had them)"
-                            if witnessed
-                            else ""
-                        )
-                        + ". Run 'caracal ledger verify'",
+                        f"{signed if witnessed else ''}. Run 'caracal ledger verify'",
                         line_number=last_id + 1,
                         event_id=last_id or event_id,
                     )
@@ -607,9 +606,9 @@ class LedgerWriter:
                 self._last_stamp = _stored_stamp(good)
         return HashedChunk(ends, kept, leaves, {}, None, parsed) if len(kept) == len(leaves) else None
 
-    def _witness(self, size: int) -> bool:
-        """The line after event ``size`` does not chain to the bytes this writer recorded or read for it:
-        event ``size`` (or a line before it) was changed since, and the line after was chained onto the
+    def _witness(self) -> bool:
+        """The line after this writer's last event does not chain to the bytes it recorded or read for it:
+        that event (or a line before it) was changed since, and the line after was chained onto the
         change by someone who read it that way. The chain of the ledger as it now is holds together, so
         only this writer can tell; it signs a checkpoint of what it had (its tree is built from those bytes:
         true when they were there), so that ``verify``, a replay and an export name the rewrite instead of

@@ -6,7 +6,6 @@ Used by ``CaracalClient()`` or ``CaracalClient(home=...)``. Each method is one c
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -21,11 +20,8 @@ from caracal.core.metering import Meter
 from caracal.core.policy import Policy
 from caracal.core.pricebook import Price
 from caracal.core.windows import policy_window
-from caracal.exceptions import CaracalError
 from caracal.sdk.transport import Usage
 from caracal.storage.home import EmbeddedHome
-
-logger = logging.getLogger("caracal.sdk")
 
 
 class EmbeddedTransport:
@@ -65,14 +61,11 @@ class EmbeddedTransport:
         return self._meter
 
     def close(self) -> None:
-        """Save the budget snapshot and close the home. A ledger that cannot be read or fails verification
-        by now keeps its last good snapshot: that is logged (every decision already raised why) and the rest
-        still closes, so a ``finally: client.close()`` never replaces the error its caller is handling."""
+        """Save the budget snapshot (see :meth:`Enforcer.close`: it does not raise for the ledger) and close
+        the home."""
         try:
             if self._enforcer is not None:
                 self._enforcer.close()
-        except CaracalError as exc:
-            logger.error("closing %s without saving the budget snapshot: %s", self.home.location, exc)
         finally:
             self.home.close()
             self._enforcer = None

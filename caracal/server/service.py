@@ -91,8 +91,6 @@ class Service:
         self.committer.close()
         try:
             self.enforcer.close()
-        except CaracalError as exc:
-            logger.error("closing %s without saving the budget snapshot: %s", self.home.location, exc)
         finally:
             self.home.close()
 

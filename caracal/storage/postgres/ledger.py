@@ -77,12 +77,7 @@ def _read_batch(conn: psycopg.Connection[Any], after: int, stop: int) -> list[tu
     upper = min(stop, after + BATCH)
     rows: list[tuple[int, bytes]] = conn.execute(_RANGE, (after, upper), binary=True).fetchall()
     if len(rows) < upper - after and upper < stop:
-        rows += conn.execute(
-            "SELECT event_id, line FROM caracal_ledger WHERE event_id > %s AND event_id <= %s "
-            "ORDER BY event_id LIMIT %s",
-            (upper, stop, BATCH - len(rows)),
-            binary=True,
-        ).fetchall()
+        rows += conn.execute(_RANGE + " LIMIT %s", (upper, stop, BATCH - len(rows)), binary=True).fetchall()
     return rows
 
 
