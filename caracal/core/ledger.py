@@ -543,8 +543,12 @@ class LedgerWriter:
         good = b""  # the last line that checked out
         chain: str | None
         event: LedgerEvent | None
+        # The ledger no longer continues from what this writer had (see _witness): the store found the lines
+        # before its position moved (before yielding any), or the first line does not chain to its last.
+        moved = True
         try:
             for position, line in self.store.new_lines(self._pos):
+                moved = False
                 fast = canonical_line_fields(line)  # the writer's plain lines: validated by pattern, fast
                 if fast is not None:
                     event_id, chain = fast
@@ -565,15 +569,10 @@ class LedgerWriter:
                         event_id=event_id if isinstance(event_id, int) else None,
                     )
                 if chain is not None and chain != prev.hex():
-                    # (the first line after what this writer had: it alone knows event last_id's bytes)
-                    witnessed = not leaves and last_id > 0 and self._witness()
-                    signed = (
-                        f" (this writer had event {last_id} with other bytes: it signed a checkpoint of the "
-                        f"first {last_id} events as it had them)"
-                    )
+                    moved = not leaves
                     raise LedgerCorruptError(
-                        f"event {event_id} does not chain to event {last_id}: one of them was modified"
-                        f"{signed if witnessed else ''}. Run 'caracal ledger verify'",
+                        f"event {event_id} does not chain to event {last_id}: one of them was modified. "
+                        f"Run 'caracal ledger verify'",
                         line_number=last_id + 1,
                         event_id=last_id or event_id,
                     )
@@ -598,8 +597,18 @@ class LedgerWriter:
                 self._last_leaf = prev
                 good = line
         except LedgerCorruptError as exc:
-            self._refuse(str(exc))
-            raise
+            if not moved or self._last_id == 0 or not self._witness():
+                self._refuse(str(exc))
+                raise
+            size = self._last_id
+            signed = LedgerCorruptError(
+                f"{exc} (the ledger no longer continues from the {size} events this writer had: it signed a "
+                f"checkpoint of the first {size} events as it had them)",
+                line_number=exc.line_number,
+                event_id=exc.event_id,
+            )
+            self._refuse(str(signed))
+            raise signed from None
         finally:
             if leaves:
                 self._unhashed += leaves
@@ -607,12 +616,13 @@ class LedgerWriter:
         return HashedChunk(ends, kept, leaves, {}, None, parsed) if len(kept) == len(leaves) else None
 
     def _witness(self) -> bool:
-        """The line after this writer's last event does not chain to the bytes it recorded or read for it:
-        that event (or a line before it) was changed since, and the line after was chained onto the
-        change by someone who read it that way. The chain of the ledger as it now is holds together, so
-        only this writer can tell; it signs a checkpoint of what it had (its tree is built from those bytes:
-        true when they were there), so that ``verify``, a replay and an export name the rewrite instead of
-        finding the ledger intact. Whether it did (errors are logged: the refusal is what matters)."""
+        """The ledger no longer continues from what this writer had: the first line after its last event
+        does not chain to the bytes it recorded or read for that event (which was changed, and chained onto
+        by someone who read it that way), or the lines before it moved (rewritten with other lengths). The
+        ledger as it now is may hold together, so only this writer can tell; it signs a checkpoint of what
+        it had (its tree is built from those bytes: true when they were there), so that ``verify``, a
+        replay and an export report the rewrite instead of finding the ledger intact. Whether it did
+        (errors are logged: the refusal is what matters)."""
         try:
             self._write_checkpoint()
         except (OSError, CaracalError) as exc:

@@ -24,6 +24,7 @@ process appends to it:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -109,8 +110,8 @@ class LiveBudget:
         ``read``: lines of this ledger already read (by the writer's append step, under the ledger's lock),
         taken instead of reading them again where they follow what this state has folded in."""
         with self.lock:
-            if self._distrust is not None:
-                raise self._distrust
+            if self._distrust is not None:  # a copy: raising the same object again would add this call's
+                raise copy.copy(self._distrust).with_traceback(None)  # frames to the first one's traceback
             state = self.state
             while True:
                 taken, read = read, None

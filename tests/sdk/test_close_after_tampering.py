@@ -48,6 +48,7 @@ def test_close_after_the_ledger_was_edited_does_not_hide_why(tmp_path: Path) -> 
     assert user.returncode == 1
     assert stderr.strip().splitlines()[-1].startswith("caracal.exceptions.LedgerVerificationError: "), stderr
     assert "During handling of the above exception" not in stderr, stderr
+    assert ", in close\n" not in stderr, stderr  # its traceback is the check's, not closing's
     assert "without saving the budget snapshot" in stderr
     assert snapshot.read_bytes() == saved
     verify = subprocess.run(

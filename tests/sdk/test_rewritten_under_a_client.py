@@ -72,3 +72,7 @@ def test_a_client_names_a_ledger_rewritten_under_it(tmp_path: Path, action: str)
     kind = "LedgerVerificationError" if action == "check" else "LedgerCorruptError"
     assert last.startswith(f"caracal.exceptions.{kind}: "), stderr
     assert len(ledger.read_bytes().splitlines()) == events  # nothing recorded on top of the rewrite
+    if action == "charge":  # its writer had the first 3 events (2 of them as they were): it signed them
+        assert "it signed a checkpoint of the first 3 events as it had them" in last, stderr
+        checkpoints = Path(f"{ledger}.checkpoints").read_bytes().splitlines()
+        assert orjson.loads(checkpoints[-1])["size"] == 3
