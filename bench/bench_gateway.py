@@ -1,7 +1,9 @@
 """Gateway benchmark: prints figures, asserts nothing. Run: ``python bench/bench_gateway.py``.
 
-Three processes on this machine: the fake OpenAI-compatible upstream (``tests/server/fake_upstream.py``),
-``caracal serve`` on a fresh home whose gateway forwards to it, and this load generator (aiohttp, uvloop).
+Three processes on this machine: a fake OpenAI-compatible upstream (``bench/lean_upstream.py``: the tests'
+fake's replies, byte for byte, at a third of its CPU; ``--upstream test-fake`` runs the tests' fake
+itself), ``caracal serve`` on a fresh home whose gateway forwards to it, and this load generator (aiohttp,
+uvloop).
 For 1, 50 and 200 concurrent clients, plain and streamed chat completions, the same requests go once to
 the upstream directly and once through the gateway (agent key, pre-call hold, settlement from usage), in
 alternating rounds so drift of this VM hits both alike. Printed per case: latency p50/p99 of each path,
@@ -13,8 +15,9 @@ them at their worst case; printed: granted, denied (402), the settled total agai
 ``--workers 1,2`` measures worker processes instead: one ``caracal serve --workers N`` per N (each on its
 own fresh home, all running at once, the same fake upstream behind them), the same plain and streamed
 calls through each in alternating rounds; printed per case: gateway requests/s and latency p50/p99 for
-each N, and how the requests spread over each server's workers (from each worker's ``/metrics``). Last,
-the overspend check through the server with the most workers.
+each N, the throughput ratio of the most workers to the fewest (the median of each round's ratio), and
+how the requests spread over each server's workers (from each worker's ``/metrics``). Last, the overspend
+check through the server with the most workers.
 
 With ``--workers``, the load comes from ``wrk`` when it is installed (``apt-get install wrk``; ``--load``
 chooses), for ``--seconds`` a round: the servers' throughput is what is measured, and on a machine of
@@ -61,6 +64,7 @@ with serve_fake_upstream(record=False, completion_tokens=16) as fake:
     while True:
         time.sleep(3600)
 """
+"""``--upstream test-fake``: the tests' fake upstream, in a process of its own."""
 PROVIDER_KEY = "sk-upstream-test"
 MODEL = "gpt-4o"
 PRICE_IN, PRICE_OUT = "0.0000025", "0.00001"
@@ -75,10 +79,14 @@ def body(stream: bool) -> dict[str, object]:
     }
 
 
-def start_fake() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", FAKE.format(root=str(ROOT))], stdout=subprocess.PIPE, text=True
+def start_fake(upstream: str) -> tuple[subprocess.Popen[str], str]:
+    """The upstream the gateway forwards to, in a process of its own: (process, base URL)."""
+    command = (
+        [sys.executable, str(ROOT / "bench" / "lean_upstream.py")]
+        if upstream == "lean"
+        else [sys.executable, "-c", FAKE.format(root=str(ROOT))]
     )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     return process, process.stdout.readline().strip()
 
@@ -195,7 +203,8 @@ def run_wrk(url: str, key: str, stream: bool, clients: int, seconds: int) -> tup
     env = {**os.environ, "CARACAL_BENCH_KEY": key, "CARACAL_BENCH_BODY": orjson.dumps(body(stream)).decode()}
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+            ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s",
+             script.name, url],
             env=env, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
     finally:
@@ -254,6 +263,12 @@ def worker_requests(base: str, admin: str, workers: int) -> dict[str, int]:
     return seen
 
 
+def paired_ratio(more: list[float], fewer: list[float]) -> float:
+    """The median of each round's ratio (the servers run one after the other within a round, so a drift of
+    this VM's speed between rounds cancels out of each ratio, not out of a ratio of medians)."""
+    return statistics.median(m / f for m, f in zip(more, fewer, strict=True))
+
+
 def overspend_check(home: Path, base: str, tight_key: str) -> None:
     """200 concurrent requests of the "tight" agent against a budget for about 100 of them at their worst."""
     bound, _ = bound_openai_chat(  # as the gateway bounds it (with the model's tokenizer when available)
@@ -297,7 +312,12 @@ def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> N
             f"gateway workers benchmark: {os.cpu_count()} CPUs, Python {python}, fake upstream, {MODEL}; "
             f"load from {load}, {args.rounds} rounds of {rounds} per case and server"
         )
-        print(f"{'case':<14}" + "".join(f"{f'{n} worker(s): req/s  p50/p99 ms':>36}" for n in counts))
+        ratio = f"{counts[-1]}/{counts[0]} ratio" if len(counts) > 1 else ""
+        print(
+            f"{'case':<14}"
+            + "".join(f"{f'{n} worker(s): req/s  p50/p99 ms':>36}" for n in counts)
+            + f"{ratio:>14}"
+        )
         for stream in (False, True):
             for clients in (50, 200):
                 rates: dict[int, list[float]] = {n: [] for n in counts}
@@ -331,6 +351,7 @@ def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> N
                         f"{statistics.median(q[1] for q in quantiles[n]):<6.2f}"
                         for n in counts
                     )
+                    + (f"{paired_ratio(rates[counts[-1]], rates[counts[0]]):>14.2f}" if ratio else "")
                 )
         for workers, _home, base, _process, _bench, _tight, admin in servers:
             spread = worker_requests(base, admin, workers)
@@ -364,6 +385,13 @@ def main() -> None:
         help="with --workers: the load generator (auto: wrk when installed, else this script's aiohttp)",
     )
     parser.add_argument(
+        "--upstream",
+        choices=("lean", "test-fake"),
+        default="lean",
+        help="what the gateway forwards to: bench/lean_upstream.py (default) or the tests' fake upstream; "
+        "both send the same bytes, the lean one with a fraction of the CPU",
+    )
+    parser.add_argument(
         "--seconds", type=int, default=4, help="with --workers and wrk: the length of one round (seconds)"
     )
     parser.add_argument(
@@ -387,7 +415,7 @@ def _main(args: argparse.Namespace) -> None:
         uvloop.install()
     except ImportError:
         pass
-    fake, upstream = start_fake()
+    fake, upstream = start_fake(args.upstream)
     if args.workers:
         try:
             compare_workers(args, upstream, Path(tempfile.mkdtemp(prefix="caracal-bench-gw-")))
