@@ -309,8 +309,8 @@ def compare_workers(args: argparse.Namespace, upstream: str, workdir: Path) -> N
         load = args.load if args.load != "auto" else ("wrk" if shutil.which("wrk") else "aiohttp")
         rounds = f"{args.seconds} s" if load == "wrk" else "8 requests per client"
         print(
-            f"gateway workers benchmark: {os.cpu_count()} CPUs, Python {python}, fake upstream, {MODEL}; "
-            f"load from {load}, {args.rounds} rounds of {rounds} per case and server"
+            f"gateway workers benchmark: {os.cpu_count()} CPUs, Python {python}, {args.upstream} upstream, "
+            f"{MODEL}; load from {load}, {args.rounds} rounds of {rounds} per case and server"
         )
         ratio = f"{counts[-1]}/{counts[0]} ratio" if len(counts) > 1 else ""
         print(
@@ -430,7 +430,7 @@ def _main(args: argparse.Namespace) -> None:
     base = f"http://127.0.0.1:{args.port}"
     try:
         python = sys.version.split()[0]
-        print(f"gateway benchmark: {os.cpu_count()} CPUs, Python {python}, fake upstream, {MODEL}")
+        print(f"gateway benchmark: {os.cpu_count()} CPUs, Python {python}, {args.upstream} upstream, {MODEL}")
         print(f"{'case':<16}{'direct p50/p99 ms':>20}{'gateway p50/p99 ms':>22}{'added p50/p99 ms':>20}"
               f"{'gateway req/s':>15}{'direct req/s':>14}")  # fmt: skip
         for stream in (False, True):

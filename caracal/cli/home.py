@@ -91,6 +91,10 @@ lock_timeout = 10.0
 # A process that opens a long ledger without a usable budget snapshot replays it once for the whole home;
 # the others wait up to this many seconds for that replay (then read its snapshot), else replay themselves.
 replay_wait = 600.0
+# `caracal serve` verifies the whole ledger (as `caracal ledger verify`, in a child process) every this many
+# seconds, one server process per home at a time. A problem found stops every decision and fires
+# verification-failed alerts: it finds edits of old lines, which enforcement does not read again. 0: never.
+verify_interval = 3600.0
 
 [pricing]
 # Price LLM resources named <provider>.<model>.<kind> (kind: input_tokens, output_tokens,

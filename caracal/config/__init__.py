@@ -84,6 +84,9 @@ class Settings:
     replay_wait: float = 600.0
     """Seconds a process waits for another one's replay of a long ledger (one replay per home) before it
     replays itself: longer than a replay of the largest ledger takes here."""
+    verify_interval: float = 3600.0
+    """Seconds between two whole-ledger verifications by ``caracal serve`` (one per home, whatever the
+    number of server processes; 0: never). They find edits enforcement does not read again."""
     use_llm_prices: bool = True
     tiered_llm_prices: str = "refuse"
     default_ttl: float = 300.0
@@ -181,6 +184,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
         "backup_min_interval": (int, float),
         "lock_timeout": (int, float),
         "replay_wait": (int, float),
+        "verify_interval": (int, float),
     },
     "storage": {"url": (str,), "statement_timeout": (int, float)},
     "pricing": {"use_llm_prices": (bool,), "tiered_llm_prices": (str,)},

@@ -66,6 +66,7 @@ from caracal.exceptions import (
     CaracalError,
     HoldNotFoundError,
     InvalidAmountError,
+    LedgerVerificationError,
 )
 
 HOLD_RESOURCE = "caracal.hold"
@@ -220,6 +221,15 @@ class Enforcer:
         """Fold in every entry appended since the last call (by any process), each checked; returns the
         state. Raises :class:`LedgerVerificationError` for good once the ledger failed a check."""
         return self.live.catch_up()
+
+    @property
+    def distrusted(self) -> LedgerVerificationError | None:
+        """Why every decision is denied for good (None while the ledger checks out)."""
+        return self.live.distrusted
+
+    def distrust(self, exc: LedgerVerificationError) -> None:
+        """Deny every later decision with ``exc``, for good (a verification of the whole ledger failed)."""
+        self.live.distrust(exc)
 
     def save_snapshot(self) -> None:
         """Save the live state (sealed) so the next process resumes from here instead of replaying."""

@@ -102,6 +102,20 @@ class LiveBudget:
     def _new_tail(self) -> VerifiedTail:
         return VerifiedTail(self.store, self.writer.checkpoints, self.writer.public_key)
 
+    @property
+    def distrusted(self) -> LedgerVerificationError | None:
+        """Why every decision is denied for good (None while the ledger checks out)."""
+        return self._distrust
+
+    def distrust(self, exc: LedgerVerificationError) -> None:
+        """Stop deciding for good: every later :meth:`catch_up` (so every decision) raises ``exc``. For a
+        problem found outside this state's own reading (a whole-ledger verification found an edit of lines
+        it read long ago); the first problem is kept."""
+        with self.lock:
+            if self._distrust is None:
+                self._distrust = exc
+                logger.error("%s", exc)
+
     # ------------------------------------------------------------------ reading
 
     def catch_up(self, read: HashedChunk | None = None) -> BudgetState:

@@ -31,20 +31,19 @@ from starlette.responses import Response
 from caracal.core.apikeys import TOKEN_WARNING, Principal
 from caracal.core.checkpoint import matches_signed, public_key_path
 from caracal.core.events import LedgerEvent
-from caracal.core.ledger import remembered_root
 from caracal.core.ledger_read import LedgerQuery, query_bound
-from caracal.core.verify import default_public_key, prove_consistency, prove_inclusion, verify_ledger
+from caracal.core.verify import prove_consistency, prove_inclusion
 from caracal.core.windows import policy_window
 from caracal.exceptions import (
     BudgetExceededError,
     CaracalError,
     InvalidRequestError,
-    LedgerVerificationError,
     PermissionDeniedError,
 )
 from caracal.server.auth import authenticate, require_admin, require_reading, require_writable
 from caracal.server.errors import json_response
 from caracal.server.service import Service
+from caracal.server.verification import verify_and_record
 
 
 def _not_a_float(value: Any) -> Any:
@@ -574,33 +573,6 @@ async def ledger_verify(request: Request, caller: Caller) -> Response:
     require_admin(caller)
     report = await run_in_threadpool(verify_and_record, service_of(request))
     return json_response(report)
-
-
-def verify_and_record(service: Service, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Verify the whole ledger (as ``caracal ledger verify``) and record the result as the home's last
-    verification (the dashboard shows it, from any server process); returns the report's dict."""
-    key = default_public_key(service.home.key_path)
-    started = service.home.now()
-    ledger = service.home.ledger
-    remembered = remembered_root(ledger, service.home.key_path)
-    result = verify_ledger(ledger, public_key=key, progress=progress, remembered=remembered)
-    report = result.to_dict()
-    finished = service.home.now()
-    record = {
-        "ok": report["ok"],
-        "events": report["events"],
-        "first_bad_event_id": report["first_bad_event_id"],
-        "problems": [problem["message"] for problem in report["problems"][:5]],  # type: ignore[index]
-        "started": started.isoformat(),
-        "finished": finished.isoformat(),
-    }
-    with service.home.dashboard.transaction() as document:
-        document["last_verify"] = record
-    if not result.ok:
-        problem = result.problems[0].message if result.problems else "verification failed"
-        failure = LedgerVerificationError(problem, first_bad_event_id=result.first_bad_event_id)
-        service.alerting.ledger_verification_failed(failure)
-    return report
 
 
 def checkpoint_dict(service: Service, checkpoint: Any) -> dict[str, Any]:

@@ -59,6 +59,12 @@ class Metrics:
         self.holds_open = Gauge(
             "caracal_holds_open", "Holds on record and not yet closed (all writers).", registry=r
         )
+        self.ledger_trusted = Gauge(
+            "caracal_ledger_trusted",
+            "1 while this process decides on a ledger that checks out; 0 once it found, or a verification "
+            "of the home told it, that the ledger fails verification (every decision is then denied).",
+            registry=r,
+        )
         self.ledger_appends = Counter(
             "caracal_ledger_operations", "Operations recorded through group commit.", registry=r
         )

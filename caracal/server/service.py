@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +22,7 @@ from caracal.core.metering import Meter
 from caracal.exceptions import CaracalError
 from caracal.server.alerting import Alerting
 from caracal.server.metrics import Metrics
+from caracal.server.verification import ScheduledVerification
 from caracal.storage.home import EmbeddedHome
 
 T = TypeVar("T")
@@ -49,7 +51,8 @@ class Service:
             raise
         self.meter = Meter(self.enforcer, self.home.prices.pricebook)
         self.committer = GroupCommitter(self.enforcer, observer=self.metrics.observe_group)
-        self.metrics.holds_open.set_function(lambda: self.enforcer.catch_up().open_hold_count)
+        self.metrics.holds_open.set_function(self._holds_open)
+        self.metrics.ledger_trusted.set_function(lambda: float(self.enforcer.distrusted is None))
         self.keys = self.home.keys
         self._stop = threading.Event()
         self._expire()
@@ -58,10 +61,23 @@ class Service:
         self.alerting = Alerting(self.home, self.enforcer, self.metrics)
         """Fires alert rules and delivers their webhooks (:mod:`caracal.server.alerting`)."""
         self.alerting.start()
+        self.verification: ScheduledVerification | None = None
+        """Verifies the whole ledger every ``[ledger] verify_interval`` (see :mod:`.verification`)."""
+        if self.home.settings.verify_interval > 0:
+            self.verification = ScheduledVerification(self, self.home.settings.verify_interval)
+            self.verification.start()
 
     async def run(self, operation: Operation[T]) -> T:
         """Record ``operation`` through the group committer; returns once its entries are fsynced."""
         return await asyncio.wrap_future(self.committer.submit(operation))
+
+    def _holds_open(self) -> float:
+        """Open holds for ``/metrics``; NaN once the ledger fails verification (the scrape still answers,
+        with ``caracal_ledger_trusted`` 0)."""
+        try:
+            return float(self.enforcer.catch_up().open_hold_count)
+        except CaracalError:
+            return math.nan
 
     def _sweep(self) -> None:
         while not self._stop.wait(EXPIRE_EVERY):
@@ -87,6 +103,8 @@ class Service:
         that cannot be read or fails verification by now keeps its last good snapshot: that is logged (every
         decision already said so) and the rest still closes, so a shutdown never ends in a traceback."""
         self._stop.set()
+        if self.verification is not None:
+            self.verification.close()
         self.alerting.close()
         self.committer.close()
         try:

@@ -229,7 +229,7 @@ class VerifyJob:
 
     def start(self, service: Service) -> bool:
         """Start one unless one is running in this process; returns whether it started."""
-        from caracal.server.api import verify_and_record
+        from caracal.server.verification import verify_and_record
 
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
@@ -240,7 +240,7 @@ class VerifyJob:
 
             def run() -> None:
                 try:
-                    verify_and_record(service, progress)
+                    verify_and_record(service, progress, trigger="dashboard")
                 except Exception as exc:  # reported on the page; the thread must not die silently
                     _set_progress(service, {"state": "failed", "error": str(exc)})
                 else:

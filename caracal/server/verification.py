@@ -1,0 +1,253 @@
+"""Whole-ledger verifications in ``caracal serve``: on demand (the API, the dashboard) and on a schedule.
+
+Enforcement checks each line once, as it reads it; a line it read long ago is not read again (a genuine
+budget snapshot is trusted, see the README). An edit of such a line, one that keeps the chain (or keeps the
+line's length, on files), is only found by a verification of the whole ledger. So a server verifies it
+every ``[ledger] verify_interval`` seconds (default 3600; 0: never), and a verification that finds a
+problem, scheduled or not:
+
+- is recorded as the home's last verification (the dashboard shows it, from any server process);
+- fires ``ledger.verification_failed`` for the rules that watch for it;
+- stops enforcement, as a problem found while reading does: every decision is denied ("the ledger failed
+  verification ..."). The server process that verified stops at once; every other server process of the
+  home, on any host, stops within :data:`TICK` seconds of the result (each looks at the last verification
+  that often). A server restarted afterwards verifies again first thing if the last verification failed,
+  so restore the ledger from a backup before restarting.
+
+Invariants of the schedule:
+
+- One verification per interval per home, whatever the number of workers and hosts: a process claims the
+  run in the home's ``dashboard`` document (its transactions are serialized across processes and hosts),
+  renews the claim while the verification runs, and the claim lapses :data:`CLAIM_TTL` seconds after its
+  process died. A claim or a last verification dated beyond what any genuine one could be (an edited
+  document) is ignored, so an edit cannot postpone verifications forever.
+- The verification runs in a child process (``caracal ledger verify --json``, at a lower CPU priority):
+  the server's event loop never waits for the GIL while the whole ledger is hashed.
+- A verification that could not run (the database unreachable, the child killed) records nothing and
+  is tried again :data:`RETRY_AFTER` seconds later; it does not stop enforcement (nothing was found).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from caracal.core.ledger import remembered_root
+from caracal.core.verify import default_public_key, verify_ledger
+from caracal.exceptions import CaracalError, LedgerVerificationError
+from caracal.storage.alerts import lease_owner
+
+if TYPE_CHECKING:
+    from caracal.server.service import Service
+
+logger = logging.getLogger("caracal.verify")
+
+TICK = 5.0
+"""Seconds between two looks at the last verification (is one due; did one fail in another process)."""
+CLAIM_TTL = timedelta(seconds=120)
+"""How long a claim holds without renewal (renewed every third of it while the child runs)."""
+RETRY_AFTER = timedelta(seconds=60)
+"""After a verification that could not run, the next try waits this long."""
+CLAIM_FIELD = "verify_claim"
+LAST_FIELD = "last_verify"
+
+_CHILD = "import os; hasattr(os, 'nice') and os.nice(10); from caracal.cli.main import main; main()"
+
+
+def verify_and_record(
+    service: Service, progress: Callable[[int, int], None] | None = None, trigger: str = "request"
+) -> dict[str, Any]:
+    """Verify the whole ledger in this process (as ``caracal ledger verify``), then :func:`record` the
+    result (``trigger``: what asked for it); returns the report's dict."""
+    key = default_public_key(service.home.key_path)
+    started = service.home.now()
+    ledger = service.home.ledger
+    remembered = remembered_root(ledger, service.home.key_path)
+    report = verify_ledger(ledger, public_key=key, progress=progress, remembered=remembered).to_dict()
+    record(service, report, started, trigger)
+    return report
+
+
+def record(service: Service, report: Mapping[str, Any], started: datetime, trigger: str) -> None:
+    """Record a verification's ``report`` (``VerificationReport.to_dict()``) as the home's last one; when it
+    found a problem, fire the alert and stop this process's enforcement (see the module docstring)."""
+    entry = {
+        "ok": bool(report["ok"]),
+        "events": report["events"],
+        "first_bad_event_id": report["first_bad_event_id"],
+        "problems": [problem["message"] for problem in report["problems"][:5]],
+        "started": started.isoformat(),
+        "finished": service.home.now().isoformat(),
+        "trigger": trigger,
+    }
+    with service.home.dashboard.transaction() as document:
+        document[LAST_FIELD] = entry
+    if not entry["ok"]:
+        failure = _failure(entry)
+        service.enforcer.distrust(failure)
+        service.alerting.ledger_verification_failed(failure)
+
+
+def _failure(entry: Mapping[str, Any]) -> LedgerVerificationError:
+    bad = entry.get("first_bad_event_id")
+    problems = entry.get("problems") or ["verification failed"]
+    where = f" at event {bad}" if isinstance(bad, int) else ""
+    return LedgerVerificationError(
+        f"the ledger failed verification{where} (the verification of {entry.get('finished')}): "
+        f"{problems[0]}. Budgets cannot be proven, so every action is denied; run 'caracal ledger verify' "
+        "and restore the ledger from a backup",
+        first_bad_event_id=bad if isinstance(bad, int) else None,
+    )
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+class ScheduledVerification:
+    """The schedule of one server process (a daemon thread: :meth:`start`, :meth:`close`)."""
+
+    def __init__(self, service: Service, interval: float):
+        self.service = service
+        self.interval = timedelta(seconds=interval)
+        self.owner = lease_owner()
+        self.started = service.home.now()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._child_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="caracal-verify", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._child_lock:
+            if self._child is not None and self._child.poll() is None:
+                self._child.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(TICK, self.interval.total_seconds())):
+            try:
+                self.run_once()
+            except CaracalError as exc:
+                logger.warning("scheduled verification: %s", exc)
+            except Exception:  # a background thread must not die
+                logger.exception("scheduled verification failed; trying again in %s s", TICK)
+
+    def run_once(self) -> bool:
+        """One look: adopt another process's failed verification; verify when due and claimed. Returns
+        whether this call ran a verification."""
+        # The dashboard's parse (MappingProxyType): a document keeps one cached parse, shared by its readers.
+        last = self.service.home.dashboard.read_cached(MappingProxyType).get(LAST_FIELD)
+        now = self.service.home.now()
+        if isinstance(last, dict) and last.get("ok") is False:
+            finished = _time(last.get("finished"))
+            if finished is not None and self.started <= finished <= now + CLAIM_TTL:
+                self.service.enforcer.distrust(_failure(last))
+        if not self._due(last, now) or not self._claim():
+            return False
+        self._verify()
+        return True
+
+    def _due(self, last: object, now: datetime) -> bool:
+        """Due an interval after the last verification started, or after this process started when there is
+        none it can use (none yet, unreadable, or dated in the future: an edited document must not postpone
+        it); at once when the last one failed before this process started (is the ledger restored?)."""
+        since = self.started
+        if isinstance(last, dict):
+            started, finished = _time(last.get("started")), _time(last.get("finished"))
+            if started is not None and finished is not None and started <= finished <= now + CLAIM_TTL:
+                if last.get("ok") is False and finished < self.started:
+                    return True
+                since = started
+        return now - since >= self.interval
+
+    def _claim(self) -> bool:
+        """Take the run in the shared document, unless another live process holds it or it is no longer
+        due (another process verified since this one looked)."""
+        with self.service.home.dashboard.transaction() as document:
+            now = self.service.home.now()
+            if not self._due(document.get(LAST_FIELD), now):
+                return False
+            claim = document.get(CLAIM_FIELD)
+            if isinstance(claim, dict) and claim.get("owner") != self.owner:
+                until = _time(claim.get("until"))
+                if until is not None and now < until <= now + CLAIM_TTL:
+                    return False
+            document[CLAIM_FIELD] = {"owner": self.owner, "until": (now + CLAIM_TTL).isoformat()}
+            return True
+
+    def _hold_claim(self, length: timedelta) -> None:
+        with self.service.home.dashboard.transaction() as document:
+            claim = document.get(CLAIM_FIELD)
+            if isinstance(claim, dict) and claim.get("owner") == self.owner:
+                until = self.service.home.now() + length
+                document[CLAIM_FIELD] = {"owner": self.owner, "until": until.isoformat()}
+
+    def _verify(self) -> None:
+        started = self.service.home.now()
+        report = self._run_child()
+        if report is None:
+            self._hold_claim(RETRY_AFTER)  # nobody tries again before then
+            return
+        record(self.service, report, started, "schedule")
+        with self.service.home.dashboard.transaction() as document:
+            claim = document.get(CLAIM_FIELD)
+            if isinstance(claim, dict) and claim.get("owner") == self.owner:
+                del document[CLAIM_FIELD]
+        logger.info(
+            "scheduled verification of %s events: %s",
+            report.get("events"),
+            "intact" if report.get("ok") else "PROBLEMS FOUND",
+        )
+
+    def _run_child(self) -> dict[str, Any] | None:
+        """``caracal ledger verify --json`` on this home in a child; its report, or None when it did not
+        produce one (logged)."""
+        home = str(self.service.home.home)
+        command = [sys.executable, "-c", _CHILD, "--home", home, "ledger", "verify", "--json", "--quiet"]
+        with self._child_lock:
+            if self._stop.is_set():
+                return None
+            child = self._child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        renew = CLAIM_TTL.total_seconds() / 3
+        while True:
+            try:
+                output, errors = child.communicate(timeout=renew)
+                break
+            except subprocess.TimeoutExpired:
+                self._hold_claim(CLAIM_TTL)
+        with self._child_lock:
+            self._child = None
+        try:
+            report = orjson.loads(output) if child.returncode in (0, 3) else None
+        except orjson.JSONDecodeError:
+            report = None
+        if not isinstance(report, dict) or "ok" not in report:
+            text = errors.decode(errors="replace").strip().splitlines()
+            logger.warning(
+                "the scheduled verification did not run to the end (exit %s): %s; trying again in %s s",
+                child.returncode,
+                text[-1] if text else "no message",
+                int(RETRY_AFTER.total_seconds()),
+            )
+            return None
+        return report
