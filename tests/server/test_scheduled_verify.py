@@ -10,11 +10,14 @@ import re
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from caracal.server.service import Service
+from caracal.server.verification import ScheduledVerification
 from caracal.storage.home import EmbeddedHome
 from tests.alert_receiver import Receiver
 from tests.cli.test_cli_serve import serving
@@ -228,3 +231,23 @@ def test_verify_interval_0_turns_the_schedule_off(caracal_home: Path, storage: s
         time.sleep(3)  # several ticks of a schedule that would run (interval 1 s elsewhere)
         assert charge(base_url, admin).status_code == 201
     assert last_verify(caracal_home) is None
+
+
+def test_a_claim_holds_while_its_process_lives_and_lapses_after(tmp_path: Path, storage: str) -> None:
+    """The run is claimed in the shared document: another process's live claim (renewed within the last
+    two minutes) keeps this one from verifying; a claim whose process stopped renewing it lapses."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[ledger]\nverify_interval = 0\n")  # no schedule thread: driven here
+    with Service(home) as service:
+        schedule = ScheduledVerification(service, 0.001)
+        now = service.home.now()
+        for until, runs in ((now + timedelta(seconds=60), False), (now - timedelta(seconds=1), True)):
+            with service.home.dashboard.transaction() as document:
+                document["verify_claim"] = {"owner": "another process", "until": until.isoformat()}
+            time.sleep(0.01)  # past the 1 ms interval since the schedule began
+            assert schedule.run_once() is runs
+        found = service.home.dashboard.read()
+        assert found["last_verify"]["ok"] is True and found["last_verify"]["trigger"] == "schedule"
+        assert "verify_claim" not in found  # released when the run ended
+        assert service.enforcer.distrusted is None
