@@ -27,7 +27,9 @@ class SealError(ValueError):
     callers treat it as "no usable cache" and rebuild)."""
 
 
-def _mac(key: bytes, purpose: str, payload: bytes) -> str:
+def mac(key: bytes, purpose: str, payload: bytes) -> str:
+    """The hex HMAC that seals ``payload`` for ``purpose``; for a seal kept beside its payload (a field of a
+    shared document) rather than in a sealed file's header. Compare with :func:`hmac.compare_digest`."""
     return hmac.new(key, purpose.encode() + b"\n" + payload, hashlib.sha256).hexdigest()
 
 
@@ -35,7 +37,7 @@ def seal(key: bytes, purpose: str, payload: bytes) -> bytes:
     """The sealed bytes of ``payload`` for ``purpose`` (a word: ``budget``, ``merkle``)."""
     if not purpose.isidentifier():
         raise ValueError(f"purpose must be a plain word, got {purpose!r}")
-    return b"%s %s %s\n" % (_MAGIC, purpose.encode(), _mac(key, purpose, payload).encode()) + payload
+    return b"%s %s %s\n" % (_MAGIC, purpose.encode(), mac(key, purpose, payload).encode()) + payload
 
 
 def unseal(key: bytes, purpose: str, data: bytes) -> bytes:
@@ -46,11 +48,11 @@ def unseal(key: bytes, purpose: str, data: bytes) -> bytes:
         raise SealError("not a sealed cache file (no seal header): written by another version, or edited")
     if parts[1].decode(errors="replace") != purpose:
         raise SealError(f"sealed for {parts[1].decode(errors='replace')!r}, not {purpose!r}")
-    if not hmac.compare_digest(parts[2], _mac(key, purpose, payload).encode()):
+    if not hmac.compare_digest(parts[2], mac(key, purpose, payload).encode()):
         raise SealError(
             "its seal does not verify: it was edited, or sealed with another home's key (keys/checkpoint.key)"
         )
     return payload
 
 
-__all__ = ["SealError", "seal", "unseal"]
+__all__ = ["SealError", "mac", "seal", "unseal"]

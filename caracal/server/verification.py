@@ -19,8 +19,11 @@ Invariants of the schedule:
 - One verification per interval per home, whatever the number of workers and hosts: a process claims the
   run in the home's ``dashboard`` document (its transactions are serialized across processes and hosts),
   renews the claim while the verification runs, and the claim lapses :data:`CLAIM_TTL` seconds after its
-  process died. A claim or a last verification dated beyond what any genuine one could be (an edited
-  document) is ignored, so an edit cannot postpone verifications forever.
+  process died.
+- The shared document is storage an attacker may edit, so the result and the claim are sealed (an HMAC
+  under a key derived from the home's signing key, which lives in ``keys/``, never in the storage; see
+  :mod:`caracal.core.sealed`). An unsealed or edited one is ignored: a forged failure stops nothing, a
+  forged success or claim postpones nothing. So is one dated beyond what a genuine one could be.
 - The verification runs in a child process (``caracal ledger verify --json``, at a lower CPU priority):
   the server's event loop never waits for the GIL while the whole ledger is hashed.
 - A verification that could not run (the database unreachable, the child killed) records nothing and
@@ -29,6 +32,7 @@ Invariants of the schedule:
 
 from __future__ import annotations
 
+import hmac
 import logging
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from caracal.core.ledger import remembered_root
+from caracal.core.sealed import mac
 from caracal.core.verify import default_public_key, verify_ledger
 from caracal.exceptions import CaracalError, LedgerVerificationError
 from caracal.storage.alerts import lease_owner
@@ -58,6 +63,8 @@ RETRY_AFTER = timedelta(seconds=60)
 """After a verification that could not run, the next try waits this long."""
 CLAIM_FIELD = "verify_claim"
 LAST_FIELD = "last_verify"
+SEAL_FIELD = "seal"
+SEAL_PURPOSE = "verification"
 
 _CHILD = "import os; hasattr(os, 'nice') and os.nice(10); from caracal.cli.main import main; main()"
 
@@ -76,9 +83,26 @@ def verify_and_record(
     return report
 
 
+def _sealed(service: Service, value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` with its seal (field ``seal``: an HMAC over its canonical JSON)."""
+    payload = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return {**value, SEAL_FIELD: mac(service.enforcer.writer.cache_key(SEAL_PURPOSE), SEAL_PURPOSE, payload)}
+
+
+def genuine(service: Service, value: object) -> dict[str, Any] | None:
+    """``value`` (without its seal) if it is a record this home's servers sealed; else None (edited,
+    forged, or written before records were sealed)."""
+    if not isinstance(value, Mapping) or not isinstance(value.get(SEAL_FIELD), str):
+        return None
+    unsealed = {key: item for key, item in value.items() if key != SEAL_FIELD}
+    expected = _sealed(service, unsealed)[SEAL_FIELD]
+    return unsealed if hmac.compare_digest(expected, value[SEAL_FIELD]) else None
+
+
 def record(service: Service, report: Mapping[str, Any], started: datetime, trigger: str) -> None:
-    """Record a verification's ``report`` (``VerificationReport.to_dict()``) as the home's last one; when it
-    found a problem, fire the alert and stop this process's enforcement (see the module docstring)."""
+    """Record a verification's ``report`` (``VerificationReport.to_dict()``) as the home's last one, sealed;
+    when it found a problem, fire the alert and stop this process's enforcement (see the module
+    docstring)."""
     entry = {
         "ok": bool(report["ok"]),
         "events": report["events"],
@@ -89,7 +113,7 @@ def record(service: Service, report: Mapping[str, Any], started: datetime, trigg
         "trigger": trigger,
     }
     with service.home.dashboard.transaction() as document:
-        document[LAST_FIELD] = entry
+        document[LAST_FIELD] = _sealed(service, entry)
     if not entry["ok"]:
         failure = _failure(entry)
         service.enforcer.distrust(failure)
@@ -156,7 +180,9 @@ class ScheduledVerification:
         """One look: adopt another process's failed verification; verify when due and claimed. Returns
         whether this call ran a verification."""
         # The dashboard's parse (MappingProxyType): a document keeps one cached parse, shared by its readers.
-        last = self.service.home.dashboard.read_cached(MappingProxyType).get(LAST_FIELD)
+        last = genuine(
+            self.service, self.service.home.dashboard.read_cached(MappingProxyType).get(LAST_FIELD)
+        )
         now = self.service.home.now()
         if isinstance(last, dict) and last.get("ok") is False:
             finished = _time(last.get("finished"))
@@ -167,12 +193,12 @@ class ScheduledVerification:
         self._verify()
         return True
 
-    def _due(self, last: object, now: datetime) -> bool:
-        """Due an interval after the last verification started, or after this process started when there is
-        none it can use (none yet, unreadable, or dated in the future: an edited document must not postpone
-        it); at once when the last one failed before this process started (is the ledger restored?)."""
+    def _due(self, last: dict[str, Any] | None, now: datetime) -> bool:
+        """Due an interval after the last (genuine) verification started, or after this process started
+        when there is none it can use (none yet, or dated in the future); at once when the last one failed
+        before this process started (is the ledger restored?)."""
         since = self.started
-        if isinstance(last, dict):
+        if last is not None:
             started, finished = _time(last.get("started")), _time(last.get("finished"))
             if started is not None and finished is not None and started <= finished <= now + CLAIM_TTL:
                 if last.get("ok") is False and finished < self.started:
@@ -185,22 +211,26 @@ class ScheduledVerification:
         due (another process verified since this one looked)."""
         with self.service.home.dashboard.transaction() as document:
             now = self.service.home.now()
-            if not self._due(document.get(LAST_FIELD), now):
+            if not self._due(genuine(self.service, document.get(LAST_FIELD)), now):
                 return False
-            claim = document.get(CLAIM_FIELD)
-            if isinstance(claim, dict) and claim.get("owner") != self.owner:
+            claim = genuine(self.service, document.get(CLAIM_FIELD))
+            if claim is not None and claim.get("owner") != self.owner:
                 until = _time(claim.get("until"))
                 if until is not None and now < until <= now + CLAIM_TTL:
                     return False
-            document[CLAIM_FIELD] = {"owner": self.owner, "until": (now + CLAIM_TTL).isoformat()}
+            document[CLAIM_FIELD] = _sealed(
+                self.service, {"owner": self.owner, "until": (now + CLAIM_TTL).isoformat()}
+            )
             return True
 
     def _hold_claim(self, length: timedelta) -> None:
         with self.service.home.dashboard.transaction() as document:
-            claim = document.get(CLAIM_FIELD)
-            if isinstance(claim, dict) and claim.get("owner") == self.owner:
+            claim = genuine(self.service, document.get(CLAIM_FIELD))
+            if claim is not None and claim.get("owner") == self.owner:
                 until = self.service.home.now() + length
-                document[CLAIM_FIELD] = {"owner": self.owner, "until": until.isoformat()}
+                document[CLAIM_FIELD] = _sealed(
+                    self.service, {"owner": self.owner, "until": until.isoformat()}
+                )
 
     def _verify(self) -> None:
         started = self.service.home.now()
@@ -210,8 +240,8 @@ class ScheduledVerification:
             return
         record(self.service, report, started, "schedule")
         with self.service.home.dashboard.transaction() as document:
-            claim = document.get(CLAIM_FIELD)
-            if isinstance(claim, dict) and claim.get("owner") == self.owner:
+            claim = genuine(self.service, document.get(CLAIM_FIELD))
+            if claim is not None and claim.get("owner") == self.owner:
                 del document[CLAIM_FIELD]
         logger.info(
             "scheduled verification of %s events: %s",

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from caracal.server.service import Service
-from caracal.server.verification import ScheduledVerification
+from caracal.server.verification import ScheduledVerification, _sealed
 from caracal.storage.home import EmbeddedHome
 from tests.alert_receiver import Receiver
 from tests.cli.test_cli_serve import serving
@@ -160,6 +160,11 @@ def test_a_failed_verification_stops_every_worker(caracal_home: Path, storage: s
         for _ in range(6):  # whichever worker takes it
             denied = charge(base_url, admin)
             assert "failed verification at event 2" in denied.json()["error"]["message"], denied.text
+        with httpx.Client(base_url=base_url) as browser:  # the dashboard still shows the ledger's page
+            assert browser.post("/ui/login", data={"key": admin}).status_code in (200, 303)
+            page = browser.get("/ui/ledger")
+            assert page.status_code == 200 and "Last verification: FAILED" in page.text
+            assert "first bad event 2" in page.text
 
 
 def test_a_restarted_server_verifies_at_once_when_the_last_verification_failed(
@@ -244,10 +249,41 @@ def test_a_claim_holds_while_its_process_lives_and_lapses_after(tmp_path: Path, 
         now = service.home.now()
         for until, runs in ((now + timedelta(seconds=60), False), (now - timedelta(seconds=1), True)):
             with service.home.dashboard.transaction() as document:
-                document["verify_claim"] = {"owner": "another process", "until": until.isoformat()}
+                claim = {"owner": "another process", "until": until.isoformat()}
+                document["verify_claim"] = _sealed(service, claim)  # as that process sealed it
             time.sleep(0.01)  # past the 1 ms interval since the schedule began
             assert schedule.run_once() is runs
         found = service.home.dashboard.read()
         assert found["last_verify"]["ok"] is True and found["last_verify"]["trigger"] == "schedule"
         assert "verify_claim" not in found  # released when the run ended
         assert service.enforcer.distrusted is None
+
+
+def test_a_forged_result_stops_nothing(tmp_path: Path, storage: str) -> None:
+    """A failed verification written into the shared document by hand (unsealed, or with a seal that does
+    not match) is not adopted: it would otherwise let anyone who can edit the storage stop enforcement."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[ledger]\nverify_interval = 0\n")
+    with Service(home) as service:
+        schedule = ScheduledVerification(service, 3600)
+        forged = {
+            "ok": False,
+            "events": 1,
+            "first_bad_event_id": 1,
+            "problems": ["forged"],
+            "started": service.home.now().isoformat(),
+            "finished": service.home.now().isoformat(),
+            "trigger": "schedule",
+        }
+        for record in (forged, {**forged, "seal": "0" * 64}):
+            with service.home.dashboard.transaction() as document:
+                document["last_verify"] = record
+            assert schedule.run_once() is False  # not due: the hour since this process started is not over
+            assert service.enforcer.distrusted is None
+        # The same failure, sealed as a server seals it, is adopted.
+        with service.home.dashboard.transaction() as document:
+            document["last_verify"] = _sealed(service, forged)
+        schedule.run_once()
+        assert service.enforcer.distrusted is not None
+        assert "forged" in str(service.enforcer.distrusted)

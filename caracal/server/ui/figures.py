@@ -28,8 +28,10 @@ from caracal.core.events import LedgerEvent
 from caracal.core.identity import Agent
 from caracal.core.ledger_read import LedgerReader, LedgerTail
 from caracal.core.spend_series import SpendSeries, nearest_limits, period_starts
+from caracal.exceptions import LedgerVerificationError
 from caracal.server.service import Service
 from caracal.server.ui.session import shared_state
+from caracal.server.verification import genuine, verify_and_record
 
 PAGE_SIZE = 50
 SCAN_LIMIT = 20_000
@@ -107,13 +109,18 @@ def statuses(service: Service, agents: Collection[Agent]) -> list[PolicyStatus]:
 
 
 def ledger_state(service: Service) -> dict[str, Any]:
-    """Size, last signed checkpoint and last verification."""
-    state = service.enforcer.catch_up()
+    """Size, last signed checkpoint and last verification (sealed by this home's servers: an edited or
+    forged record in the shared document is not shown). A ledger that failed verification still has its
+    page (the size this process last trusted), which shows the failure."""
+    try:
+        size = service.enforcer.catch_up().last_event_id
+    except LedgerVerificationError:
+        size = service.enforcer.decided_state.last_event_id
     checkpoint = service.enforcer.writer.checkpoints.latest()
     return {
-        "size": state.last_event_id,
+        "size": size,
         "checkpoint": checkpoint.to_dict() if checkpoint is not None else None,
-        "last_verify": shared_state(service).get("last_verify"),
+        "last_verify": genuine(service, shared_state(service).get("last_verify")),
     }
 
 
@@ -229,8 +236,6 @@ class VerifyJob:
 
     def start(self, service: Service) -> bool:
         """Start one unless one is running in this process; returns whether it started."""
-        from caracal.server.verification import verify_and_record
-
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return False
