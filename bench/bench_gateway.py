@@ -79,7 +79,7 @@ def body(stream: bool) -> dict[str, object]:
     }
 
 
-def start_fake(upstream: str) -> tuple[subprocess.Popen[str], str]:
+def start_upstream(upstream: str) -> tuple[subprocess.Popen[str], str]:
     """The upstream the gateway forwards to, in a process of its own: (process, base URL)."""
     command = (
         [sys.executable, str(ROOT / "bench" / "lean_upstream.py")]
@@ -415,7 +415,7 @@ def _main(args: argparse.Namespace) -> None:
         uvloop.install()
     except ImportError:
         pass
-    fake, upstream = start_fake(args.upstream)
+    fake, upstream = start_upstream(args.upstream)
     if args.workers:
         try:
             compare_workers(args, upstream, Path(tempfile.mkdtemp(prefix="caracal-bench-gw-")))

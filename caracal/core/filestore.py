@@ -154,8 +154,7 @@ class FileLedgerStore:
         if size == after:
             return
         with open_for_reading(self.path) as handle:
-            _check_line_boundary(handle, after, self.path)
-            for offset, line in iter_lines(handle, after, size):
+            for offset, line in _lines_after(handle, after, size, self.path):
                 end = offset + len(line) + 1
                 yield end, line
                 self._end = end
@@ -399,25 +398,26 @@ def stream_lines(path: str | os.PathLike[str], after: int, end: int | None) -> I
     except OSError as exc:
         raise LedgerReadError(f"cannot read the ledger {path}: {exc.strerror}") from exc
     with handle:
-        _check_line_boundary(handle, after, path)
-        for offset, line in iter_lines(handle, after, end):
+        for offset, line in _lines_after(handle, after, end, path):
             yield offset + len(line) + 1, line
 
 
-def _check_line_boundary(handle: BinaryIO, after: int, path: str | os.PathLike[str]) -> None:
-    """A reader goes on from byte ``after``, where its last read ended: the end of a line. If the byte
-    before it is no longer a newline, the lines before it were rewritten with other lengths (or the file
-    was replaced) under the reader, and what it would read from there is the middle of some line: say so,
-    instead of naming a line past the end as not valid JSON."""
-    if after <= 0:
-        return
-    handle.seek(after - 1)
-    if handle.read(1) != b"\n":
-        raise LedgerCorruptError(
-            f"the ledger {path} changed under this process: byte {after}, where its last read ended, is no "
-            "longer the start of a line (lines before it were rewritten with other lengths, or the file was "
-            "replaced). Run 'caracal ledger verify' and restore the ledger from a backup"
-        )
+def _lines_after(
+    handle: BinaryIO, after: int, end: int | None, path: str | os.PathLike[str]
+) -> Iterator[tuple[int, bytes]]:
+    """:func:`iter_lines` from byte ``after``, where a reader's last read ended: the end of a line. If the
+    byte before it is no longer a newline, the lines before it were rewritten with other lengths (or the
+    file was replaced) under the reader, and what it would read from there is the middle of some line:
+    say so, instead of naming a line past the end as not valid JSON."""
+    if after > 0:
+        handle.seek(after - 1)
+        if handle.read(1) != b"\n":
+            raise LedgerCorruptError(
+                f"the ledger {path} changed under this process: byte {after}, where its last read ended, is "
+                "no longer the start of a line (lines before it were rewritten with other lengths, or the "
+                "file was replaced). Run 'caracal ledger verify' and restore the ledger from a backup"
+            )
+    return iter_lines(handle, after, end)
 
 
 __all__ = ["FileLedgerStore", "sidecar_path", "stream_lines"]

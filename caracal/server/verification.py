@@ -83,7 +83,7 @@ def verify_and_record(
     return report
 
 
-def _sealed(service: Service, value: dict[str, Any]) -> dict[str, Any]:
+def sealed_record(service: Service, value: dict[str, Any]) -> dict[str, Any]:
     """``value`` with its seal (field ``seal``: an HMAC over its canonical JSON)."""
     payload = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     return {**value, SEAL_FIELD: mac(service.enforcer.writer.cache_key(SEAL_PURPOSE), SEAL_PURPOSE, payload)}
@@ -96,7 +96,7 @@ def genuine(service: Service, value: object) -> dict[str, Any] | None:
         return None
     unsealed = {key: item for key, item in value.items() if key != SEAL_FIELD}
     try:
-        expected = _sealed(service, unsealed)[SEAL_FIELD]
+        expected = sealed_record(service, unsealed)[SEAL_FIELD]
     except (TypeError, orjson.JSONEncodeError):  # nothing a server writes (an integer past 64 bits...)
         return None
     return unsealed if hmac.compare_digest(expected, value[SEAL_FIELD]) else None
@@ -116,7 +116,7 @@ def record(service: Service, report: Mapping[str, Any], started: datetime, trigg
         "trigger": trigger,
     }
     with service.home.dashboard.transaction() as document:
-        document[LAST_FIELD] = _sealed(service, entry)
+        document[LAST_FIELD] = sealed_record(service, entry)
     if not entry["ok"]:
         failure = _failure(entry)
         service.enforcer.distrust(failure)
@@ -133,6 +133,17 @@ def _failure(entry: Mapping[str, Any]) -> LedgerVerificationError:
         "and restore the ledger from a backup",
         first_bad_event_id=bad if isinstance(bad, int) else None,
     )
+
+
+def _dates(last: Mapping[str, Any] | None, now: datetime) -> tuple[datetime, datetime] | None:
+    """A recorded verification's (started, finished), or None when there is none, or its dates are
+    unreadable or impossible (dated beyond any genuine one: past ``now`` by more than a claim lasts)."""
+    if last is None:
+        return None
+    started, finished = _time(last.get("started")), _time(last.get("finished"))
+    if started is None or finished is None or not started <= finished <= now + CLAIM_TTL:
+        return None
+    return started, finished
 
 
 def _time(value: object) -> datetime | None:
@@ -187,10 +198,9 @@ class ScheduledVerification:
             self.service, self.service.home.dashboard.read_cached(MappingProxyType).get(LAST_FIELD)
         )
         now = self.service.home.now()
-        if isinstance(last, dict) and last.get("ok") is False:
-            finished = _time(last.get("finished"))
-            if finished is not None and self.started <= finished <= now + CLAIM_TTL:
-                self.service.enforcer.distrust(_failure(last))
+        dates = _dates(last, now)
+        if dates is not None and last is not None and last.get("ok") is False and dates[1] >= self.started:
+            self.service.enforcer.distrust(_failure(last))
         if not self._due(last, now) or not self._claim():
             return False
         self._verify()
@@ -200,14 +210,12 @@ class ScheduledVerification:
         """Due an interval after the last (genuine) verification started, or after this process started
         when there is none it can use (none yet, or dated in the future); at once when the last one failed
         before this process started (is the ledger restored?)."""
-        since = self.started
-        if last is not None:
-            started, finished = _time(last.get("started")), _time(last.get("finished"))
-            if started is not None and finished is not None and started <= finished <= now + CLAIM_TTL:
-                if last.get("ok") is False and finished < self.started:
-                    return True
-                since = started
-        return now - since >= self.interval
+        dates = _dates(last, now)
+        if dates is None:
+            return now - self.started >= self.interval
+        if last is not None and last.get("ok") is False and dates[1] < self.started:
+            return True
+        return now - dates[0] >= self.interval
 
     def _claim(self) -> bool:
         """Take the run in the shared document, unless another live process holds it or it is no longer
@@ -221,17 +229,23 @@ class ScheduledVerification:
                 until = _time(claim.get("until"))
                 if until is not None and now < until <= now + CLAIM_TTL:
                     return False
-            document[CLAIM_FIELD] = _sealed(
+            document[CLAIM_FIELD] = sealed_record(
                 self.service, {"owner": self.owner, "until": (now + CLAIM_TTL).isoformat()}
             )
             return True
 
-    def _hold_claim(self, length: timedelta) -> None:
+    def _own_claim(self, length: timedelta | None) -> None:
+        """Extend this process's claim to ``length`` from now, or (None) release it; a claim that is no
+        longer this process's (it lapsed and another took it) is left alone."""
         with self.service.home.dashboard.transaction() as document:
             claim = genuine(self.service, document.get(CLAIM_FIELD))
-            if claim is not None and claim.get("owner") == self.owner:
+            if claim is None or claim.get("owner") != self.owner:
+                return
+            if length is None:
+                del document[CLAIM_FIELD]
+            else:
                 until = self.service.home.now() + length
-                document[CLAIM_FIELD] = _sealed(
+                document[CLAIM_FIELD] = sealed_record(
                     self.service, {"owner": self.owner, "until": until.isoformat()}
                 )
 
@@ -239,13 +253,10 @@ class ScheduledVerification:
         started = self.service.home.now()
         report = self._run_child()
         if report is None:
-            self._hold_claim(RETRY_AFTER)  # nobody tries again before then
+            self._own_claim(RETRY_AFTER)  # nobody tries again before then
             return
         record(self.service, report, started, "schedule")
-        with self.service.home.dashboard.transaction() as document:
-            claim = genuine(self.service, document.get(CLAIM_FIELD))
-            if claim is not None and claim.get("owner") == self.owner:
-                del document[CLAIM_FIELD]
+        self._own_claim(None)
         logger.info(
             "scheduled verification of %s events: %s",
             report.get("events"),
@@ -267,7 +278,7 @@ class ScheduledVerification:
                 output, errors = child.communicate(timeout=renew)
                 break
             except subprocess.TimeoutExpired:
-                self._hold_claim(CLAIM_TTL)
+                self._own_claim(CLAIM_TTL)
         with self._child_lock:
             self._child = None
         try:

@@ -20,21 +20,10 @@ from caracal.server.app import create_app
 from caracal.server.runner import ServerThread
 from caracal.server.service import Service
 from tests.alert_receiver import Receiver, receiving
+from tests.bot_home import charge_from_another_process
 
 API = "/api/v1/alerts"
 FAST = "[alerts]\ninterval = 0.05\nretry_base = 0.05\nretry_max = 0.2\nmax_attempts = 1000\n"
-CHARGE = """
-import sys
-from caracal.sdk.client import CaracalClient
-with CaracalClient(sys.argv[1]) as client:
-    for quantity in sys.argv[2:]:
-        client.emit_event("bot", "tool.calls", quantity)
-"""
-
-
-def charge_from_another_process(home: Path, *quantities: str) -> None:
-    """Charges made by an SDK process of its own (embedded, no server in between)."""
-    subprocess.run([sys.executable, "-c", CHARGE, str(home), *quantities], check=True, timeout=120)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from typing import Any
 from caracal.core.windows import parse_window
 from caracal.storage.home import EmbeddedHome
 from tests.alert_receiver import Receiver
+from tests.bot_home import charge_from_another_process
 from tests.cli.test_cli_serve import serving
-from tests.server.test_alerts import charge_from_another_process
 
 
 def caracal(*args: str) -> Any:

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 
 from caracal.server.service import Service
-from caracal.server.verification import ScheduledVerification, _sealed
+from caracal.server.verification import ScheduledVerification, sealed_record
 from caracal.storage.home import EmbeddedHome
 from tests.alert_receiver import Receiver
+from tests.bot_home import charge_from_another_process
 from tests.cli.test_cli_serve import serving
-from tests.server.test_alerts import charge_from_another_process
 from tests.server.test_alerts_restart import bot_home, caracal, wait_until
 
 
@@ -250,7 +250,7 @@ def test_a_claim_holds_while_its_process_lives_and_lapses_after(tmp_path: Path, 
         for until, runs in ((now + timedelta(seconds=60), False), (now - timedelta(seconds=1), True)):
             with service.home.dashboard.transaction() as document:
                 claim = {"owner": "another process", "until": until.isoformat()}
-                document["verify_claim"] = _sealed(service, claim)  # as that process sealed it
+                document["verify_claim"] = sealed_record(service, claim)  # as that process sealed it
             time.sleep(0.01)  # past the 1 ms interval since the schedule began
             assert schedule.run_once() is runs
         found = service.home.dashboard.read()
@@ -283,7 +283,7 @@ def test_a_forged_result_stops_nothing(tmp_path: Path, storage: str) -> None:
             assert service.enforcer.distrusted is None
         # The same failure, sealed as a server seals it, is adopted.
         with service.home.dashboard.transaction() as document:
-            document["last_verify"] = _sealed(service, forged)
+            document["last_verify"] = sealed_record(service, forged)
         schedule.run_once()
         assert service.enforcer.distrusted is not None
         assert "forged" in str(service.enforcer.distrusted)

@@ -4,8 +4,6 @@ why no snapshot was saved, instead of raising out of the server's shutdown."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,7 @@ import pytest
 from caracal.core.windows import parse_window
 from caracal.exceptions import LedgerVerificationError
 from caracal.server.service import Service
-
-CHARGE = """
-import sys
-from caracal.sdk.client import CaracalClient
-with CaracalClient(sys.argv[1]) as client:
-    for quantity in ("1", "2", "3"):
-        client.emit_event("bot", "tool.calls", quantity)
-"""
+from tests.bot_home import charge_from_another_process
 
 
 @pytest.mark.files_only("edits the ledger file")
@@ -34,7 +25,7 @@ def test_closing_on_a_ledger_that_fails_verification_logs_and_closes(
     bot = service.home.agents.register("bot", "ops@example.com")
     service.home.policies.create(bot.agent_id, "10", parse_window("daily"), "USD")
     service.home.prices.set("tool.calls", "1", "USD")
-    subprocess.run([sys.executable, "-c", CHARGE, str(home)], check=True, timeout=120)
+    charge_from_another_process(home, "1", "2", "3")
     ledger = service.home.ledger_path
     data = ledger.read_bytes()
     assert data.count(b'"cost":"2"') == 1
