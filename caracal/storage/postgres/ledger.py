@@ -24,10 +24,11 @@ Invariants:
   measured to the database's clock (one query the first time). Hosts whose clocks disagree still stamp
   entries with one clock.
 - **Cheap, exact enough reads.** :meth:`end` is answered from the :class:`~.listener.Listener` (no query)
-  while it is fresh, else by one query; during a step it is the locked head, exact. It never goes below
-  anything this process has read or written (a tail never sees the ledger "shrink" because a notification
-  is late). :meth:`iter_lines` reads in keyset batches on short-lived pooled connections: memory stays
-  bounded, and a slow consumer holds no connection.
+  while it is fresh, else by one query; on the thread of a step it is the locked head, exact. It never
+  goes below anything this store has read or written (a tail never sees the ledger "shrink" because a
+  notification is late, or because another thread's step committed rows it has not yet counted).
+  :meth:`iter_lines` reads in keyset batches on short-lived pooled connections: memory stays bounded, and a
+  slow consumer holds no connection.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def stream_lines(
 
 before_commit: Callable[[Any], None] | None = None
 """Test hook: called with the step's connection right before COMMIT (to lose the connection there)."""
+after_commit: Callable[[], None] | None = None
+"""Test hook: called right after a step's COMMIT returned, before the store records its new head (the
+moment when another thread can read rows the step's own head does not yet count)."""
 
 
 def _utc_now() -> datetime:
@@ -143,6 +147,7 @@ class PostgresLedgerStore:
         self._step_thread = 0
         self._written = False
         self._seen = 0  # the largest position this store has read or written
+        self._seen_lock = threading.Lock()
         # Where the last append step left its reader (the last row new_lines gave or write wrote; -1: not
         # known yet), and the rows after it that the next step read in the round trip that took the head
         # row: a step that follows another writer's then reads them without a round trip of its own.
@@ -316,6 +321,8 @@ class PostgresLedgerStore:
                     "database is reachable",
                     outcome_unknown=True,
                 ) from None
+        if after_commit is not None:
+            after_commit()
         self._step_head = self._step_at = last
         self._listener.known.saw_head(last)
         self._see(last)
@@ -395,8 +402,15 @@ class PostgresLedgerStore:
     # ------------------------------------------------------------------ reading, without the lock
 
     def end(self) -> int:
-        if self._step_head >= 0:
-            return self._step_head  # the head is locked by this store: exact
+        """Never below anything this store has read or written (a tail that read a row must find the
+        ledger at least that long). The locked head answers only on the step's own thread: another thread
+        may have read, through :meth:`iter_lines`, a row the step has just committed while the step's own
+        record of its head still lags behind it (it is updated after COMMIT returns); answering that
+        thread with the locked head made its tail see the ledger "shrink" and deny everything for good."""
+        if self._step_thread == threading.get_ident():
+            head = self._step_head
+            if head >= 0:
+                return max(head, self._seen)  # the head is locked by this step: exact
         if self._listener.fresh():
             return max(self._listener.known.head, self._seen)
         with self.db.connection(LedgerReadError, "read the ledger head of") as conn:
@@ -455,8 +469,12 @@ class PostgresLedgerStore:
         return bytes(row[0])
 
     def _see(self, position: int) -> None:
+        """Raise :attr:`_seen` to ``position`` (under a lock: two threads each raising it must never leave
+        the lower of their values)."""
         if position > self._seen:
-            self._seen = position
+            with self._seen_lock:
+                if position > self._seen:
+                    self._seen = position
 
     # ------------------------------------------------------------------ caches and housekeeping
 
